@@ -1,0 +1,1 @@
+"""The ``data`` stage: documents and datasets in, canonical records and splits out."""

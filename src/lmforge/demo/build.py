@@ -1,0 +1,127 @@
+"""Build the demo QA sets from the fact table: ``python -m lmforge.demo.build [--check]``.
+
+``facts.yaml`` is the single source of truth: each fact names its article, its short answer, a
+one-sentence statement (the trained reply) and its question wordings. This script writes, as
+canonical chat records:
+
+* ``qa/train.jsonl``: every ``train`` wording of every trained fact;
+* ``qa/test.jsonl``: the held-out ``test`` wordings of the same facts;
+* ``qa/docs_only.jsonl``: questions on facts stated in the articles but never trained on;
+* ``qa/known.jsonl``: general-knowledge questions the base model answers right (``known_check.json``).
+
+``--check`` verifies the committed files match the fact table and the fact table's invariants.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lmforge.records import chat_record, dumps_record
+
+DEMO_DIR = Path(__file__).parent
+DOMAIN = "social-security"
+
+
+def load_facts(demo_dir: Path = DEMO_DIR) -> dict[str, Any]:
+    return yaml.safe_load((demo_dir / "facts.yaml").read_text(encoding="utf-8"))
+
+
+def fact_lines(demo_dir: Path = DEMO_DIR) -> dict[str, int]:
+    """Line number of each ``- id: X`` entry in facts.yaml, so records point at their fact."""
+    lines = {}
+    for number, line in enumerate((demo_dir / "facts.yaml").read_text(encoding="utf-8").splitlines(), start=1):
+        stripped = line.strip()
+        if stripped.startswith("- id:"):
+            lines[stripped.removeprefix("- id:").strip().strip("'\"")] = number
+    return lines
+
+
+def build_sets(demo_dir: Path = DEMO_DIR) -> dict[str, list[dict[str, Any]]]:
+    """Records of every QA set, in a stable order."""
+    table = load_facts(demo_dir)
+    lines = fact_lines(demo_dir)
+    sets: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "docs_only": [], "known": []}
+    for fact in table["facts"]:
+        meta = {"fact": fact["id"], "answer": fact["answer"], "article": fact["article"]}
+        if fact.get("aliases"):
+            meta["aliases"] = list(fact["aliases"])
+        source = {"path": "facts.yaml", "line": lines.get(fact["id"], 1)}
+        held_out = "docs_only" if fact.get("docs_only") else "test"
+        for split, questions in (("train", fact.get("train", [])), (held_out, fact["test"])):
+            for question in questions:
+                messages = [{"role": "user", "content": question}, {"role": "assistant", "content": fact["statement"]}]
+                sets[split].append(chat_record(messages, source, DOMAIN, meta))
+    known = json.loads((demo_dir / "known_check.json").read_text(encoding="utf-8"))
+    for number, item in enumerate(known, start=1):
+        meta = {"answer": item["answer"]}
+        if item.get("aliases"):
+            meta["aliases"] = list(item["aliases"])
+        messages = [{"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
+        sets["known"].append(chat_record(messages, {"path": "known_check.json", "line": number}, "general", meta))
+    return sets
+
+
+def check_facts(demo_dir: Path = DEMO_DIR) -> list[str]:
+    """Invariants of the fact table; returns the problems found (empty when all hold)."""
+    table = load_facts(demo_dir)
+    problems = []
+    articles = {p.stem: p.read_text(encoding="utf-8").lower() for p in (demo_dir / "articles").glob("*.md")}
+    answers = [f["answer"].lower() for f in table["facts"]]
+    questions: dict[str, str] = {}
+    for fact in table["facts"]:
+        fid = fact["id"]
+        if fact["article"] not in articles:
+            problems.append(f"{fid}: article {fact['article']!r} does not exist")
+        elif fact["answer"].lower() not in articles[fact["article"]]:
+            problems.append(f"{fid}: answer {fact['answer']!r} is not stated in {fact['article']}")
+        if fact["answer"].lower() not in fact["statement"].lower():
+            problems.append(f"{fid}: the statement does not contain the answer {fact['answer']!r}")
+        if not fact.get("docs_only") and len(fact.get("train", [])) < 5:
+            problems.append(f"{fid}: fewer than 5 train questions")
+        if fact.get("docs_only") and fact.get("train"):
+            problems.append(f"{fid}: a docs_only fact must have no train questions")
+        if len(fact.get("test", [])) < 1:
+            problems.append(f"{fid}: no test question")
+        for question in fact.get("train", []) + fact.get("test", []):
+            if question in questions:
+                problems.append(f"{fid}: question repeated (also in {questions[question]}): {question!r}")
+            questions[question] = fid
+        others = [a for a in answers if a != fact["answer"].lower()]
+        if answers.count(fact["answer"].lower()) > 1:
+            problems.append(f"{fid}: answer {fact['answer']!r} is shared with another fact")
+        inside = [a for a in others if fact["answer"].lower() in a]
+        if inside:
+            problems.append(f"{fid}: answer {fact['answer']!r} is contained in another answer {inside[0]!r}")
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="verify instead of writing")
+    args = parser.parse_args(argv)
+    problems = check_facts()
+    sets = build_sets()
+    out_dir = DEMO_DIR / "qa"
+    for name, records in sets.items():
+        text = "".join(dumps_record(r) + "\n" for r in records)
+        path = out_dir / f"{name}.jsonl"
+        if args.check:
+            if not path.is_file() or path.read_text(encoding="utf-8") != text:
+                problems.append(f"{path} is out of date; run python -m lmforge.demo.build")
+        else:
+            out_dir.mkdir(exist_ok=True)
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {path} ({len(records)} records)")
+    for problem in problems:
+        print(f"problem: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

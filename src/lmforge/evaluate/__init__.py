@@ -1,0 +1,1 @@
+"""The ``eval`` stage: base vs tuned on held-out questions, metrics, tables and reports."""

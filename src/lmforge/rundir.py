@@ -1,0 +1,213 @@
+"""Run directories: manifests, fingerprints and atomic writes.
+
+``runs/<run>/<stage>/manifest.json`` records what a stage did: status (``running`` / ``done``),
+its resolved config, the fingerprint of its inputs, library versions, times and metrics. A stage
+whose fingerprint is unchanged and whose status is ``done`` is skipped on re-run.
+
+Every file is written to a temporary name in the same folder and renamed into place, so a reader
+never sees half a file and a crash never leaves one behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import platform
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from lmforge.errors import StageError
+
+MANIFEST = "manifest.json"
+TRACKED_LIBRARIES = ("lmforge", "torch", "transformers", "peft", "accelerate", "tokenizers", "datasets")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def atomic_write_json(path: str | Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
+    """Write rows as JSON Lines atomically; returns the number of rows."""
+    count = 0
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")))
+            handle.write("\n")
+            count += 1
+    return count
+
+
+def read_json(path: str | Path) -> Any:
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------- fingerprints
+
+
+def fingerprint_data(obj: Any) -> str:
+    """sha256 of a JSON-serialisable value, independent of key order."""
+    text = json.dumps(obj, sort_keys=True, ensure_ascii=False, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def fingerprint_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def fingerprint_files(paths: Iterable[str | Path]) -> str:
+    """sha256 over (path, content hash) pairs, in sorted path order."""
+    pairs = sorted((str(p), fingerprint_file(p)) for p in paths)
+    return fingerprint_data(pairs)
+
+
+def library_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_LIBRARIES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            versions[name] = metadata.version(name)
+    return versions
+
+
+# ---------------------------------------------------------------- stage directories
+
+
+@dataclass
+class StageDir:
+    """The folder of one stage of one run, and its manifest."""
+
+    root: Path
+    stage: str
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, run_path: str | Path, stage: str) -> StageDir:
+        root = Path(run_path) / stage
+        manifest_path = root / MANIFEST
+        manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+        return cls(root=root, stage=stage, manifest=manifest)
+
+    @property
+    def status(self) -> str | None:
+        return self.manifest.get("status")
+
+    @property
+    def fingerprint(self) -> str | None:
+        return self.manifest.get("fingerprint")
+
+    def is_done(self, fingerprint: str) -> bool:
+        """True when the stage finished with exactly these inputs and settings."""
+        return self.status == "done" and self.fingerprint == fingerprint
+
+    def can_resume(self, fingerprint: str) -> bool:
+        """True when an earlier attempt with the same inputs was interrupted."""
+        return self.status == "running" and self.fingerprint == fingerprint
+
+    def start(self, fingerprint: str, config: dict[str, Any], inputs: dict[str, Any]) -> None:
+        """Mark the stage ``running``; keeps the folder when resuming the same fingerprint."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        resumed = self.can_resume(fingerprint)
+        self.manifest = {
+            "stage": self.stage,
+            "status": "running",
+            "fingerprint": fingerprint,
+            "config": config,
+            "inputs": inputs,
+            "versions": library_versions(),
+            "started_at": self.manifest.get("started_at") if resumed else _now(),
+            "attempts": int(self.manifest.get("attempts", 0)) + 1 if resumed else 1,
+        }
+        atomic_write_json(self.root / MANIFEST, self.manifest)
+
+    def finish(self, metrics: dict[str, Any], outputs: dict[str, Any] | None = None) -> None:
+        """Mark the stage ``done`` with its metrics and output files."""
+        self.manifest.update(
+            status="done", finished_at=_now(), metrics=metrics, outputs=outputs or {}, elapsed_s=self._elapsed()
+        )
+        atomic_write_json(self.root / MANIFEST, self.manifest)
+
+    def _elapsed(self) -> float | None:
+        started = self.manifest.get("started_at")
+        if not started:
+            return None
+        return round(time.time() - time.mktime(time.strptime(started, "%Y-%m-%dT%H:%M:%S%z")), 1)
+
+    def path(self, *parts: str) -> Path:
+        return self.root.joinpath(*parts)
+
+
+def require_done(run_path: str | Path, stage: str, needed_by: str) -> StageDir:
+    """Open a predecessor stage, failing clearly if it has not finished."""
+    stage_dir = StageDir.open(run_path, stage)
+    if stage_dir.status != "done":
+        state = stage_dir.status or "not run"
+        raise StageError(
+            f"stage {needed_by!r} needs the output of stage {stage!r} in {stage_dir.root}, which is {state}; "
+            f"add {stage!r} to the recipe's stages (or run it first)"
+        )
+    return stage_dir
+
+
+def split_path(run_path: str | Path, split: str, needed_by: str) -> Path:
+    """Path of one split written by the ``data`` stage, failing clearly when it does not exist."""
+    data = require_done(run_path, "data", needed_by)
+    splits = data.manifest.get("outputs", {}).get("splits", {})
+    if split not in splits:
+        raise StageError(
+            f"stage {needed_by!r} needs the split {split!r}, but the data stage wrote only {sorted(splits)}; "
+            "assign it with a data source's 'split' key"
+        )
+    return Path(splits[split])
+
+
+def trained_model(run_path: str | Path) -> tuple[Path, Path | None] | None:
+    """(model folder, adapter folder or None) of a run's finished ``sft`` stage, or None if there is none.
+
+    A LoRA run gives (base model, adapter); a full fine-tune gives (tuned weights, None).
+    """
+    sft = StageDir.open(run_path, "sft")
+    if sft.status != "done":
+        return None
+    outputs = sft.manifest.get("outputs", {})
+    if outputs.get("adapter"):
+        return Path(outputs["base_model"]), Path(outputs["adapter"])
+    return Path(outputs["model"]), None
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,1 @@
+"""Training stages: supervised fine-tuning (and, later, continued pretraining and other objectives)."""

@@ -1,0 +1,109 @@
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmforge.cli import app
+from lmforge.config import apply_override, load_recipe, shipped_recipe
+from lmforge.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_every_shipped_recipe_validates():
+    recipes = sorted((REPO / "recipes").glob("*.yaml"))
+    assert recipes, "no shipped recipes found"
+    for path in recipes:
+        recipe = load_recipe(path)
+        assert recipe.stages, path
+
+
+def test_demo_recipe_is_found_and_uses_the_packaged_demo():
+    recipe = load_recipe(shipped_recipe("demo"))
+    assert recipe.name == "demo"
+    assert all(Path(s.path).exists() for s in recipe.data.sources)
+    assert {s.split for s in recipe.data.sources} >= {"train", "test", "docs_only", "known"}
+
+
+def test_bad_recipe_lists_every_problem(tmp_path):
+    (tmp_path / "ok.jsonl").write_text("", encoding="utf-8")
+    path = write(
+        tmp_path,
+        """
+stages: [data, sft]
+modle: {ref: x}
+data:
+  sources:
+    - {path: missing.jsonl}
+    - {path: ok.jsonl, splitt: train}
+sft: {lr: fast, epochs: 0}
+""",
+    )
+    with pytest.raises(ConfigError) as caught:
+        load_recipe(path)
+    where = {p.where: p.message for p in caught.value.problems}
+    assert "modle" in where and "did you mean 'model'" in where["modle"]
+    assert "data.sources.0.path" in where and "missing.jsonl" in where["data.sources.0.path"]
+    assert "data.sources.1.splitt" in where and "split" in where["data.sources.1.splitt"]
+    assert "got 'fast'" in where["sft.lr"]
+    assert "got 0" in where["sft.epochs"]
+    assert len(caught.value.problems) == 5
+
+
+def test_stage_order_is_checked(tmp_path):
+    (tmp_path / "ok.jsonl").write_text("", encoding="utf-8")
+    path = write(tmp_path, "stages: [sft, data]\ndata: {sources: [{path: ok.jsonl}]}\n")
+    with pytest.raises(ConfigError, match="pipeline order"):
+        load_recipe(path)
+
+
+def test_overrides_set_nested_values_and_list_items(tmp_path):
+    (tmp_path / "a.jsonl").write_text("", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text("", encoding="utf-8")
+    path = write(tmp_path, "stages: [data]\ndata: {sources: [{path: a.jsonl}]}\n")
+    recipe = load_recipe(path, ["sft.lr=1e-4", "sft.lora.r=4", "data.sources.0.path=b.jsonl", "name=other"])
+    assert recipe.sft.lr == pytest.approx(1e-4)
+    assert recipe.sft.lora.r == 4
+    assert recipe.data.sources[0].path.endswith("b.jsonl")
+    assert recipe.name == "other"
+
+
+def test_bad_overrides_are_reported():
+    raw = {"data": {"sources": [{"path": "x"}]}}
+    assert apply_override(raw, "no-equals-sign")[0].message.startswith("expected KEY=VALUE")
+    assert "not an index" in apply_override(raw, "data.sources.5.path=y")[0].message
+
+
+def test_name_defaults_to_file_stem(tmp_path):
+    (tmp_path / "a.jsonl").write_text("", encoding="utf-8")
+    path = write(tmp_path, "stages: [data]\ndata: {sources: [{path: a.jsonl}]}\n")
+    assert load_recipe(path).name == "recipe"
+
+
+def test_invalid_yaml_names_the_line(tmp_path):
+    path = write(tmp_path, "stages: [data\nname: x\n")
+    with pytest.raises(ConfigError, match="line"):
+        load_recipe(path)
+
+
+def test_cli_validate_exits_2_with_one_clear_error_and_no_traceback(tmp_path):
+    path = write(tmp_path, "stages: [data]\nbogus: 1\ndata: {sources: [{path: nope.jsonl}]}\n")
+    result = CliRunner().invoke(app, ["validate", str(path)])
+    assert result.exit_code == 2
+    output = result.output
+    assert "2 problems" in output
+    assert "bogus: unknown key" in output
+    assert "file not found" in output
+    assert "Traceback" not in output
+
+
+def test_cli_validate_accepts_the_demo_recipe():
+    result = CliRunner().invoke(app, ["validate", str(REPO / "recipes" / "demo.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "is valid" in result.output

@@ -1,0 +1,98 @@
+import json
+
+import pytest
+
+from lmforge.errors import DataError, StageError
+from lmforge.records import chat_record, read_records, record_problem, text_record, validate_record
+from lmforge.rundir import (
+    StageDir,
+    atomic_write_jsonl,
+    atomic_write_text,
+    fingerprint_data,
+    require_done,
+    split_path,
+)
+
+MESSAGES = [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]
+
+
+def test_record_ids_are_content_hashes():
+    one = chat_record(MESSAGES, {"path": "a.jsonl", "line": 1})
+    two = chat_record(MESSAGES, {"path": "b.jsonl", "line": 9})
+    assert one["id"] == two["id"]
+    assert text_record("x", {"path": "a"})["id"] != one["id"]
+
+
+@pytest.mark.parametrize(
+    ("record", "fragment"),
+    [
+        ("text", "expected a JSON object"),
+        ({"id": "x", "source": {"path": "a"}, "kind": "chat", "messages": []}, "non-empty list"),
+        ({"id": "x", "source": {"path": "a"}, "kind": "chat", "messages": [{"role": "bot", "content": "a"}]}, "role"),
+        (
+            {"id": "x", "source": {"path": "a"}, "kind": "chat", "messages": [{"role": "user", "content": "q"}]},
+            "assistant",
+        ),
+        ({"id": "x", "source": {"path": "a"}, "kind": "text", "text": "  "}, "non-empty"),
+        ({"id": "x", "source": {"path": "a"}, "kind": "image"}, "'kind'"),
+        ({"id": "x", "source": "a", "kind": "text", "text": "t"}, "'source'"),
+        ({"id": "x", "source": {"path": "a"}, "kind": "text", "text": "t", "extra": 1}, "unknown keys"),
+    ],
+)
+def test_record_problems_are_named(record, fragment):
+    assert fragment in record_problem(record)
+
+
+def test_validate_record_names_file_and_line(tmp_path):
+    path = tmp_path / "r.jsonl"
+    good = chat_record(MESSAGES, {"path": "x"})
+    path.write_text(json.dumps(good) + "\n" + json.dumps({"id": "y"}) + "\n", encoding="utf-8")
+    with pytest.raises(DataError) as caught:
+        list(read_records(path))
+    assert f"{path}:2" in str(caught.value)
+    assert validate_record(good) is good
+
+
+def test_atomic_write_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "out.jsonl"
+    atomic_write_text(target, "old\n")
+
+    def rows():
+        yield {"a": 1}
+        raise RuntimeError("crash while writing")
+
+    with pytest.raises(RuntimeError):
+        atomic_write_jsonl(target, rows())
+    assert target.read_text(encoding="utf-8") == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jsonl"]
+
+
+def test_fingerprint_ignores_key_order():
+    assert fingerprint_data({"a": 1, "b": [1, 2]}) == fingerprint_data({"b": [1, 2], "a": 1})
+    assert fingerprint_data({"a": 1}) != fingerprint_data({"a": 2})
+
+
+def test_stage_lifecycle_skip_and_resume(tmp_path):
+    stage = StageDir.open(tmp_path, "sft")
+    assert stage.status is None
+    stage.start("f1", {"lr": 1}, {})
+    assert StageDir.open(tmp_path, "sft").can_resume("f1")
+    assert not StageDir.open(tmp_path, "sft").can_resume("f2")
+    stage.start("f1", {"lr": 1}, {})
+    assert stage.manifest["attempts"] == 2
+    stage.finish({"loss": 0.5})
+    reopened = StageDir.open(tmp_path, "sft")
+    assert reopened.is_done("f1") and not reopened.is_done("f2")
+    assert reopened.manifest["metrics"] == {"loss": 0.5}
+    assert "torch" in reopened.manifest["versions"]
+
+
+def test_missing_predecessor_and_split_are_explained(tmp_path):
+    with pytest.raises(StageError, match="add 'data' to the recipe"):
+        require_done(tmp_path, "data", needed_by="sft")
+    data = StageDir.open(tmp_path, "data")
+    data.start("f", {}, {})
+    data.finish({}, outputs={"splits": {"train": str(tmp_path / "train.jsonl")}})
+    assert split_path(tmp_path, "train", "sft").name == "train.jsonl"
+    with pytest.raises(StageError, match="only \\['train'\\]"):
+        split_path(tmp_path, "test", "eval")
