@@ -75,6 +75,8 @@ class SourceSpec(Strict):
     """Domain tag for records that carry none."""
     format: DataFormat = "auto"
     """Record format; ``auto`` detects it per file."""
+    weight: float = Field(1.0, ge=0.0)
+    """Mixing weight: 2.0 repeats every record twice, 0.5 keeps a seeded half (after deduplication)."""
 
     @field_validator("path")
     @classmethod
@@ -102,6 +104,9 @@ class DataSpec(Strict):
     """Inputs; at least one."""
     val_fraction: float = Field(0.0, ge=0.0, lt=1.0)
     """Share of the ``train`` split held out as ``val`` (seeded)."""
+    system_prompts: dict[str, str] = {}
+    """System prompt per domain, added to that domain's chat records that have none (in every split,
+    so training and evaluation see the same prompt)."""
 
 
 class LoraSpec(Strict):
@@ -148,6 +153,11 @@ class SFTSpec(Strict):
     """Also compute the loss on prompt tokens (default: assistant tokens only)."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """``auto``: bf16 autocast on CUDA and on CPUs with AMX/avx512_bf16, fp32 otherwise."""
+    packing: bool = False
+    """Pack each micro-batch into one row (best for long, uneven examples); off: length-grouped
+    right-padded batches (best for short chat examples)."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel; ``auto``: sdpa on CUDA, on CPU eager up to 512 tokens (faster there) else sdpa."""
     logging_steps: int = Field(5, ge=1)
     """Log the loss every N optimizer steps."""
     save_steps: int = Field(0, ge=0)

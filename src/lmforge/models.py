@@ -257,13 +257,9 @@ def load_causal_lm(
     import torch
     from transformers import AutoModelForCausalLM
 
+    kwargs.setdefault("attn_implementation", "sdpa")
     return AutoModelForCausalLM.from_pretrained(
-        str(path),
-        dtype=dtype or torch.float32,
-        trust_remote_code=trust_remote_code,
-        use_safetensors=True,
-        attn_implementation="sdpa",
-        **kwargs,
+        str(path), dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
     )
 
 

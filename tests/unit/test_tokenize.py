@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from lmforge.errors import DataError
-from lmforge.train.causal import pack_batch
+from lmforge.train.fast import pack_batch
 from lmforge.train.tokenize import IGNORE, tokenize_chat, tokenize_records
 
 CONVERSATION = [

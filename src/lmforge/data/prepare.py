@@ -31,11 +31,14 @@ class SourceStats:
     deduplicated: int = 0
     filtered: Counter = field(default_factory=Counter)
     rejected: Counter = field(default_factory=Counter)
+    emitted: int = 0
+    """Records written to the splits after the source's mixing weight (repeats or sampling)."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "read": self.read,
             "kept": self.kept,
+            "emitted": self.emitted,
             "deduplicated": self.deduplicated,
             "filtered": dict(self.filtered),
             "rejected": dict(self.rejected),
@@ -69,11 +72,12 @@ def run(recipe: Recipe) -> DataResult:
     seen: set[str] = set()
     for spec in recipe.data.sources:
         counts = stats.setdefault(spec.path, SourceStats())
+        kept: list[Record] = []
         for file in files[spec.path]:
             shown = display_path(file, spec.path)
             for item in read_items(file, shown):
                 counts.read += 1
-                record, reason = to_record(item, spec.format, spec.domain)
+                record, reason = to_record(item, spec.format, spec.domain, recipe.data.system_prompts)
                 if record is None:
                     counts.rejected[reason] += 1
                     rejects.append({"source": {"path": item.path, "line": item.line}, "reason": reason})
@@ -83,7 +87,10 @@ def run(recipe: Recipe) -> DataResult:
                     continue
                 seen.add(record["id"])
                 counts.kept += 1
-                by_split.setdefault(spec.split or "train", []).append(record)
+                kept.append(record)
+        mixed = apply_weight(kept, spec.weight, recipe.seed)
+        counts.emitted = len(mixed)
+        by_split.setdefault(spec.split or "train", []).extend(mixed)
 
     if recipe.data.val_fraction > 0 and by_split.get("train"):
         by_split["train"], by_split["val"] = split_off(by_split["train"], recipe.data.val_fraction, recipe.seed)
@@ -105,6 +112,14 @@ def _split_counts(by_split: dict[str, list[Record]]) -> dict[str, int]:
     return {split: len(records) for split, records in sorted(by_split.items())}
 
 
+def apply_weight(records: list[Record], weight: float, seed: int) -> list[Record]:
+    """Repeat records ``int(weight)`` times and add a seeded sample for the fractional part."""
+    whole = int(weight)
+    extra = round(len(records) * (weight - whole))
+    sample = random.Random(seed).sample(records, extra) if extra else []
+    return records * whole + sample
+
+
 def split_off(records: list[Record], fraction: float, seed: int) -> tuple[list[Record], list[Record]]:
     """Move a seeded ``fraction`` of records to a second list (at least one when fraction > 0)."""
     order = list(range(len(records)))
@@ -114,8 +129,20 @@ def split_off(records: list[Record], fraction: float, seed: int) -> tuple[list[R
     return [r for i, r in enumerate(records) if i not in held], [r for i, r in enumerate(records) if i in held]
 
 
-def to_record(item: RawItem, fmt: str, domain: str | None) -> tuple[Record | None, str]:
-    """Convert one raw item to a canonical record, or return (None, reason)."""
+def to_record(
+    item: RawItem, fmt: str, domain: str | None, system_prompts: dict[str, str] | None = None
+) -> tuple[Record | None, str]:
+    """Convert one raw item to a canonical record (with its domain's system prompt), or return (None, reason)."""
+    record, reason = _convert(item, fmt, domain)
+    if record is not None and record["kind"] == "chat" and (system_prompts or {}).get(record.get("domain") or ""):
+        messages = record["messages"]
+        if messages[0]["role"] != "system":
+            messages = [{"role": "system", "content": system_prompts[record["domain"]]}, *messages]
+            record = chat_record(messages, record["source"], record["domain"], record.get("meta"))
+    return record, reason
+
+
+def _convert(item: RawItem, fmt: str, domain: str | None) -> tuple[Record | None, str]:
     if item.error:
         return None, item.error
     source = {"path": item.path, "line": item.line} if item.line else {"path": item.path}

@@ -7,9 +7,16 @@ canonical chat records:
 * ``qa/train.jsonl``: every ``train`` wording of every trained fact;
 * ``qa/test.jsonl``: the held-out ``test`` wordings of the same facts;
 * ``qa/docs_only.jsonl``: questions on facts stated in the articles but never trained on;
-* ``qa/known.jsonl``: general-knowledge questions the base model answers right (``known_check.json``).
+* ``qa/known.jsonl``: general-knowledge questions the base model answers right (``known_check.json``);
+* ``qa/replay.jsonl``: general prompts with the base model's own replies (``replay_answers.json``),
+  mixed into training so the tuned model keeps its general behaviour.
 
 ``--check`` verifies the committed files match the fact table and the fact table's invariants.
+``--select-known`` re-runs the base model on ``known_candidates.yaml`` (greedy, as the eval stage
+does) and rewrites ``known_check.json`` with the questions it answers right, minus those marked
+``wrong_on_review`` (replies that contain the gold words but are wrong, found by reading them).
+``--build-replay`` re-generates ``replay_answers.json``: the base model's greedy replies to
+``replay_prompts.yaml``, cut back to the last full sentence.
 """
 
 from __future__ import annotations
@@ -46,7 +53,7 @@ def build_sets(demo_dir: Path = DEMO_DIR) -> dict[str, list[dict[str, Any]]]:
     """Records of every QA set, in a stable order."""
     table = load_facts(demo_dir)
     lines = fact_lines(demo_dir)
-    sets: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "docs_only": [], "known": []}
+    sets: dict[str, list[dict[str, Any]]] = {"train": [], "test": [], "docs_only": [], "known": [], "replay": []}
     for fact in table["facts"]:
         meta = {"fact": fact["id"], "answer": fact["answer"], "article": fact["article"]}
         if fact.get("aliases"):
@@ -64,7 +71,63 @@ def build_sets(demo_dir: Path = DEMO_DIR) -> dict[str, list[dict[str, Any]]]:
             meta["aliases"] = list(item["aliases"])
         messages = [{"role": "user", "content": item["question"]}, {"role": "assistant", "content": item["answer"]}]
         sets["known"].append(chat_record(messages, {"path": "known_check.json", "line": number}, "general", meta))
+    replay = json.loads((demo_dir / "replay_answers.json").read_text(encoding="utf-8"))
+    for number, item in enumerate(replay, start=1):
+        messages = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": item["reply"]}]
+        sets["replay"].append(chat_record(messages, {"path": "replay_answers.json", "line": number}, "general"))
     return sets
+
+
+def last_full_sentence(text: str) -> str:
+    """``text`` cut after its last sentence-ending mark ('' when there is none)."""
+    text = text.strip()
+    if text.endswith((".", "!", "?")):
+        return text
+    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
+    return text[: cut + 1] if cut > 0 else ""
+
+
+def build_replay(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[dict[str, str]]:
+    """The base model's own greedy replies to the replay prompts.
+
+    Replies are cut back to their last full sentence; a reply with no full sentence, or one that
+    misses the prompt's known ``answer``, is dropped.
+    """
+    from lmforge.evaluate.metrics import contains_answer
+    from lmforge.models import generate_replies, load_for_inference, resolve_model
+
+    items = yaml.safe_load((demo_dir / "replay_prompts.yaml").read_text(encoding="utf-8"))
+    model, tokenizer = load_for_inference(resolve_model("smollm2-135m-instruct"))
+    conversations = [[{"role": "user", "content": item["prompt"]}] for item in items]
+    replies = generate_replies(model, tokenizer, conversations, max_new_tokens)
+    kept = []
+    for item, reply in zip(items, replies, strict=True):
+        reply = last_full_sentence(reply)
+        if not reply or ("answer" in item and not contains_answer(reply, item["answer"], item.get("aliases", []))):
+            continue
+        kept.append({"prompt": item["prompt"], "reply": reply})
+    return kept
+
+
+def select_known(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[dict[str, Any]]:
+    """Ask the base model every candidate question; keep those it answers right."""
+    from lmforge.evaluate.metrics import contains_answer
+    from lmforge.models import generate_replies, load_for_inference, resolve_model
+
+    candidates = yaml.safe_load((demo_dir / "known_candidates.yaml").read_text(encoding="utf-8"))
+    model, tokenizer = load_for_inference(resolve_model("smollm2-135m-instruct"))
+    replies = generate_replies(
+        model, tokenizer, [[{"role": "user", "content": c["question"]}] for c in candidates], max_new_tokens
+    )
+    kept = []
+    for candidate, reply in zip(candidates, replies, strict=True):
+        aliases = candidate.get("aliases") or []
+        if candidate.get("wrong_on_review") or not contains_answer(reply, candidate["answer"], aliases):
+            continue
+        kept.append(
+            {"question": candidate["question"], "answer": candidate["answer"], "aliases": aliases, "reply": reply}
+        )
+    return kept
 
 
 def check_facts(demo_dir: Path = DEMO_DIR) -> list[str]:
@@ -98,13 +161,40 @@ def check_facts(demo_dir: Path = DEMO_DIR) -> list[str]:
         inside = [a for a in others if fact["answer"].lower() in a]
         if inside:
             problems.append(f"{fid}: answer {fact['answer']!r} is contained in another answer {inside[0]!r}")
+    known = {normalize(k["question"]) for k in json.loads((demo_dir / "known_check.json").read_text(encoding="utf-8"))}
+    replay_prompts = yaml.safe_load((demo_dir / "replay_prompts.yaml").read_text(encoding="utf-8"))
+    problems += [
+        f"replay prompt is also a known question: {item['prompt']!r}"
+        for item in replay_prompts
+        if normalize(item["prompt"]) in known
+    ]
     return problems
+
+
+def normalize(question: str) -> str:
+    return " ".join(question.lower().replace("?", " ").split())
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="verify instead of writing")
+    parser.add_argument("--select-known", action="store_true", help="re-select known_check.json with the base model")
+    parser.add_argument(
+        "--build-replay", action="store_true", help="re-generate replay_answers.json with the base model"
+    )
     args = parser.parse_args(argv)
+    if args.build_replay:
+        replay = build_replay()
+        (DEMO_DIR / "replay_answers.json").write_text(
+            json.dumps(replay, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(f"replay_answers.json: {len(replay)} replies of the base model")
+    if args.select_known:
+        kept = select_known()
+        (DEMO_DIR / "known_check.json").write_text(
+            json.dumps(kept, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+        )
+        print(f"known_check.json: {len(kept)} questions the base model answers right")
     problems = check_facts()
     sets = build_sets()
     out_dir = DEMO_DIR / "qa"

@@ -13,6 +13,7 @@ import json
 import shutil
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,8 @@ from lmforge.errors import StageError
 from lmforge.models import cpu_supports_bf16, load_causal_lm, load_tokenizer, resolve_model
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, split_path
-from lmforge.train.tokenize import IGNORE, TokenizedExample, tokenize_records
+from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
+from lmforge.train.tokenize import TokenizedExample, tokenize_records
 
 
 @dataclass
@@ -101,9 +103,34 @@ def use_bf16(spec: SFTSpec) -> bool:
     return spec.precision == "bf16"
 
 
+def attention_kernel(spec: SFTSpec) -> str:
+    """The attention implementation to train with (see ``SFTSpec.attention``)."""
+    import torch
+
+    if spec.attention != "auto":
+        return spec.attention
+    if torch.cuda.is_available():
+        return "sdpa"
+    # CPU: the eager kernel beat sdpa's flash backward on short rows; sdpa wins on memory for long ones.
+    return "eager" if spec.max_length <= 512 else "sdpa"
+
+
 def build_model(base_dir: Path, spec: SFTSpec, trust_remote_code: bool) -> Any:
-    """Load the base model in fp32 (master weights) and wrap it in a LoRA adapter when asked."""
-    model = load_causal_lm(base_dir, trust_remote_code=trust_remote_code)
+    """Load the base model and wrap it in a LoRA adapter when asked.
+
+    With LoRA and bf16 the frozen base weights are stored in bf16 (no per-step casts, half the
+    memory) while the adapter weights stay fp32 master weights under autocast. Full fine-tuning
+    keeps fp32 master weights everywhere.
+    """
+    import torch
+
+    frozen_bf16 = spec.method == "lora" and use_bf16(spec)
+    model = load_causal_lm(
+        base_dir,
+        dtype=torch.bfloat16 if frozen_bf16 else torch.float32,
+        trust_remote_code=trust_remote_code,
+        attn_implementation=attention_kernel(spec),
+    )
     model.config.use_cache = False
     if spec.method == "full":
         return model
@@ -116,7 +143,9 @@ def build_model(base_dir: Path, spec: SFTSpec, trust_remote_code: bool) -> Any:
         target_modules=spec.lora.target_modules,
         task_type="CAUSAL_LM",
     )
-    return get_peft_model(model, lora)
+    model = get_peft_model(model, lora, autocast_adapter_dtype=True)
+    enable_lean_lora(model)
+    return model
 
 
 class ExampleDataset:
@@ -133,30 +162,6 @@ class ExampleDataset:
         return {"input_ids": example.input_ids, "labels": example.labels}
 
 
-def pack_batch(features: list[dict[str, list[int]]]) -> dict[str, Any]:
-    """Concatenate a micro-batch into one row, padding-free.
-
-    ``position_ids`` restart at 0 for each example and no 2-D attention mask is passed, which is
-    how transformers' sdpa/eager attention detect packed sequences and keep them apart. The first
-    label of every example is IGNORE so no token is predicted across a boundary.
-    """
-    import torch
-
-    input_ids: list[int] = []
-    labels: list[int] = []
-    positions: list[int] = []
-    for feature in features:
-        ids = feature["input_ids"]
-        input_ids.extend(ids)
-        labels.extend([IGNORE, *feature["labels"][1:]])
-        positions.extend(range(len(ids)))
-    return {
-        "input_ids": torch.tensor([input_ids]),
-        "labels": torch.tensor([labels]),
-        "position_ids": torch.tensor([positions]),
-    }
-
-
 def build_trainer(
     model: Any, tokenizer: Any, examples: list[TokenizedExample], spec: SFTSpec, seed: int, output_dir: Path
 ) -> Any:
@@ -164,27 +169,19 @@ def build_trainer(
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    bf16 = use_bf16(spec)
+
     class AnswerOnlyTrainer(Trainer):
         """Computes the logits only at positions with a label: the loss needs nothing else."""
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs["labels"]
-            shifted = labels[:, 1:]
-            trained = shifted != IGNORE
-            keep = torch.zeros_like(labels, dtype=torch.bool)
-            keep[:, :-1] = trained
-            outputs = model(
-                input_ids=inputs["input_ids"],
-                position_ids=inputs.get("position_ids"),
-                attention_mask=inputs.get("attention_mask"),
-                logits_to_keep=keep,
-                use_cache=False,
-            )
-            logits = outputs.logits.reshape(-1, outputs.logits.shape[-1])  # (trained tokens, vocab)
-            loss = torch.nn.functional.cross_entropy(logits.float(), shifted[trained], reduction="sum")
-            denominator = num_items_in_batch if num_items_in_batch is not None else trained.sum()
+            # The backbone is called directly (not through the wrapped model.forward), so the
+            # bf16 autocast the Trainer puts around forward() is set here explicitly.
+            with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, count = causal_lm_loss_sum(model, inputs)
+            denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
             loss = loss / denominator
-            return (loss, outputs) if return_outputs else loss
+            return (loss, None) if return_outputs else loss
 
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -197,7 +194,7 @@ def build_trainer(
         warmup_steps=spec.warmup_ratio,
         weight_decay=spec.weight_decay,
         max_grad_norm=spec.max_grad_norm,
-        bf16=use_bf16(spec),
+        bf16=bf16,
         use_cpu=not torch.cuda.is_available(),
         logging_steps=spec.logging_steps,
         save_strategy="steps" if spec.save_steps else "epoch",
@@ -209,12 +206,14 @@ def build_trainer(
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=True,
+        train_sampling_strategy="random" if spec.packing else "group_by_length",
     )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = AnswerOnlyTrainer(
         model=model,
         args=args,
         train_dataset=ExampleDataset(examples),
-        data_collator=pack_batch,
+        data_collator=pack_batch if spec.packing else partial(pad_batch, pad_id=pad_id),
         callbacks=[progress_callback()],
     )
     trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
@@ -285,6 +284,7 @@ def progress_callback() -> Any:
 
 def save_outputs(model: Any, tokenizer: Any, spec: SFTSpec, stage: StageDir, base_dir: Path) -> dict[str, str]:
     """Save the adapter (or full weights) with the tokenizer and its chat template."""
+    disable_lean_lora(model)
     outputs = {"base_model": str(base_dir)}
     target = stage.path("adapter" if spec.method == "lora" else "model")
     staging = target.with_name(target.name + ".tmp")
