@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from lmforge.errors import LmforgeError
 
@@ -47,12 +48,12 @@ def _load(recipe_path: Path, overrides: list[str] | None, run_dir: str | None):
     return load_recipe(recipe_path, extra)
 
 
-def _run(recipe_path: Path, overrides: list[str] | None, run_dir: str | None) -> None:
+def _run(recipe_path: Path, overrides: list[str] | None, run_dir: str | None, only: list[str] | None = None) -> None:
     from lmforge.pipeline import run_recipe
 
     try:
         recipe = _load(recipe_path, overrides, run_dir)
-        run_recipe(recipe, console)
+        run_recipe(recipe, console, only=only)
     except LmforgeError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -92,6 +93,57 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.
     console.print(f"[green]✔[/green] {recipe} is valid: run {loaded.name!r}, stages {', '.join(loaded.stages)}")
 
 
+@app.command("eval")
+def eval_(
+    recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.")],
+    set_: SetOption = None,
+    run_dir: RunDirOption = None,
+) -> None:
+    """Run only the eval stage of a recipe (its data stage, and sft if it has one, must have run)."""
+    _run(recipe, set_, run_dir, only=["eval"])
+
+
+@app.command()
+def report(run: Annotated[Path, typer.Argument(help="A run directory (runs/NAME) whose eval stage ran.")]) -> None:
+    """Write a run's eval/report.html again from its eval results and training logs (no model needed)."""
+    from lmforge.evaluate.report import write_report
+
+    try:
+        path = write_report(run)
+    except LmforgeError as exc:
+        _fail(exc)
+    console.print(f"[green]✔[/green] {path}")
+
+
+@app.command()
+def harness(
+    run: Annotated[Path, typer.Argument(help="A run directory (runs/NAME) whose data stage ran.")],
+    variant: Annotated[str, typer.Option(help="tuned (the run's sft result) or base.")] = "tuned",
+    sets: Annotated[str | None, typer.Option(help="Comma-separated eval sets (default: the recipe's).")] = None,
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated extra lm-eval tasks (data must be local).")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Documents per task (quick checks).")] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="lm-eval batch size.")] = 8,
+) -> None:
+    """Evaluate a run's model with lm-evaluation-harness on the run's own sets (offline) and standard tasks."""
+    from lmforge.evaluate.harness import command_line, run_harness
+
+    try:
+        metrics = run_harness(
+            run,
+            variant=variant,
+            sets=sets.split(",") if sets else None,
+            extra_tasks=tasks.split(",") if tasks else None,
+            limit=limit,
+            batch_size=batch_size,
+        )
+    except LmforgeError as exc:
+        _fail(exc)
+    for task, scores in metrics.items():
+        shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items())
+        console.print(f"[green]✔[/green] {task}: {shown}", highlight=False)
+    console.print(f"[dim]same with lm-eval itself: {command_line(run, variant)}[/dim]", highlight=False)
+
+
 @app.command()
 def chat(
     target: Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model reference.")],
@@ -121,6 +173,206 @@ def chat(
         )
     except LmforgeError as exc:
         _fail(exc)
+
+
+@app.command()
+def serve(
+    target: Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model reference.")],
+    adapter: Annotated[
+        list[str] | None,
+        typer.Option(help="Serve another LoRA adapter on the same base: NAME=PATH (run dir or adapter folder)."),
+    ] = None,
+    name: Annotated[str | None, typer.Option(help="Model id of the base model ('base' in a LoRA run).")] = None,
+    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 needs an API key.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "LMFORGE_API_KEY",
+    max_batch_size: Annotated[int, typer.Option(min=1, help="Requests decoded together.")] = 16,
+    batch_wait_ms: Annotated[float, typer.Option(min=0, help="Wait for more requests before a batch.")] = 5.0,
+    max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask.")] = 2048,
+    max_request_bytes: Annotated[int, typer.Option(min=1024, help="Largest request body.")] = 1_000_000,
+    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
+    rag: Annotated[bool, typer.Option(help="Load the run's retrieval index (requests opt in with rag).")] = False,
+    rag_default: Annotated[bool, typer.Option(help="With --rag: retrieve for requests that do not say.")] = False,
+) -> None:
+    """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API."""
+    from lmforge.serve.server import ServeSettings
+    from lmforge.serve.server import serve as serve_models
+
+    settings = ServeSettings(
+        host=host,
+        port=port,
+        api_key_env=api_key_env,
+        max_batch_size=max_batch_size,
+        batch_wait_ms=batch_wait_ms,
+        max_tokens_limit=max_tokens_limit,
+        max_request_bytes=max_request_bytes,
+        dtype=dtype,
+        threads=threads,
+        rag_default=rag_default,
+    )
+    try:
+        retriever = None
+        if rag:
+            from lmforge.rag.retrieve import open_retriever
+
+            retriever, _ = open_retriever(target, needed_by="serve --rag")
+        serve_models(target, settings, adapters=adapter, name=name, retriever=retriever)
+    except LmforgeError as exc:
+        _fail(exc)
+
+
+@app.command()
+def synth(
+    recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe with a synth section.")],
+    set_: SetOption = None,
+    run_dir: RunDirOption = None,
+) -> None:
+    """Run the data and synth stages of a recipe: a teacher writes training records (cached, resumable)."""
+    _run(recipe, set_, run_dir, only=["data", "synth"])
+
+
+@app.command()
+def export(
+    target: Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model reference.")],
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/export).")] = None,
+    gguf: Annotated[str, typer.Option(help="GGUF types, comma-separated: f16, bf16, q8_0 ('' for none).")] = "f16,q8_0",
+    adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder to merge (for a model reference).")] = None,
+    name: Annotated[str | None, typer.Option(help="Model name in the GGUF metadata and file names.")] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Sample prompts for the parity checks.")] = 4,
+    min_agreement: Annotated[float, typer.Option(help="Least next-token agreement of a GGUF with the merge.")] = 0.9,
+    parity: Annotated[bool, typer.Option(help="Run the parity checks (a failing check fails the export).")] = True,
+) -> None:
+    """Merge LoRA into the base, save an HF folder, GGUF files and an Ollama Modelfile, and check parity."""
+    from lmforge.export.run import ExportSettings, run_export
+
+    settings = ExportSettings(
+        out_dir=out,
+        gguf_types=[t.strip() for t in gguf.split(",") if t.strip()],
+        name=name,
+        samples=samples,
+        min_agreement=min_agreement,
+        parity=parity,
+    )
+    try:
+        result = run_export(target, settings, adapter=adapter)
+    except LmforgeError as exc:
+        _fail(exc)
+    console.print(f"[green]✔[/green] exported to {result.out_dir}")
+
+
+@app.command()
+def ask(
+    run: Annotated[str, typer.Argument(help="A run directory (runs/NAME) whose recipe ran the index stage.")],
+    question: Annotated[str, typer.Argument(help="The question.")],
+    k: Annotated[int | None, typer.Option("--k", min=1, help="Passages to retrieve (default: index.top_k).")] = None,
+    mode: Annotated[str | None, typer.Option(help="bm25, dense or hybrid (default: index.mode).")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply in tokens.")] = 128,
+    base: Annotated[bool, typer.Option("--base", help="Answer with the base model, not the tuned one.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the answer and passages as JSON.")] = False,
+) -> None:
+    """Answer a question from a run's documents: retrieve passages, answer with them, cite them."""
+    import json
+
+    from rich.markup import escape
+
+    from lmforge.rag.ask import ask as answer_question
+    from lmforge.rag.ask import format_source
+
+    if mode not in (None, "bm25", "dense", "hybrid"):
+        err_console.print(f"[bold red]error:[/bold red] --mode: got {mode!r}; expected bm25, dense or hybrid")
+        raise typer.Exit(2)
+    try:
+        answer = answer_question(Path(run), question, k=k, mode=mode, max_new_tokens=max_new_tokens, use_base=base)
+    except LmforgeError as exc:
+        _fail(exc)
+    if as_json:
+        console.out(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2), highlight=False)
+        return
+    console.print(f"[bold]{answer.model}>[/bold] {escape(answer.reply)}", highlight=False)
+    console.print("[dim]passages (✔ cited):[/dim]")
+    for number, passage in enumerate(answer.passages, start=1):
+        mark = "[green]✔[/green]" if passage in answer.cited else " "
+        console.print(f" {mark} \\[{number}] {escape(format_source(passage))}", highlight=False)
+
+
+class _RecipeOrSubcommand(TyperGroup):
+    """``lmforge data RECIPE`` runs the data stage; ``lmforge data inspect TARGET`` inspects."""
+
+    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["prepare", *args]
+        return super().parse_args(ctx, args)
+
+
+data_app = typer.Typer(
+    cls=_RecipeOrSubcommand,
+    help="Prepare a recipe's data (lmforge data RECIPE), or inspect data (lmforge data inspect PATH_OR_RECIPE).",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+def data_prepare(
+    recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.")],
+    set_: SetOption = None,
+    run_dir: RunDirOption = None,
+) -> None:
+    """Run only the data stage of a recipe (unchanged inputs and settings reuse the prepared records)."""
+    _run(recipe, set_, run_dir, only=["data"])
+
+
+@data_app.command("inspect")
+def data_inspect(
+    target: Annotated[Path, typer.Argument(help="A YAML recipe, or a data file or folder.")],
+    model: Annotated[
+        str | None, typer.Option(help="Tokenizer for token lengths (default: the recipe's model; none for a path).")
+    ] = None,
+    show_labels: Annotated[
+        int, typer.Option(help="Show this many rendered train examples with the tokens that carry loss highlighted.")
+    ] = 0,
+    set_: SetOption = None,
+) -> None:
+    """Show detected formats, counts and token lengths of a recipe's data or of one path; writes nothing."""
+    from lmforge.data import inspection
+
+    try:
+        is_recipe = target.suffix.lower() in (".yaml", ".yml")
+        recipe = _load(target, set_, None) if is_recipe else None
+        prepared, _ = inspection.inspect_data(target, recipe)
+        console.print(inspection.files_table(prepared))
+        tokenizer = _inspection_tokenizer(model or (recipe.model.ref if recipe else None))
+        console.print(inspection.splits_table(prepared, tokenizer))
+        if tokenizer is None:
+            console.print("[dim]token lengths: pass --model REF (a recipe uses its own model)[/dim]")
+        if show_labels and tokenizer is not None:
+            from lmforge.train.tokenize import tokenize_chat
+
+            on_inputs = bool(recipe and recipe.sft.train_on_inputs)
+
+            def labels_for(tok, messages):
+                return tokenize_chat(tok, messages, max_length=1 << 30, train_on_inputs=on_inputs).labels
+
+            split = "train" if "train" in prepared.splits else next(iter(prepared.splits), "")
+            examples = prepared.splits.get(split, [])
+            if recipe and recipe.sft.template != "chat":  # show the prompt format sft will train with
+                from lmforge.train.templates import install_template
+
+                chats = [r for r in examples if r.get("kind") == "chat"]
+                install_template(tokenizer, recipe.sft.template, chats, recipe.model.ref)
+            for panel in inspection.labelled_examples(examples, tokenizer, labels_for, show_labels):
+                console.print(panel)
+    except LmforgeError as exc:
+        _fail(exc)
+
+
+def _inspection_tokenizer(ref: str | None):
+    if ref is None:
+        return None
+    from lmforge.models import load_tokenizer, resolve_model
+
+    return load_tokenizer(resolve_model(ref))
 
 
 def _quiet_libraries() -> None:

@@ -14,17 +14,17 @@ from lmforge.config import Recipe, dump_recipe
 from lmforge.rundir import atomic_write_json, atomic_write_text
 
 
-def run_recipe(recipe: Recipe, console: Console | None = None) -> dict[str, Any]:
-    """Run every stage of ``recipe``; returns each stage's result keyed by stage name."""
+def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every stage of ``recipe`` (or just the ``only`` ones); returns each stage's result keyed by stage name."""
     console = console or Console()
     run_path = recipe.run_path()
     run_path.mkdir(parents=True, exist_ok=True)
     atomic_write_json(run_path / "recipe.json", dump_recipe(recipe))
     console.print(
-        f"[bold]lmforge[/bold] run [cyan]{recipe.name}[/cyan] -> {run_path}  stages: {', '.join(recipe.stages)}"
+        f"[bold]lmforge[/bold] run [cyan]{recipe.name}[/cyan] -> {run_path}  stages: {', '.join(only or recipe.stages)}"
     )
     results: dict[str, Any] = {}
-    for stage in recipe.stages:
+    for stage in only or recipe.stages:
         started = time.perf_counter()
         result = _run_stage(stage, recipe)
         results[stage] = result
@@ -40,10 +40,30 @@ def _run_stage(stage: str, recipe: Recipe) -> Any:
         from lmforge.data import prepare
 
         return prepare.run(recipe)
+    if stage == "synth":
+        from lmforge.synth import generate
+
+        return generate.run(recipe)
+    if stage == "index":
+        from lmforge.rag import index
+
+        return index.run(recipe)
+    if stage == "cpt":
+        from lmforge.train import cpt
+
+        return cpt.run(recipe)
+    if stage == "mlm":
+        from lmforge.train import mlm
+
+        return mlm.run(recipe)
     if stage == "sft":
         from lmforge.train import causal
 
         return causal.run(recipe)
+    if stage == "seq2seq":
+        from lmforge.train import seq2seq
+
+        return seq2seq.run(recipe)
     if stage == "eval":
         from lmforge.evaluate import compare
 
@@ -57,19 +77,45 @@ def _one_line(stage: str, result: Any, seconds: float) -> str:
         return f"[dim]✔ {stage:<5} unchanged since the last run: skipped[/dim]"
     if stage == "data":
         splits = ", ".join(f"{name} {count}" for name, count in result.splits.items())
-        return f"[green]✔ data[/green]  {splits}  ({seconds:.0f}s; details in {result.stats_path})"
-    if stage == "sft":
-        m = result.metrics
+        t = getattr(result, "totals", None) or {}
+        counts = (
+            f"read {t['read']}: kept {t['kept']}, duplicates {t['deduplicated']}, filtered {t['filtered']}, "
+            f"rejected {t['rejected']}; "
+            if t
+            else ""
+        )
+        return f"[green]✔ data[/green]  {counts}splits: {splits}  ({seconds:.0f}s; details in {result.stats_path})"
+    if stage == "synth":
+        m, r = result.metrics, result.metrics["requests"]
         return (
-            f"[green]✔ sft[/green]   {m['steps']} steps, loss {m['final_loss']}, {m['tokens_per_s']:.0f} tokens/s, "
-            f"{m['precision']} ({seconds:.0f}s)"
+            f"[green]✔ synth[/green] {m['records']} records from {m['inputs']} inputs; "
+            f"requests {r['sent']} sent, {r['cached']} cached, {r['retries']} retries; "
+            f"{m['rejected']} rejected ({seconds:.0f}s; details in {result.stats_path})"
+        )
+    if stage == "index":
+        m = result.metrics
+        hybrid = {name: scores["hybrid"] for name, scores in m["retrieval"].items() if "hybrid" in scores}
+        recall = [f"{name} {s['recall@5']:.0%}" for name, s in hybrid.items() if "recall@5" in s]
+        shown = f"; hybrid recall@5: {', '.join(recall)}" if recall else ""
+        raft = f"; raft {m['raft']['examples']} examples" if "raft" in m else ""
+        return (
+            f"[green]✔ index[/green] {m['chunks']} chunks of {m['documents']} documents, "
+            f"{m['embedded_chunks']} embedded ({seconds:.0f}s){shown}{raft}"
+        )
+    if stage in ("cpt", "mlm", "sft", "seq2seq"):
+        m = result.metrics
+        speed = f", {m['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in m else ""
+        best = f", best validation loss {m['best_eval_loss']}" if "best_eval_loss" in m else ""
+        scores = f"; {m['scores']}" if "scores" in m else ""
+        return (
+            f"[green]✔ {stage}[/green]{' ' * max(1, 6 - len(stage))}{m['steps']} steps, loss {m['final_loss']}{best}"
+            f"{speed}, {m['precision']} ({seconds:.0f}s){scores}"
         )
     if stage == "eval":
-        parts = []
-        for set_name, scores in result.summary["sets"].items():
-            shown = " vs ".join(f"{name} {s['accuracy']:.0%}" for name, s in scores.items())
-            parts.append(f"{set_name}: {shown}")
-        return f"[green]✔ eval[/green]  {'; '.join(parts)} ({seconds:.0f}s)"
+        from lmforge.evaluate.compare import summary_line
+
+        report = f"; report {result.report_path}" if result.report_path else ""
+        return f"[green]✔ eval[/green]  {summary_line(result.summary)} ({seconds:.0f}s{report})"
     return f"✔ {stage} ({seconds:.0f}s)"
 
 

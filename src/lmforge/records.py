@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, TypedDict
@@ -149,3 +150,63 @@ def count_by_kind(records: Iterable[Record]) -> dict[str, int]:
     for record in records:
         counts[record["kind"]] = counts.get(record["kind"], 0) + 1
     return counts
+
+
+# ---------------------------------------------------------------- retrieved context
+
+CONTEXT_INSTRUCTION = "Answer with the passages above: quote the passage you use and cite its number, e.g. [1]."
+"""Last line of a question asked with retrieved passages (see :func:`context_messages`)."""
+
+CITATION = re.compile(r"\[(\d{1,3})\]")
+
+
+def context_messages(messages: list[Message], passages: list[dict[str, Any]]) -> list[Message]:
+    """The conversation with retrieved passages put into its last user turn, each under its number.
+
+    The one place that formats retrieved context, so evaluation, ``lmforge ask``, serving and the
+    RAFT training data cannot drift apart. The last user message becomes::
+
+        Passages:
+
+        [1] <heading (or path) of passage 1>
+        <text of passage 1>
+
+        [2] ...
+
+        Question: <the original question>
+        Answer with the passages above: quote the passage you use and cite its number, e.g. [1].
+
+    Args:
+        messages: a conversation ending with (or containing) a user turn; earlier turns and the
+            system prompt are kept as they are.
+        passages: retrieved passages, best first, each with ``text`` and a ``source`` (``heading``,
+            ``path``), as in ``runs/<run>/index/retrieved/<split>.jsonl``. Numbers are positions from 1.
+
+    Returns:
+        A new list; with no passages, a copy of ``messages``.
+    """
+    copied: list[Message] = [Message(role=m["role"], content=m["content"]) for m in messages]
+    if not passages:
+        return copied
+    users = [i for i, m in enumerate(copied) if m["role"] == "user"]
+    if not users:
+        raise ValueError("context_messages needs a conversation with a user turn to attach the passages to")
+    blocks = []
+    for number, passage in enumerate(passages, start=1):
+        source = passage.get("source") or {}
+        title = source.get("heading") or source.get("path") or passage.get("id", "")
+        blocks.append(f"[{number}] {title}\n{passage['text'].strip()}")
+    question = copied[users[-1]]["content"].strip()
+    content = "Passages:\n\n" + "\n\n".join(blocks) + f"\n\nQuestion: {question}\n{CONTEXT_INSTRUCTION}"
+    copied[users[-1]] = Message(role="user", content=content)
+    return copied
+
+
+def cited_passages(reply: str, passages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The passages a reply cites as ``[n]`` (numbers as given by :func:`context_messages`), in citation order."""
+    cited: list[dict[str, Any]] = []
+    for match in CITATION.finditer(reply):
+        number = int(match.group(1))
+        if 1 <= number <= len(passages) and passages[number - 1] not in cited:
+            cited.append(passages[number - 1])
+    return cited

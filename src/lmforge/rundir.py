@@ -26,6 +26,8 @@ from typing import Any
 from lmforge.errors import StageError
 
 MANIFEST = "manifest.json"
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)  # read once at import: os.umask can only be read by setting it
 TRACKED_LIBRARIES = ("lmforge", "torch", "transformers", "peft", "accelerate", "tokenizers", "datasets")
 
 
@@ -42,6 +44,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp creates 0600 files; give the result the permissions a plain open() would have.
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -184,15 +188,24 @@ def require_done(run_path: str | Path, stage: str, needed_by: str) -> StageDir:
 
 
 def split_path(run_path: str | Path, split: str, needed_by: str) -> Path:
-    """Path of one split written by the ``data`` stage, failing clearly when it does not exist."""
+    """Path of one split, failing clearly when it does not exist.
+
+    Splits come from the ``data`` stage, or from a later finished stage that publishes splits in
+    its manifest's ``outputs.splits`` (the ``index`` stage writes ``raft`` there).
+    """
     data = require_done(run_path, "data", needed_by)
     splits = data.manifest.get("outputs", {}).get("splits", {})
-    if split not in splits:
-        raise StageError(
-            f"stage {needed_by!r} needs the split {split!r}, but the data stage wrote only {sorted(splits)}; "
-            "assign it with a data source's 'split' key"
-        )
-    return Path(splits[split])
+    if split in splits:
+        return Path(splits[split])
+    for manifest_path in sorted(Path(run_path).glob(f"*/{MANIFEST}")):
+        other = StageDir.open(run_path, manifest_path.parent.name)
+        published = other.manifest.get("outputs", {}).get("splits", {}) if other.status == "done" else {}
+        if other.stage != "data" and split in published:
+            return Path(published[split])
+    raise StageError(
+        f"stage {needed_by!r} needs the split {split!r}, but the data stage wrote only {sorted(splits)}; "
+        "assign it with a data source's 'split' key (or enable the stage that writes it, e.g. index.raft)"
+    )
 
 
 def trained_model(run_path: str | Path) -> tuple[Path, Path | None] | None:

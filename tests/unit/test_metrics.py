@@ -1,6 +1,16 @@
 import pytest
 
-from lmforge.evaluate.metrics import contains_answer, normalize_answer, token_f1
+from lmforge.evaluate.metrics import (
+    contains_answer,
+    corpus_bleu,
+    exact_match,
+    field_matches,
+    normalize_answer,
+    parse_json_object,
+    rouge_l,
+    sentence_bleu,
+    token_f1,
+)
 
 
 @pytest.mark.parametrize(
@@ -48,3 +58,77 @@ def test_token_f1_hand_computed():
     assert token_f1("no overlap", "64 years") == 0.0
     assert token_f1("", "") == 1.0
     assert token_f1("", "x") == 0.0
+
+
+# ---------------------------------------------------------------- numbers and unicode in every script
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("٦٤ years", "64 years"),  # Arabic-Indic digits
+        ("६४", "64"),  # Devanagari digits
+        ("７.５０％", "7.5 %"),  # full-width digits, point and percent sign, trailing zero
+        ("64.0", "64"),
+        ("7.50%", "7.5 %"),
+        ("3.0%", "3 %"),
+        ("100.05", "100.05"),  # an inner zero is not a trailing zero
+        ("10.10", "10.1"),
+        ("1,234,567 kestrels", "1234567 kestrels"),
+        ("ﬁne", "fine"),  # ligature (NFKC)
+        ("Ärztekammer’s", "ärztekammer s"),  # curly apostrophe is punctuation
+    ],
+)
+def test_normalize_answer_numbers_and_unicode(text, expected):
+    assert normalize_answer(text) == expected
+
+
+def test_exact_match_is_whole_answer_equality():
+    assert exact_match("The Ministry of Labour.", "ministry of labour")
+    assert exact_match("64.0", "64")
+    assert not exact_match("It is the Ministry of Labour.", "Ministry of Labour")
+    assert exact_match("sixteen years", "16 years", aliases=["sixteen years"])
+
+
+def test_contains_answer_across_scripts_and_zeros():
+    assert contains_answer("Das Alter ist ٦٤ Jahre", "64")
+    assert contains_answer("a rate of 7.50 %", "7.5%")
+    assert not contains_answer("a rate of 7.05 %", "7.5%")
+
+
+def test_rouge_l_hand_computed():
+    # normalised: [cat, sat, on, mat] vs [cat, is, on, mat]; LCS = cat on mat = 3 -> P = R = F = 3/4
+    assert rouge_l("The cat sat on the mat", "the cat is on the mat") == pytest.approx(0.75)
+    # reply [64, years] vs reference [retirement, age, is, 64, years]: LCS 2, P = 1, R = 0.4, F = 0.8 / 1.4
+    assert rouge_l("64 years", "The retirement age is 64 years.") == pytest.approx(0.8 / 1.4)
+    assert rouge_l("Straße", "STRASSE") == 0.0  # NFKC does not fold ß to ss; the tokens differ
+    assert rouge_l("Straße", "straße") == 1.0  # rouge-score's own tokenizer would have dropped the ß
+    assert rouge_l("", "") == 1.0
+    assert rouge_l("", "x") == 0.0
+
+
+def test_bleu_from_sacrebleu():
+    assert sentence_bleu("the cat sat on the mat", "the cat sat on the mat") == pytest.approx(100.0)
+    assert sentence_bleu("completely different words here", "the cat sat on the mat") < 10
+    # Corpus BLEU pools n-gram counts over the set: one perfect and one empty reply is not 50.
+    assert corpus_bleu(["the cat sat on the mat", ""], ["the cat sat on the mat", "a dog ran"]) < 100
+    assert corpus_bleu([], []) == 0.0
+
+
+def test_parse_json_object_finds_the_object():
+    assert parse_json_object('{"a": 1}') == {"a": 1}
+    assert parse_json_object('Here it is: {"a": {"b": 2}} done') == {"a": {"b": 2}}
+    assert parse_json_object('```json\n{"x": [1, 2]}\n```') == {"x": [1, 2]}
+    assert parse_json_object('{broken {"ok": true}') == {"ok": True}
+    assert parse_json_object("[1, 2]") is None
+    assert parse_json_object("no object {") is None
+
+
+def test_field_matches_normalises_values():
+    gold = {"age": 64, "rate": "7.5%", "name": "Ministry of Labour", "tags": ["a", "b"], "flag": True, "ok": False}
+    predicted = {"age": "64", "rate": "7.50 %", "name": "the ministry of labour", "tags": ["a", "c"], "flag": "true"}
+    predicted["ok"] = "no"  # a boolean matches its JSON spelling only
+    expected = {"age": True, "rate": True, "name": True, "tags": False, "flag": True, "ok": False}
+    assert field_matches(predicted, gold) == expected
+    assert field_matches(None, {"a": 1}) == {"a": False}
+    assert field_matches({}, {"a": 1}) == {"a": False}

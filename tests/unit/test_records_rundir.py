@@ -96,3 +96,14 @@ def test_missing_predecessor_and_split_are_explained(tmp_path):
     assert split_path(tmp_path, "train", "sft").name == "train.jsonl"
     with pytest.raises(StageError, match="only \\['train'\\]"):
         split_path(tmp_path, "test", "eval")
+
+
+def test_atomic_writes_get_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    target = tmp_path / "manifest.json"
+    atomic_write_text(target, "{}")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask

@@ -109,24 +109,39 @@ def build_replay(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[di
     return kept
 
 
+ROBUSTNESS_SYSTEM_PROMPT = "You are a helpful assistant."
+
+
 def select_known(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[dict[str, Any]]:
-    """Ask the base model every candidate question; keep those it answers right."""
+    """Ask the base model every candidate question; keep those it answers right *robustly*.
+
+    A question counts as known when the greedy reply contains the answer under three conditions:
+    fp32 weights with the default prompt (what the eval stage does), bf16 weights, and fp32 with
+    another system prompt. A question that flips under bf16 rounding was answered right by luck,
+    and would make the forgetting measure noisy. Replay prompts and ``wrong_on_review`` items are
+    never selected.
+    """
+    import torch
+
     from lmforge.evaluate.metrics import contains_answer
     from lmforge.models import generate_replies, load_for_inference, resolve_model
 
     candidates = yaml.safe_load((demo_dir / "known_candidates.yaml").read_text(encoding="utf-8"))
+    replay = {normalize(item["prompt"]) for item in yaml.safe_load((demo_dir / "replay_prompts.yaml").read_text())}
+    candidates = [c for c in candidates if not c.get("wrong_on_review") and normalize(c["question"]) not in replay]
     model, tokenizer = load_for_inference(resolve_model("smollm2-135m-instruct"))
-    replies = generate_replies(
-        model, tokenizer, [[{"role": "user", "content": c["question"]}] for c in candidates], max_new_tokens
-    )
+    plain = [[{"role": "user", "content": c["question"]}] for c in candidates]
+    other_system = [[{"role": "system", "content": ROBUSTNESS_SYSTEM_PROMPT}, *conv] for conv in plain]
+    runs = [
+        generate_replies(model, tokenizer, plain, max_new_tokens),
+        generate_replies(model, tokenizer, other_system, max_new_tokens),
+        generate_replies(model.to(torch.bfloat16), tokenizer, plain, max_new_tokens),
+    ]
     kept = []
-    for candidate, reply in zip(candidates, replies, strict=True):
+    for index, candidate in enumerate(candidates):
         aliases = candidate.get("aliases") or []
-        if candidate.get("wrong_on_review") or not contains_answer(reply, candidate["answer"], aliases):
-            continue
-        kept.append(
-            {"question": candidate["question"], "answer": candidate["answer"], "aliases": aliases, "reply": reply}
-        )
+        if all(contains_answer(run[index], candidate["answer"], aliases) for run in runs):
+            kept.append({**candidate, "aliases": aliases, "reply": runs[0][index]})
     return kept
 
 

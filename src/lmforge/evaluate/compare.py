@@ -1,224 +1,472 @@
-"""The ``eval`` stage: the base model and the tuned model answer the same held-out questions.
+"""The ``eval`` stage: every variant (the base model always among them) answers the same held-out sets.
 
-Outputs in ``runs/<run>/eval/``: ``predictions.jsonl`` (one line per question with every
-variant's reply and scores) and ``summary.json``::
+setup (sets -> task items, variants -> local weights) -> answer (batched generation, or
+log-likelihoods) -> score (per question, per task) -> judge (optional) -> statistics (bootstrap
+intervals, paired differences to base, regressions) -> save. Outputs in ``runs/<run>/eval/``:
 
-    {"sets": {"test": {"base": {"accuracy": 0.02, "f1": 0.1, "n": 120}, "tuned": {...}}, ...}}
+* ``predictions.jsonl``: one line per question: set, task, question, gold, every variant's answer
+  and scores (and the retrieved passages when a variant used retrieval);
+* ``summary.json``::
+
+    {"sets": {"test": {"base": {"accuracy": 0.02, "f1": 0.1, "n": 120, "score": 0.02, "ci": [...]},
+                       "tuned": {..., "delta": 0.6, "delta_ci": [0.5, 0.7], "regressions": 1, ...}}},
+     "tasks": {"test": {"task": "qa", "metric": "accuracy", "higher_is_better": true}},
+     "variants": ["base", "tuned"], "regressions": {"test": {"tuned": ["<id>", ...]}}, ...}
+
+* ``report.html`` (see :mod:`lmforge.evaluate.report`);
+* ``answers/<variant>.json``: each variant's raw answers, reused by the next run when the
+  variant's weights, the questions and the decoding settings are unchanged (after a new sft run
+  only the tuned model answers again).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import Recipe
 from lmforge.errors import StageError
-from lmforge.evaluate.metrics import contains_answer, token_f1
-from lmforge.models import generate_replies, load_for_inference, resolve_model
-from lmforge.records import Record, read_records
-from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path, trained_model
+from lmforge.evaluate.stats import paired_difference, score_interval
+from lmforge.evaluate.tasks import Item, Task, task_for
+from lmforge.evaluate.variants import Variant, load_variant, rag_prompts, resolve_variants, retrieved_passages
+from lmforge.models import generate_replies
+from lmforge.records import read_records
+from lmforge.rundir import (
+    StageDir,
+    atomic_write_json,
+    atomic_write_jsonl,
+    fingerprint_data,
+    library_versions,
+    read_json,
+    split_path,
+)
+
+PERCENT_METRICS = {"accuracy", "accuracy_norm", "exact", "field_accuracy", "valid_json", "all_fields"}
 
 
 @dataclass
-class Question:
-    """One evaluation item: the conversation up to the question, and the gold answer."""
+class EvalSet:
+    """One set of the recipe: its task and its items."""
 
-    set_name: str
-    id: str
-    prompt: list[dict[str, str]]
-    gold: str
-    aliases: list[str]
-
-
-@dataclass
-class Variant:
     name: str
-    model_dir: Path
-    adapter_dir: Path | None
+    task: Task
+    items: list[Item]
+    passages: dict[str, list[dict[str, Any]]] | None = None
+    """Retrieved passages per record id, when a variant uses retrieval."""
 
 
 @dataclass
 class EvalResult:
     summary: dict[str, Any]
     skipped: bool
+    report_path: Path | None = None
 
 
-def questions_from_records(set_name: str, records: list[Record]) -> list[Question]:
-    """QA items from chat records: the prompt is everything before the last assistant turn.
-
-    The gold answer is ``meta.answer`` when the record has one (a short exact answer), else the
-    last assistant message.
-    """
-    questions = []
-    for record in records:
-        if record["kind"] != "chat":
-            continue
-        messages = record["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        meta = record.get("meta", {})
-        questions.append(
-            Question(
-                set_name=set_name,
-                id=record["id"],
-                prompt=[dict(m) for m in messages[:last]],
-                gold=str(meta.get("answer") or messages[last]["content"]),
-                aliases=[str(a) for a in meta.get("aliases", [])],
-            )
-        )
-    return questions
-
-
-def variants_for(recipe: Recipe, base_dir: Path) -> list[Variant]:
-    """The base model always; the tuned one when the run has a finished sft stage."""
-    variants = [Variant("base", base_dir, None)]
-    tuned = trained_model(recipe.run_path())
-    if tuned is not None:
-        variants.append(Variant("tuned", tuned[0], tuned[1]))
-    elif "sft" in recipe.stages:
-        raise StageError("eval expected the tuned model of the sft stage, but sft has not finished")
-    return variants
+def load_sets(recipe: Recipe, with_passages: bool) -> list[EvalSet]:
+    """Every configured set as task items (at most ``eval.limit`` each)."""
+    eval_sets = []
+    for set_name in recipe.eval.sets:
+        path = split_path(recipe.run_path(), set_name, needed_by="eval")
+        task = task_for(recipe.eval.tasks.get(set_name, "qa"))
+        records = list(read_records(path))[: recipe.eval.limit]
+        items = task.items(set_name, records, path)
+        if not items:
+            raise StageError(f"the eval set {set_name!r} ({path}) is empty; nothing to evaluate")
+        passages = None
+        if with_passages and task.mode != "perplexity":
+            passages = retrieved_passages(recipe.run_path(), set_name, needed_by="eval (a rag variant)")
+            missing = [item.id for item in items if item.id not in passages]
+            if missing:
+                raise StageError(
+                    f"no retrieved passages for {len(missing)} question(s) of the set {set_name!r}, e.g. {missing[0]}; "
+                    "the index stage's retrieved file is older than the data: re-run the index stage"
+                )
+        eval_sets.append(EvalSet(set_name, task, items, passages))
+    return eval_sets
 
 
 def run(recipe: Recipe) -> EvalResult:
-    """Evaluate every variant on every configured set; write predictions and the summary."""
+    """Evaluate every variant on every configured set; write predictions, the summary and the report."""
     spec = recipe.eval
-    stage = StageDir.open(recipe.run_path(), "eval")
-    questions: list[Question] = []
-    for set_name in spec.sets:
-        records = list(read_records(split_path(recipe.run_path(), set_name, needed_by="eval")))
-        questions += questions_from_records(set_name, records)[: spec.limit]
-    if not questions:
-        raise StageError(f"no chat questions in the eval sets {spec.sets}")
-    base_dir = resolve_model(recipe.model.ref, recipe.model.revision)
-    variants = variants_for(recipe, base_dir)
-    config = {"eval": spec.model_dump(mode="json"), "model": recipe.model.model_dump(mode="json")}
-    inputs = {
-        "data": StageDir.open(recipe.run_path(), "data").fingerprint,
-        "sft": StageDir.open(recipe.run_path(), "sft").fingerprint if len(variants) > 1 else None,
-    }
+    run_path = recipe.run_path()
+    stage = StageDir.open(run_path, "eval")
+    variants = resolve_variants(recipe)
+    eval_sets = load_sets(recipe, with_passages=any(v.rag for v in variants))
+    # ``examples`` only changes what is printed: not part of the fingerprint.
+    settings = spec.model_dump(mode="json", exclude={"examples"})
+    config = {"eval": settings, "model": recipe.model.model_dump(mode="json"), "seed": recipe.seed}
+    inputs = {"data": StageDir.open(run_path, "data").fingerprint, "variants": {v.name: v.identity for v in variants}}
     fingerprint = fingerprint_data([config, inputs])
     if stage.is_done(fingerprint):
-        return EvalResult(summary=stage.manifest["metrics"], skipped=True)
+        report = stage.path("report.html")
+        return EvalResult(stage.manifest["metrics"], True, report if report.is_file() else None)
     stage.start(fingerprint, config, inputs)
+    print(f"eval: {len(variants)} variants ({', '.join(v.name for v in variants)}) on {len(eval_sets)} sets")
 
-    replies: dict[str, list[str]] = {}
-    for variant in variants:
-        replies[variant.name] = answer_questions(variant, questions, spec.max_new_tokens, spec.batch_size, recipe)
-    rows = score(questions, replies)
-    summary = summarize(rows, [v.name for v in variants], spec.sets)
+    outputs, seconds = answer_all(variants, eval_sets, recipe, stage)
+    rows = score_rows(eval_sets, [v.name for v in variants], outputs, [v.name for v in variants if v.rag])
+    if spec.judge is not None:
+        from lmforge.evaluate.judge import judge_rows
+
+        judge_rows(spec.judge, rows, [v.name for v in variants], _judged_sets(spec.judge.sets, eval_sets))
+    summary = summarize(rows, eval_sets, variants, spec.bootstrap, spec.confidence, recipe.seed)
+    summary["seconds"] = seconds  # per variant: loading, generation and scoring
     atomic_write_jsonl(stage.path("predictions.jsonl"), rows)
     atomic_write_json(stage.path("summary.json"), summary)
-    stage.finish(
-        summary,
-        outputs={"predictions": str(stage.path("predictions.jsonl")), "summary": str(stage.path("summary.json"))},
-    )
-    return EvalResult(summary=summary, skipped=False)
+    written = {"predictions": str(stage.path("predictions.jsonl")), "summary": str(stage.path("summary.json"))}
+    report_path = None
+    if spec.report:
+        from lmforge.evaluate.report import write_report
+
+        report_path = write_report(run_path)
+        written["report"] = str(report_path)
+    stage.finish(summary, outputs=written)
+    return EvalResult(summary, False, report_path)
 
 
-def answer_questions(
-    variant: Variant, questions: list[Question], max_new_tokens: int, batch_size: int, recipe: Recipe
-) -> list[str]:
+# ---------------------------------------------------------------- answering
+
+
+def answer_all(
+    variants: list[Variant], eval_sets: list[EvalSet], recipe: Recipe, stage: StageDir
+) -> tuple[dict[str, dict[str, list[Any]]], dict[str, float]]:
+    """Every variant's outputs (reused from the last run when nothing they depend on changed),
+    and the seconds each variant took."""
+    outputs, seconds = {}, {}
+    for variant in variants:
+        started = time.perf_counter()
+        key = answers_key(variant, eval_sets, recipe)
+        cached = cached_answers(stage, variant.name, key)
+        if cached is not None:
+            print(f"eval: {variant.name}: same weights, questions and settings as the last run; answers reused")
+            outputs[variant.name] = cached
+        else:
+            outputs[variant.name] = answer_sets(variant, eval_sets, recipe)
+            saved = {"key": key, "outputs": outputs[variant.name]}
+            atomic_write_json(stage.path("answers", f"{variant.name}.json"), saved)
+        seconds[variant.name] = round(time.perf_counter() - started, 1)
+    return outputs, seconds
+
+
+def answer_sets(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> dict[str, list[Any]]:
+    """One variant's outputs per set: replies (generate), choice scores (choice) or (nll, tokens)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    model, tokenizer = load_for_inference(variant.model_dir, variant.adapter_dir, recipe.model.trust_remote_code)
-    with Progress(
-        TextColumn(f"eval: {variant.name:<6}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
-    ) as progress:
-        task = progress.add_task("generate", total=len(questions))
-        replies = generate_replies(
-            model,
-            tokenizer,
-            [q.prompt for q in questions],
-            max_new_tokens=max_new_tokens,
-            batch_size=batch_size,
-            on_batch=lambda n: progress.advance(task, n),
-        )
+    from lmforge.evaluate.likelihood import build_pairs, continuation_logprobs, item_outputs
+
+    spec = recipe.eval
+    model, tokenizer = load_variant(variant, recipe.model.trust_remote_code)
+    outputs: dict[str, list[Any]] = {}
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(TextColumn(f"eval: {variant.name:<10}" + " {task.description}"), *columns, transient=True) as bar:
+        generate = [s for s in eval_sets if s.task.mode == "generate"]
+        prompts = [prompt for s in generate for prompt in _prompts(s, variant)]
+        if prompts:
+            task = bar.add_task("generate", total=len(prompts))
+            replies = generate_replies(
+                model,
+                tokenizer,
+                prompts,
+                max_new_tokens=spec.max_new_tokens,
+                batch_size=spec.batch_size,
+                on_batch=lambda n: bar.advance(task, n),
+            )
+            for eval_set in generate:
+                outputs[eval_set.name], replies = replies[: len(eval_set.items)], replies[len(eval_set.items) :]
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        for eval_set in [s for s in eval_sets if s.task.mode != "generate"]:
+            items = eval_set.items
+            if variant.rag and eval_set.passages is not None:
+                prompts = _prompts(eval_set, variant)
+                items = [replace(item, prompt=prompt) for item, prompt in zip(items, prompts, strict=True)]
+            pairs, owners = build_pairs(tokenizer, items, eval_set.task.mode, spec.max_length)
+            progress = bar.add_task(f"{eval_set.name} ({eval_set.task.mode})", total=len(pairs))
+            scored = continuation_logprobs(
+                model, pairs, pad_id, spec.batch_size, lambda n, progress=progress: bar.advance(progress, n)
+            )
+            outputs[eval_set.name] = item_outputs(items, eval_set.task.mode, owners, scored)
     del model
-    return replies
+    return outputs
 
 
-def score(questions: list[Question], replies: dict[str, list[str]]) -> list[dict[str, Any]]:
-    """One row per question with every variant's reply, correctness and token F1."""
+def answers_key(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> str:
+    """What a variant's raw answers depend on: its weights, the questions and the decoding settings.
+
+    A re-run after a new sft run re-answers with the tuned model only: the base model's answers
+    (``eval/answers/base.json``) are reused when this key is unchanged.
+    """
+    spec = recipe.eval
+    questions = [(s.name, s.task.name, [item.id for item in s.items]) for s in eval_sets]
+    settings = [spec.max_new_tokens, spec.batch_size, spec.max_length, recipe.model.trust_remote_code]
+    versions = {name: version for name, version in library_versions().items() if name in ("torch", "transformers")}
+    return fingerprint_data([variant.identity, variant.rag, questions, settings, versions])
+
+
+def cached_answers(stage: StageDir, name: str, key: str) -> dict[str, list[Any]] | None:
+    """A variant's answers from an earlier run with the same :func:`answers_key`, or None."""
+    path = stage.path("answers", f"{name}.json")
+    if not path.is_file():
+        return None
+    try:
+        saved = read_json(path)
+    except ValueError:
+        return None
+    return saved["outputs"] if isinstance(saved, dict) and saved.get("key") == key else None
+
+
+def _judged_sets(names: list[str] | None, eval_sets: list[EvalSet]) -> list[str]:
+    if names:
+        return names
+    return [s.name for s in eval_sets if s.task.name in ("qa", "freeform")]
+
+
+def _prompts(eval_set: EvalSet, variant: Variant) -> list[list[dict[str, str]]]:
+    prompts = [item.prompt for item in eval_set.items]
+    if not variant.rag or eval_set.passages is None:
+        return prompts
+    ids = [item.id for item in eval_set.items]
+    return rag_prompts(prompts, ids, eval_set.passages, where=f"variant {variant.name!r}, set {eval_set.name!r}")
+
+
+# ---------------------------------------------------------------- scoring and statistics
+
+
+def score_rows(
+    eval_sets: list[EvalSet],
+    variant_names: list[str],
+    outputs: dict[str, dict[str, list[Any]]],
+    rag_names: list[str] | None = None,
+) -> list[dict[str, Any]]:
+    """One row per question with every variant's answer and scores; with retrieval, the passages
+    and, per ``rag`` variant, the ids of the passages its reply cites (``[n]``)."""
     rows = []
-    for index, question in enumerate(questions):
-        answers = {}
-        for name, variant_replies in replies.items():
-            reply = variant_replies[index]
-            answers[name] = {
-                "reply": reply,
-                "correct": contains_answer(reply, question.gold, question.aliases),
-                "f1": round(token_f1(reply, question.gold), 4),
-            }
-        user_turns = [m["content"] for m in question.prompt if m["role"] == "user"]
-        rows.append(
-            {
-                "set": question.set_name,
-                "id": question.id,
-                "question": user_turns[-1] if user_turns else "",
-                "gold": question.gold,
+    for eval_set in eval_sets:
+        for index, item in enumerate(eval_set.items):
+            answers = {name: eval_set.task.score(item, outputs[name][eval_set.name][index]) for name in variant_names}
+            row: dict[str, Any] = {
+                "set": eval_set.name,
+                "task": eval_set.task.name,
+                "id": item.id,
+                "question": item.question,
+                "gold": item.gold,
                 "answers": answers,
             }
-        )
+            if eval_set.passages is not None:
+                row["passages"] = eval_set.passages.get(item.id, [])
+                for name in rag_names or []:
+                    answers[name]["cited"] = _cited_ids(answers[name].get("reply", ""), row["passages"])
+            rows.append(row)
     return rows
 
 
-def summarize(rows: list[dict[str, Any]], variant_names: list[str], set_names: list[str]) -> dict[str, Any]:
-    """Per set and variant: accuracy (gold contained in the reply), mean token F1 and the count."""
-    sets: dict[str, Any] = {}
-    for set_name in set_names:
-        subset = [row for row in rows if row["set"] == set_name]
-        if not subset:
-            continue
-        sets[set_name] = {}
-        for name in variant_names:
-            scores = [row["answers"][name] for row in subset]
-            sets[set_name][name] = {
-                "accuracy": round(sum(s["correct"] for s in scores) / len(scores), 4),
-                "f1": round(sum(s["f1"] for s in scores) / len(scores), 4),
-                "n": len(scores),
-            }
-    return {"sets": sets, "variants": variant_names}
+def _cited_ids(reply: str, passages: list[dict[str, Any]]) -> list[str]:
+    from lmforge.records import cited_passages
+
+    return [str(passage.get("id", "")) for passage in cited_passages(reply, passages)]
+
+
+def summarize(
+    rows: list[dict[str, Any]],
+    eval_sets: list[EvalSet],
+    variants: list[Variant],
+    resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per set and variant: the task's metrics, the headline score with its interval, and for every
+    variant but base the paired difference to base with its interval and the regressions."""
+    names = [v.name for v in variants]
+    summary: dict[str, Any] = {
+        "sets": {},
+        "tasks": {},
+        "variants": names,
+        "labels": {v.name: v.label for v in variants},
+        "regressions": {},
+        "bootstrap": resamples,
+        "confidence": confidence,
+    }
+    for eval_set in eval_sets:
+        task = eval_set.task
+        set_rows = [row for row in rows if row["set"] == eval_set.name]
+        summary["tasks"][eval_set.name] = {
+            "task": task.name,
+            "metric": task.metric,
+            "higher_is_better": task.higher_is_better,
+        }
+        base_scores = [row["answers"]["base"] for row in set_rows]
+        base_sample = task.sample(base_scores)
+        entries: dict[str, Any] = {}
+        for name in names:
+            scores = [row["answers"][name] for row in set_rows]
+            sample = task.sample(scores)
+            entry = {key: _rounded(value) for key, value in task.aggregate(eval_set.items, scores).items()}
+            entry.update(n=len(scores), score=_rounded(sample.value()))
+            entry["ci"] = [_rounded(x) for x in score_interval(sample, resamples, confidence, seed)]
+            if name != "base":
+                diff = paired_difference(sample, base_sample, resamples, confidence, seed)
+                entry.update(delta=_rounded(diff["delta"]), delta_ci=[_rounded(x) for x in diff["ci"]])
+                entry["p_value"] = _rounded(diff["p_value"])
+                changed = _changes(set_rows, name, task.binary)
+                if changed is not None:
+                    broke, fixed = changed
+                    entry.update(regressions=len(broke), improvements=len(fixed))
+                    summary["regressions"].setdefault(eval_set.name, {})[name] = broke
+                if any("judge" in score for score in scores):
+                    entry["judge"] = _judge_summary([score.get("judge") for score in scores])
+            entries[name] = entry
+        summary["sets"][eval_set.name] = entries
+    return summary
+
+
+def _changes(set_rows: list[dict[str, Any]], name: str, binary: bool) -> tuple[list[str], list[str]] | None:
+    """(ids the base model got right and ``name`` got wrong, ids the other way round).
+
+    For tasks without a right/wrong answer (free-form text), the judge's verdicts decide when there are any.
+    """
+    if binary:
+        broke = [r["id"] for r in set_rows if r["answers"]["base"]["correct"] and not r["answers"][name]["correct"]]
+        fixed = [r["id"] for r in set_rows if r["answers"][name]["correct"] and not r["answers"]["base"]["correct"]]
+        return broke, fixed
+    verdicts = [(r["id"], r["answers"][name].get("judge", {}).get("verdict")) for r in set_rows]
+    if not any(verdict for _, verdict in verdicts):
+        return None
+    return [i for i, v in verdicts if v == "loss"], [i for i, v in verdicts if v == "win"]
+
+
+def _judge_summary(judgements: list[dict[str, Any] | None]) -> dict[str, Any]:
+    verdicts = [j["verdict"] for j in judgements if j]
+    n = max(len(verdicts), 1)
+    wins, ties, losses = (verdicts.count(v) for v in ("win", "tie", "loss"))
+    return {
+        "win": round(wins / n, 4),
+        "tie": round(ties / n, 4),
+        "loss": round(losses / n, 4),
+        "score": round((wins + ties / 2) / n, 4),
+        "n": len(verdicts),
+    }
+
+
+def _rounded(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {key: _rounded(inner) for key, inner in value.items()}
+    return value
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def format_score(metric: str, value: float | None) -> str:
+    """A score as people read it: percentages for rates, decimals for the rest."""
+    if value is None:
+        return "-"
+    if metric in PERCENT_METRICS:
+        return f"{value:.1%}"
+    return f"{value:.2f}" if metric in ("perplexity", "bleu") else f"{value:.3f}"
+
+
+def format_delta(metric: str, value: float) -> str:
+    return f"{value:+.1%}" if metric in PERCENT_METRICS else f"{value:+.3f}"
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """One line per run: each set's headline score per variant."""
+    parts = []
+    for set_name, scores in summary["sets"].items():
+        metric = summary.get("tasks", {}).get(set_name, {}).get("metric", "accuracy")
+        shown = " vs ".join(
+            f"{name} {format_score(metric, s.get('score', s.get(metric)))}" for name, s in scores.items()
+        )
+        parts.append(f"{set_name}: {shown}")
+    return "; ".join(parts)
 
 
 def render_table(summary: dict[str, Any], rows: list[dict[str, Any]] | None = None, examples: int = 3) -> Any:
-    """A rich table: one line per set, accuracy and F1 of each variant side by side, and the change."""
+    """Rich tables: each set's headline score per variant with its interval and its difference to
+    base; example answers; and the first regressions (base right, variant wrong)."""
     from rich.console import Group
     from rich.table import Table
 
     variants = summary["variants"]
-    table = Table(title="lmforge eval: accuracy (gold answer in reply) and token F1", show_lines=False)
-    table.add_column("set")
-    table.add_column("n", justify="right")
-    for name in variants:
-        table.add_column(f"{name} acc", justify="right")
-        table.add_column(f"{name} F1", justify="right")
-    if "base" in variants and len(variants) > 1:
-        table.add_column("Δ acc", justify="right")
+    level = f"{summary.get('confidence', 0.95):.0%}"
+    table = Table(title=f"lmforge eval ({level} bootstrap intervals; Δ = variant - base on the same questions)")
+    for column in ("set", "metric", "n", "variant", "score", "interval", "Δ vs base", "Δ interval"):
+        table.add_column(column, justify="left" if column in ("set", "metric", "variant") else "right")
+    table.add_column("fixed / broke", justify="right")
     for set_name, scores in summary["sets"].items():
-        cells = [set_name, str(next(iter(scores.values()))["n"])]
-        for name in variants:
-            cells += [f"{scores[name]['accuracy']:.1%}", f"{scores[name]['f1']:.3f}"]
-        if "base" in variants and len(variants) > 1:
-            delta = scores[variants[-1]]["accuracy"] - scores["base"]["accuracy"]
-            color = "green" if delta > 0 else "red" if delta < 0 else "white"
-            cells.append(f"[{color}]{delta:+.1%}[/{color}]")
-        table.add_row(*cells)
+        task = summary.get("tasks", {}).get(set_name, {"metric": "accuracy", "higher_is_better": True})
+        metric = task["metric"]
+        for position, name in enumerate(variants):
+            entry = scores[name]
+            value = entry.get("score", entry.get(metric))
+            interval = entry.get("ci")
+            cells = [set_name if position == 0 else "", metric if position == 0 else "", str(entry["n"]), name]
+            cells += [format_score(metric, value), _interval(metric, interval)]
+            if "delta" in entry:
+                better = (entry["delta"] > 0) == task["higher_is_better"]
+                low, high = entry["delta_ci"]
+                sure = low > 0 or high < 0
+                color = ("green" if better else "red") if sure else "white"
+                cells += [f"[{color}]{format_delta(metric, entry['delta'])}[/{color}]"]
+                cells += [f"[{format_delta(metric, low)}, {format_delta(metric, high)}]"]
+            else:
+                cells += ["", ""]
+            if "regressions" in entry:
+                cells.append(f"[green]{entry['improvements']}[/green] / [red]{entry['regressions']}[/red]")
+            else:
+                cells.append("")
+            table.add_row(*cells, end_section=position == len(variants) - 1)
     parts: list[Any] = [table]
     if rows and examples:
-        sample = Table(title="example answers", show_lines=True)
-        sample.add_column("set")
-        sample.add_column("question")
-        sample.add_column("gold")
-        for name in variants:
-            sample.add_column(name)
-        for set_name in summary["sets"]:
-            for row in [r for r in rows if r["set"] == set_name][:examples]:
-                cells = [set_name, row["question"], row["gold"]]
-                for name in variants:
-                    answer = row["answers"][name]
-                    mark = "[green]✔[/green]" if answer["correct"] else "[red]✘[/red]"
-                    cells.append(f"{mark} {answer['reply'][:120]}")
-                sample.add_row(*cells)
-        parts.append(sample)
+        parts += _example_tables(summary, rows, examples)
     return Group(*parts)
+
+
+def _interval(metric: str, interval: list[float] | None) -> str:
+    if not interval:
+        return ""
+    return f"[{format_score(metric, interval[0])}, {format_score(metric, interval[1])}]"
+
+
+def _example_tables(summary: dict[str, Any], rows: list[dict[str, Any]], examples: int) -> list[Any]:
+    from rich.markup import escape
+    from rich.table import Table
+
+    variants = summary["variants"]
+    sample = Table(title="example answers", show_lines=True)
+    for column in ("set", "question", "gold", *variants):
+        sample.add_column(column)
+    for set_name in summary["sets"]:
+        set_rows = [r for r in rows if r["set"] == set_name and "reply" in r["answers"][variants[0]]]
+        for row in set_rows[:examples]:
+            cells = [escape(set_name), escape(row["question"]), escape(row["gold"])]
+            sample.add_row(*cells, *(_answer_cell(row, name) for name in variants))
+    tables = [sample] if sample.row_count else []
+    by_id = {(r["set"], r["id"]): r for r in rows}
+    broke = Table(title="regressions: base right, variant wrong (all of them: eval/summary.json, report.html)")
+    for column in ("set", "variant", "question", "gold", "base", "variant's answer"):
+        broke.add_column(column)
+    for set_name, per_variant in summary.get("regressions", {}).items():
+        for name, ids in per_variant.items():
+            for record_id in ids[:examples]:
+                row = by_id.get((set_name, record_id))
+                if row is not None:
+                    cells = [escape(set_name), escape(name), escape(row["question"]), escape(row["gold"])]
+                    broke.add_row(*cells, _answer_cell(row, "base"), _answer_cell(row, name))
+    if broke.row_count:
+        tables.append(broke)
+    return tables
+
+
+def _answer_cell(row: dict[str, Any], name: str) -> str:
+    from rich.markup import escape
+
+    answer = row["answers"][name]
+    reply = escape(str(answer.get("reply", ""))[:120])
+    if "correct" not in answer:
+        return reply
+    mark = "[green]✔[/green]" if answer["correct"] else "[red]✘[/red]"
+    return f"{mark} {reply}"

@@ -1,1 +1,2 @@
-"""Training stages: supervised fine-tuning (and, later, continued pretraining and other objectives)."""
+"""Training stages: ``cpt`` (cpt.py), ``mlm`` (mlm.py), ``sft`` (causal.py, with chain.py, templates.py and
+distill.py) and ``seq2seq`` (seq2seq.py), on the shared Trainer set-up in trainer.py and the fast path in fast.py."""

@@ -1,29 +1,48 @@
-"""The ``sft`` stage: supervised fine-tuning of a causal LM on chat records (LoRA or full).
+"""The ``sft`` stage: supervised fine-tuning of a causal LM on chat records (LoRA, DoRA or full).
 
-setup (data, model, tokenizer) -> train (HF Trainer) -> save (adapter or weights, tokenizer with
-its chat template, training log, manifest). Examples are packed padding-free into one row per
-micro-batch (``position_ids`` restart at each example, so attention never crosses examples) and
-the loss is computed only where there is a label, so the ``tokens x vocab`` logits of the prompt
-are never materialised.
+setup (start point, data, template, model) -> train (HF Trainer, see ``trainer.py``) -> save
+(adapter or weights, tokenizer with the chat template trained on, training log, manifest).
+
+Examples are length-grouped right-padded batches, or packed padding-free into one row per
+micro-batch (``position_ids`` restart at each example, so attention never crosses examples); the
+loss is computed only where there is a label, so the ``tokens x vocab`` logits of the prompt are
+never materialised. With ``sft.distill`` the loss also matches a teacher's top-k distribution
+(``distill.py``); when the recipe runs ``cpt`` first, sft starts from its result (``chain.py``).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
-import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import Recipe, SFTSpec
+from lmforge.config import Recipe, SFTSpec, TrainSpec
 from lmforge.errors import StageError
-from lmforge.models import cpu_supports_bf16, load_causal_lm, load_tokenizer, resolve_model
+from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import read_records
-from lmforge.rundir import StageDir, fingerprint_data, split_path
+from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, split_path
+from lmforge.train import chain
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
+from lmforge.train.templates import install_template
 from lmforge.train.tokenize import TokenizedExample, tokenize_records
+from lmforge.train.trainer import (
+    add_lora,
+    attention_kernel,
+    build_trainer,
+    check_training_setup,
+    clear_stale,
+    eval_split_path,
+    quantization_config,
+    run_training,
+    save_folder,
+    seed_everything,
+    trainable_summary,
+    training_metrics,
+    use_bf16,
+    write_log,
+)
 
 
 @dataclass
@@ -35,116 +54,155 @@ class SFTResult:
 
 
 def run(recipe: Recipe) -> SFTResult:
-    """Fine-tune the recipe's model on the ``train`` split of the data stage."""
+    """Fine-tune on ``sft.splits`` (default: ``train``), starting from the base model or the cpt result."""
     spec = recipe.sft
-    stage = StageDir.open(recipe.run_path(), "sft")
-    train_path = split_path(recipe.run_path(), "train", needed_by="sft")
-    data_fingerprint = StageDir.open(recipe.run_path(), "data").fingerprint
+    run_path = recipe.run_path()
+    stage = StageDir.open(run_path, "sft")
+    check_training_setup(spec, "sft", f"recipe {recipe.name!r}")
+    train_paths = [split_path(run_path, split, needed_by="sft") for split in spec.splits]
+    eval_path = eval_split_path(run_path, spec, needed_by="sft")
+    start = chain.starting_point(recipe)
     config = {"model": recipe.model.model_dump(mode="json"), "sft": spec.model_dump(mode="json"), "seed": recipe.seed}
-    fingerprint = fingerprint_data([config, data_fingerprint])
+    fingerprint = _fingerprint(run_path, config, spec.splits, train_paths, eval_path, start)
     if stage.is_done(fingerprint):
         outputs = stage.manifest["outputs"]
-        return SFTResult(
-            _opt_path(outputs.get("adapter")), _opt_path(outputs.get("model")), stage.manifest["metrics"], True
-        )
+        return SFTResult(_path(outputs.get("adapter")), _path(outputs.get("model")), stage.manifest["metrics"], True)
 
     resuming = stage.can_resume(fingerprint)
-    stage.start(fingerprint, config, {"data": data_fingerprint, "train": str(train_path)})
-    base_dir = resolve_model(recipe.model.ref, recipe.model.revision)
-    print(f"sft: base model {recipe.model.ref} ({base_dir}); training data {train_path}")
-    tokenizer = load_tokenizer(base_dir, trust_remote_code=recipe.model.trust_remote_code)
-    if not tokenizer.chat_template:
-        raise StageError(f"the tokenizer of {recipe.model.ref!r} has no chat template; sft needs one")
-    records = [r for r in read_records(train_path) if r["kind"] == "chat"]
+    shown_paths = ", ".join(map(str, train_paths))
+    inputs = {
+        "data": StageDir.open(run_path, "data").fingerprint,
+        "train": shown_paths,
+        "starts_from": start.as_manifest(),
+    }
+    stage.start(fingerprint, config, inputs)
+    clear_stale(stage, resuming, "base", "adapter-sft-only")
+    print(f"sft: {start.description}; training data {shown_paths}")
+    tokenizer = load_tokenizer(start.base_dir, trust_remote_code=recipe.model.trust_remote_code)
+    records = [r for path in train_paths for r in read_records(path) if r["kind"] == "chat"]
     if not records:
-        raise StageError(f"the train split {train_path} holds no chat records to fine-tune on")
-    examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs)
+        raise StageError(f"the split(s) {spec.splits} ({shown_paths}) hold no chat records to fine-tune on")
+    default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)
+    examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
     if token_counts["truncated"]:
         print(f"sft: warning: {token_counts['truncated']} example(s) truncated to {spec.max_length} tokens")
+    eval_examples = _eval_examples(tokenizer, eval_path, spec)
 
-    model = build_model(base_dir, spec, recipe.model.trust_remote_code)
-    trainer = build_trainer(model, tokenizer, examples, spec, recipe.seed, stage.path("checkpoints"))
-    started = time.perf_counter()
-    resume = resuming and any(stage.path("checkpoints").glob("checkpoint-*"))
-    if resume:
-        print("sft: resuming from the last checkpoint of an interrupted run")
-    result = trainer.train(resume_from_checkpoint=True if resume else None)
-    elapsed = time.perf_counter() - started
+    if start.how == "cpt-merge":
+        start.base_dir = chain.merged_base(start, stage.path("base"), recipe.model.trust_remote_code)
+    fold_in = start.cpt_adapter if start.how == "cpt-stack" else None
+    seed_everything(recipe.seed)
+    model = build_causal_model(start.base_dir, spec, spec.max_length, spec.attention, recipe, fold_in=fold_in)
+    print(
+        f"sft: {spec.method}{' (DoRA)' if spec.lora.use_dora and spec.method == 'lora' else ''}, "
+        f"{trainable_summary(model)}, template {spec.template}"
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    collate = pack_batch if spec.packing else partial(pad_batch, pad_id=pad_id)
+    train_dataset, loss_sum = ExampleDataset(examples), causal_lm_loss_sum
+    if spec.distill is not None:
+        from lmforge.train import distill
 
-    outputs = save_outputs(model, tokenizer, spec, stage, base_dir)
-    epochs_run = trainer.state.epoch or spec.epochs
-    metrics = {
-        "train_loss": round(float(result.training_loss), 5),
-        "final_loss": _last_logged_loss(trainer),
-        "steps": trainer.state.global_step,
-        "epochs": round(float(epochs_run), 3),
-        "seconds": round(elapsed, 1),
-        **token_counts,
-        "trainable_tokens_per_s": round(token_counts["trainable_tokens"] * epochs_run / max(elapsed, 1e-9), 1),
-        "tokens_per_s": round(token_counts["tokens"] * epochs_run / max(elapsed, 1e-9), 1),
-        "precision": "bf16" if use_bf16(spec) else "fp32",
-    }
-    _write_log(trainer, stage.path("train_log.jsonl"))
+        topk = distill.teacher_topk(spec.distill, tokenizer, examples, stage, recipe.model.trust_remote_code)
+        train_dataset, collate = distill.DistillDataset(examples, topk), distill.with_teacher(collate)
+        loss_sum = partial(distill.distill_loss_sum, alpha=spec.distill.alpha, temperature=spec.distill.temperature)
+    trainer = build_trainer(
+        model=model,
+        spec=spec,
+        seed=recipe.seed,
+        stage=stage,
+        label="sft",
+        train_dataset=train_dataset,
+        eval_dataset=ExampleDataset(eval_examples) if eval_examples else None,
+        collator=collate,
+        loss_sum=loss_sum,
+        eval_loss_sum=causal_lm_loss_sum,
+        sampling="random" if spec.packing else "group_by_length",
+        loss_shifts_labels=True,
+    )
+    result, seconds = run_training(trainer, stage, resuming, "sft")
+
+    outputs = save_outputs(model, tokenizer, spec, stage, start)
+    metrics = training_metrics(trainer, result, seconds)
+    epochs_run = metrics["epochs"] or spec.epochs
+    metrics.update(token_counts)
+    metrics["trainable_tokens_per_s"] = round(token_counts["trainable_tokens"] * epochs_run / max(seconds, 1e-9), 1)
+    metrics["tokens_per_s"] = round(token_counts["tokens"] * epochs_run / max(seconds, 1e-9), 1)
+    metrics["template"] = spec.template
+    if default_domain is not None:
+        metrics["default_domain"] = default_domain
+    write_log(trainer, stage.path("train_log.jsonl"))
     shutil.rmtree(stage.path("checkpoints"), ignore_errors=True)
     stage.finish(metrics, outputs=outputs)
-    return SFTResult(_opt_path(outputs.get("adapter")), _opt_path(outputs.get("model")), metrics, False)
+    return SFTResult(_path(outputs.get("adapter")), _path(outputs.get("model")), metrics, False)
 
 
-def _opt_path(value: str | None) -> Path | None:
+def _fingerprint(
+    run_path: Path,
+    config: dict[str, Any],
+    splits: list[str],
+    train_paths: list[Path],
+    eval_path: Path | None,
+    start: chain.StartingPoint,
+) -> str:
+    parts: list[Any] = [config, StageDir.open(run_path, "data").fingerprint]
+    # Splits other than `train` may come from a later stage (index.raft, synth), which changes without the data stage.
+    extra = {split: fingerprint_file(path) for split, path in zip(splits, train_paths, strict=True)}
+    extra.pop("train", None)
+    if extra:
+        parts.append(extra)
+    if eval_path is not None:
+        parts.append({"eval": str(eval_path)})
+    if start.cpt_fingerprint is not None:
+        parts.append({"cpt": start.cpt_fingerprint})
+    return fingerprint_data(parts)
+
+
+def _path(value: str | None) -> Path | None:
     return Path(value) if value else None
 
 
-def use_bf16(spec: SFTSpec) -> bool:
-    """bf16 autocast: on request, or (auto) on CUDA and on CPUs with native bf16 matmuls."""
-    import torch
-
-    if spec.precision == "auto":
-        return torch.cuda.is_available() or cpu_supports_bf16()
-    return spec.precision == "bf16"
-
-
-def attention_kernel(spec: SFTSpec) -> str:
-    """The attention implementation to train with (see ``SFTSpec.attention``)."""
-    import torch
-
-    if spec.attention != "auto":
-        return spec.attention
-    if torch.cuda.is_available():
-        return "sdpa"
-    # CPU: the eager kernel beat sdpa's flash backward on short rows; sdpa wins on memory for long ones.
-    return "eager" if spec.max_length <= 512 else "sdpa"
+def _eval_examples(tokenizer: Any, eval_path: Path | None, spec: SFTSpec) -> list[TokenizedExample]:
+    if eval_path is None:
+        return []
+    records = [r for r in read_records(eval_path) if r["kind"] == "chat"]
+    if not records:
+        print(f"sft: warning: the validation split {eval_path} holds no chat records; training without validation")
+        return []
+    examples, _ = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
+    return examples
 
 
-def build_model(base_dir: Path, spec: SFTSpec, trust_remote_code: bool) -> Any:
-    """Load the base model and wrap it in a LoRA adapter when asked.
+def build_causal_model(
+    base_dir: Path, spec: TrainSpec, max_length: int, attention: str, recipe: Recipe, fold_in: Path | None = None
+) -> Any:
+    """Load a causal LM for training and wrap it in a LoRA / DoRA adapter when asked.
 
     With LoRA and bf16 the frozen base weights are stored in bf16 (no per-step casts, half the
     memory) while the adapter weights stay fp32 master weights under autocast. Full fine-tuning
-    keeps fp32 master weights everywhere.
+    keeps fp32 master weights everywhere. ``fold_in`` is an adapter merged into the fp32 weights
+    first (a stacked cpt adapter). With ``quantization`` the base is loaded 4-/8-bit (QLoRA, CUDA).
     """
     import torch
 
-    frozen_bf16 = spec.method == "lora" and use_bf16(spec)
-    model = load_causal_lm(
-        base_dir,
-        dtype=torch.bfloat16 if frozen_bf16 else torch.float32,
-        trust_remote_code=trust_remote_code,
-        attn_implementation=attention_kernel(spec),
-    )
+    frozen_bf16 = spec.method == "lora" and use_bf16(spec.precision)
+    kwargs: dict[str, Any] = {"attn_implementation": attention_kernel(attention, max_length)}
+    quantization = quantization_config(spec)
+    if quantization is not None:
+        kwargs.update(quantization_config=quantization, device_map={"": torch.cuda.current_device()})
+    dtype = torch.bfloat16 if frozen_bf16 and fold_in is None else torch.float32
+    trust = recipe.model.trust_remote_code
+    model = load_causal_lm(base_dir, dtype=dtype, trust_remote_code=trust, **kwargs)
+    if fold_in is not None:
+        model = chain.fold_in_adapter(model, fold_in)
+        if frozen_bf16:
+            model = model.to(torch.bfloat16)
     model.config.use_cache = False
     if spec.method == "full":
         return model
-    from peft import LoraConfig, get_peft_model
-
-    lora = LoraConfig(
-        r=spec.lora.r,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=spec.lora.target_modules,
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora, autocast_adapter_dtype=True)
-    enable_lean_lora(model)
+    model = add_lora(model, spec, "CAUSAL_LM")
+    if quantization is None:
+        enable_lean_lora(model)
     return model
 
 
@@ -162,148 +220,27 @@ class ExampleDataset:
         return {"input_ids": example.input_ids, "labels": example.labels}
 
 
-def build_trainer(
-    model: Any, tokenizer: Any, examples: list[TokenizedExample], spec: SFTSpec, seed: int, output_dir: Path
-) -> Any:
-    """An HF Trainer set up for padding-free, answer-only causal LM training."""
-    import torch
-    from transformers import PrinterCallback, Trainer, TrainingArguments
-
-    bf16 = use_bf16(spec)
-
-    class AnswerOnlyTrainer(Trainer):
-        """Computes the logits only at positions with a label: the loss needs nothing else."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # The backbone is called directly (not through the wrapped model.forward), so the
-            # bf16 autocast the Trainer puts around forward() is set here explicitly.
-            with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, count = causal_lm_loss_sum(model, inputs)
-            denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
-            loss = loss / denominator
-            return (loss, None) if return_outputs else loss
-
-    args = TrainingArguments(
-        output_dir=str(output_dir),
-        per_device_train_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum,
-        num_train_epochs=spec.epochs,
-        max_steps=spec.max_steps,
-        learning_rate=spec.lr,
-        lr_scheduler_type=spec.scheduler,
-        warmup_steps=spec.warmup_ratio,
-        weight_decay=spec.weight_decay,
-        max_grad_norm=spec.max_grad_norm,
-        bf16=bf16,
-        use_cpu=not torch.cuda.is_available(),
-        logging_steps=spec.logging_steps,
-        save_strategy="steps" if spec.save_steps else "epoch",
-        save_steps=spec.save_steps or 500,
-        save_total_limit=2,
-        seed=seed,
-        data_seed=seed,
-        report_to="none",
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-        train_sampling_strategy="random" if spec.packing else "group_by_length",
-    )
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = AnswerOnlyTrainer(
-        model=model,
-        args=args,
-        train_dataset=ExampleDataset(examples),
-        data_collator=pack_batch if spec.packing else partial(pad_batch, pad_id=pad_id),
-        callbacks=[progress_callback()],
-    )
-    trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
-    # Our loss is already a per-token mean over the whole accumulated batch (num_items_in_batch).
-    trainer.model_accepts_loss_kwargs = True
-    trainer.loss_is_scaled_for_ga = True
-    return trainer
-
-
-def progress_callback() -> Any:
-    """A rich progress bar over optimizer steps, with a compact line per logged loss."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from transformers import TrainerCallback
-
-    class RichProgress(TrainerCallback):
-        def __init__(self) -> None:
-            self.console = Console()
-            self.progress: Progress | None = None
-            self.task: Any = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            self.progress = Progress(
-                TextColumn("sft"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("steps"),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                console=self.console,
-                transient=True,
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.progress is None or not logs or "loss" not in logs:
-                return
-            parts = [
-                f"step {state.global_step}/{state.max_steps}",
-                f"epoch {state.epoch:.2f}",
-                f"loss {logs['loss']:.4f}",
-            ]
-            if "learning_rate" in logs:
-                parts.append(f"lr {logs['learning_rate']:.2e}")
-            if "grad_norm" in logs:
-                parts.append(f"grad {logs['grad_norm']:.3f}")
-            self.progress.console.print("  " + "  ".join(parts), highlight=False)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
-
-    return RichProgress()
-
-
-def save_outputs(model: Any, tokenizer: Any, spec: SFTSpec, stage: StageDir, base_dir: Path) -> dict[str, str]:
-    """Save the adapter (or full weights) with the tokenizer and its chat template."""
+def save_outputs(
+    model: Any, tokenizer: Any, spec: SFTSpec, stage: StageDir, start: chain.StartingPoint
+) -> dict[str, Any]:
+    """Save the adapter (stacked with the cpt one for ``chain: stack``) or the full weights, with the tokenizer."""
     disable_lean_lora(model)
-    outputs = {"base_model": str(base_dir)}
-    target = stage.path("adapter" if spec.method == "lora" else "model")
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    outputs["adapter" if spec.method == "lora" else "model"] = str(target)
+    outputs: dict[str, Any] = {"base_model": str(start.base_dir), "starts_from": start.how}
+    if spec.method == "full":
+        outputs["model"] = str(save_folder(stage.path("model"), model, tokenizer))
+        return outputs
+    adapter = save_folder(stage.path("adapter"), model, tokenizer)
+    if start.how == "cpt-stack":
+        assert start.cpt_adapter is not None and start.original_base is not None
+        own = adapter.with_name("adapter-sft-only")
+        shutil.rmtree(own, ignore_errors=True)
+        adapter.rename(own)
+        ranks = chain.stack_adapters(start.original_base, start.cpt_adapter, own, adapter)
+        outputs["stacked_ranks"] = ranks
+        outputs["sft_only_adapter"] = str(own)  # relative to base + cpt adapter; the stacked one is what runs
+        print(
+            f"sft: saved one adapter = cpt (rank {ranks['first']}) + sft (rank {ranks['second']}), "
+            f"rank {ranks['stacked']}, on the original base"
+        )
+    outputs["adapter"] = str(adapter)
     return outputs
-
-
-def _last_logged_loss(trainer: Any) -> float | None:
-    losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
-    return round(float(losses[-1]), 5) if losses else None
-
-
-def _write_log(trainer: Any, path: Path) -> None:
-    from lmforge.rundir import atomic_write_text
-
-    lines = [json.dumps(entry) for entry in trainer.state.log_history]
-    atomic_write_text(path, "\n".join(lines) + "\n")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import DataError
+from lmforge.train.templates import template_kwargs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,16 +35,22 @@ class TokenizedExample:
 
 
 def assistant_spans(
-    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]]
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], template_kwargs: dict[str, Any] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
-    """Render ``messages`` and return the text with the character spans of every assistant turn."""
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
+    """Render ``messages`` and return the text with the character spans of every assistant turn.
+
+    ``template_kwargs`` are extra variables for the chat template (e.g. ``domain`` for domain_tag).
+    """
+    extra = template_kwargs or {}
+    full = tokenizer.apply_chat_template(messages, tokenize=False, **extra)
     spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False) if i else ""
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
+        before = ""
+        if i:
+            before = tokenizer.apply_chat_template(messages[:i], add_generation_prompt=True, tokenize=False, **extra)
+        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False, **extra)
         if not (through.startswith(before) and full.startswith(through)):
             raise DataError(
                 "the tokenizer's chat template does not render conversation prefixes consistently, "
@@ -59,9 +66,10 @@ def tokenize_chat(
     messages: list[dict[str, str]],
     max_length: int,
     train_on_inputs: bool = False,
+    template_kwargs: dict[str, Any] | None = None,
 ) -> TokenizedExample:
     """Token ids and labels for one conversation; labels are IGNORE outside assistant turns."""
-    text, spans = assistant_spans(tokenizer, messages)
+    text, spans = assistant_spans(tokenizer, messages, template_kwargs)
     # The template already holds the special tokens (BOS, turn markers); don't add them twice.
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoded["input_ids"]
@@ -77,9 +85,15 @@ def tokenize_chat(
 
 
 def tokenize_records(
-    tokenizer: PreTrainedTokenizerBase, records: list[dict[str, Any]], max_length: int, train_on_inputs: bool
+    tokenizer: PreTrainedTokenizerBase,
+    records: list[dict[str, Any]],
+    max_length: int,
+    train_on_inputs: bool,
+    template: str = "chat",
 ) -> tuple[list[TokenizedExample], dict[str, int]]:
     """Tokenize chat records; fail before training if any example is left with no trainable token.
+
+    ``template`` is the sft prompt format; domain_tag renders each record with its own domain.
 
     Returns:
         The examples and counts: ``examples``, ``tokens``, ``trainable_tokens``, ``truncated``.
@@ -89,7 +103,8 @@ def tokenize_records(
     """
     examples, empty = [], []
     for record in records:
-        example = tokenize_chat(tokenizer, record["messages"], max_length, train_on_inputs)
+        extra = template_kwargs(template, record)
+        example = tokenize_chat(tokenizer, record["messages"], max_length, train_on_inputs, extra)
         if example.trainable == 0:
             source = record.get("source", {})
             empty.append(f"{source.get('path')}:{source.get('line')} (id {record['id'][:10]})")
@@ -108,3 +123,50 @@ def tokenize_records(
         "truncated": sum(e.truncated for e in examples),
     }
     return examples, counts
+
+
+# ---------------------------------------------------------------- continued pretraining
+
+
+@dataclass
+class PackedRow:
+    """One training row of raw text: exactly ``max_length`` tokens (the last row may be shorter)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+
+
+def pack_texts(
+    tokenizer: PreTrainedTokenizerBase, texts: list[str], max_length: int, isolate_documents: bool = True
+) -> tuple[list[PackedRow], dict[str, int]]:
+    """Tokenize texts (each followed by EOS) into one stream and cut it into rows of ``max_length``.
+
+    With ``isolate_documents`` the positions restart at every document inside a row, which makes the
+    attention kernels keep documents apart (no 2-D mask needed), and a document's first token is not
+    predicted from the end of the previous one (its label is IGNORE). A document longer than a row
+    continues in the next row.
+
+    Returns:
+        The rows and counts: ``documents``, ``tokens``, ``rows``.
+    """
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    starts: set[int] = set()
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]  # with the BOS the tokenizer adds by itself, if any
+        starts.add(len(stream))
+        stream.extend(ids if eos is None else [*ids, eos])
+    rows = []
+    for begin in range(0, len(stream), max_length):
+        ids = stream[begin : begin + max_length]
+        labels, positions, position = list(ids), [], 0
+        for offset in range(len(ids)):
+            if isolate_documents and offset and begin + offset in starts:
+                labels[offset] = IGNORE
+                position = 0
+            positions.append(position if isolate_documents else offset)
+            position += 1
+        rows.append(PackedRow(input_ids=ids, labels=labels, position_ids=positions))
+    counts = {"documents": len(texts), "tokens": len(stream), "rows": len(rows)}
+    return rows, counts

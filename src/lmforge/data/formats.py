@@ -1,0 +1,244 @@
+"""Dataset rows in the formats people have -> canonical records (see ``records.py``).
+
+Formats (the TRL vocabulary where there is one):
+
+==================  ==============================================================  ========
+format              row                                                             kind
+==================  ==============================================================  ========
+canonical           ``{"id", "kind", "source", "messages"|"text", ...}``             as is
+messages            ``{"messages": [{"role", "content"}, ...]}`` (OpenAI)            chat
+sharegpt            ``{"conversations": [{"from": "human"|"gpt", "value"}, ...]}``  chat
+alpaca              ``{"instruction", "input"?, "output", "system"?}``              chat
+qa                  ``{"question", "answer"}``                                      chat
+prompt_response     ``{"prompt", "response"}``                                      chat
+prompt_completion   ``{"prompt", "completion"}`` (strings or message lists)         chat
+text                ``{"text"}``, or a document section                             text
+columns             any row, through the source's explicit ``columns`` mapping      either
+==================  ==============================================================  ========
+
+``auto`` picks one format per file: the most common match among its first rows. A row that does
+not fit its file's format is rejected with the field it lacks. Field names match case-insensitively;
+``meta`` (an object) and ``domain`` (a string) are carried over when a row has them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+from lmforge.config import ColumnMap
+from lmforge.records import Message, Record, chat_record, record_id, record_problem, text_record
+
+DETECT_ROWS = 50
+
+FORMAT_KEYS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "qa": ("question", "answer"),
+    "prompt_completion": ("prompt", "completion"),
+    "prompt_response": ("prompt", "response"),
+    "text": ("text",),
+}
+"""Keys that identify each format, in the order they are tried."""
+
+ROLE_ALIASES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+    "model": "assistant",
+    "bot": "assistant",
+    "chatgpt": "assistant",
+}
+
+
+class Rejected(Exception):
+    """A row that cannot become a record: ``reason`` is its category, ``detail`` the specifics."""
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(f"{reason}: {detail}" if detail else reason)
+        self.reason = reason
+        self.detail = detail
+
+
+def detect_format(values: list[Any]) -> str | None:
+    """The most common format among the first dict rows, or None when none of them matches one."""
+    votes: Counter[str] = Counter()
+    for value in values[:DETECT_ROWS]:
+        if isinstance(value, dict):
+            fmt = row_format(value)
+            if fmt:
+                votes[fmt] += 1
+    return votes.most_common(1)[0][0] if votes else None
+
+
+def row_format(row: dict[str, Any]) -> str | None:
+    """The format one row matches, or None."""
+    if "kind" in row and "id" in row:
+        return "canonical"
+    keys = {str(k).lower() for k in row}
+    for fmt, needed in FORMAT_KEYS.items():
+        if all(key in keys for key in needed):
+            return fmt
+    return None
+
+
+def to_record(value: Any, fmt: str, columns: ColumnMap | None, source: dict[str, Any], domain: str | None) -> Record:
+    """Convert one row (or one document section, a string) to a canonical record.
+
+    Raises:
+        Rejected: the row does not fit ``fmt`` (missing field, wrong type, bad conversation).
+    """
+    if isinstance(value, str):
+        return text_record(value, source, domain)
+    if not isinstance(value, dict):
+        raise Rejected("not an object", f"expected a JSON object per row, got {type(value).__name__}")
+    if fmt == "canonical":
+        return _canonical(value, domain)
+    row = value if columns else {str(k).lower(): v for k, v in value.items()}
+    domain = _optional_text(row, "domain") or domain
+    meta = row.get("meta") if isinstance(row.get("meta"), dict) else None
+    if columns is not None:
+        return _from_columns(value, columns, source, domain)
+    if fmt == "text":
+        return text_record(_text(row, "text"), source, domain, meta)
+    if fmt == "messages":
+        messages = _messages(_field(row, "messages"), "role", "content")
+    elif fmt == "sharegpt":
+        messages = _messages(_field(row, "conversations"), *_sharegpt_keys(row))
+    elif fmt == "alpaca":
+        user = _joined(_text(row, "instruction"), _optional_text(row, "input"))
+        messages = _turns(_optional_text(row, "system"), user, _text(row, "output"))
+    elif fmt == "qa":
+        messages = _turns(_optional_text(row, "system"), _text(row, "question"), _text(row, "answer"))
+    elif fmt in ("prompt_response", "prompt_completion"):
+        answer_key = "response" if fmt == "prompt_response" else "completion"
+        messages = _prompt_answer(row, answer_key)
+    else:
+        raise Rejected("unknown format", fmt)
+    return chat_record(messages, source, domain, meta)
+
+
+def unrecognised(value: Any) -> Rejected:
+    """The rejection for a row in a file whose format could not be detected."""
+    keys = sorted(str(k) for k in value)[:10] if isinstance(value, dict) else type(value).__name__
+    expected = ", ".join(f"{name} ({'/'.join(keys_)})" for name, keys_ in FORMAT_KEYS.items())
+    return Rejected("format not recognised", f"row keys {keys}; expected one of: {expected}; or set columns")
+
+
+def _field(row: dict[str, Any], key: str) -> Any:
+    if key not in row:
+        raise Rejected("missing field", f"no {key!r}")
+    return row[key]
+
+
+def _canonical(value: dict[str, Any], domain: str | None) -> Record:
+    problem = record_problem(value)
+    if problem:
+        raise Rejected("invalid record", problem)
+    record = dict(value)
+    record["domain"] = record.get("domain") or domain
+    # ids are content hashes: one given by another tool is replaced, so equal content dedups as equal
+    record["id"] = record_id(record["kind"], record["text"] if record["kind"] == "text" else record["messages"])
+    return record  # type: ignore[return-value]
+
+
+def _text(row: dict[str, Any], key: str) -> str:
+    """A required string field; numbers are written out, other types are rejected."""
+    if key not in row or row[key] is None:
+        raise Rejected("missing field", f"no {key!r}")
+    value = row[key]
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise Rejected("wrong type", f"{key!r} must be a string, got {type(value).__name__}")
+    return value if isinstance(value, str) else str(value)
+
+
+def _optional_text(row: dict[str, Any], key: str) -> str:
+    return _text(row, key) if row.get(key) is not None else ""
+
+
+def _joined(instruction: str, context: str) -> str:
+    return f"{instruction}\n\n{context}" if context.strip() else instruction
+
+
+def _turns(system: str, user: str, assistant: str) -> list[Message]:
+    messages: list[Message] = [{"role": "system", "content": system}] if system.strip() else []
+    return [*messages, {"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
+
+
+def _sharegpt_keys(row: dict[str, Any]) -> tuple[str, str]:
+    """ShareGPT turn keys: ``from``/``value`` (or ``role``/``content`` in some exports)."""
+    turns = row.get("conversations")
+    if isinstance(turns, list) and turns and isinstance(turns[0], dict) and "role" in turns[0]:
+        return "role", "content"
+    return "from", "value"
+
+
+def _messages(turns: Any, role_key: str, content_key: str) -> list[Message]:
+    if not isinstance(turns, list) or not turns:
+        raise Rejected("invalid conversation", f"expected a non-empty list of turns, got {type(turns).__name__}")
+    messages: list[Message] = []
+    for i, turn in enumerate(turns):
+        if not isinstance(turn, dict):
+            raise Rejected("invalid conversation", f"turn {i} is a {type(turn).__name__}, not an object")
+        role = ROLE_ALIASES.get(str(turn.get(role_key, "")).lower())
+        if role is None:
+            raise Rejected("invalid conversation", f"turn {i}: unsupported {role_key} {turn.get(role_key)!r}")
+        messages.append({"role": role, "content": _content(turn.get(content_key), i)})  # type: ignore[typeddict-item]
+    if not any(m["role"] == "assistant" for m in messages):
+        raise Rejected("invalid conversation", "no assistant turn")
+    return messages
+
+
+def _content(content: Any, index: int) -> str:
+    """A turn's text: a string, or the text parts of an OpenAI content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) for p in content):
+        texts = [p.get("text") for p in content if p.get("type", "text") == "text"]
+        if len(texts) == len(content) and all(isinstance(t, str) for t in texts):
+            return "".join(texts)  # type: ignore[arg-type]
+        raise Rejected("invalid conversation", f"turn {index} has non-text content parts (images, audio)")
+    raise Rejected("invalid conversation", f"turn {index}: content must be a string, got {type(content).__name__}")
+
+
+def _prompt_answer(row: dict[str, Any], answer_key: str) -> list[Message]:
+    """Prompt/answer pairs: strings, or conversational lists of messages (TRL's conversational form)."""
+    prompt, answer = row.get("prompt"), row.get(answer_key)
+    if isinstance(prompt, list) or isinstance(answer, list):
+        prompt_turns = _messages_no_check(prompt, "prompt") if isinstance(prompt, list) else None
+        answer_turns = _messages_no_check(answer, answer_key) if isinstance(answer, list) else None
+        if prompt_turns is None or answer_turns is None:
+            raise Rejected("wrong type", f"'prompt' and {answer_key!r} must both be strings or both message lists")
+        return _messages([*prompt_turns, *answer_turns], "role", "content")
+    return _turns(_optional_text(row, "system"), _text(row, "prompt"), _text(row, answer_key))
+
+
+def _messages_no_check(turns: list[Any], key: str) -> list[dict[str, Any]]:
+    if not turns or not all(isinstance(t, dict) for t in turns):
+        raise Rejected("invalid conversation", f"{key!r} must be a non-empty list of message objects")
+    return turns
+
+
+def _from_columns(row: dict[str, Any], columns: ColumnMap, source: dict[str, Any], domain: str | None) -> Record:
+    """A row through an explicit column mapping (column names are matched exactly)."""
+    if columns.domain and isinstance(row.get(columns.domain), str) and row[columns.domain]:
+        domain = row[columns.domain]
+    meta = {}
+    for name in columns.meta:
+        if name not in row:
+            raise Rejected("missing field", f"no {name!r} (columns.meta)")
+        meta[name] = row[name]
+    if columns.text:
+        return text_record(_text(row, columns.text), source, domain, meta or None)
+    assert columns.assistant  # the config validator guarantees text or assistant
+    user = _text(row, columns.user) if columns.user else ""
+    if columns.input:
+        user = _joined(user, _optional_text(row, columns.input))
+    system = _optional_text(row, columns.system) if columns.system else ""
+    messages = _turns(system, user, _text(row, columns.assistant))
+    if not columns.user and not columns.input:
+        messages = [m for m in messages if m["role"] != "user"]
+    return chat_record(messages, source, domain, meta or None)

@@ -1,0 +1,167 @@
+"""Variants: the models an evaluation compares, and the retrieved passages a ``rag`` variant reads.
+
+The base model is always a variant. Without ``eval.variants`` the list is ``base`` plus ``tuned``
+(this run's sft result) when the run has an sft stage, and ``base+rag`` / ``tuned+rag`` when it
+has an index stage. A ``rag: true`` variant answers with the
+passages the ``index`` stage retrieved for each question: the agreed hand-off is the file
+``runs/<run>/index/retrieved/<split>.jsonl``, one line per record of the split::
+
+    {"id": "<record id>", "passages": [{"id": "<chunk id>", "source": {...}, "text": "...", "score": 0.0}]}
+
+and :func:`lmforge.records.context_messages` builds the prompt from them, so evaluation uses the
+same prompt as ``lmforge ask``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import Recipe, VariantSpec
+from lmforge.errors import DataError, StageError
+from lmforge.models import resolve_model
+from lmforge.rundir import StageDir, fingerprint_files, require_done, trained_model
+
+
+@dataclass
+class Variant:
+    """A resolved variant: which weights to load and whether to add retrieved passages."""
+
+    name: str
+    model_dir: Path
+    adapter_dir: Path | None
+    rag: bool = False
+    label: str = ""
+    """What it is, for people: ``smollm2-135m-instruct + runs/demo/sft/adapter``."""
+    identity: dict[str, Any] = field(default_factory=dict)
+    """What identifies its weights (for the stage fingerprint)."""
+
+
+def load_variant(variant: Variant, trust_remote_code: bool = False) -> tuple[Any, Any]:
+    """(model, tokenizer) of a variant, in eval mode, with its adapter merged in.
+
+    The tokenizer (and chat template) comes from the adapter folder when it has one, as lmforge's
+    sft stage saves it; an adapter trained elsewhere often ships none, and then the model's is used.
+    """
+    from lmforge.models import load_causal_lm, load_for_inference, load_tokenizer
+
+    adapter = variant.adapter_dir
+    if adapter is None or (adapter / "tokenizer_config.json").is_file():
+        return load_for_inference(variant.model_dir, adapter, trust_remote_code)
+    from peft import PeftModel
+
+    model = load_causal_lm(variant.model_dir, trust_remote_code=trust_remote_code)
+    model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model.eval()
+    return model, load_tokenizer(variant.model_dir, trust_remote_code=trust_remote_code)
+
+
+def variant_specs(recipe: Recipe) -> list[VariantSpec]:
+    """The configured variants with ``base`` first; the default list when none is configured."""
+    specs = list(recipe.eval.variants)
+    if not specs:
+        specs = [VariantSpec(name="base", model="base")]
+        has_sft = "sft" in recipe.stages or StageDir.open(recipe.run_path(), "sft").status == "done"
+        # With an index, each model also answers with retrieved passages: base, base+rag, tuned, tuned+rag.
+        has_index = "index" in recipe.stages or StageDir.open(recipe.run_path(), "index").status == "done"
+        if has_index:
+            specs.append(VariantSpec(name="base+rag", model="base", rag=True))
+        if has_sft:
+            specs.append(VariantSpec(name="tuned", model="tuned"))
+        if has_sft and has_index:
+            specs.append(VariantSpec(name="tuned+rag", model="tuned", rag=True))
+        return specs
+    if not any(spec.name == "base" for spec in specs):
+        specs.insert(0, VariantSpec(name="base", model="base"))
+    return sorted(specs, key=lambda spec: spec.name != "base")
+
+
+def resolve_variants(recipe: Recipe) -> list[Variant]:
+    """Resolve every variant to local folders; fails before any model is loaded."""
+    base_dir = resolve_model(recipe.model.ref, recipe.model.revision)
+    return [_resolve(spec, recipe, base_dir) for spec in variant_specs(recipe)]
+
+
+def _resolve(spec: VariantSpec, recipe: Recipe, base_dir: Path) -> Variant:
+    if spec.model == "tuned":
+        run_path = _run_folder(spec.run, recipe) if spec.run else recipe.run_path()
+        tuned = trained_model(run_path)
+        if tuned is None:
+            where = f"run {spec.run!r} ({run_path})" if spec.run else "this run"
+            raise StageError(
+                f"variant {spec.name!r} needs the tuned model of {where}, but its sft stage has not finished "
+                f"({run_path / 'sft'}); run the sft stage first (lmforge run RECIPE)"
+            )
+        model_dir, adapter_dir = tuned
+        identity = {"sft": StageDir.open(run_path, "sft").fingerprint}
+        label = f"{run_path.name}: sft {'adapter' if adapter_dir else 'weights'}"
+    else:
+        ref = recipe.model.ref if spec.model == "base" else spec.model
+        model_dir = base_dir if spec.model == "base" else resolve_model(ref)
+        adapter_dir = Path(spec.adapter) if spec.adapter else None
+        identity = {"model": ref}
+        if adapter_dir is not None:
+            identity["adapter"] = fingerprint_files(p for p in adapter_dir.iterdir() if p.is_file())
+        label = ref + (f" + {adapter_dir}" if adapter_dir else "")
+    if spec.rag:
+        index = require_done(recipe.run_path(), "index", needed_by=f"eval (variant {spec.name!r})")
+        identity["index"] = index.fingerprint
+        label += " + retrieval"
+    return Variant(spec.name, model_dir, adapter_dir, spec.rag, label, identity)
+
+
+def _run_folder(run: str, recipe: Recipe) -> Path:
+    path = Path(run).expanduser()
+    return path if ("/" in run or path.is_absolute()) else Path(recipe.run_dir) / run
+
+
+# ---------------------------------------------------------------- retrieval hand-off
+
+
+def retrieved_passages(run_path: Path, set_name: str, needed_by: str) -> dict[str, list[dict[str, Any]]]:
+    """Passages the index stage retrieved for each record of a split, keyed by record id."""
+    index = require_done(run_path, "index", needed_by=needed_by)
+    path = index.path("retrieved", f"{set_name}.jsonl")
+    if not path.is_file():
+        raise StageError(
+            f"{needed_by} needs the passages retrieved for the split {set_name!r} ({path}), which the index stage "
+            f"did not write; make the index stage retrieve for the eval sets"
+        )
+    passages: dict[str, list[dict[str, Any]]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"invalid JSON: {exc.msg}", path=str(path), line=number) from None
+            if not isinstance(row, dict) or not isinstance(row.get("passages"), list) or "id" not in row:
+                raise DataError('expected {"id": <record id>, "passages": [...]}', path=str(path), line=number)
+            passages[str(row["id"])] = row["passages"]
+    return passages
+
+
+def rag_prompts(
+    prompts: list[list[dict[str, str]]],
+    ids: list[str],
+    passages: dict[str, list[dict[str, Any]]],
+    where: str,
+) -> list[list[dict[str, str]]]:
+    """Prompts with each question's retrieved passages, built by ``lmforge.records.context_messages``."""
+    try:
+        from lmforge.records import context_messages
+    except ImportError:
+        raise StageError(
+            "a rag variant needs lmforge.records.context_messages (the retrieval prompt builder), "
+            "which this lmforge does not have"
+        ) from None
+    missing = [record_id for record_id in ids if record_id not in passages]
+    if missing:
+        raise StageError(
+            f"{where}: no retrieved passages for {len(missing)} question(s), e.g. {missing[0]}; "
+            "the index stage's retrieved file is older than the data; re-run the index stage"
+        )
+    return [context_messages(prompt, passages[record_id]) for prompt, record_id in zip(prompts, ids, strict=True)]

@@ -1,0 +1,230 @@
+"""The ``index`` stage: chunk the documents, embed them into the store, retrieve for the eval sets and RAFT.
+
+setup (documents from the data stage, the embedding model) -> work (chunk, update the store for
+new and changed documents only, retrieve, score retrieval) -> save. Outputs in ``runs/<run>/index/``:
+
+* ``lancedb/``: the chunk table with vectors and its BM25 index (see :mod:`lmforge.rag.store`);
+* ``chunks.jsonl``: every chunk with its source (path, line, heading), for inspection;
+* ``retrieved/<split>.jsonl``: for every record of each retrieval set,
+  ``{"id": <record id>, "passages": [{"id", "source", "text", "score"}, ...]}`` (the eval stage's input);
+* ``retrieval_eval.json``: recall@k and MRR per set and mode (bm25, dense, hybrid);
+* ``splits/<raft split>.jsonl``: RAFT training examples when ``index.raft.enabled``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import IndexSpec, Recipe
+from lmforge.errors import StageError
+from lmforge.rag.chunk import Chunk, chunk_records, document_key
+from lmforge.rag.embed import Embedder, load_embedder
+from lmforge.rag.quality import retrieval_scores
+from lmforge.rag.raft import build_raft_records
+from lmforge.rag.retrieve import MODES, LanceRetriever, load_reranker
+from lmforge.rag.store import LanceStore, SyncReport
+from lmforge.records import Record, read_records
+from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
+
+
+@dataclass
+class IndexResult:
+    metrics: dict[str, Any]
+    skipped: bool
+
+
+def retrieval_sets(recipe: Recipe) -> list[str]:
+    """Splits to write ``retrieved/<split>.jsonl`` for: ``index.sets``, else those of ``eval.sets`` that exist."""
+    if recipe.index.sets is not None:
+        return list(recipe.index.sets)
+    written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
+    return [name for name in recipe.eval.sets if name in written]
+
+
+def run(recipe: Recipe) -> IndexResult:
+    """Build or update the index of the recipe's documents; retrieve for its eval sets; write RAFT data."""
+    spec = recipe.index
+    run_path = recipe.run_path()
+    stage = StageDir.open(run_path, "index")
+    document_paths = [split_path(run_path, split, needed_by="index") for split in spec.documents]  # data is done
+    sets = retrieval_sets(recipe)
+    set_paths = {name: split_path(run_path, name, needed_by="index") for name in sets}
+    raft_path = split_path(run_path, spec.raft.source_split, needed_by="index") if spec.raft.enabled else None
+    config = {"index": spec.model_dump(mode="json"), "sets": sets, "seed": recipe.seed}
+    inputs = {"data": StageDir.open(run_path, "data").fingerprint}
+    fingerprint = fingerprint_data([config, inputs])
+    if stage.is_done(fingerprint):
+        return IndexResult(metrics=stage.manifest["metrics"], skipped=True)
+
+    stage.start(fingerprint, config, inputs)
+    started = time.perf_counter()
+    embedder = load_embedder(spec.embedding.model, _device())
+    documents = [r for path in document_paths for r in read_records(path) if r["kind"] == "text"]
+    if not documents:
+        raise StageError(
+            f"the index stage found no text records in the splits {spec.documents}; add documents to the recipe "
+            "(a data source of .md/.txt/.pdf files with `split: documents`) or set index.documents"
+        )
+    budget = min(spec.chunk.max_tokens, embedder.max_tokens - 2)  # the [CLS]/[SEP] pair takes two
+    chunks = chunk_records(documents, budget, spec.chunk.overlap, embedder.count_tokens)
+    store = LanceStore(stage.path("lancedb"))
+    report = _update_store(store, embedder, chunks, _document_fingerprints(documents, spec), spec)
+    index_seconds = time.perf_counter() - started
+
+    retriever = LanceRetriever(store, embedder, spec.candidates, spec.rrf_k)
+    reranked = None
+    if spec.rerank.model:
+        reranker = load_reranker(spec.rerank.model, _device())
+        reranked = LanceRetriever(store, embedder, spec.candidates, spec.rrf_k, reranker, spec.rerank.candidates)
+    served = reranked or retriever
+    depth = max([spec.top_k, *spec.eval_k])
+    outputs: dict[str, Any] = {"store": str(stage.path("lancedb")), "retrieved": {}, "splits": {}}
+    quality: dict[str, Any] = {}
+    for name, path in set_paths.items():
+        records = list(read_records(path))
+        ranked = _evaluate(name, records, retriever, reranked, spec, depth, quality)
+        if spec.mode not in ranked:
+            ranked[spec.mode] = served.search(_questions(records), depth, spec.mode)
+        rows = [{"id": r["id"], "passages": p[: spec.top_k]} for r, p in zip(records, ranked[spec.mode], strict=True)]
+        outputs["retrieved"][name] = str(stage.path("retrieved", f"{name}.jsonl"))
+        atomic_write_jsonl(outputs["retrieved"][name], rows)
+
+    raft_stats = None
+    if raft_path is not None:
+        records = [r for r in read_records(raft_path) if r["kind"] == "chat"]
+        retrieved = served.search(_questions(records), max(2 * spec.raft.max_distractors + 4, spec.top_k), spec.mode)
+        raft_records, raft_stats = build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed)
+        if not raft_records:
+            raise StageError(
+                f"RAFT built no example from the split {spec.raft.source_split!r} ({raft_stats['skipped']}); its chat "
+                f"records need meta.answer and meta.{spec.gold_key} naming a document of the index"
+            )
+        outputs["splits"][spec.raft.split] = str(stage.path("splits", f"{spec.raft.split}.jsonl"))
+        atomic_write_jsonl(outputs["splits"][spec.raft.split], raft_records)
+
+    outputs["chunks"] = str(stage.path("chunks.jsonl"))
+    atomic_write_jsonl(outputs["chunks"], ({"id": c.id, "source": c.source(), "text": c.text} for c in chunks))
+    outputs["retrieval_eval"] = str(stage.path("retrieval_eval.json"))
+    atomic_write_json(outputs["retrieval_eval"], quality)
+    outputs["domain"] = _main_domain(documents)
+    metrics = _metrics(report, len(chunks), index_seconds, quality, raft_stats)
+    stage.finish(metrics, outputs=outputs)
+    return IndexResult(metrics=metrics, skipped=False)
+
+
+def _device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _document_fingerprints(documents: list[Record], spec: IndexSpec) -> dict[str, str]:
+    """Per document key: a fingerprint of its text, its source and the chunking and embedding settings."""
+    settings = [spec.chunk.model_dump(), spec.embedding.model]
+    fingerprints: dict[str, str] = {}
+    for record in documents:
+        key = document_key(record)
+        if key in fingerprints:
+            raise StageError(
+                f"two document records come from the same place {key!r}; the index needs one record per "
+                "document (or section): remove the duplicate source or give each record its own source line"
+            )
+        fingerprints[key] = fingerprint_data([record["text"], record["source"], record.get("meta"), settings])
+    return fingerprints
+
+
+def _update_store(
+    store: LanceStore, embedder: Embedder, chunks: list[Chunk], fingerprints: dict[str, str], spec: IndexSpec
+) -> SyncReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(
+        TextColumn("index: embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
+    ) as progress:
+        task = progress.add_task("embed", total=None)
+
+        def embed(texts: list[str]) -> Any:
+            if progress.tasks[task].total is None:
+                progress.update(task, total=len(chunks))
+            return embedder.embed(texts, spec.embedding.batch_size)
+
+        return store.sync(chunks, fingerprints, embed, on_embedded=lambda n: progress.advance(task, n))
+
+
+def _questions(records: list[Record]) -> list[str]:
+    """The last user turn of each chat record (empty for records without one)."""
+    questions = []
+    for record in records:
+        users = [m["content"] for m in record.get("messages", []) if m["role"] == "user"]
+        questions.append(users[-1] if users else "")
+    return questions
+
+
+def _evaluate(
+    name: str,
+    records: list[Record],
+    retriever: LanceRetriever,
+    reranked: LanceRetriever | None,
+    spec: IndexSpec,
+    depth: int,
+    quality: dict[str, Any],
+) -> dict[str, list[list[dict[str, Any]]]]:
+    """Retrieve for every record in every mode; score the records that name their gold document.
+
+    Returns the passages per mode (``hybrid+rerank`` keyed as the configured mode when reranking).
+    """
+    questions = _questions(records)
+    targets = [(record.get("meta") or {}).get(spec.gold_key) for record in records]
+    scored = [i for i, target in enumerate(targets) if target and questions[i]]
+    ranked: dict[str, list[list[dict[str, Any]]]] = {}
+    modes: list[str] = list(MODES) if scored else [spec.mode]
+    for mode in modes:
+        ranked[mode] = retriever.search(questions, depth, mode)  # type: ignore[arg-type]
+    if reranked is not None:
+        ranked["rerank"] = reranked.search(questions, depth, spec.mode)
+    if scored:
+        quality[name] = {
+            mode: retrieval_scores([ranked[mode][i] for i in scored], [targets[i] for i in scored], spec.eval_k)
+            for mode in ranked
+        }
+    if reranked is not None:
+        ranked[spec.mode] = ranked.pop("rerank")
+    return ranked
+
+
+def _main_domain(documents: list[Record]) -> str | None:
+    """The most common domain of the indexed documents (``ask`` uses its system prompt)."""
+    domains = Counter(record.get("domain") for record in documents if record.get("domain"))
+    return domains.most_common(1)[0][0] if domains else None
+
+
+def _metrics(
+    report: SyncReport, chunks: int, seconds: float, quality: dict[str, Any], raft: dict[str, Any] | None
+) -> dict[str, Any]:
+    metrics: dict[str, Any] = {
+        "documents": report.documents,
+        "chunks": chunks,
+        "embedded_documents": report.embedded_documents,
+        "reused_documents": report.reused_documents,
+        "removed_documents": report.removed_documents,
+        "embedded_chunks": report.embedded_chunks,
+        "embed_seconds": report.embed_seconds,
+        "chunks_per_s": round(report.embedded_chunks / report.embed_seconds, 1) if report.embed_seconds else None,
+        "index_seconds": round(seconds, 2),
+        "retrieval": quality,
+    }
+    if raft is not None:
+        metrics["raft"] = raft
+    return metrics
+
+
+def read_retrieved(path: str | Path) -> dict[str, list[dict[str, Any]]]:
+    """Passages per record id from a ``retrieved/<split>.jsonl`` file."""
+    import json
+
+    rows = (json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
+    return {row["id"]: row["passages"] for row in rows}

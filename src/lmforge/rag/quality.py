@@ -1,0 +1,48 @@
+"""Retrieval evaluation: recall@k and MRR against the source document named by each QA record.
+
+A QA record points to its source with a ``meta`` key (``index.gold_key``, ``article`` in the demo).
+A retrieved passage is a hit when it comes from that document: its source path equals the key, or
+equals it once the suffix is dropped, or ends with ``/<key>`` (without suffix), or has the key as
+file name or stem. Recall@k is the share of questions with a hit among the first k passages; MRR is the
+mean of 1 / rank of the first hit (0 when none is retrieved).
+"""
+
+from __future__ import annotations
+
+from pathlib import PurePosixPath
+from typing import Any
+
+
+def from_document(path: str, target: str) -> bool:
+    """True when the passage source ``path`` is the document named ``target`` (see the module docstring)."""
+    if path == target:
+        return True
+    posix = PurePosixPath(path)
+    without_suffix = str(posix.with_suffix(""))
+    target_without_suffix = str(PurePosixPath(target).with_suffix("")) if "/" in target else target
+    return (
+        without_suffix == target_without_suffix
+        or without_suffix.endswith("/" + target_without_suffix)
+        or posix.name == target
+        or posix.stem == target
+    )
+
+
+def first_hit(passages: list[dict[str, Any]], target: str) -> int | None:
+    """1-based rank of the first passage from ``target``, or None."""
+    for rank, passage in enumerate(passages, start=1):
+        if from_document(passage["source"]["path"], target):
+            return rank
+    return None
+
+
+def retrieval_scores(ranked: list[list[dict[str, Any]]], targets: list[str], ks: list[int]) -> dict[str, Any]:
+    """Recall@k for every k in ``ks`` and MRR over questions (``ranked[i]`` answers ``targets[i]``)."""
+    if not targets:
+        return {"n": 0}
+    ranks = [first_hit(passages, target) for passages, target in zip(ranked, targets, strict=True)]
+    scores: dict[str, Any] = {"n": len(targets)}
+    for k in sorted(ks):
+        scores[f"recall@{k}"] = round(sum(1 for r in ranks if r is not None and r <= k) / len(ranks), 4)
+    scores["mrr"] = round(sum(1.0 / r for r in ranks if r is not None) / len(ranks), 4)
+    return scores

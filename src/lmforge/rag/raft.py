@@ -1,0 +1,138 @@
+"""RAFT-style training data: teach the model to read retrieved passages, quote them and cite them.
+
+For every QA record of the source split that names its source document (``meta.<gold_key>``) and
+its short answer (``meta.answer``), an example is built whose prompt holds the *gold* passage (the
+chunk of that document containing the answer) among 1-3 *distractors* (passages retrieved for the
+question from other documents, so they look relevant), in a seeded random order. The answer quotes
+the gold passage around the answer and cites its number, then gives the record's own answer::
+
+    According to [2], "...completed at least 13 years of contributions, including credited...".
+    A retirement pension requires at least 13 years of contributions.
+
+In a share of examples (``no_gold_share``, 20% by default) the gold passage is left out; the answer
+is then the record's answer with no citation (the model must fall back on what it learned, as in
+RAFT) or, with ``no_gold_answer: abstain``, a statement that the passages do not answer.
+
+After Zhang et al., "RAFT: Adapting Language Model to Domain Specific RAG" (2024).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from typing import Any
+
+from lmforge.config import RaftSpec
+from lmforge.rag.chunk import Chunk
+from lmforge.rag.quality import from_document
+from lmforge.records import Record, chat_record, context_messages
+
+ABSTAIN = "The passages do not answer this question."
+
+
+def gold_passage(chunks: list[Chunk], answers: list[str]) -> Chunk | None:
+    """The first chunk (of the gold document's chunks) whose text contains one of ``answers``."""
+    for chunk in chunks:
+        lowered = chunk.text.lower()
+        if any(answer.lower() in lowered for answer in answers if answer):
+            return chunk
+    return None
+
+
+def quote_around(text: str, answer: str, max_words: int) -> str | None:
+    """At most ``max_words`` words of the sentence of ``text`` that contains ``answer``, centred on it.
+
+    Returns None when ``answer`` is not in ``text``. Cut ends are marked with ``...``.
+    """
+    lowered = text.lower()
+    at = lowered.find(answer.lower())
+    if at < 0:
+        return None
+    sentence_start = max((m.end() for m in re.finditer(r"[.!?;]\s", text[:at])), default=0)
+    ends = [m.start() + 1 for m in re.finditer(r"[.!?;](\s|$)", text[at + len(answer) :])]
+    sentence_end = at + len(answer) + ends[0] if ends else len(text)
+    sentence = " ".join(text[sentence_start:sentence_end].split())
+    words = sentence.split()
+    first = len(" ".join(text[sentence_start:at].split()).split())  # words before the answer
+    span = len(answer.split())
+    width = max(max_words, span)
+    low = max(0, first - (width - span) // 2)
+    high = min(len(words), low + width)
+    low = max(0, high - width)
+    quote = " ".join(words[low:high])
+    if answer.lower() not in quote.lower():  # the answer starts inside a word: keep the whole sentence
+        quote, low, high = sentence, 0, len(words)
+    return ("..." if low > 0 else "") + quote + ("..." if high < len(words) else "")
+
+
+def cited_answer(number: int, quote: str, answer: str) -> str:
+    """The reply of a RAFT example with the gold passage: a cited quote, then the answer."""
+    if not quote.endswith("..."):
+        quote = quote.rstrip(".;")
+    return f'According to [{number}], "{quote}". {answer.strip()}'
+
+
+def build_raft_records(
+    records: list[Record],
+    retrieved: list[list[dict[str, Any]]],
+    chunks: list[Chunk],
+    spec: RaftSpec,
+    gold_key: str,
+    seed: int,
+) -> tuple[list[Record], dict[str, Any]]:
+    """RAFT examples for ``records`` (``retrieved[i]``: passages retrieved for record i's question, best first).
+
+    Returns:
+        The new chat records (meta keeps the source record's and adds ``raft``: whether the gold
+        passage is in the prompt and the passage ids), and counts (examples, with/without gold,
+        questions skipped per reason).
+    """
+    by_document: dict[str, list[Chunk]] = {}
+    out: list[Record] = []
+    skipped: Counter[str] = Counter()
+    with_gold = 0
+    for record, passages in zip(records, retrieved, strict=True):
+        meta = record.get("meta") or {}
+        target, answer = meta.get(gold_key), meta.get("answer")
+        if record["kind"] != "chat" or not target or not answer:
+            skipped[f"no meta.{gold_key} or meta.answer"] += 1
+            continue
+        if target not in by_document:
+            by_document[target] = [c for c in chunks if from_document(c.path, target)]
+        answers = [str(answer), *[str(a) for a in meta.get("aliases", [])]]
+        gold = gold_passage(by_document[target], answers)
+        if gold is None:
+            skipped["answer not found in its document's chunks"] += 1
+            continue
+        pool = [p for p in passages if not from_document(p["source"]["path"], target)][: 2 * spec.max_distractors]
+        last = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
+        prompt, reference = record["messages"][:last], record["messages"][last]["content"]
+        for draw in range(spec.examples_per_question):
+            rng = random.Random(f"{seed}:{record['id']}:{draw}")
+            distractors = rng.sample(pool, min(rng.randint(spec.min_distractors, spec.max_distractors), len(pool)))
+            include_gold = rng.random() >= spec.no_gold_share or not distractors
+            shown = [*distractors, _as_passage(gold)] if include_gold else list(distractors)
+            rng.shuffle(shown)
+            if include_gold:
+                number = next(i for i, p in enumerate(shown, start=1) if p["id"] == gold.id)
+                quote = next(q for a in answers if (q := quote_around(gold.text, a, spec.quote_words)))
+                reply = cited_answer(number, quote, reference)
+                with_gold += 1
+            else:
+                reply = reference if spec.no_gold_answer == "memorized" else ABSTAIN
+            messages = [*context_messages(prompt, shown), {"role": "assistant", "content": reply}]
+            raft_meta = {"gold": include_gold, "passages": [p["id"] for p in shown]}
+            out.append(chat_record(messages, record["source"], record.get("domain"), {**meta, "raft": raft_meta}))
+    stats = {
+        "questions": len(records),
+        "examples": len(out),
+        "with_gold": with_gold,
+        "without_gold": len(out) - with_gold,
+        "skipped": dict(skipped),
+    }
+    return out, stats
+
+
+def _as_passage(chunk: Chunk) -> dict[str, Any]:
+    return {"id": chunk.id, "source": chunk.source(), "text": chunk.text, "score": 0.0}

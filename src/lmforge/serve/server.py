@@ -1,0 +1,494 @@
+"""``lmforge serve``: a run's model (and any number of LoRA adapters on its base) behind an OpenAI-compatible API.
+
+Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both also streaming over
+server-sent events), ``GET /v1/models``, ``GET /health``. ``model`` in a request picks the base
+model or one of the adapters; requests that arrive together are decoded in one batch whatever
+adapter they ask for (see :mod:`lmforge.serve.engine`).
+
+Safety defaults: the server binds 127.0.0.1; binding any other address requires an API key in
+the environment (``LMFORGE_API_KEY`` unless told otherwise), and a key that is set is always
+required. Bodies over ``max_request_bytes`` get 413, ``max_tokens`` over the limit or past the
+context window get 400, and every error has the OpenAI shape
+``{"error": {"message", "type", "param", "code"}}``.
+
+This module imports FastAPI at the top: only ``lmforge serve`` imports it, lazily.
+
+Retrieval hook: pass a :class:`Retriever` to :func:`build_app` (``lmforge serve RUN --rag`` passes
+the run's index from ``lmforge.rag``) and requests with ``"rag": true`` (or every request, with
+``rag_default``) get the retrieved passages put into their last user turn, in the same format as
+evaluation and RAFT training (``records.context_messages``), and returned in ``citations``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import os
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from lmforge.errors import ConfigError, Problem
+from lmforge.serve.engine import Engine, Event, GenerationRequest
+from lmforge.serve.loading import ModelSet, ServedModel, load_models
+from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
+
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+FAULTS_ENV = "LMFORGE_SERVE_FAULTS"
+"""Test-only fault injection, a JSON object: ``fail_first`` (answer the first N generation requests
+with ``status``, default 429), ``fail_every`` (and every Nth after), ``delay_ms`` (before each),
+``replies`` (``[[substring, text], ...]``: a non-streaming chat request whose prompt contains the
+substring gets ``text``, with ``{n}`` replaced by the request number, instead of the model's reply;
+tests use it to get valid JSON from a tiny random model). The server prints a warning when it is on."""
+
+
+@dataclass
+class ServeSettings:
+    """How the server listens and what it accepts."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key_env: str = "LMFORGE_API_KEY"
+    """Environment variable that holds the API key (required when binding beyond 127.0.0.1)."""
+    max_batch_size: int = 16
+    batch_wait_ms: float = 5.0
+    """How long the engine waits for more requests before starting a batch."""
+    max_tokens_limit: int = 2048
+    """Largest ``max_tokens`` a request may ask for."""
+    default_max_tokens: int = 512
+    """``max_tokens`` of requests that do not set it (capped by the context window)."""
+    max_request_bytes: int = 1_000_000
+    dtype: str = "auto"
+    """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
+    threads: int | None = None
+    """torch CPU threads (None: torch's default)."""
+    rag_default: bool = False
+    """Retrieve for requests that do not say ``rag``."""
+    rag_top_k: int = 4
+
+
+class Retriever(Protocol):
+    """What the server needs from a retrieval index: the shape of ``lmforge.rag.retrieve.Retriever``."""
+
+    def search(self, queries: list[str], k: int) -> list[list[dict[str, Any]]]:
+        """The ``k`` best passages for each query, best first; each has ``id``, ``source``, ``text``, ``score``."""
+        ...
+
+
+# ---------------------------------------------------------------- the app
+
+
+def build_app(
+    models: ModelSet,
+    settings: ServeSettings,
+    retriever: Retriever | None = None,
+    api_key: str | None = None,
+    faults: dict[str, Any] | None = None,
+) -> Any:
+    """The FastAPI application; the engine starts and stops with the app's lifespan."""
+    import contextlib
+
+    engine = Engine(
+        models.model,
+        models.eos_ids,
+        models.pad_id,
+        use_adapter_names=models.has_adapters,
+        max_batch_size=settings.max_batch_size,
+        batch_wait_ms=settings.batch_wait_ms,
+    )
+    fault_state = {"count": 0}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine.start()
+        yield
+        engine.stop()
+
+    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.engine = engine
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error")
+        return JSONResponse(error.body(), status_code=500)
+
+    def check_key(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
+            reason = "no API key given" if not given else "the API key is wrong"
+            raise APIError(
+                401,
+                f"{reason}; send it as 'Authorization: Bearer <key>' (the server reads ${settings.api_key_env})",
+                code="invalid_api_key",
+            )
+
+    async def read_body(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
+            raise _too_large(int(declared), settings.max_request_bytes)
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > settings.max_request_bytes:
+                raise _too_large(len(body), settings.max_request_bytes)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+    async def inject_fault(prompt: str) -> str | None:
+        """Test-only faults (``LMFORGE_SERVE_FAULTS``); may return a scripted reply text instead of generating."""
+        if not faults:
+            return None
+        fault_state["count"] += 1
+        number = fault_state["count"]
+        if faults.get("delay_ms"):
+            await asyncio.sleep(float(faults["delay_ms"]) / 1000)
+        every = int(faults.get("fail_every", 0))
+        if number <= int(faults.get("fail_first", 0)) or (every and number % every == 0):
+            raise APIError(int(faults.get("status", 429)), f"injected fault #{number}", type_="rate_limit_error")
+        for needle, reply in faults.get("replies", []):
+            if needle in prompt:
+                return str(reply).replace("{n}", str(number))
+        return None
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": list(models.served), "engine": engine.stats}
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> dict[str, Any]:
+        check_key(request)
+        data = [
+            {
+                "id": m.id,
+                "object": "model",
+                "created": models.created,
+                "owned_by": "lmforge",
+                "description": m.description,
+            }
+            for m in models.served.values()
+        ]
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        check_key(request)
+        body = parse_request(ChatCompletionRequest, await read_body(request))
+        served = _served(models, body.model)
+        if not served.tokenizer.chat_template:
+            raise APIError(400, f"model {body.model!r} has no chat template; use /v1/completions", param="model")
+        messages = [{"role": _role(m.role), "content": m.text()} for m in body.messages]
+        citations = None
+        if body.rag if body.rag is not None else settings.rag_default:
+            # retrieval embeds the query: keep it off the event loop
+            messages, citations = await asyncio.to_thread(_augment, messages, retriever, settings.rag_top_k)
+        prompt = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        prompt_ids = served.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        job = _job(served, prompt_ids, body, models, settings)
+        scripted = await inject_fault(prompt)
+        reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        if scripted is not None and not body.stream:
+            tokens = len(served.tokenizer(scripted, add_special_tokens=False)["input_ids"])
+            text, done = (
+                scripted,
+                Event("done", finish_reason="stop", prompt_tokens=len(prompt_ids), completion_tokens=tokens),
+            )
+        elif body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            chunks = _chat_chunks(engine, job, reply_id, body.model, include_usage, citations)
+            return StreamingResponse(chunks, media_type="text/event-stream")
+        else:
+            text, done = await _collect(engine, job)
+        message = {"role": "assistant", "content": text}
+        reply = {
+            "id": reply_id,
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.model,
+            "choices": [{"index": 0, "message": message, "finish_reason": _reason(done), "logprobs": None}],
+            "usage": _usage(done),
+        }
+        if citations is not None:
+            reply["citations"] = citations
+        return reply
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        check_key(request)
+        body = parse_request(CompletionRequest, await read_body(request))
+        served = _served(models, body.model)
+        prompt_ids = served.tokenizer(body.prompt)["input_ids"]
+        job = _job(served, prompt_ids, body, models, settings)
+        await inject_fault(body.prompt)
+        reply_id = f"cmpl-{uuid.uuid4().hex[:24]}"
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(
+                _text_chunks(engine, job, reply_id, body.model, include_usage), media_type="text/event-stream"
+            )
+        text, done = await _collect(engine, job)
+        return {
+            "id": reply_id,
+            "object": "text_completion",
+            "created": int(time.time()),
+            "model": body.model,
+            "choices": [{"index": 0, "text": text, "finish_reason": _reason(done), "logprobs": None}],
+            "usage": _usage(done),
+        }
+
+    return app
+
+
+def _too_large(size: int, limit: int) -> APIError:
+    return APIError(413, f"request body of {size} bytes is over the limit of {limit} bytes", code="request_too_large")
+
+
+def _role(role: str) -> str:
+    return "system" if role == "developer" else role
+
+
+def _served(models: ModelSet, model_id: str) -> ServedModel:
+    served = models.served.get(model_id)
+    if served is None:
+        raise APIError(
+            404,
+            f"the model {model_id!r} does not exist on this server; available: {sorted(models.served)}",
+            param="model",
+            code="model_not_found",
+        )
+    return served
+
+
+def _job(served: ServedModel, prompt_ids: list[int], body: Any, models: ModelSet, settings: ServeSettings) -> Any:
+    """A GenerationRequest (without its emit callback yet) after checking the token budget."""
+    room = models.context_length - len(prompt_ids)
+    if room < 1:
+        raise APIError(
+            400,
+            f"the prompt has {len(prompt_ids)} tokens; this model's context is {models.context_length} tokens",
+            code="context_length_exceeded",
+        )
+    asked = body.requested_max_tokens()
+    if asked is not None and asked > settings.max_tokens_limit:
+        raise APIError(
+            400,
+            f"max_tokens is {asked}; this server allows at most {settings.max_tokens_limit}",
+            param="max_tokens",
+            code="max_tokens_too_large",
+        )
+    if asked is not None and asked > room:
+        raise APIError(
+            400,
+            f"the prompt ({len(prompt_ids)} tokens) plus max_tokens ({asked}) exceed the context of "
+            f"{models.context_length} tokens; lower max_tokens to at most {room}",
+            param="max_tokens",
+            code="context_length_exceeded",
+        )
+    return GenerationRequest(
+        prompt_ids=prompt_ids,
+        tokenizer=served.tokenizer,
+        emit=lambda event: None,
+        adapter=served.adapter,
+        max_tokens=asked if asked is not None else min(settings.default_max_tokens, room),
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=list(body.stop or []),
+        seed=body.seed,
+    )
+
+
+async def _events(engine: Engine, job: GenerationRequest) -> AsyncIterator[Event]:
+    """Submit ``job`` and yield its events; cancels it if the consumer stops early (client gone)."""
+    loop = asyncio.get_running_loop()
+    events: asyncio.Queue[Event] = asyncio.Queue()
+    job.emit = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+    engine.submit(job)
+    try:
+        while True:
+            event = await events.get()
+            yield event
+            if event.kind in ("done", "error"):
+                return
+    finally:
+        job.cancelled.set()
+
+
+async def _collect(engine: Engine, job: GenerationRequest) -> tuple[str, Event]:
+    pieces: list[str] = []
+    async for event in _events(engine, job):
+        if event.kind == "delta":
+            pieces.append(event.text)
+        elif event.kind == "error":
+            raise APIError(500, event.text, type_="server_error")
+        else:
+            return "".join(pieces), event
+    raise APIError(500, "generation ended without a result", type_="server_error")
+
+
+def _reason(done: Event) -> str:
+    return "length" if done.finish_reason == "length" else "stop"
+
+
+def _usage(done: Event) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+async def _chat_chunks(
+    engine: Engine, job: GenerationRequest, reply_id: str, model_id: str, include_usage: bool, citations: Any
+) -> AsyncIterator[str]:
+    created = int(time.time())
+
+    def chunk(delta: dict[str, Any], finish: str | None) -> dict[str, Any]:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+        return {
+            "id": reply_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": model_id,
+            "choices": [choice],
+        }
+
+    first = chunk({"role": "assistant", "content": ""}, None)
+    if citations is not None:
+        first["citations"] = citations
+    yield _sse(first)
+    async for event in _events(engine, job):
+        if event.kind == "delta":
+            yield _sse(chunk({"content": event.text}, None))
+        elif event.kind == "error":
+            yield _sse(APIError(500, event.text, type_="server_error").body())
+            return
+        else:
+            yield _sse(chunk({}, _reason(event)))
+            if include_usage:
+                tail = {"id": reply_id, "object": "chat.completion.chunk", "created": created, "model": model_id}
+                yield _sse({**tail, "choices": [], "usage": _usage(event)})
+    yield "data: [DONE]\n\n"
+
+
+async def _text_chunks(
+    engine: Engine, job: GenerationRequest, reply_id: str, model_id: str, include_usage: bool
+) -> AsyncIterator[str]:
+    created = int(time.time())
+    head = {"id": reply_id, "object": "text_completion", "created": created, "model": model_id}
+    async for event in _events(engine, job):
+        if event.kind == "delta":
+            yield _sse({**head, "choices": [{"index": 0, "text": event.text, "finish_reason": None, "logprobs": None}]})
+        elif event.kind == "error":
+            yield _sse(APIError(500, event.text, type_="server_error").body())
+            return
+        else:
+            choice = {"index": 0, "text": "", "finish_reason": _reason(event), "logprobs": None}
+            yield _sse({**head, "choices": [choice]})
+            if include_usage:
+                yield _sse({**head, "choices": [], "usage": _usage(event)})
+    yield "data: [DONE]\n\n"
+
+
+def _augment(
+    messages: list[dict[str, str]], retriever: Retriever | None, top_k: int
+) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """Put the passages retrieved for the last user turn into it (``records.context_messages``, the format
+    evaluation and RAFT training use); return them, numbered, as citations."""
+    from lmforge.records import context_messages
+
+    if retriever is None:
+        raise APIError(
+            400,
+            "this server has no retrieval index, so 'rag' cannot be honoured; serve a run with an index "
+            "(lmforge serve runs/NAME --rag) or drop 'rag'",
+            param="rag",
+        )
+    query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    passages = retriever.search([query], top_k)[0]
+    citations = [{"index": i + 1, **p} for i, p in enumerate(passages)]
+    return context_messages(messages, passages), citations
+
+
+# ---------------------------------------------------------------- running
+
+
+def check_binding(settings: ServeSettings) -> str | None:
+    """The API key to require; refuses to bind beyond loopback without one."""
+    key = os.environ.get(settings.api_key_env) or None
+    if settings.host not in LOOPBACK_HOSTS and key is None:
+        raise ConfigError(
+            "lmforge serve",
+            [
+                Problem(
+                    "--host",
+                    f"binding {settings.host!r} exposes the model beyond this machine, which needs an API key; "
+                    f"set ${settings.api_key_env} (clients send it as a Bearer token) or bind 127.0.0.1",
+                )
+            ],
+        )
+    return key
+
+
+def read_faults() -> dict[str, Any] | None:
+    raw = os.environ.get(FAULTS_ENV)
+    if not raw:
+        return None
+    try:
+        faults = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(FAULTS_ENV, [Problem("", f"not valid JSON: {exc}")]) from None
+    if not isinstance(faults, dict):
+        raise ConfigError(FAULTS_ENV, [Problem("", "expected a JSON object")])
+    return faults
+
+
+def serve(
+    target: str,
+    settings: ServeSettings,
+    adapters: list[str] | None = None,
+    name: str | None = None,
+    retriever: Retriever | None = None,
+) -> None:
+    """Load the models and serve them until interrupted."""
+    import uvicorn
+
+    api_key = check_binding(settings)
+    faults = read_faults()
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    models = load_models(target, adapters, name, settings.dtype)
+    app = build_app(models, settings, retriever=retriever, api_key=api_key, faults=faults)
+    shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    print(f"serve: models {', '.join(models.served)}", flush=True)
+    if faults:
+        print(f"serve: WARNING: test fault injection is on ({FAULTS_ENV}={json.dumps(faults)})", flush=True)
+    auth = f"API key required (${settings.api_key_env})" if api_key else "no API key"
+    print(f"serve: listening on http://{shown_host}:{settings.port}/v1 ({auth})", flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)

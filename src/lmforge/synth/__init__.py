@@ -1,0 +1,1 @@
+"""Stage ``synth``: a teacher (OpenAI-compatible endpoint or local model) writes training records."""

@@ -1,0 +1,487 @@
+"""What every training stage shares: the HF Trainer set up once, the way all of them need it.
+
+Each stage (``cpt``, ``mlm``, ``sft``, ``seq2seq``) supplies a dataset, a collator and a function
+that returns the *summed* loss of a micro-batch and the number of trained positions in it. The
+Trainer divides by the number of trained positions of the whole optimizer step (all accumulated
+micro-batches together), so a step's loss is a per-token mean however the tokens fall into
+micro-batches. Around that: validation per epoch or every N steps with the best checkpoint kept,
+early stopping, clipping, warm-up and schedules, seeds, TensorBoard (W&B / MLflow on request), and
+resuming an interrupted run from its last complete checkpoint with the optimizer, scheduler, RNG
+and data position it had.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from lmforge.config import TrainSpec
+from lmforge.errors import ConfigError, Problem, StageError
+from lmforge.models import cpu_supports_bf16
+from lmforge.rundir import StageDir, atomic_write_text, split_path
+
+LossSum = Callable[[Any, dict[str, Any]], tuple[Any, int]]
+"""``(model, batch) -> (summed loss tensor, trained positions)``."""
+
+_BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
+_BNB_OPTIMIZERS["paged_adamw_32bit"] = "paged_adamw_32bit"
+_OPTIMIZERS = {"adamw": "adamw_torch_fused", "adafactor": "adafactor", "sgd": "sgd", **_BNB_OPTIMIZERS}
+
+
+# ---------------------------------------------------------------- setup checks
+
+
+def check_training_setup(spec: TrainSpec, where: str, source: str) -> None:
+    """Refuse settings this machine cannot honour, all at once, before any model is loaded.
+
+    Raises:
+        ConfigError: CUDA-only features on a machine without CUDA, missing optional packages.
+    """
+    import torch
+
+    problems: list[Problem] = []
+    cuda = torch.cuda.is_available()
+    needs_bnb = spec.quantization != "none" or spec.optimizer in _BNB_OPTIMIZERS
+    if spec.quantization != "none" and not cuda:
+        problems.append(
+            Problem(
+                f"{where}.quantization",
+                f"got {spec.quantization!r}; bitsandbytes quantization (QLoRA) needs a CUDA GPU and none is "
+                f"visible here; set {where}.quantization: none (plain LoRA trains on CPU)",
+            )
+        )
+    if spec.optimizer in _BNB_OPTIMIZERS and not cuda:
+        problems.append(
+            Problem(
+                f"{where}.optimizer",
+                f"got {spec.optimizer!r}; 8-bit and paged optimizers (bitsandbytes) need a CUDA GPU and none is "
+                f"visible here; use adamw, adafactor or sgd",
+            )
+        )
+    if needs_bnb and cuda and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(Problem(where, "quantization / 8-bit optimizers need bitsandbytes: pip install bitsandbytes"))
+    for backend in spec.report_to:
+        if backend != "tensorboard" and importlib.util.find_spec(backend) is None:
+            problems.append(Problem(f"{where}.report_to", f"{backend!r} is not installed: pip install {backend}"))
+    if problems:
+        raise ConfigError(source, problems)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch before a model is built, so adapter initialisation is reproducible."""
+    from transformers import set_seed
+
+    set_seed(seed)
+
+
+def use_bf16(precision: str) -> bool:
+    """bf16 autocast: on request, or (auto) on CUDA and on CPUs with native bf16 matmuls."""
+    import torch
+
+    if precision == "auto":
+        return torch.cuda.is_available() or cpu_supports_bf16()
+    return precision == "bf16"
+
+
+def attention_kernel(attention: str, max_length: int) -> str:
+    """The attention implementation to train with (``auto``: see ``SFTSpec.attention``)."""
+    import torch
+
+    if attention != "auto":
+        return attention
+    if torch.cuda.is_available():
+        return "sdpa"
+    # CPU: the eager kernel beat sdpa's flash backward on short rows; sdpa wins on memory for long ones.
+    return "eager" if max_length <= 512 else "sdpa"
+
+
+def quantization_config(spec: TrainSpec) -> Any:
+    """bitsandbytes settings for QLoRA (4-bit NF4, double quantization, bf16 compute) or 8-bit; None for none."""
+    if spec.quantization == "none":
+        return None
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    if spec.quantization == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
+
+
+def eval_split_path(run_path: Path, spec: TrainSpec, needed_by: str) -> Path | None:
+    """The validation split: ``spec.eval_split``, else ``val`` when the data stage wrote one, else None."""
+    if spec.eval_split is not None:
+        return split_path(run_path, spec.eval_split, needed_by=needed_by)
+    data = StageDir.open(run_path, "data")
+    splits = data.manifest.get("outputs", {}).get("splits", {})
+    if "val" in splits:
+        return Path(splits["val"])
+    if spec.early_stopping_patience is not None:
+        raise StageError(
+            f"{needed_by}.early_stopping_patience needs a validation split, and the data stage wrote none; "
+            "set data.val_fraction (e.g. 0.1) or name one with eval_split"
+        )
+    return None
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def add_lora(model: Any, spec: TrainSpec, task_type: str | None) -> Any:
+    """Wrap ``model`` in a LoRA (or DoRA) adapter per ``spec.lora``; embeddings/head trained in full on request."""
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if spec.quantization != "none":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
+    modules_to_save = embedding_module_names(model) if spec.lora.train_embeddings else None
+    config = LoraConfig(
+        r=spec.lora.r,
+        lora_alpha=spec.lora.alpha,
+        lora_dropout=spec.lora.dropout,
+        target_modules=spec.lora.target_modules,
+        use_dora=spec.lora.use_dora,
+        modules_to_save=modules_to_save,
+        ensure_weight_tying=bool(modules_to_save),
+        task_type=task_type,
+    )
+    return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def embedding_module_names(model: Any) -> list[str]:
+    """Names of the input embedding and (when it is a separate module) the output head."""
+    modules = {id(module): name for name, module in model.named_modules()}
+    names = [modules[id(model.get_input_embeddings())].rsplit(".", 1)[-1]]
+    head = model.get_output_embeddings()
+    if head is not None and id(head) in modules:
+        names.append(modules[id(head)].rsplit(".", 1)[-1])
+    return sorted(set(names))
+
+
+def trainable_summary(model: Any) -> str:
+    """``1.2M of 135M weights trainable (0.9%)``."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return f"{_short(trainable)} of {_short(total)} weights trainable ({100 * trainable / max(total, 1):.2f}%)"
+
+
+def _short(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+# ---------------------------------------------------------------- the Trainer
+
+
+def build_trainer(
+    *,
+    model: Any,
+    spec: TrainSpec,
+    seed: int,
+    stage: StageDir,
+    label: str,
+    train_dataset: Any,
+    eval_dataset: Any | None,
+    collator: Callable,
+    loss_sum: LossSum,
+    eval_loss_sum: LossSum | None = None,
+    sampling: str = "random",
+    train_sampler: Any | None = None,
+    loss_shifts_labels: bool = False,
+) -> Any:
+    """An HF Trainer whose loss is ``loss_sum`` normalised over each optimizer step's trained positions.
+
+    Args:
+        sampling: ``random`` or ``group_by_length`` (batches of similar lengths, less padding).
+        train_sampler: a sampler with ``set_epoch`` to use instead (overrides ``sampling``).
+        loss_shifts_labels: the loss predicts ``labels[:, 1:]`` (causal LMs): position 0 is not counted.
+    """
+    import torch
+    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
+    from transformers.trainer_utils import EvalLoopOutput
+
+    bf16 = use_bf16(spec.precision)
+    eval_loss_sum = eval_loss_sum or loss_sum
+
+    class SummedLossTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # Autocast is set here because the stages call backbones directly, not model.forward.
+            with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                loss, count = loss_sum(model, inputs)
+            loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))
+            return (loss, None) if return_outputs else loss
+
+        def _get_train_sampler(self, train_dataset=None):
+            if train_sampler is not None:
+                return train_sampler
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            if sampling != "group_by_length":
+                return EpochSeededLengthSampler([1] * len(dataset), 1, seed)  # a plain seeded shuffle
+            lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
+            return EpochSeededLengthSampler(
+                lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed
+            )
+
+        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kw):
+            # A per-token mean over the whole split (the stock loop averages per-batch means).
+            prefix = kw.get("metric_key_prefix", "eval")
+            model = self._wrap_model(self.model, training=False, dataloader=dataloader)
+            model.eval()
+            total, count, samples = 0.0, 0, 0
+            with torch.no_grad():
+                for inputs in dataloader:
+                    inputs = self._prepare_inputs(inputs)
+                    with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
+                        loss, n = eval_loss_sum(model, inputs)
+                    total, count = total + float(loss), count + n
+                    samples += int(inputs["input_ids"].shape[0])
+            metrics = {f"{prefix}_loss": total / max(count, 1)}
+            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
+
+    has_eval = eval_dataset is not None
+    args = training_arguments(spec, seed, stage, has_eval, bf16, sampling)
+    callbacks = [progress_callback(label)]
+    if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
+        print(
+            f"{label}: warning: tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
+        )
+    elif "tensorboard" in spec.report_to:
+        callbacks.append(tensorboard_callback(stage.path("tensorboard")))
+    if spec.early_stopping_patience is not None and has_eval:
+        callbacks.append(EarlyStoppingCallback(spec.early_stopping_patience, spec.early_stopping_threshold))
+    trainer = SummedLossTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
+    # Our loss is already a per-token mean over the whole accumulated step (num_items_in_batch).
+    trainer.model_accepts_loss_kwargs = True
+    trainer.loss_is_scaled_for_ga = True
+    trainer._loss_shifts_labels = loss_shifts_labels
+    return trainer
+
+
+def training_arguments(spec: TrainSpec, seed: int, stage: StageDir, has_eval: bool, bf16: bool, sampling: str) -> Any:
+    """The Trainer's arguments for ``spec``: schedule, precision, validation, checkpoints, seeds, logging."""
+    import torch
+    from transformers import TrainingArguments
+
+    schedule = "steps" if spec.eval_steps else "epoch"
+    save_steps = spec.save_steps or 500
+    if has_eval:  # checkpoints follow the validation schedule, so the best one can be kept
+        save_steps = spec.eval_steps or save_steps
+    return TrainingArguments(
+        output_dir=str(stage.path("checkpoints")),
+        per_device_train_batch_size=spec.batch_size,
+        per_device_eval_batch_size=spec.batch_size,
+        gradient_accumulation_steps=spec.grad_accum,
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps,
+        learning_rate=spec.lr,
+        lr_scheduler_type=spec.scheduler,
+        warmup_steps=spec.warmup_ratio,  # transformers 5: a value below 1 is a share of the steps
+        weight_decay=spec.weight_decay,
+        max_grad_norm=spec.max_grad_norm,
+        optim=_OPTIMIZERS[spec.optimizer],
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        activation_checkpointing=spec.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if spec.gradient_checkpointing else None,
+        logging_steps=spec.logging_steps,
+        eval_strategy=schedule if has_eval else "no",
+        eval_steps=spec.eval_steps or None,
+        save_strategy=schedule if has_eval else ("steps" if spec.save_steps else "epoch"),
+        save_steps=save_steps,
+        save_total_limit=spec.save_total_limit,
+        load_best_model_at_end=has_eval and spec.load_best,
+        metric_for_best_model="eval_loss" if has_eval else None,
+        greater_is_better=False if has_eval else None,
+        seed=seed,
+        data_seed=seed,
+        report_to=[name for name in spec.report_to if name != "tensorboard"] or "none",
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        train_sampling_strategy=sampling,
+    )
+
+
+class EpochSeededLengthSampler:
+    """Length-grouped order (batches of similar lengths, in random order) drawn from ``seed + epoch``;
+    with equal lengths and ``batch_size`` 1, a plain seeded shuffle.
+
+    transformers' LengthGroupedSampler draws from the global RNG when an epoch starts; a run resumed
+    mid-epoch restores that RNG only after the epoch's order is drawn, so it would train on another
+    order than the uninterrupted run. Seeding per epoch makes the order a function of the epoch alone.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
+def tensorboard_callback(log_dir: Path) -> Any:
+    """TensorBoard event files in the stage folder (the Trainer's default sits in the checkpoints folder)."""
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+
+    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
+
+
+# ---------------------------------------------------------------- running
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest ``checkpoint-N`` that was written to the end (its trainer state is written last)."""
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    complete = [p for p in complete if p.name.split("-")[-1].isdigit()]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def clear_stale(stage: StageDir, resuming: bool, *names: str) -> None:
+    """Remove what an earlier attempt with *other* inputs left (checkpoints, a merged base): never resume from it."""
+    if not resuming:
+        for name in ("checkpoints", *names):
+            shutil.rmtree(stage.path(name), ignore_errors=True)
+
+
+def run_training(trainer: Any, stage: StageDir, resuming: bool, label: str) -> tuple[Any, float]:
+    """Train, resuming from the last complete checkpoint when an interrupted attempt left one.
+
+    Returns:
+        The Trainer's TrainOutput and the wall time in seconds.
+    """
+    checkpoint = last_complete_checkpoint(stage.path("checkpoints")) if resuming else None
+    if resuming and checkpoint is None:
+        shutil.rmtree(stage.path("checkpoints"), ignore_errors=True)  # nothing complete: start over cleanly
+    if checkpoint is not None:
+        step = checkpoint.name.split("-")[-1]
+        print(
+            f"{label}: resuming an interrupted run from {checkpoint.name} (step {step}: weights, optimizer, "
+            "scheduler, RNG and data position)"
+        )
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return result, time.perf_counter() - started
+
+
+def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any]:
+    """Loss, steps, epochs, time and (with validation) the best validation loss and where it was."""
+    state = trainer.state
+    losses = [entry["loss"] for entry in state.log_history if "loss" in entry]
+    evals = [entry["eval_loss"] for entry in state.log_history if "eval_loss" in entry]
+    metrics: dict[str, Any] = {
+        "train_loss": round(float(result.training_loss), 5),
+        "final_loss": round(float(losses[-1]), 5) if losses else None,
+        "steps": state.global_step,
+        "epochs": round(float(state.epoch or 0.0), 3),
+        "seconds": round(seconds, 1),
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
+    }
+    if evals:
+        metrics["eval_loss"] = round(float(evals[-1]), 5)
+        metrics["best_eval_loss"] = round(float(min(evals)), 5)
+        if state.best_global_step:
+            metrics["best_step"] = state.best_global_step
+        planned = state.max_steps
+        metrics["stopped_early"] = bool(planned and state.global_step < planned)
+    return metrics
+
+
+def write_log(trainer: Any, path: Path) -> None:
+    """The Trainer's log history (losses, learning rates, grad norms, validation losses) as JSON Lines."""
+    lines = [json.dumps(entry) for entry in trainer.state.log_history]
+    atomic_write_text(path, "\n".join(lines) + "\n")
+
+
+def save_folder(target: Path, *savables: Any) -> Path:
+    """``save_pretrained`` every object into ``target``, via a staging folder renamed into place."""
+    staging = target.with_name(target.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    for savable in savables:
+        savable.save_pretrained(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    staging.rename(target)
+    return target
+
+
+def progress_callback(label: str) -> Any:
+    """A rich progress bar over optimizer steps, with a compact line per logged loss."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from transformers import TrainerCallback
+
+    class RichProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.console = Console()
+            self.progress: Progress | None = None
+            self.task: Any = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            columns = (BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
+            self.progress = Progress(
+                TextColumn(label), *columns, TimeRemainingColumn(), console=self.console, transient=True
+            )
+            self.progress.start()
+            self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.update(self.task, completed=state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.progress is None or not logs:
+                return
+            parts = [f"step {state.global_step}/{state.max_steps}", f"epoch {state.epoch:.2f}"]
+            if "loss" in logs:
+                parts.append(f"loss {logs['loss']:.4f}")
+            elif "eval_loss" in logs:
+                parts.append(f"validation loss {logs['eval_loss']:.4f}")
+            else:
+                return
+            if "learning_rate" in logs:
+                parts.append(f"lr {logs['learning_rate']:.2e}")
+            if "grad_norm" in logs:
+                parts.append(f"grad {logs['grad_norm']:.3f}")
+            self.progress.console.print("  " + "  ".join(parts), highlight=False)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.progress is not None:
+                self.progress.stop()
+                self.progress = None
+
+    return RichProgress()

@@ -1,0 +1,58 @@
+"""The shipped recipes/demo-rag.yaml: its index over the real demo corpus (integration tier) and the
+whole run with RAFT training and the four eval variants (slow tier)."""
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from lmforge.cli import app
+from lmforge.config import shipped_recipe
+from lmforge.rundir import StageDir
+
+
+@pytest.mark.integration
+def test_demo_rag_index_meets_the_recall_target(tmp_path: Path):
+    recipe = shipped_recipe("demo-rag")
+    result = CliRunner().invoke(app, ["run", str(recipe), "--run-dir", str(tmp_path), "--set", "stages=[data, index]"])
+    assert result.exit_code == 0, result.output
+    index = StageDir.open(tmp_path / "demo-rag", "index")
+    metrics = index.manifest["metrics"]
+    assert metrics["documents"] == 42 and metrics["chunks"] >= 42
+    assert metrics["embedded_chunks"] == metrics["chunks"] and metrics["chunks_per_s"] > 0
+    for name in ("test", "docs_only"):
+        scores = metrics["retrieval"][name]
+        assert set(scores) == {"bm25", "dense", "hybrid"}
+        assert scores["hybrid"]["recall@5"] >= 0.95, scores
+        assert scores["hybrid"]["mrr"] >= scores["bm25"]["mrr"], scores
+    assert "known" not in metrics["retrieval"]  # general questions name no article: nothing to score
+    raft = metrics["raft"]
+    # Every domain question becomes a RAFT example; the replay records (weight 2.0) name no article.
+    train_split = tmp_path / "demo-rag" / "data" / "splits" / "train.jsonl"
+    replay_rows = len(train_split.read_text().splitlines()) - 310
+    assert replay_rows > 0
+    assert raft["examples"] == 310 and raft["skipped"] == {"no meta.article or meta.answer": replay_rows}
+    assert 0.1 < raft["without_gold"] / raft["examples"] < 0.3
+    retrieved = (tmp_path / "demo-rag" / "index" / "retrieved" / "test.jsonl").read_text().splitlines()
+    assert len(retrieved) == 124 and all(len(json.loads(line)["passages"]) == 3 for line in retrieved)
+
+    again = CliRunner().invoke(app, ["run", str(recipe), "--run-dir", str(tmp_path), "--set", "stages=[data, index]"])
+    assert again.exit_code == 0 and "skipped" in again.output
+
+
+@pytest.mark.slow
+def test_demo_rag_tuned_with_retrieval_beats_base_with_retrieval(tmp_path: Path):
+    recipe = shipped_recipe("demo-rag")
+    result = CliRunner().invoke(app, ["run", str(recipe), "--run-dir", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((tmp_path / "demo-rag" / "eval" / "summary.json").read_text())
+    for name in ("test", "docs_only"):
+        scores = summary["sets"][name]
+        assert scores["tuned+rag"]["accuracy"] > scores["base+rag"]["accuracy"], scores
+    asked = CliRunner().invoke(
+        app, ["ask", str(tmp_path / "demo-rag"), "How many years of contributions give a right to a pension?", "--json"]
+    )
+    assert asked.exit_code == 0, asked.output
+    answer = json.loads(asked.stdout[asked.stdout.index("{") :])
+    assert answer["model"] == "tuned" and answer["cited"]

@@ -1,0 +1,107 @@
+"""The shipped training recipes, run through the CLI with tiny in-process models (``--set`` overrides)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import build_tiny_llama, build_tiny_tokenizer
+from test_train_models import build_tiny_bert, build_tiny_t5, save_model
+from typer.testing import CliRunner
+
+from lmforge.cli import app
+from lmforge.config import shipped_recipe
+from lmforge.rundir import StageDir
+
+pytestmark = pytest.mark.integration
+
+
+def run_cli(recipe: str, tmp_path: Path, *overrides: str) -> Path:
+    args = ["run", str(shipped_recipe(recipe)), "--run-dir", str(tmp_path / "runs")]
+    for item in overrides:
+        args += ["--set", item]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output[-3000:]
+    return tmp_path / "runs" / recipe
+
+
+def done(run: Path, *stages: str) -> None:
+    for stage in stages:
+        assert StageDir.open(run, stage).status == "done", stage
+
+
+TINY_EVAL = ("eval.limit=3", "eval.max_new_tokens=4", "eval.bootstrap=0", "eval.report=false")
+
+
+def test_cpt_then_sft_recipe(tmp_path, tiny_model_dir):
+    run = run_cli(
+        "cpt-then-sft",
+        tmp_path,
+        f"model.ref={tiny_model_dir}",
+        "cpt.max_length=128",
+        "cpt.max_steps=2",
+        "cpt.precision=fp32",
+        "sft.max_steps=2",
+        "sft.max_length=512",
+        "sft.precision=fp32",
+        *TINY_EVAL,
+    )
+    done(run, "data", "cpt", "sft", "eval")
+    cpt = StageDir.open(run, "cpt").manifest
+    assert cpt["metrics"]["documents"] == 42 and cpt["metrics"]["steps"] == 2
+    sft = StageDir.open(run, "sft").manifest
+    assert sft["inputs"]["starts_from"]["how"] == "cpt-merge"
+    assert (run / "sft" / "base" / "config.json").is_file()
+
+
+def test_extract_metadata_recipe(tmp_path):
+    model_dir = save_model(*build_tiny_t5(), tmp_path / "t5")
+    run = run_cli(
+        "extract-metadata",
+        tmp_path,
+        f"model.ref={model_dir}",
+        "seq2seq.max_steps=3",
+        "seq2seq.max_input_length=128",
+        "seq2seq.max_output_length=32",
+        "seq2seq.precision=fp32",
+    )
+    done(run, "data", "seq2seq")
+    summary = json.loads((run / "seq2seq" / "summary.json").read_text())
+    assert summary["test"]["tuned"]["n"] == 12 and summary["test"]["base"]["n"] == 12
+    fields = {"reference", "claimant", "office", "benefit", "decision", "monthly_amount", "start_date"}
+    assert set(summary["test"]["tuned"]["exact_match"]) == fields
+
+
+def test_distill_recipe(tmp_path, tiny_model_dir):
+    tokenizer = build_tiny_tokenizer()
+    teacher = save_model(build_tiny_llama(tokenizer, seed=3), tokenizer, tmp_path / "teacher")
+    run = run_cli(
+        "distill",
+        tmp_path,
+        f"model.ref={tiny_model_dir}",
+        f"sft.distill.teacher={teacher}",
+        "sft.max_steps=2",
+        "sft.max_length=512",
+        "sft.precision=fp32",
+        *TINY_EVAL,
+    )
+    done(run, "data", "sft", "eval")
+    meta = json.loads((run / "sft" / "teacher" / "meta.json").read_text())
+    assert meta["top_k"] == 20 and meta["teacher"] == str(teacher)
+
+
+def test_mlm_cpt_recipe(tmp_path):
+    model_dir = save_model(*build_tiny_bert(), tmp_path / "bert")
+    run = run_cli(
+        "mlm-cpt",
+        tmp_path,
+        f"model.ref={model_dir}",
+        "mlm.max_length=64",
+        "mlm.max_steps=3",
+        "mlm.precision=fp32",
+    )
+    done(run, "data", "mlm")
+    assert (run / "mlm" / "model" / "model.safetensors").is_file()
+    metrics = StageDir.open(run, "mlm").manifest["metrics"]
+    assert metrics["steps"] == 3 and metrics["documents"] > 0

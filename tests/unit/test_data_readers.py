@@ -1,0 +1,405 @@
+"""Readers: every file type, with its encodings and broken inputs, down to the line, page and heading."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lmforge.config import DataSpec
+from lmforge.data.prepare import Prepared, prepare_records
+from lmforge.errors import DataError
+
+
+def prepare(path: Path, **source: Any) -> Prepared:
+    """Run the data stage's work (no files written) on one source with default settings."""
+    data_keys = {k: source.pop(k) for k in list(source) if k in DataSpec.model_fields}
+    spec = DataSpec.model_validate({"sources": [{"path": str(path), **source}], **data_keys})
+    prepared = prepare_records(spec, seed=0)
+    assert_accounted(prepared)
+    return prepared
+
+
+def assert_accounted(prepared: Prepared) -> None:
+    """read == kept + deduplicated + filtered + rejected per source, and every reject is listed."""
+    for counts in prepared.stats.values():
+        c = counts.as_dict()
+        assert c["read"] == c["kept"] + c["deduplicated"] + sum(c["filtered"].values()) + sum(c["rejected"].values())
+    assert len(prepared.rejects) == sum(sum(s.rejected.values()) for s in prepared.stats.values())
+
+
+def records(prepared: Prepared, split: str = "train") -> list[dict]:
+    return prepared.splits.get(split, [])
+
+
+def only_stats(prepared: Prepared) -> dict[str, Any]:
+    (counts,) = prepared.stats.values()
+    return counts.as_dict()
+
+
+def qa(question: str, answer: str) -> str:
+    return json.dumps({"question": question, "answer": answer}, ensure_ascii=False)
+
+
+def make_pdf(path: Path, pages: list[str | None]) -> Path:
+    """A minimal valid PDF: one page per entry, with the text in Helvetica, or None for a page that only
+    holds a drawn rectangle (what a scanned page looks like to a text extractor: no text layer)."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    for i, text in enumerate(pages):
+        resources = "/MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
+        objects.append(f"<< /Type /Page /Parent 2 0 R {resources} /Contents {5 + 2 * i} 0 R >>".encode())
+        if text is None:
+            stream = b"0.5 g 72 72 400 600 re f"
+        else:
+            lines = [ln.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for ln in text.split("\n")]
+            shown = " T* ".join(f"({ln}) Tj" for ln in lines)
+            stream = f"BT /F1 12 Tf 72 720 Td 16 TL {shown} ET".encode("latin-1")
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(out)
+    return path
+
+
+# ---------------------------------------------------------------- JSON Lines
+
+
+def test_jsonl_bom_crlf_blank_malformed_and_invalid_utf8_lines(tmp_path):
+    lines = [
+        b"\xef\xbb\xbf" + qa("What is the fund?", "The Reserve Fund.").encode() + b"\r\n",
+        b"\r\n",
+        b'{"question": "broken",\r\n',
+        qa("Caf\u00e9 hours?", "Nine to five.").encode()[:-20] + b"\xff\xfe" + b'five."}\n',
+        qa("Who pays?", "The employer pays.").encode() + b"\n",
+        b"[1, 2]\n",
+    ]
+    path = tmp_path / "qa.jsonl"
+    path.write_bytes(b"".join(lines))
+    prepared = prepare(path)
+    stats = only_stats(prepared)
+    assert stats["read"] == 5  # the blank line is not a record
+    assert stats["kept"] == 2
+    assert stats["rejected"] == {"invalid JSON": 1, "invalid UTF-8": 1, "not an object": 1}
+    where = {(r["source"]["line"], r["reason"]) for r in prepared.rejects}
+    assert where == {(3, "invalid JSON"), (4, "invalid UTF-8"), (6, "not an object")}
+    first = records(prepared)[0]
+    assert first["messages"][0]["content"] == "What is the fund?"
+    assert first["source"] == {"path": "qa.jsonl", "line": 1}
+    assert stats["files"]["qa.jsonl"]["format"] == "qa"
+
+
+def test_jsonl_latin1_file_is_decoded_as_cp1252(tmp_path):
+    path = tmp_path / "legacy.jsonl"
+    path.write_bytes(qa("Où est le café ?", "À côté de la gare.").encode("cp1252") + b"\n")
+    prepared = prepare(path)
+    assert records(prepared)[0]["messages"][1]["content"] == "À côté de la gare."
+    assert only_stats(prepared)["files"]["legacy.jsonl"]["encoding"] == "cp1252"
+
+
+def test_jsonl_huge_line_is_read_and_can_be_filtered(tmp_path):
+    huge = "word " * 400_000  # 2 MB on one line
+    path = tmp_path / "big.jsonl"
+    path.write_text(json.dumps({"text": huge}) + "\n" + json.dumps({"text": "short text"}) + "\n", encoding="utf-8")
+    assert only_stats(prepare(path))["kept"] == 2
+    stats = only_stats(prepare(path, filters={"max_chars": 10_000}))
+    assert stats["filtered"] == {"too long (characters)": 1}
+    assert stats["kept"] == 1
+
+
+# ---------------------------------------------------------------- JSON
+
+
+def test_json_array_rows_keep_their_lines(tmp_path):
+    rows = [{"instruction": f"Say {i}", "output": f"{i}!"} for i in range(3)]
+    path = tmp_path / "rows.json"
+    path.write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    prepared = prepare(path)
+    assert [r["source"]["line"] for r in records(prepared)] == [2, 6, 10]
+    assert only_stats(prepared)["files"]["rows.json"]["format"] == "alpaca"
+
+
+def test_json_object_of_arrays_and_columnar_and_single_object(tmp_path):
+    nested = tmp_path / "nested.json"
+    nested.write_text(
+        json.dumps({"version": 2, "train": [{"text": "alpha one"}], "extra": [{"text": "beta two"}]}, indent=1),
+        encoding="utf-8",
+    )
+    assert [r["text"] for r in records(prepare(nested))] == ["alpha one", "beta two"]
+    assert [r["source"]["line"] for r in records(prepare(nested))] == [4, 9]
+
+    columnar = tmp_path / "columnar.json"
+    columnar.write_text(json.dumps({"question": ["Q one?", "Q two?"], "answer": ["A one.", "A two."]}))
+    got = records(prepare(columnar))
+    assert [r["messages"][1]["content"] for r in got] == ["A one.", "A two."]
+    assert got[1]["source"] == {"path": "columnar.json", "row": 2}
+
+    single = tmp_path / "single.json"
+    single.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]})
+    )
+    assert len(records(prepare(single))) == 1
+
+
+def test_json_truncated_array_keeps_earlier_rows_and_reports_the_rest(tmp_path):
+    path = tmp_path / "cut.json"
+    path.write_text('[\n {"text": "first text"},\n {"text": "second text"},\n {"text": "thi', encoding="utf-8")
+    prepared = prepare(path)
+    assert [r["text"] for r in records(prepared)] == ["first text", "second text"]
+    assert prepared.rejects[0]["reason"] == "invalid JSON"
+    assert prepared.rejects[0]["source"]["line"] == 4
+
+
+def test_json_not_json_is_one_reject(tmp_path):
+    path = tmp_path / "bad.json"
+    path.write_text("{this is not json", encoding="utf-8")
+    prepared = prepare(path)
+    assert only_stats(prepared)["rejected"] == {"invalid JSON": 1}
+
+
+# ---------------------------------------------------------------- CSV / TSV / Parquet
+
+
+def test_csv_multiline_fields_wrong_columns_and_case_insensitive_headers(tmp_path):
+    path = tmp_path / "faq.csv"
+    path.write_text(
+        'Question,Answer\r\n"Two\nlines?",Yes.\r\nonly one column\r\n"Fine?","Fine, thanks."\r\n', encoding="utf-8"
+    )
+    prepared = prepare(path)
+    got = records(prepared)
+    assert [r["messages"][0]["content"] for r in got] == ["Two\nlines?", "Fine?"]
+    assert [r["source"]["line"] for r in got] == [2, 5]
+    assert prepared.rejects == [
+        {"source": {"path": "faq.csv", "line": 4}, "reason": "wrong number of columns", "detail": "expected 2, got 1"}
+    ]
+
+
+def test_tsv_latin1_and_a_field_longer_than_the_csv_default_limit(tmp_path):
+    path = tmp_path / "faq.tsv"
+    long_answer = "très long " * 20_000  # 200 kB, above csv's 128 kB default field limit
+    path.write_bytes(f"prompt\tresponse\nQuelle durée ?\t{long_answer}\n".encode("cp1252"))
+    got = records(prepare(path))
+    assert got[0]["messages"][1]["content"].startswith("très long")
+    assert len(got[0]["messages"][1]["content"]) > 190_000
+
+
+def test_csv_invalid_utf8_row_is_rejected_alone(tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_bytes("text\nvalid ü text\n".encode() + b"bad \xff byte\n" + b"fine again\n")
+    prepared = prepare(path)
+    assert [r["text"] for r in records(prepared)] == ["valid ü text", "fine again"]
+    assert prepared.rejects[0]["reason"] == "invalid UTF-8" and prepared.rejects[0]["source"]["line"] == 3
+
+
+def test_parquet_rows_and_a_damaged_file(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "qa.parquet"
+    pq.write_table(
+        pa.Table.from_pylist([{"prompt": "P1?", "completion": "C1."}, {"prompt": "P2?", "completion": "C2."}]), path
+    )
+    got = records(prepare(path))
+    assert [r["messages"][1]["content"] for r in got] == ["C1.", "C2."]
+    assert got[1]["source"] == {"path": "qa.parquet", "row": 2}
+
+    broken = tmp_path / "broken.parquet"
+    broken.write_bytes(b"PAR1 definitely not parquet")
+    assert only_stats(prepare(broken))["rejected"] == {"unreadable file": 1}
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+
+
+def test_saved_dataset_and_dataset_dict(tmp_path):
+    from datasets import Dataset, DatasetDict
+
+    rows = [{"question": f"Q{i}?", "answer": f"Answer {i}."} for i in range(3)]
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    got = records(prepare(tmp_path / "ds"))
+    assert len(got) == 3 and got[0]["source"] == {"path": "ds", "row": 1}
+
+    DatasetDict({"train": Dataset.from_list(rows), "test": Dataset.from_list(rows[:1])}).save_to_disk(
+        str(tmp_path / "dd")
+    )
+    assert len(records(prepare(tmp_path / "dd"))) == 3  # train by default
+    assert len(records(prepare(tmp_path / "dd", dataset_split="test"))) == 1
+    with pytest.raises(DataError, match="splits"):
+        prepare(tmp_path / "dd", dataset_split="validation")
+
+
+def test_hub_dataset_offline_fails_fast_and_says_how_to_work_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    spec = DataSpec.model_validate({"sources": [{"path": "hf://org/some-dataset"}]})
+    with pytest.raises(DataError, match="save_to_disk"):
+        prepare_records(spec, seed=0)
+
+
+# ---------------------------------------------------------------- documents
+
+
+MARKDOWN = """# Code
+
+Preamble paragraph.
+
+## Article 1
+
+First paragraph
+continues here.
+
+```
+# not a heading
+```
+
+## Article 2
+### Definitions
+
+Text of article two.
+"""
+
+
+def test_markdown_sections_carry_heading_path_and_line(tmp_path):
+    path = tmp_path / "code.md"
+    path.write_text(MARKDOWN, encoding="utf-8")
+    got = records(prepare(path))
+    assert [(r["source"]["line"], r["source"]["heading"]) for r in got] == [
+        (1, "Code"),
+        (5, "Code > Article 1"),
+        (14, "Code > Article 2 > Definitions"),
+    ]
+    assert got[1]["text"] == "## Article 1\n\nFirst paragraph\ncontinues here.\n\n```\n# not a heading\n```"
+    assert got[2]["text"].startswith("## Article 2\n\n### Definitions\n\nText")
+
+
+def test_text_units_line_and_document(tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("first line\nsecond line\n\n\nthird line\n", encoding="utf-8")
+    by_line = records(prepare(path, unit="line"))
+    assert [(r["text"], r["source"]["line"]) for r in by_line] == [
+        ("first line", 1),
+        ("second line", 2),
+        ("third line", 5),
+    ]
+    whole = records(prepare(path, unit="document"))
+    assert [r["text"] for r in whole] == ["first line\nsecond line\n\nthird line"]
+
+
+def test_long_sections_are_chunked_with_their_start_lines(tmp_path):
+    paragraphs = [f"Paragraph {i}. " + "Some words here. " * 30 for i in range(6)]  # ~520 chars each
+    path = tmp_path / "long.md"
+    path.write_text("# Long\n\n" + "\n\n".join(paragraphs) + "\n", encoding="utf-8")
+    got = records(prepare(path, chunk_chars=1200))
+    assert len(got) >= 3
+    assert all(len(r["text"]) <= 1200 for r in got)
+    assert got[0]["source"]["line"] == 1
+    assert [r["source"]["line"] for r in got[1:]] == sorted(r["source"]["line"] for r in got[1:])
+    assert all(r["source"]["heading"] == "Long" for r in got)
+    joined = " ".join(r["text"] for r in got)
+    assert all(p.split(".")[0] in joined for p in paragraphs)
+
+
+HTML = """<!doctype html>
+<html><head><title>T</title><style>body {color: red}</style></head>
+<body>
+<nav><a href="/">Home</a> | <a href="/about">About</a></nav>
+<header>Site banner</header>
+<main>
+<h1>Pension rules</h1>
+<p>The pension age is <b>64</b>.</p>
+<script>var tracking = 1;</script>
+<h2>Early retirement</h2>
+<p>Possible from 61,<br>with a reduction.</p>
+<ul><li>Item one</li><li>Item two</li></ul>
+</main>
+<footer>Copyright</footer>
+</body></html>
+"""
+
+
+def test_html_main_text_without_navigation_or_scripts(tmp_path):
+    path = tmp_path / "page.html"
+    path.write_text(HTML, encoding="utf-8")
+    got = records(prepare(path))
+    text = "\n".join(r["text"] for r in got)
+    for junk in ("Home", "Site banner", "tracking", "Copyright", "color: red"):
+        assert junk not in text
+    assert got[0]["text"] == "# Pension rules\n\nThe pension age is 64."
+    assert got[0]["source"] == {"path": "page.html", "line": 7, "heading": "Pension rules"}
+    assert got[1]["source"]["heading"] == "Pension rules > Early retirement"
+    assert "Possible from 61,\nwith a reduction." in got[1]["text"]
+    assert "Item one\n\nItem two" in got[1]["text"]
+
+
+def test_pdf_pages_are_kept_and_a_page_without_text_is_reported(tmp_path):
+    path = make_pdf(
+        tmp_path / "code.pdf", ["Article 1\nThe fund pays pensions.", None, "Article 2\nAppeals (within 45 days)."]
+    )
+    prepared = prepare(path)
+    got = records(prepared)
+    assert [r["source"]["page"] for r in got] == [1, 3]
+    assert "The fund pays pensions." in got[0]["text"]
+    assert "Appeals (within 45 days)." in got[1]["text"]
+    report = only_stats(prepared)["files"]["code.pdf"]
+    assert report["kind"] == "pdf" and "[2]" in report["warnings"][0]
+
+
+def test_scanned_pdf_is_rejected_with_an_ocr_hint_not_crashed_on(tmp_path):
+    prepared = prepare(make_pdf(tmp_path / "scan.pdf", [None, None]))
+    assert only_stats(prepared)["rejected"] == {"no text layer": 1}
+    assert "OCR" in prepared.rejects[0]["detail"]
+    garbage = tmp_path / "garbage.pdf"
+    garbage.write_bytes(b"%PDF-1.4 this is not really a pdf")
+    assert only_stats(prepare(garbage))["rejected"] == {"unreadable file": 1}
+
+
+def test_docx_headings_paragraphs_and_tables(tmp_path):
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Benefits", level=1)
+    document.add_paragraph("Sickness benefit is paid from day four.")
+    document.add_heading("Rates", level=2)
+    table = document.add_table(rows=2, cols=2)
+    table.cell(0, 0).text, table.cell(0, 1).text = "Benefit", "Rate"
+    table.cell(1, 0).text, table.cell(1, 1).text = "Sickness", "70%"
+    path = tmp_path / "guide.docx"
+    document.save(str(path))
+    got = records(prepare(path))
+    assert [r["source"]["heading"] for r in got] == ["Benefits", "Benefits > Rates"]
+    assert got[0]["text"] == "# Benefits\n\nSickness benefit is paid from day four."
+    assert "Benefit | Rate\nSickness | 70%" in got[1]["text"]
+    assert got[1]["source"]["line"] == 3  # paragraph number
+
+    broken = tmp_path / "broken.docx"
+    broken.write_bytes(b"PK\x03\x04 not a zip")
+    assert only_stats(prepare(broken))["rejected"] == {"unreadable file": 1}
+
+
+def test_folder_skips_unsupported_files_and_lists_them(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# A\n\nAlpha text.\n", encoding="utf-8")
+    (tmp_path / "docs" / "logo.png").write_bytes(b"\x89PNG")
+    prepared = prepare(tmp_path / "docs")
+    assert len(records(prepared)) == 1
+    assert only_stats(prepared)["skipped_files"] == ["logo.png"]
+    # named directly, an unsupported file is a reject, not a silent skip
+    assert only_stats(prepare(tmp_path / "docs" / "logo.png"))["rejected"] == {"unsupported file type": 1}
+
+
+def test_document_with_invalid_utf8_is_kept_with_a_warning_per_line(tmp_path):
+    path = tmp_path / "notes.md"
+    path.write_bytes("# Notes\n\nGood line with ü.\n".encode() + b"Bad \xff line.\n")
+    prepared = prepare(path)
+    assert "Bad \ufffd line." in records(prepared)[0]["text"]
+    assert only_stats(prepared)["files"]["notes.md"]["warnings"] == ["line 4: invalid UTF-8 bytes replaced with U+FFFD"]
