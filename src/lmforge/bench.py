@@ -1,22 +1,31 @@
-"""``lmforge bench``: training throughput and memory of lmforge against the usual baselines, side by side.
+"""``lmforge bench``: training speed and memory of lmforge against the usual baselines, side by side.
 
-Every system trains the same LoRA adapter (same rank, targets, learning rate, number of optimizer
-steps and examples per step) on the same chat data, each in its own child process so that its
-peak RSS is its own:
+Every system trains the same LoRA adapter (the recipe's ``sft.lora``: rank, alpha, targets) with the
+same learning rate (constant), the same number of optimizer steps and the same examples per step, on
+the same chat examples of the recipe's ``train`` split (default: the demo recipe). All systems see
+the same micro-batches in the same order (length-grouped, drawn once from the seed), so their losses
+can be compared step by step. Each system runs in its own child process, so its peak RSS is its own:
 
-* ``baseline``: the seed-style script: HF Trainer, fp32, every example padded to the sequence length;
-* ``trl``: TRL's ``SFTTrainer`` with its defaults (gradient checkpointing, bf16 autocast, batches
-  padded to their longest example), loss on the completion only;
-* ``lmforge``: lmforge's training path (``train.causal.build_trainer``);
-* ``lmforge-lowmem``: the same with activation checkpointing, to compare with TRL on memory.
+* ``baseline``: what the seed scripts do: HF Trainer, fp32, every example padded to the sequence
+  length (micro-batches of at most ``baseline_tokens`` padded tokens, with gradient accumulation);
+* ``trl``: TRL's ``SFTTrainer`` with its defaults (fp32 weights under bf16 autocast, activation
+  checkpointing, batches padded to their longest row), on prompt/completion pairs, so the loss is
+  on the completion, as TRL does for such data;
+* ``lmforge``: lmforge's sft path, built by the same functions as ``lmforge run``;
+* ``lmforge-lowmem``: the same with activation checkpointing (``sft.gradient_checkpointing``).
 
-Reported per system: non-padding tokens per second, peak RSS, the mean training loss of the last
-steps and the answer-only loss on the same held-out questions after training, and MFU.
+Reported per system: non-padding tokens per second over the timed steps (the first ``warmup``
+steps are not timed), peak RSS of the process, the mean training loss of the last three steps, the
+answer-only loss on held-out questions after training (computed the same way for every system) and
+the model FLOP utilisation.
 
-MFU = 6 x N x tokens/s / peak, with N the non-embedding parameters (Kaplan et al.'s convention; it
-credits neither the output layer nor attention, so it is conservative) and peak the CPU's bf16
-matmul peak: cores x GHz x 1024 FLOP/cycle with AMX (4.3 TFLOP/s for 2 cores at 2.1 GHz), or
-the fp32 FMA peak (cores x GHz x 64) without it. On CUDA, pass ``--peak-tflops``.
+MFU = tokens/s x (4 N + 2 T) / peak. N counts the weights of the matmuls inside the transformer
+blocks (LoRA matrices included; embeddings and the output head excluded), T the trainable ones among
+them: a token costs 2 N FLOPs forward, 2 N backward for the input gradients and 2 T for the weight
+gradients (6 N for full fine-tuning). Attention scores, the output head and recomputation under
+activation checkpointing are not credited, so the figure is conservative. The peak is the CPU's bf16
+matmul peak for every system: physical cores x nominal GHz x 1024 FLOP/cycle with AMX (128 with
+avx512_bf16 only; the fp32 FMA peak without either); on a GPU, pass ``--peak-tflops``.
 """
 
 from __future__ import annotations
@@ -26,47 +35,67 @@ import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 SYSTEMS = ("baseline", "trl", "lmforge", "lmforge-lowmem")
-LORA = {"r": 16, "alpha": 32}
+"""Systems ``lmforge bench`` knows, in table order."""
 
 
 @dataclass
 class BenchSettings:
     """What every system trains on, identically."""
 
-    model: str = "smollm2-135m-instruct"
+    recipe: str | None = None
+    """Recipe whose model, ``train`` (and ``test``) split and ``sft`` settings are used; None: the demo."""
+    overrides: list[str] = field(default_factory=list)
+    """``--set key=value`` overrides of the recipe (``sft.*`` ones shape the lmforge systems)."""
+    model: str | None = None
+    """Model reference instead of the recipe's ``model.ref``."""
     seq_len: int = 1024
-    steps: int = 8
+    """Longest example (longer ones are truncated); the baseline pads every example to it."""
+    steps: int = 12
+    """Optimizer steps per system, warm-up included."""
+    warmup: int = 2
+    """First steps left out of the timing (allocator, caches, lazy initialisation)."""
     batch_size: int = 8
-    lr: float = 5e-4
-    seed: int = 0
-    train_file: str = "lmforge://demo/qa/train.jsonl"
-    heldout_file: str = "lmforge://demo/qa/test.jsonl"
-    heldout: int = 48
+    """Examples per optimizer step (micro-batch x accumulation) for every system."""
+    baseline_tokens: int = 4096
+    """Padded tokens per baseline micro-batch at most (fp32 activations of full-length rows are big)."""
+    heldout: int = 64
+    """Held-out questions (the recipe's ``test`` split) scored after training."""
     peak_tflops: float | None = None
+    """Peak FLOP/s of the accelerator in TFLOP/s, for MFU (default: computed for this CPU)."""
 
 
 @dataclass
 class BenchResult:
+    """One system at one sequence length."""
+
     system: str
     seq_len: int
-    steps: int
-    examples: int
-    tokens: int
-    padded_tokens: int
-    seconds: float
-    tokens_per_s: float
-    peak_rss_mb: float
-    train_loss_last: float
-    heldout_loss: float
-    mfu: float
+    steps: int = 0
+    micro_batch: int = 0
+    tokens: int = 0
+    """Non-padding tokens in the timed steps."""
+    padded_tokens: int = 0
+    """Tokens computed in the timed steps, padding included."""
+    seconds: float = 0.0
+    tokens_per_s: float = 0.0
+    step_seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
+    train_loss: float = 0.0
+    """Mean loss of the last three steps."""
+    heldout_loss: float = 0.0
+    mfu: float = 0.0
+    flops_per_token: float = 0.0
     notes: str = ""
     losses: list[float] = field(default_factory=list)
+    error: str | None = None
 
 
 # ---------------------------------------------------------------- parent
@@ -75,289 +104,541 @@ class BenchResult:
 def run_bench(
     settings: BenchSettings, seq_lens: list[int], systems: list[str], out_dir: Path, console: Any = None
 ) -> list[BenchResult]:
-    """Run every system at every sequence length, each in a child process; write results JSON + Markdown."""
+    """Run every system at every sequence length, each in a child process; write JSON and Markdown.
+
+    Writes ``bench.json`` (settings, machine, results) and ``bench.md`` (the table) into ``out_dir``
+    and each worker's output to ``logs/<system>-<seq_len>.log``. A system that fails is reported with
+    its error and the others still run.
+    """
     from rich.console import Console
 
     console = console or Console()
-    out_dir.mkdir(parents=True, exist_ok=True)
+    unknown = [s for s in systems if s not in SYSTEMS]
+    if unknown:
+        raise ValueError(f"unknown system(s) {unknown}; expected some of {', '.join(SYSTEMS)}")
+    (out_dir / "logs").mkdir(parents=True, exist_ok=True)
     results: list[BenchResult] = []
     for seq_len in seq_lens:
         for system in systems:
-            config = {**asdict(settings), "seq_len": seq_len, "system": system}
             console.print(f"bench: {system} at sequence length {seq_len} ({settings.steps} steps) ...")
-            completed = subprocess.run(
-                [sys.executable, "-m", "lmforge.bench", json.dumps(config)],
-                capture_output=True,
-                text=True,
-                env={**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"},
-            )
-            lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
-            if completed.returncode != 0 or not lines:
-                raise RuntimeError(f"bench worker {system} failed:\n{completed.stderr[-4000:]}")
-            result = BenchResult(**json.loads(lines[-1]))
+            result = _run_worker(settings, system, seq_len, out_dir)
             results.append(result)
-            console.print(
-                f"  {result.tokens_per_s:.0f} tokens/s, peak RSS {result.peak_rss_mb:.0f} MB, "
-                f"held-out loss {result.heldout_loss:.4f}"
-            )
-    (out_dir / "bench.json").write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
-    (out_dir / "bench.md").write_text(markdown_table(results) + "\n")
+            if result.error:
+                console.print(f"  [red]failed[/red]: {result.error.splitlines()[-1] if result.error else ''}")
+            else:
+                console.print(
+                    f"  {result.tokens_per_s:.0f} tokens/s, peak RSS {result.peak_rss_mb:.0f} MB, "
+                    f"train loss {result.train_loss:.4f}, held-out loss {result.heldout_loss:.4f}"
+                )
+    document = {"settings": asdict(settings), "machine": machine_description(), "results": [asdict(r) for r in results]}
+    _write_text(out_dir / "bench.json", json.dumps(document, indent=2) + "\n")
+    _write_text(out_dir / "bench.md", markdown_table(results) + "\n\n" + FOOTER + "\n")
+    console.print(rich_table(results))
+    console.print(FOOTER, highlight=False)
     return results
+
+
+FOOTER = (
+    "tokens/s: non-padding tokens per second over the timed steps. MFU = tokens/s x (4N + 2T) / peak bf16 FLOP/s; "
+    "N: weights of the matmuls in the transformer blocks (LoRA included), T: the trainable ones among them."
+)
+
+
+def _run_worker(settings: BenchSettings, system: str, seq_len: int, out_dir: Path) -> BenchResult:
+    result_path = out_dir / "logs" / f"{system}-{seq_len}.json"
+    log_path = out_dir / "logs" / f"{system}-{seq_len}.log"
+    result_path.unlink(missing_ok=True)
+    config = {"settings": {**asdict(settings), "seq_len": seq_len}, "system": system, "result": str(result_path)}
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    with open(log_path, "w", encoding="utf-8") as log:
+        completed = subprocess.run(
+            [sys.executable, "-m", "lmforge.bench", json.dumps(config)], stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+    if completed.returncode == 0 and result_path.is_file():
+        return BenchResult(**json.loads(result_path.read_text(encoding="utf-8")))
+    tail = log_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-15:]
+    reason = f"exit code {completed.returncode}" + (" (killed: out of memory?)" if completed.returncode < 0 else "")
+    return BenchResult(system=system, seq_len=seq_len, error="\n".join([*tail, f"{reason}; full log: {log_path}"]))
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _ratios(result: BenchResult, results: list[BenchResult]) -> tuple[str, str]:
+    peers = {p.system: p for p in results if p.seq_len == result.seq_len and not p.error}
+    cells = []
+    for name in ("baseline", "trl"):
+        peer = peers.get(name)
+        ok = peer is not None and peer.tokens_per_s > 0 and not result.error
+        cells.append(f"{result.tokens_per_s / peer.tokens_per_s:.2f}x" if ok else "-")
+    return cells[0], cells[1]
 
 
 def markdown_table(results: list[BenchResult]) -> str:
     """The results as a Markdown table, with speed-ups against the baseline and TRL at each length."""
-    head = (
-        "| seq len | system | tokens/s | vs baseline | vs TRL | peak RSS (MB) | train loss (last) "
-        "| held-out loss | MFU | notes |\n|---|---|---|---|---|---|---|---|---|---|"
-    )
-    rows = [head]
+    lines = [
+        "| seq len | system | tokens/s | vs baseline | vs TRL | peak RSS (MB) | train loss | held-out loss | MFU | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for r in results:
-        peers = {p.system: p for p in results if p.seq_len == r.seq_len}
-        base = peers.get("baseline")
-        trl = peers.get("trl")
-        vs_base = f"{r.tokens_per_s / base.tokens_per_s:.1f}x" if base else "-"
-        vs_trl = f"{r.tokens_per_s / trl.tokens_per_s:.2f}x" if trl else "-"
-        rows.append(
+        if r.error:
+            reason = r.error.strip().splitlines()[-1].replace("|", "/")
+            lines.append(f"| {r.seq_len} | {r.system} | failed | - | - | - | - | - | - | {reason} |")
+            continue
+        vs_base, vs_trl = _ratios(r, results)
+        lines.append(
             f"| {r.seq_len} | {r.system} | {r.tokens_per_s:.0f} | {vs_base} | {vs_trl} | {r.peak_rss_mb:.0f} "
-            f"| {r.train_loss_last:.4f} | {r.heldout_loss:.4f} | {r.mfu:.1%} | {r.notes} |"
+            f"| {r.train_loss:.4f} | {r.heldout_loss:.4f} | {r.mfu:.1%} | {r.notes} |"
         )
-    return "\n".join(rows)
+    return "\n".join(lines)
 
 
-# ---------------------------------------------------------------- worker
+def rich_table(results: list[BenchResult]) -> Any:
+    """The results as a rich table for the terminal."""
+    from rich.table import Table
+
+    table = Table(title="lmforge bench", caption="see bench.md for the MFU formula")
+    for column in ("seq len", "system", "tokens/s", "vs baseline", "vs TRL", "peak RSS MB", "train loss"):
+        table.add_column(column, justify="right" if column != "system" else "left")
+    table.add_column("held-out loss", justify="right")
+    table.add_column("MFU", justify="right")
+    for r in results:
+        if r.error:
+            table.add_row(str(r.seq_len), r.system, "[red]failed[/red]", *["-"] * 6)
+            continue
+        vs_base, vs_trl = _ratios(r, results)
+        table.add_row(
+            str(r.seq_len),
+            r.system,
+            f"{r.tokens_per_s:.0f}",
+            vs_base,
+            vs_trl,
+            f"{r.peak_rss_mb:.0f}",
+            f"{r.train_loss:.4f}",
+            f"{r.heldout_loss:.4f}",
+            f"{r.mfu:.1%}",
+        )
+    return table
 
 
-def peak_flops(settings: BenchSettings, bf16: bool) -> float:
-    """Peak FLOP/s of this machine (see the module docstring)."""
-    if settings.peak_tflops:
-        return settings.peak_tflops * 1e12
-    from lmforge.models import cpu_supports_bf16
-
-    cores = len(os.sched_getaffinity(0))
-    ghz = _cpu_ghz()
-    per_cycle = 1024 if (bf16 and cpu_supports_bf16()) else 64
-    return cores * ghz * 1e9 * per_cycle
+# ---------------------------------------------------------------- machine
 
 
-def _cpu_ghz() -> float:
+def physical_cores() -> int:
+    """Physical cores this process may run on (hyper-threads are not counted twice)."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and "@" in line and "GHz" in line:
+        import psutil
+
+        physical = psutil.cpu_count(logical=False) or len(allowed)
+        logical = psutil.cpu_count(logical=True) or len(allowed)
+        return max(1, len(allowed) * physical // logical)
+    except ImportError:
+        return max(1, len(allowed))
+
+
+def cpu_ghz() -> float:
+    """Nominal clock from the CPU's model name (``... @ 2.10GHz``), else the current clock, else 2.0."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore").splitlines()
+    except OSError:
+        return 2.0
+    for line in lines:
+        if line.startswith("model name") and "@" in line and line.rstrip().endswith("GHz"):
+            try:
                 return float(line.split("@")[1].strip().removesuffix("GHz"))
-            if line.startswith("cpu MHz"):
-                return float(line.split(":")[1]) / 1000
-    except (OSError, ValueError):
-        pass
+            except ValueError:
+                break
+    for line in lines:
+        if line.startswith("cpu MHz"):
+            return float(line.split(":")[1]) / 1000
     return 2.0
 
 
-def _examples(settings: BenchSettings, tokenizer: Any) -> tuple[list[Any], list[Any], list[dict]]:
-    """Tokenized training examples (steps x batch, cycled), held-out examples, and the raw training records."""
-    import random
-
-    from lmforge.config import package_dir
-    from lmforge.records import read_records
-    from lmforge.train.tokenize import tokenize_chat
-
-    def load(path: str) -> list[dict]:
-        path = str(package_dir() / path.removeprefix("lmforge://")) if path.startswith("lmforge://") else path
-        return [r for r in read_records(path) if r["kind"] == "chat"]
-
-    pool = load(settings.train_file)
-    random.Random(settings.seed).shuffle(pool)
-    needed = settings.steps * settings.batch_size
-    records = [pool[i % len(pool)] for i in range(needed)]
-    heldout = load(settings.heldout_file)[: settings.heldout]
-    train = [tokenize_chat(tokenizer, r["messages"], settings.seq_len) for r in records]
-    held = [tokenize_chat(tokenizer, r["messages"], settings.seq_len) for r in heldout]
-    return train, held, records
+def cpu_peak_flops() -> float:
+    """This CPU's peak matmul FLOP/s in its best training precision (see the module docstring)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
+    except OSError:
+        flags = ""
+    per_cycle = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else 64 if "avx512f" in flags else 32
+    return physical_cores() * cpu_ghz() * 1e9 * per_cycle
 
 
-class TokenCounter:
-    """Wraps a collator and counts the real (non-padding) tokens it sees."""
+def machine_description() -> dict[str, Any]:
+    """CPU model, cores, clock, memory, load and library versions, for the results file."""
+    import platform
 
-    def __init__(self, collate: Any):
-        self.collate = collate
+    info: dict[str, Any] = {"platform": platform.platform(), "python": platform.python_version()}
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore").splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    info.update(physical_cores=physical_cores(), ghz=cpu_ghz(), peak_tflops=round(cpu_peak_flops() / 1e12, 2))
+    for module in ("torch", "transformers", "peft", "trl"):
+        try:
+            info[module] = __import__(module).__version__
+        except ImportError:
+            info[module] = None
+    info["date"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    return info
+
+
+# ---------------------------------------------------------------- worker (child process)
+
+
+class StepMeter:
+    """Counts the non-padding tokens each micro-batch carries and times the optimizer steps.
+
+    The collator wrapper queues each batch's count as it is built; the training-step wrapper takes
+    them in the same order, so a prefetching data loader cannot shift the counts between steps.
+    """
+
+    def __init__(self, warmup: int):
+        self.warmup = warmup
+        self.queue: deque[tuple[int, int]] = deque()
         self.tokens = 0
         self.padded = 0
+        self.begin: dict[int, float] = {}
+        self.end: dict[int, float] = {}
 
-    def __call__(self, features: list[dict]) -> Any:
-        if "attention_mask" in features[0]:
-            self.tokens += sum(int(sum(f["attention_mask"])) for f in features)
-        else:
-            self.tokens += sum(len(f["input_ids"]) for f in features)
-        batch = self.collate(features)
-        self.padded += int(batch["input_ids"].numel())
-        return batch
+    def wrap_collator(self, collate: Any) -> Any:
+        def counting_collate(features: list[dict[str, Any]]) -> Any:
+            real = sum(sum(f["attention_mask"]) if "attention_mask" in f else len(f["input_ids"]) for f in features)
+            batch = collate(features)
+            self.queue.append((real, int(batch["input_ids"].numel())))
+            return batch
+
+        return counting_collate
+
+    def wrap_training_step(self, trainer: Any) -> None:
+        original = trainer.training_step
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            real, padded = self.queue.popleft()
+            if trainer.state.global_step >= self.warmup:
+                self.tokens += real
+                self.padded += padded
+            return original(*args, **kwargs)
+
+        trainer.training_step = training_step
+
+    def callback(self) -> Any:
+        from transformers import TrainerCallback
+
+        meter = self
+
+        class Clock(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                meter.begin[state.global_step] = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kwargs):
+                meter.end[state.global_step - 1] = time.perf_counter()
+
+        return Clock()
+
+    def timed(self) -> tuple[float, list[float]]:
+        """Seconds from the start of the first timed step to the end of the last, and each step's time."""
+        last = max(self.end)
+        steps = [round(self.end[i] - self.begin[i], 3) for i in sorted(self.end) if i >= self.warmup]
+        return self.end[last] - self.begin[self.warmup], steps
 
 
-def heldout_loss(model: Any, examples: list[Any], pad_id: int, bf16: bool) -> float:
+def worker(config: dict[str, Any]) -> BenchResult:
+    """Train one system and measure it (runs in a child process; see :func:`run_bench`)."""
+    import torch
+
+    from lmforge.train.trainer import configure_threads
+
+    system = config["system"]
+    settings = BenchSettings(**config["settings"])
+    if settings.warmup >= settings.steps:
+        raise ValueError(f"warmup ({settings.warmup}) must be below steps ({settings.steps})")
+    threads = configure_threads()
+    setup = _setup(settings, system)
+    torch.manual_seed(setup["recipe"].seed)
+    if system == "baseline":
+        trainer, notes = _baseline(setup, settings)
+    elif system == "trl":
+        trainer, notes = _trl(setup, settings)
+    else:
+        trainer, notes = _lmforge(setup, settings)
+    meter = StepMeter(settings.warmup)
+    trainer.data_collator = meter.wrap_collator(trainer.data_collator)
+    meter.wrap_training_step(trainer)
+    trainer.add_callback(meter.callback())
+    trainer.train()
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    seconds, step_seconds = meter.timed()
+    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
+    heldout = heldout_loss(trainer.model, setup["heldout"], setup["pad_id"])
+    flops = flops_per_token(trainer.model)
+    tokens_per_s = meter.tokens / seconds
+    peak = settings.peak_tflops * 1e12 if settings.peak_tflops else cpu_peak_flops()
+    return BenchResult(
+        system=system,
+        seq_len=settings.seq_len,
+        steps=trainer.state.global_step,
+        micro_batch=trainer.args.per_device_train_batch_size,
+        tokens=meter.tokens,
+        padded_tokens=meter.padded,
+        seconds=round(seconds, 2),
+        tokens_per_s=round(tokens_per_s, 1),
+        step_seconds=step_seconds,
+        peak_rss_mb=round(peak_rss_mb, 1),
+        train_loss=round(sum(losses[-3:]) / max(len(losses[-3:]), 1), 5),
+        heldout_loss=round(heldout, 5),
+        mfu=round(tokens_per_s * flops / peak, 4),
+        flops_per_token=flops,
+        notes=f"{notes}; {threads} threads",
+        losses=[round(x, 5) for x in losses],
+    )
+
+
+def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
+    """The recipe, model folder, tokenizer, ordered training examples and held-out examples."""
+    from lmforge.config import load_recipe, shipped_recipe
+    from lmforge.data.prepare import prepare_records
+    from lmforge.models import load_tokenizer, resolve_model
+    from lmforge.train.templates import install_template
+    from lmforge.train.tokenize import tokenize_records
+
+    overrides = [
+        *settings.overrides,
+        f"sft.max_length={settings.seq_len}",
+        f"sft.batch_size={settings.batch_size}",
+        "sft.grad_accum=1",
+        f"sft.max_steps={settings.steps}",
+        "sft.scheduler=constant",
+        "sft.warmup_ratio=0",
+        "sft.logging_steps=1",
+        "sft.report_to=[]",
+        f"sft.save_steps={settings.steps + 1}",  # no checkpoint inside the run
+    ]
+    if system == "lmforge-lowmem":
+        overrides.append("sft.gradient_checkpointing=true")
+    if settings.model:
+        overrides.append(f"model.ref={settings.model}")
+    recipe = load_recipe(settings.recipe or shipped_recipe("demo"), overrides)
+    model_dir = resolve_model(recipe.model.ref, recipe.model.revision)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+    splits = prepare_records(recipe.data, recipe.seed).splits
+    records = [r for r in splits.get("train", []) if r["kind"] == "chat"]
+    if not records:
+        raise ValueError(f"the recipe's train split holds no chat records (splits: {sorted(splits)})")
+    install_template(tokenizer, recipe.sft.template, records, recipe.model.ref)
+    spec = recipe.sft
+    examples, _ = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
+    order = bench_order([len(e.input_ids) for e in examples], settings.steps * settings.batch_size, recipe.seed)
+    held = [r for r in splits.get("test", []) if r["kind"] == "chat"][: settings.heldout]
+    held_examples, _ = tokenize_records(tokenizer, held, spec.max_length, False, spec.template) if held else ([], {})
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "recipe": recipe,
+        "model_dir": model_dir,
+        "tokenizer": tokenizer,
+        "records": [records[i] for i in order],
+        "examples": [examples[i] for i in order],
+        "heldout": held_examples,
+        "pad_id": pad_id,
+    }
+
+
+def bench_order(lengths: list[int], count: int, seed: int) -> list[int]:
+    """``count`` example indices (a seeded shuffle, cycled when there are fewer examples), then
+    ordered the way lmforge's length-grouped sampler orders a batch size of 1..n: similar lengths
+    together, so that systems padding to the longest row of a batch pad little."""
+    import random
+
+    rng = random.Random(seed)
+    pool: list[int] = []
+    while len(pool) < count:
+        shuffled = list(range(len(lengths)))
+        rng.shuffle(shuffled)
+        pool.extend(shuffled)
+    chosen = pool[:count]
+    # Mega-batches of 64 examples sorted by length inside: similar lengths meet, the order stays mixed.
+    ordered: list[int] = []
+    for start in range(0, count, 64):
+        ordered.extend(sorted(chosen[start : start + 64], key=lambda i: -lengths[i]))
+    return ordered
+
+
+def flops_per_token(model: Any) -> float:
+    """4 N + 2 T: the matmul weights N in the transformer blocks, T the trainable ones (see the module docstring)."""
+    total = trainable = 0
+    for name, param in model.named_parameters():
+        if param.dim() != 2 or "embed" in name or "lm_head" in name:
+            continue
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    return float(4 * total + 2 * trainable)
+
+
+def heldout_loss(model: Any, examples: list[Any], pad_id: int) -> float:
     """Mean answer-only loss on held-out examples, computed the same way for every system."""
     import torch
 
+    from lmforge.models import cpu_supports_bf16
     from lmforge.train.fast import causal_lm_loss_sum, pad_batch
 
+    if not examples:
+        return float("nan")
+    bf16 = torch.cuda.is_available() or cpu_supports_bf16()
     model.eval()
     total, count = 0.0, 0
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-        for start in range(0, len(examples), 8):
-            chunk = examples[start : start + 8]
+    with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        for start in range(0, len(examples), 16):
+            chunk = examples[start : start + 16]
             batch = pad_batch([{"input_ids": e.input_ids, "labels": e.labels} for e in chunk], pad_id)
-            loss, n = causal_lm_loss_sum(model, batch)
+            loss, n = causal_lm_loss_sum(model, {k: v.to(model.device) for k, v in batch.items()})
             total += float(loss)
             count += n
     return total / max(count, 1)
 
 
-def worker(config: dict[str, Any]) -> BenchResult:
-    """Train one system and measure it (runs in a child process)."""
+def _common_args(settings: BenchSettings, spec: Any, micro_batch: int) -> dict[str, Any]:
+    """TrainingArguments shared by the baseline and TRL (the lmforge systems take them from the sft spec)."""
     import torch
 
-    from lmforge.models import load_tokenizer, resolve_model
-
-    system = config.pop("system")
-    settings = BenchSettings(**config)
-    torch.manual_seed(settings.seed)
-    base_dir = resolve_model(settings.model)
-    tokenizer = load_tokenizer(base_dir)
-    train, held, records = _examples(settings, tokenizer)
-    if system == "baseline":
-        trainer, bf16, notes = _baseline(base_dir, tokenizer, train, settings)
-    elif system == "trl":
-        trainer, bf16, notes = _trl(base_dir, tokenizer, records, settings)
-    elif system in ("lmforge", "lmforge-lowmem"):
-        trainer, bf16, notes = _lmforge(base_dir, tokenizer, train, settings, low_memory=system.endswith("lowmem"))
-    else:
-        raise ValueError(f"unknown system {system!r}; expected one of {SYSTEMS}")
-    counter = TokenCounter(trainer.data_collator)
-    trainer.data_collator = counter
-    started = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - started
-    losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    held_loss = heldout_loss(trainer.model, held, pad_id, bf16)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    non_embedding = sum(p.numel() for n, p in trainer.model.named_parameters() if "embed" not in n and "lora_" not in n)
-    tokens_per_s = counter.tokens / seconds
-    return BenchResult(
-        system=system,
-        seq_len=settings.seq_len,
-        steps=trainer.state.global_step,
-        examples=len(train),
-        tokens=counter.tokens,
-        padded_tokens=counter.padded,
-        seconds=round(seconds, 2),
-        tokens_per_s=round(tokens_per_s, 1),
-        peak_rss_mb=round(peak_rss_mb, 1),
-        train_loss_last=round(sum(losses[-3:]) / max(len(losses[-3:]), 1), 5),
-        heldout_loss=round(held_loss, 5),
-        mfu=round(6 * non_embedding * tokens_per_s / peak_flops(settings, bf16), 4),
-        notes=notes,
-        losses=[round(x, 5) for x in losses],
-    )
-
-
-def _common_args(settings: BenchSettings, out: str) -> dict[str, Any]:
     return {
-        "output_dir": out,
-        "per_device_train_batch_size": settings.batch_size,
+        "output_dir": tempfile.mkdtemp(prefix="lmforge-bench-"),
+        "per_device_train_batch_size": micro_batch,
+        "gradient_accumulation_steps": settings.batch_size // micro_batch,
         "max_steps": settings.steps,
-        "learning_rate": settings.lr,
+        "learning_rate": spec.lr,
         "lr_scheduler_type": "constant",
         "warmup_steps": 0,
+        "weight_decay": spec.weight_decay,
+        "max_grad_norm": spec.max_grad_norm,
         "logging_steps": 1,
         "save_strategy": "no",
         "report_to": "none",
-        "seed": settings.seed,
-        "data_seed": settings.seed,
-        "use_cpu": True,
+        "seed": 0,
+        "use_cpu": not torch.cuda.is_available(),
         "dataloader_num_workers": 0,
         "disable_tqdm": True,
     }
 
 
-def _lora_config() -> Any:
+def _lora_config(spec: Any) -> Any:
     from peft import LoraConfig
 
-    return LoraConfig(r=LORA["r"], lora_alpha=LORA["alpha"], target_modules="all-linear", task_type="CAUSAL_LM")
+    lora = spec.lora
+    return LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=lora.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
-def _baseline(base_dir: Path, tokenizer: Any, train: list[Any], settings: BenchSettings) -> tuple[Any, bool, str]:
-    """HF Trainer, fp32, padded to the sequence length: what the seed scripts do."""
-    import tempfile
+def _in_order(trainer: Any) -> Any:
+    """Make a Trainer read its dataset in order (the bench has ordered it already)."""
+    from torch.utils.data import SequentialSampler
 
+    trainer._get_train_sampler = lambda *args, **kwargs: SequentialSampler(trainer.train_dataset)
+    return trainer
+
+
+def _baseline(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
+    """HF Trainer, fp32, every example padded to the sequence length: what the seed scripts do."""
     import torch
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments, default_data_collator
 
-    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32, use_safetensors=True)
-    model = get_peft_model(model, _lora_config())
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    spec = setup["recipe"].sft
+    micro = settings.batch_size
+    while micro > 1 and (micro * settings.seq_len > settings.baseline_tokens or settings.batch_size % micro):
+        micro -= 1
+    model = AutoModelForCausalLM.from_pretrained(str(setup["model_dir"]), dtype=torch.float32, use_safetensors=True)
+    model = get_peft_model(model, _lora_config(spec))
     rows = []
-    for example in train:
-        n = len(example.input_ids)
-        pad = settings.seq_len - n
+    for example in setup["examples"]:
+        n, pad = len(example.input_ids), settings.seq_len - len(example.input_ids)
         rows.append(
             {
-                "input_ids": example.input_ids + [pad_id] * pad,
+                "input_ids": example.input_ids + [setup["pad_id"]] * pad,
                 "attention_mask": [1] * n + [0] * pad,
                 "labels": example.labels + [-100] * pad,
             }
         )
-    args = TrainingArguments(**_common_args(settings, tempfile.mkdtemp()))
+    args = TrainingArguments(**_common_args(settings, spec, micro))
     trainer = Trainer(model=model, args=args, train_dataset=rows, data_collator=default_data_collator)
-    return trainer, False, "fp32, padded to seq len"
+    return _in_order(trainer), f"fp32, padded to {settings.seq_len}, micro-batch {micro}"
 
 
-def _trl(base_dir: Path, tokenizer: Any, records: list[dict], settings: BenchSettings) -> tuple[Any, bool, str]:
-    """TRL SFTTrainer with its defaults, on prompt/completion pairs (loss on the completion)."""
-    import tempfile
-
+def _trl(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
+    """TRL's SFTTrainer with its defaults, on prompt/completion pairs (loss on the completion)."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in records]
-    args = SFTConfig(**_common_args(settings, tempfile.mkdtemp()), max_length=settings.seq_len)
+    spec = setup["recipe"].sft
+    rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in setup["records"]]
+    args = SFTConfig(**_common_args(settings, spec, settings.batch_size), max_length=settings.seq_len)
     trainer = SFTTrainer(
-        model=str(base_dir),
+        model=str(setup["model_dir"]),
         args=args,
         train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=_lora_config(),
+        processing_class=setup["tokenizer"],
+        peft_config=_lora_config(spec),
     )
+    if len(trainer.train_dataset) != len(rows):
+        raise RuntimeError(f"TRL kept {len(trainer.train_dataset)} of {len(rows)} examples; the bench needs all")
     checkpointing = "activation checkpointing" if args.gradient_checkpointing else "no checkpointing"
-    return trainer, bool(args.bf16), f"TRL defaults: {'bf16' if args.bf16 else 'fp32'}, {checkpointing}"
+    return _in_order(trainer), f"TRL defaults: {'bf16 autocast' if args.bf16 else 'fp32'}, {checkpointing}"
 
 
-def _lmforge(
-    base_dir: Path, tokenizer: Any, train: list[Any], settings: BenchSettings, low_memory: bool
-) -> tuple[Any, bool, str]:
-    """lmforge's own path, exactly as the sft stage builds it."""
-    import tempfile
+def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
+    """lmforge's sft path, built by the same functions as the sft stage."""
+    from functools import partial
 
-    from lmforge.config import LoraSpec, SFTSpec
-    from lmforge.train.causal import build_model, build_trainer, use_bf16
+    from torch.utils.data import SequentialSampler
 
-    spec = SFTSpec(
-        lora=LoraSpec(r=LORA["r"], alpha=LORA["alpha"]),
-        max_steps=settings.steps,
-        batch_size=settings.batch_size,
-        max_length=settings.seq_len,
-        lr=settings.lr,
-        scheduler="constant",
-        warmup_ratio=0.0,
-        logging_steps=1,
-        gradient_checkpointing=low_memory,
+    from lmforge.rundir import StageDir
+    from lmforge.train.causal import ExampleDataset, build_causal_model
+    from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch
+    from lmforge.train.trainer import attention_kernel, build_trainer, use_bf16
+
+    recipe = setup["recipe"]
+    spec = recipe.sft
+    model = build_causal_model(setup["model_dir"], spec, spec.max_length, spec.attention, recipe)
+    collate = pack_batch if spec.packing else partial(pad_batch, pad_id=setup["pad_id"])
+    dataset = ExampleDataset(setup["examples"])
+    trainer = build_trainer(
+        model=model,
+        spec=spec,
+        seed=recipe.seed,
+        stage=StageDir.open(tempfile.mkdtemp(prefix="lmforge-bench-"), "sft"),
+        label="sft",
+        train_dataset=dataset,
+        eval_dataset=None,
+        collator=collate,
+        loss_sum=causal_lm_loss_sum,
+        train_sampler=SequentialSampler(dataset),
+        loss_shifts_labels=True,
     )
-    model = build_model(base_dir, spec, trust_remote_code=False)
-    trainer = build_trainer(model, tokenizer, train, spec, settings.seed, Path(tempfile.mkdtemp()))
-    bf16 = use_bf16(spec)
-    notes = f"{'bf16' if bf16 else 'fp32'}, length-grouped{', activation checkpointing' if low_memory else ''}"
-    return trainer, bf16, notes
+    parts = [
+        "bf16 autocast, bf16 frozen weights" if use_bf16(spec.precision) else "fp32",
+        "packed rows" if spec.packing else "length-grouped",
+        f"{attention_kernel(spec.attention, spec.max_length)} attention",
+    ]
+    if spec.gradient_checkpointing:
+        parts.append("activation checkpointing")
+    if getattr(spec, "compile", False):
+        parts.append("torch.compile")
+    return trainer, ", ".join(parts)
 
 
 if __name__ == "__main__":  # child process: python -m lmforge.bench '<json config>'
-    result = worker(json.loads(sys.argv[1]))
-    print(json.dumps(asdict(result)))
+    job = json.loads(sys.argv[1])
+    outcome = worker(job)
+    _write_text(Path(job["result"]), json.dumps(asdict(outcome), indent=2))

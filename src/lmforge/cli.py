@@ -296,6 +296,73 @@ def ask(
         console.print(f" {mark} \\[{number}] {escape(format_source(passage))}", highlight=False)
 
 
+@app.command()
+def bench(
+    recipe: Annotated[Path | None, typer.Option(help="Recipe whose data and sft settings to use (default: demo).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model reference instead of the recipe's.")] = None,
+    seq_len: Annotated[list[int] | None, typer.Option("--seq-len", help="Sequence length (repeatable).")] = None,
+    steps: Annotated[int, typer.Option(min=2, help="Optimizer steps per system, warm-up included.")] = 12,
+    warmup: Annotated[int, typer.Option(min=0, help="First steps left out of the timing.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per optimizer step, for every system.")] = 8,
+    systems: Annotated[str, typer.Option(help="Comma-separated: baseline, trl, lmforge, lmforge-lowmem.")] = (
+        "baseline,trl,lmforge,lmforge-lowmem"
+    ),
+    out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and the workers' logs.")] = Path(
+        "bench-results"
+    ),
+    peak_tflops: Annotated[float | None, typer.Option(help="Peak TFLOP/s for MFU (default: this CPU's).")] = None,
+    set_: SetOption = None,
+) -> None:
+    """Train the same LoRA SFT with the seed-style baseline, TRL and lmforge; compare speed, memory and loss."""
+    from lmforge.bench import SYSTEMS, BenchSettings, run_bench
+
+    chosen = [s.strip() for s in systems.split(",") if s.strip()]
+    unknown = [s for s in chosen if s not in SYSTEMS]
+    if unknown or not chosen:
+        err_console.print(f"[bold red]error:[/bold red] --systems: got {systems!r}; expected some of {', '.join(SYSTEMS)}")
+        raise typer.Exit(2)
+    if warmup >= steps:
+        err_console.print(f"[bold red]error:[/bold red] --warmup {warmup} must be below --steps {steps}")
+        raise typer.Exit(2)
+    settings = BenchSettings(
+        recipe=str(recipe) if recipe else None,
+        overrides=list(set_ or []),
+        model=model,
+        steps=steps,
+        warmup=warmup,
+        batch_size=batch_size,
+        peak_tflops=peak_tflops,
+    )
+    try:
+        _load(recipe, set_, None) if recipe else None  # a bad recipe fails here, before any worker starts
+        results = run_bench(settings, seq_len or [1024], chosen, out, console)
+    except LmforgeError as exc:
+        _fail(exc)
+    console.print(f"[green]✔[/green] {out / 'bench.json'}, {out / 'bench.md'}")
+    if any(r.error for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def plan(
+    recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.")],
+    set_: SetOption = None,
+    run_dir: RunDirOption = None,
+) -> None:
+    """Estimate peak memory and time of a recipe's training stages on this machine, before running them."""
+    from lmforge.plan import plan_recipe, render
+
+    try:
+        loaded = _load(recipe, set_, run_dir)
+        hardware, plans = plan_recipe(loaded)
+    except LmforgeError as exc:
+        _fail(exc)
+    if not plans:
+        console.print(f"{recipe}: no training stage to plan (stages: {', '.join(loaded.stages)})")
+        return
+    console.print(render(hardware, plans))
+
+
 class _RecipeOrSubcommand(TyperGroup):
     """``lmforge data RECIPE`` runs the data stage; ``lmforge data inspect TARGET`` inspects."""
 

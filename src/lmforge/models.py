@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import ModelError
+from lmforge.rundir import trained_model
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `lmforge --help` is instant
     import torch
@@ -85,6 +86,18 @@ def resolve_model(ref: str, revision: str | None = None) -> Path:
     if kind == "local":
         return _check_local_folder(Path(ref).expanduser())
     return _resolve_hub(ref, revision)
+
+
+def resolve_target(target: str) -> tuple[Path, Path | None, str]:
+    """(model folder, adapter folder, description) for a run directory or a model reference."""
+    path = Path(target)
+    if path.is_dir() and (path / "sft").is_dir():
+        tuned = trained_model(path)
+        if tuned is None:
+            raise ModelError(f"{path} is a run directory, but its sft stage has not finished; run the recipe first")
+        model_dir, adapter_dir = tuned
+        return model_dir, adapter_dir, f"run {path} (tuned)"
+    return resolve_model(target), None, f"model {target}"
 
 
 def packaged_gguf_path(alias: str) -> Path:

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from lmforge.config import Recipe, dump_recipe
-from lmforge.rundir import atomic_write_json, atomic_write_text
+from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text
 
 
 def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] | None = None) -> dict[str, Any]:
@@ -26,7 +26,12 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
     results: dict[str, Any] = {}
     for stage in only or recipe.stages:
         started = time.perf_counter()
-        result = _run_stage(stage, recipe)
+        before = StageDir.open(run_path, stage).manifest
+        try:
+            result = _run_stage(stage, recipe)
+        except Exception as exc:
+            _record_failure(StageDir.open(run_path, stage), before, exc)
+            raise
         results[stage] = result
         seconds = time.perf_counter() - started
         console.print(_one_line(stage, result, seconds))
@@ -69,6 +74,16 @@ def _run_stage(stage: str, recipe: Recipe) -> Any:
 
         return compare.run(recipe)
     raise AssertionError(f"unknown stage {stage!r}")  # the recipe's Literal makes this unreachable
+
+
+def _record_failure(stage_dir: StageDir, before: dict[str, Any], exc: Exception) -> None:
+    """Mark a stage that this attempt started, and that then raised, ``failed`` with the error.
+
+    A stage that raised before starting (a missing input, a bad setting) keeps the manifest it had.
+    An interrupted one (Ctrl-C, a kill) is not an ``Exception`` and stays ``running``, to resume.
+    """
+    if stage_dir.status == "running" and stage_dir.manifest != before:
+        stage_dir.fail(exc)
 
 
 def _one_line(stage: str, result: Any, seconds: float) -> str:

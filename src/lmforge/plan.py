@@ -1,47 +1,58 @@
-"""``lmforge plan RECIPE``: estimate peak memory and wall time of the training stages before running them.
+"""``lmforge plan RECIPE``: peak memory and wall time of the training stages, estimated before running them.
 
-The estimate adds up what a training step holds at its peak, for the detected hardware:
+For each causal-LM training stage of the recipe (``cpt``, ``sft``) the plan reads the model's
+``config.json`` and the stage's data (the data stage's splits when it has run, else the sources
+prepared in memory), and adds up what the training process holds at its peak, on the detected
+hardware:
 
-* the process itself (Python, torch, transformers: measured once, a constant);
-* weights (bf16 when LoRA trains over a frozen bf16 base, fp32 otherwise);
-* trainable parameters' fp32 gradients and AdamW states (two fp32 tensors each);
-* activations kept for the backward pass, per token and layer, from the model's shape;
-* the output-layer loss (a chunk of logits with lmforge's chunked loss);
-* a transient copy of the weights while they load.
+* the process itself: Python, torch, transformers, peft, datasets imported (a measured constant);
+* the weights: bf16 when LoRA trains over a frozen base under bf16 autocast, fp32 otherwise, plus the
+  bf16 copies autocast keeps for the forward pass when every weight trains;
+* the trainable weights' fp32 gradients and AdamW states (two fp32 tensors each);
+* the activations kept for the backward pass of the largest micro-batch: per token and layer, from
+  the model's widths (:func:`activation_bytes_per_token_layer`), plus attention scores where the
+  kernel materialises them; with activation checkpointing only each layer's input, plus one layer;
+* the chunked loss (a few ``64 x vocab`` fp32 tiles) and the logits of the eval pass;
+* while loading, the checkpoint file mapped into memory next to the converted weights.
 
-Time is tokens x epochs / throughput, where throughput comes from the FLOPs of a token
-(6 x non-embedding parameters, plus attention) and the efficiency this path reaches on this kind of
-hardware, calibrated by the benchmarks in ``benchmarks/`` (see docs/PERFORMANCE.md).
+Peak RSS = process + max(loading, training). Time = computed tokens (padding included) x FLOPs per
+token / (peak FLOP/s x the efficiency this path reaches), the FLOPs counted as in ``lmforge bench``.
+The constants marked *measured* were fitted to peak RSS and throughput measured on the development
+machine (2-core Xeon with AMX, torch 2.13 CPU); docs/PERFORMANCE.md ("Planning") lists the
+measurements and ``benchmarks/plan_calibration.py`` repeats them.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import Recipe, TrainSpec
-from lmforge.models import cpu_supports_bf16, resolve_model
+MB = 1024**2
 
-# Calibration constants, measured on the development machine (2-core Xeon with AMX, torch 2.13 CPU)
-# by benchmarks/plan_calibration.py; docs/PERFORMANCE.md has the table they were fitted to.
-PROCESS_BASE_MB = 520.0
-"""RSS of a Python process that has imported torch, transformers and peft and built a Trainer."""
-ACTIVATION_WORDS_PER_TOKEN_LAYER = {"hidden": 16.0, "intermediate": 5.0}
-"""Saved activation elements per token per layer, as multiples of hidden size and intermediate size."""
-ACTIVATION_BYTES = {"bf16": 2.0, "fp32": 4.0}
-CHECKPOINTED_LAYER_FRACTION = 0.12
-"""With activation checkpointing, the share of a layer's activations that stays alive per layer."""
-THROUGHPUT_EFFICIENCY = {"bf16": 0.075, "fp32": 0.30}
-"""Achieved share of the peak (bf16 AMX peak, or fp32 FMA peak) for LoRA training on this CPU."""
+# ---------------------------------------------------------------- constants (see the module docstring)
+
+PROCESS_MB = 620.0
+"""*Measured*: RSS of an ``lmforge run`` process with torch, transformers, peft and datasets imported,
+the tokenizer loaded and the Trainer built, before any weight or activation."""
+ACTIVATION_SCALE = 1.0
+"""*Measured*: allocator and library overhead on top of the counted activation bytes."""
+LOAD_OVERHEAD_MB = 0.0
+"""*Measured*: extra memory while loading, beyond the mapped file and the converted weights."""
+EFFICIENCY = {"bf16": 0.05, "fp32": 0.30}
+"""*Measured*: share of the peak matmul FLOP/s the sft path reaches (``lmforge bench``), per precision."""
+CHECKPOINTING_TIME = 1.3
+"""*Measured*: step time with activation checkpointing over the step time without."""
 LOSS_CHUNK_ROWS = 64
+"""Rows of logits the chunked cross-entropy holds at once (``fast.chunked_cross_entropy``)."""
 
 
 @dataclass
 class ModelShape:
-    """What the estimate needs from a model's config.json."""
+    """What the estimate needs from a causal LM's ``config.json``."""
 
     params: int
     embedding_params: int
@@ -50,177 +61,424 @@ class ModelShape:
     intermediate: int
     heads: int
     kv_heads: int
+    head_dim: int
     vocab: int
+    checkpoint_bytes: int = 0
+    """Size of the weight files on disk (mapped into memory while loading)."""
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ModelShape:
+    def from_config(cls, config: dict[str, Any], checkpoint_bytes: int = 0) -> ModelShape:
         hidden = config["hidden_size"]
-        layers = config["num_hidden_layers"]
-        intermediate = config.get("intermediate_size", 4 * hidden)
         heads = config.get("num_attention_heads", max(1, hidden // 64))
-        kv_heads = config.get("num_key_value_heads", heads)
-        vocab = config["vocab_size"]
         head_dim = config.get("head_dim") or hidden // heads
-        per_layer = hidden * head_dim * (2 * heads + 2 * kv_heads) + 3 * hidden * intermediate + 2 * hidden
+        kv_heads = config.get("num_key_value_heads") or heads
+        intermediate = config.get("intermediate_size") or 4 * hidden
+        layers = config["num_hidden_layers"]
+        vocab = config["vocab_size"]
         embedding = vocab * hidden * (1 if config.get("tie_word_embeddings", True) else 2)
-        return cls(
-            params=layers * per_layer + embedding + hidden,
-            embedding_params=embedding,
-            layers=layers,
-            hidden=hidden,
-            intermediate=intermediate,
-            heads=heads,
-            kv_heads=kv_heads,
-            vocab=vocab,
-        )
+        shape = cls(0, embedding, layers, hidden, intermediate, heads, kv_heads, head_dim, vocab, checkpoint_bytes)
+        norms = 2 * hidden
+        shape.params = layers * (shape.block_matmul_params() + norms) + embedding + hidden
+        return shape
 
-    def lora_params(self, rank: int) -> int:
-        """Trainable parameters of an all-linear LoRA adapter of this rank."""
-        head_dim = self.hidden // self.heads
-        q_out, kv_out = self.heads * head_dim, self.kv_heads * head_dim
-        shapes = [
-            (self.hidden, q_out),
-            (self.hidden, kv_out),
-            (self.hidden, kv_out),
-            (q_out, self.hidden),
-            (self.hidden, self.intermediate),
-            (self.hidden, self.intermediate),
-            (self.intermediate, self.hidden),
-        ]
-        return self.layers * sum(rank * (fan_in + fan_out) for fan_in, fan_out in shapes)
+    def linear_shapes(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of the linear layers of one block, by their usual module names."""
+        q_out, kv_out = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {
+            "q_proj": (self.hidden, q_out),
+            "k_proj": (self.hidden, kv_out),
+            "v_proj": (self.hidden, kv_out),
+            "o_proj": (q_out, self.hidden),
+            "gate_proj": (self.hidden, self.intermediate),
+            "up_proj": (self.hidden, self.intermediate),
+            "down_proj": (self.intermediate, self.hidden),
+        }
+
+    def block_matmul_params(self) -> int:
+        return sum(i * o for i, o in self.linear_shapes().values())
+
+    def lora_params(self, rank: int, targets: list[str] | str = "all-linear") -> int:
+        """Trainable parameters of a LoRA adapter of this rank on ``targets``."""
+        shapes = self.linear_shapes()
+        chosen = shapes if targets == "all-linear" else {k: v for k, v in shapes.items() if k in targets}
+        return self.layers * sum(rank * (i + o) for i, o in chosen.values())
+
+
+@dataclass
+class Hardware:
+    """The machine the plan is for."""
+
+    device: str
+    cores: int
+    ghz: float
+    bf16: bool
+    peak_flops: float
+    total_mb: float | None
+    available_mb: float | None
+    name: str = ""
+
+    @classmethod
+    def detect(cls) -> Hardware:
+        import torch
+
+        from lmforge.bench import cpu_ghz, cpu_peak_flops, physical_cores
+        from lmforge.models import cpu_supports_bf16
+
+        if torch.cuda.is_available():
+            free, total = torch.cuda.mem_get_info()
+            name = torch.cuda.get_device_name()
+            return cls("cuda", physical_cores(), cpu_ghz(), True, 0.0, total / MB, free / MB, name)
+        total, available = memory_mb()
+        name = _cpu_name()
+        return cls("cpu", physical_cores(), cpu_ghz(), cpu_supports_bf16(), cpu_peak_flops(), total, available, name)
+
+
+@dataclass
+class Batches:
+    """The token counts of a stage's training that memory and time depend on."""
+
+    micro_batch_tokens: int
+    """Tokens of the largest micro-batch, padding included."""
+    longest_row: int
+    """Longest row of that micro-batch (eager attention scores grow with its square)."""
+    rows: int
+    """Rows in that micro-batch."""
+    computed_tokens: int
+    """Tokens the whole stage computes (all steps, padding included)."""
+    trained_examples: int
+    attention_span: int = 0
+    """Longest stretch of tokens attending to each other in a row: an example (sft) or a row (cpt)."""
 
 
 @dataclass
 class StagePlan:
+    """The estimate for one training stage."""
+
     stage: str
+    method: str
+    precision: str
     memory_mb: dict[str, float]
-    peak_rss_mb: float
-    tokens: int
-    seconds: float
+    peak_mb: float
+    seconds: float | None
+    batches: Batches
     notes: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
-def plan_training(
-    shape: ModelShape,
-    spec: TrainSpec,
-    batch_tokens: int,
-    longest: int,
-    total_tokens: int,
-    bf16: bool,
-    stage: str = "sft",
-) -> StagePlan:
-    """Peak RSS and time of one training stage.
+# ---------------------------------------------------------------- the estimate
 
-    Args:
-        shape: the model's dimensions.
-        spec: the stage's settings (method, LoRA rank, checkpointing).
-        batch_tokens: tokens in the largest micro-batch (padding included).
-        longest: longest row in tokens (attention scores grow with its square).
-        total_tokens: tokens the whole stage trains on (epochs included).
-        bf16: whether bf16 autocast is on.
+
+def activation_bytes_per_token_layer(shape: ModelShape, bf16: bool, lora_rank: int | None) -> float:
+    """Bytes one token leaves in one transformer block for the backward pass.
+
+    Counted from what autograd saves in a Llama-style block: the fp32 inputs of the two RMSNorms
+    (2 x 4 d), the normalised inputs of the attention and MLP projections (2 x w d), query, key and
+    value after rotary and grouped-query expansion and the attention output (4 x w d), and in the MLP
+    the gate, its activation, the up projection and their product (4 x w i), w being 2 bytes under
+    bf16 autocast and 4 in fp32; plus the rank-r LoRA intermediates.
     """
-    mb = 1024**2
+    width = 2 if bf16 else 4
+    d, i = shape.hidden, shape.intermediate
+    counted = 8 * d + 6 * width * d + 4 * width * i
+    if lora_rank:
+        counted += 7 * lora_rank * width
+    return counted
+
+
+def estimate_memory(
+    shape: ModelShape, spec: Any, batches: Batches, bf16: bool, kernel: str, hardware_device: str = "cpu"
+) -> dict[str, float]:
+    """Peak memory of one training stage by component, in MB (see the module docstring)."""
     lora = spec.method == "lora"
-    weight_bytes = 2 if (lora and bf16) else 4
-    trainable = shape.lora_params(spec.lora.r) if lora else shape.params
-    act_bytes = ACTIVATION_BYTES["bf16" if bf16 else "fp32"]
-    words = ACTIVATION_WORDS_PER_TOKEN_LAYER["hidden"] * shape.hidden + (
-        ACTIVATION_WORDS_PER_TOKEN_LAYER["intermediate"] * shape.intermediate
-    )
-    per_layer = batch_tokens * words * act_bytes + longest * batch_tokens * shape.heads * act_bytes * 2
-    layers_alive = shape.layers * (CHECKPOINTED_LAYER_FRACTION if spec.gradient_checkpointing else 1.0)
+    frozen_bytes = 2 if (lora and bf16) else 4
+    rank = spec.lora.r if lora else None
+    trainable = shape.lora_params(spec.lora.r, spec.lora.target_modules) if lora else shape.params
+    weights = shape.params * frozen_bytes + (trainable * 4 if lora else 0)
+    per_token_layer = activation_bytes_per_token_layer(shape, bf16, rank) * ACTIVATION_SCALE
+    width = 2 if bf16 else 4
+    scores = 0.0
+    if kernel == "eager":  # fp32 softmax output and its low-precision copy, per head, for every example pair
+        scores = batches.rows * batches.longest_row**2 * shape.heads * (4 + width)
+    per_layer = batches.micro_batch_tokens * per_token_layer + scores
     if spec.gradient_checkpointing:
-        layers_alive += 1  # the layer being recomputed holds its full activations
+        kept = batches.micro_batch_tokens * shape.hidden * width * shape.layers + 2 * per_layer
+    else:
+        kept = per_layer * shape.layers
     memory = {
-        "process": PROCESS_BASE_MB,
-        "weights": shape.params * weight_bytes / mb,
-        "gradients + AdamW": trainable * 4 * 3 / mb,
-        "activations": per_layer * layers_alive / mb,
-        "loss (logit chunks)": LOSS_CHUNK_ROWS * shape.vocab * 4 * 3 / mb,
+        "process": PROCESS_MB if hardware_device == "cpu" else 0.0,
+        "weights": weights / MB,
+        "gradients + AdamW": trainable * 12 / MB,
+        "activations": kept / MB,
+        "loss": 3 * LOSS_CHUNK_ROWS * shape.vocab * 4 / MB + batches.micro_batch_tokens * shape.hidden * 8 / MB,
     }
     if not lora and bf16:
-        memory["bf16 weight copies (autocast)"] = shape.params * 2 / mb
-    peak = sum(memory.values())
-    flops_per_token = 6 * (shape.params - shape.embedding_params) + 12 * shape.layers * shape.hidden * longest / 2
-    seconds = total_tokens * flops_per_token / achieved_flops(bf16)
-    return StagePlan(
-        stage, {k: round(v, 1) for k, v in memory.items()}, round(peak, 1), total_tokens, round(seconds, 1)
+        memory["autocast weight copies"] = (shape.params - shape.embedding_params) * 2 / MB
+    return {key: round(value, 1) for key, value in memory.items()}
+
+
+def loading_peak_mb(shape: ModelShape, spec: Any, bf16: bool) -> float:
+    """Peak while the weights load: the mapped checkpoint file next to the converted weights."""
+    frozen_bytes = 2 if (spec.method == "lora" and bf16) else 4
+    return PROCESS_MB + (shape.checkpoint_bytes + shape.params * frozen_bytes) / MB + LOAD_OVERHEAD_MB
+
+
+def flops_per_token(shape: ModelShape, spec: Any) -> float:
+    """4 N + 2 T, as ``lmforge bench`` counts model FLOPs (N: block matmul weights, T: trainable ones)."""
+    n = shape.layers * shape.block_matmul_params()
+    if spec.method == "lora":
+        lora = shape.lora_params(spec.lora.r, spec.lora.target_modules)
+        return 4 * (n + lora) + 2 * lora
+    return 6.0 * n
+
+
+def estimate_seconds(shape: ModelShape, spec: Any, batches: Batches, hardware: Hardware, bf16: bool) -> float | None:
+    """Training time: computed tokens x FLOPs per token / achieved FLOP/s (None where uncalibrated)."""
+    if hardware.device != "cpu" or hardware.peak_flops <= 0:
+        return None
+    efficiency = EFFICIENCY["bf16" if bf16 and hardware.bf16 else "fp32"]
+    peak = hardware.peak_flops if bf16 and hardware.bf16 else hardware.cores * hardware.ghz * 1e9 * 64
+    seconds = batches.computed_tokens * flops_per_token(shape, spec) / (peak * efficiency)
+    return seconds * (CHECKPOINTING_TIME if spec.gradient_checkpointing else 1.0)
+
+
+def plan_stage(
+    stage: str, shape: ModelShape, spec: Any, batches: Batches, hardware: Hardware, bf16: bool, kernel: str
+) -> StagePlan:
+    """Memory, time and warnings for one stage."""
+    memory = estimate_memory(shape, spec, batches, bf16, kernel, hardware.device)
+    training = sum(memory.values())
+    loading = loading_peak_mb(shape, spec, bf16) if hardware.device == "cpu" else 0.0
+    peak = max(training, loading)
+    notes = [f"{kernel} attention", f"largest micro-batch {batches.rows} x {batches.longest_row} tokens"]
+    if loading > training:
+        notes.append(f"the peak is while loading the weights ({loading:.0f} MB)")
+    plan = StagePlan(
+        stage=stage,
+        method=spec.method,
+        precision="bf16" if bf16 else "fp32",
+        memory_mb=memory,
+        peak_mb=round(peak, 1),
+        seconds=estimate_seconds(shape, spec, batches, hardware, bf16),
+        batches=batches,
+        notes=notes,
+    )
+    if hardware.available_mb is not None and peak > hardware.available_mb:
+        plan.warnings.append(
+            f"{stage} needs about {peak / 1024:.1f} GiB at its peak and {hardware.available_mb / 1024:.1f} GiB are "
+            f"available: it will not fit. {_advice(stage, spec, memory)}"
+        )
+    elif hardware.available_mb is not None and peak > 0.8 * hardware.available_mb:
+        plan.warnings.append(
+            f"{stage} needs about {peak / 1024:.1f} GiB of the {hardware.available_mb / 1024:.1f} GiB available: tight"
+        )
+    return plan
+
+
+def _advice(stage: str, spec: Any, memory: dict[str, float]) -> str:
+    biggest = max(memory, key=memory.get)
+    if biggest == "activations":
+        tips = [f"lower {stage}.batch_size (raise {stage}.grad_accum to keep the step)"]
+        if not spec.gradient_checkpointing:
+            tips.insert(0, f"set {stage}.gradient_checkpointing: true")
+        tips.append(f"lower {stage}.max_length")
+        return "Largest part: activations; " + ", or ".join(tips) + "."
+    if spec.method == "full":
+        return f"Largest part: {biggest}; train a LoRA adapter ({stage}.method: lora) instead of every weight."
+    return f"Largest part: {biggest}; use a smaller model."
+
+
+# ---------------------------------------------------------------- from a recipe
+
+
+def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
+    """The hardware and a plan per causal-LM training stage of ``recipe`` (``cpt``, ``sft``)."""
+    from lmforge.models import load_tokenizer, resolve_model
+    from lmforge.train.trainer import attention_kernel, use_bf16
+
+    hardware = Hardware.detect()
+    model_dir = resolve_model(recipe.model.ref, recipe.model.revision)
+    checkpoint = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text(encoding="utf-8")), checkpoint)
+    tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+    splits = _splits(recipe)
+    plans = []
+    for stage in ("cpt", "sft"):
+        if stage not in recipe.stages:
+            continue
+        spec = getattr(recipe, stage)
+        bf16 = use_bf16(spec.precision)
+        if stage == "sft":
+            lengths = _chat_lengths(splits, spec.splits, tokenizer, spec.max_length)
+            batches = sft_batches(lengths, spec)
+            kernel = "packed" if spec.packing and hardware.device == "cpu" else None
+        else:
+            lengths = _text_lengths(splits, spec.splits, tokenizer)
+            batches = cpt_batches(sum(lengths), spec)
+            kernel = None
+        kernel = kernel or attention_kernel(spec.attention, spec.max_length)
+        plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
+    for stage in ("mlm", "seq2seq"):
+        if stage in recipe.stages:
+            plans.append(_not_estimated(stage, getattr(recipe, stage)))
+    return hardware, plans
+
+
+def sft_batches(lengths: list[int], spec: Any) -> Batches:
+    """Micro-batches of sft: length-grouped and padded to their longest example, or packed into one row."""
+    if not lengths:
+        return Batches(0, 0, 0, 0, 0)
+    ordered = sorted(lengths, reverse=True)
+    size = spec.batch_size
+    steps, epochs = _steps_and_epochs(len(lengths), spec)
+    if spec.packing:
+        mean = sum(lengths) / len(lengths)
+        spread = math.sqrt(sum((n - mean) ** 2 for n in lengths) / len(lengths))
+        row = min(sum(ordered[:size]), int(mean * size + 3 * spread * math.sqrt(size)))
+        computed = sum(lengths) * epochs
+        return Batches(row, row, 1, int(computed), int(len(lengths) * epochs), ordered[0])
+    padded = sum(max(chunk) * len(chunk) for chunk in _chunks(ordered, size))
+    first = ordered[:size]
+    return Batches(max(first) * len(first), max(first), len(first), int(padded * epochs), int(len(lengths) * epochs))
+
+
+def cpt_batches(total_tokens: int, spec: Any) -> Batches:
+    """Micro-batches of cpt: ``batch_size`` rows of exactly ``max_length`` tokens."""
+    rows = max(1, math.ceil(total_tokens / spec.max_length))
+    steps, epochs = _steps_and_epochs(rows, spec)
+    size = min(spec.batch_size, rows)
+    return Batches(
+        size * spec.max_length, spec.max_length, size, int(total_tokens * epochs), int(rows * epochs), spec.max_length
     )
 
 
-def achieved_flops(bf16: bool) -> float:
-    """FLOP/s the training path reaches here: the peak times the calibrated efficiency."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    ghz = _cpu_ghz()
-    if bf16 and cpu_supports_bf16():
-        return cores * ghz * 1e9 * 1024 * THROUGHPUT_EFFICIENCY["bf16"]
-    return cores * ghz * 1e9 * 64 * THROUGHPUT_EFFICIENCY["fp32"]
+def _steps_and_epochs(examples: int, spec: Any) -> tuple[int, float]:
+    per_step = spec.batch_size * spec.grad_accum
+    if spec.max_steps > 0:
+        return spec.max_steps, spec.max_steps * per_step / max(examples, 1)
+    return math.ceil(examples / per_step * spec.epochs), spec.epochs
 
 
-def _cpu_ghz() -> float:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and "@" in line and "GHz" in line:
-                return float(line.split("@")[1].strip().removesuffix("GHz"))
-    except (OSError, ValueError):
-        pass
-    return 2.0
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
-def available_memory_mb() -> float | None:
-    """MemAvailable from /proc/meminfo (None where it cannot be read)."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
+def _not_estimated(stage: str, spec: Any) -> StagePlan:
+    return StagePlan(
+        stage=stage,
+        method=spec.method,
+        precision=spec.precision,
+        memory_mb={},
+        peak_mb=0.0,
+        seconds=None,
+        batches=Batches(0, 0, 0, 0, 0),
+        notes=[f"{stage} is not estimated (encoder and encoder-decoder models are not modelled yet)"],
+    )
 
 
-def plan_recipe(recipe: Recipe) -> list[StagePlan]:
-    """Plans for the recipe's training stages, from its model and its prepared (or raw) data."""
-    import torch
-
-    from lmforge.models import load_tokenizer
-    from lmforge.train.causal import use_bf16
-
-    model_dir = resolve_model(recipe.model.ref, recipe.model.revision)
-    shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text()))
-    tokenizer = load_tokenizer(model_dir)
-    plans = []
-    if "sft" in recipe.stages:
-        spec = recipe.sft
-        lengths = _chat_lengths(recipe, tokenizer, spec.max_length)
-        lengths.sort()
-        batch = lengths[-spec.batch_size :]
-        batch_tokens = max(batch) * len(batch) if not spec.packing else sum(batch)
-        epochs = (
-            spec.epochs if spec.max_steps < 0 else spec.max_steps * spec.batch_size * spec.grad_accum / len(lengths)
-        )
-        plan = plan_training(
-            shape,
-            spec,
-            batch_tokens,
-            max(batch),
-            int(sum(lengths) * epochs),
-            use_bf16(spec) and not torch.cuda.is_available(),
-        )
-        plans.append(plan)
-    return plans
-
-
-def _chat_lengths(recipe: Recipe, tokenizer: Any, max_length: int) -> list[int]:
+def _splits(recipe: Any) -> dict[str, list[dict[str, Any]]]:
+    """Split name -> records: the data stage's output when it has run, else prepared in memory (nothing written)."""
     from lmforge.records import read_records
     from lmforge.rundir import StageDir
 
     data = StageDir.open(recipe.run_path(), "data")
-    splits = data.manifest.get("outputs", {}).get("splits", {}) if data.status == "done" else {}
-    records = [r for name in recipe.sft.splits if name in splits for r in read_records(splits[name])]
-    if not records:
-        from lmforge.data.prepare import prepare_records  # data not prepared yet: read it in memory
+    if data.status == "done":
+        written = data.manifest.get("outputs", {}).get("splits", {})
+        return {name: list(read_records(path)) for name, path in written.items()}
+    from lmforge.data.prepare import prepare_records
 
-        prepared = prepare_records(recipe.data, recipe.seed)
-        records = [r for name in recipe.sft.splits for r in prepared.splits.get(name, [])]
-    texts = [tokenizer.apply_chat_template(r["messages"], tokenize=False) for r in records if r["kind"] == "chat"]
+    return prepare_records(recipe.data, recipe.seed).splits
+
+
+def _chat_lengths(
+    splits: dict[str, list[dict[str, Any]]], names: list[str], tokenizer: Any, max_length: int
+) -> list[int]:
+    texts = [
+        tokenizer.apply_chat_template(r["messages"], tokenize=False)
+        for name in names
+        for r in splits.get(name, [])
+        if r["kind"] == "chat"
+    ]
+    if not texts:
+        return []
     return [min(len(ids), max_length) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def _text_lengths(splits: dict[str, list[dict[str, Any]]], names: list[str], tokenizer: Any) -> list[int]:
+    texts = [r["text"] for name in names for r in splits.get(name, []) if r["kind"] == "text"]
+    if not texts:
+        return []
+    return [len(ids) + 1 for ids in tokenizer(texts)["input_ids"]]  # + EOS between documents
+
+
+# ---------------------------------------------------------------- machine
+
+
+def memory_mb() -> tuple[float | None, float | None]:
+    """(MemTotal, MemAvailable) from /proc/meminfo, capped by a cgroup memory limit; None where unknown."""
+    values: dict[str, float] = {}
+    try:
+        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("MemTotal", "MemAvailable"):
+                values[key] = int(rest.split()[0]) / 1024
+    except (OSError, ValueError):
+        return None, None
+    total, available = values.get("MemTotal"), values.get("MemAvailable")
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="utf-8").strip()
+        used = int(Path("/sys/fs/cgroup/memory.current").read_text(encoding="utf-8").strip()) / MB
+        if limit != "max":
+            total = min(total or math.inf, int(limit) / MB)
+            available = min(available or math.inf, int(limit) / MB - used)
+    except (OSError, ValueError):
+        pass
+    return total, available
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return os.uname().machine
+
+
+def render(hardware: Hardware, plans: list[StagePlan]) -> Any:
+    """A rich renderable: the hardware line and a table per stage."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    available = f"{hardware.available_mb / 1024:.1f} GiB available" if hardware.available_mb else "memory unknown"
+    total = f" of {hardware.total_mb / 1024:.1f} GiB" if hardware.total_mb else ""
+    if hardware.device == "cpu":
+        peak = f"{hardware.peak_flops / 1e12:.1f} TFLOP/s {'bf16' if hardware.bf16 else 'fp32'} peak"
+        head = f"{hardware.name}: {hardware.cores} cores at {hardware.ghz:.2f} GHz, {peak}; {available}{total}"
+    else:
+        head = f"{hardware.name}: {available}{total} of GPU memory (time not estimated on GPUs)"
+    parts: list[Any] = [Text(head)]
+    for plan in plans:
+        table = Table(title=f"{plan.stage}: {plan.method}, {plan.precision}", title_justify="left")
+        table.add_column("memory")
+        table.add_column("MB", justify="right")
+        for key, value in plan.memory_mb.items():
+            table.add_row(key, f"{value:,.0f}")
+        if plan.memory_mb:
+            table.add_row("[bold]peak RSS[/bold]", f"[bold]{plan.peak_mb:,.0f}[/bold]")
+        parts.append(table)
+        details = list(plan.notes)
+        if plan.seconds is not None:
+            details.append(f"{plan.batches.computed_tokens:,} tokens to compute, about {_duration(plan.seconds)}")
+        parts.append(Text("  " + "; ".join(details)))
+        parts.extend(Text(f"  warning: {w}", style="yellow") for w in plan.warnings)
+    return Group(*parts)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -25,9 +25,23 @@ ROLES = ("system", "user", "assistant")
 
 
 class Source(TypedDict, total=False):
+    """Where a record came from; only ``path`` is required, the rest where the reader knows it."""
+
     path: str
+    """Input file (shown relative to the source folder), or ``hf://org/name`` for a hub dataset."""
     line: int
+    """1-based line (Markdown, text, HTML, JSON Lines, CSV, JSON), paragraph number (DOCX), or line
+    within the page (PDF with ``unit: line``)."""
     page: int
+    """1-based PDF page."""
+    row: int
+    """1-based row of a Parquet file, a saved or hub dataset, or a columnar JSON object."""
+    heading: str
+    """Headings above a document section, outermost first: ``Chapter 2 > Article 12``."""
+
+
+SOURCE_POSITIONS = ("line", "page", "row")
+"""Keys of :class:`Source` that hold 1-based integers."""
 
 
 class Message(TypedDict):
@@ -85,9 +99,9 @@ def record_problem(record: Any) -> str | None:
         return f"unknown keys {unknown}; a canonical record has {sorted(allowed)}"
     if not isinstance(record.get("id"), str) or not record["id"]:
         return "missing 'id' (a non-empty string)"
-    source = record.get("source")
-    if not isinstance(source, dict) or not isinstance(source.get("path"), str):
-        return "'source' must be an object with a 'path' string"
+    source_error = source_problem(record.get("source"))
+    if source_error:
+        return source_error
     if record.get("domain") is not None and not isinstance(record["domain"], str):
         return f"'domain' must be a string or null, got {type(record['domain']).__name__}"
     if "meta" in record and not isinstance(record["meta"], dict):
@@ -100,6 +114,24 @@ def record_problem(record: Any) -> str | None:
     if kind != "chat":
         return f"'kind' must be 'chat' or 'text', got {kind!r}"
     return messages_problem(record.get("messages"))
+
+
+def source_problem(source: Any) -> str | None:
+    """Why ``source`` is not a valid :class:`Source`, or None if it is."""
+    if not isinstance(source, dict) or not isinstance(source.get("path"), str):
+        return "'source' must be an object with a 'path' string"
+    allowed = set(Source.__annotations__)
+    unknown = sorted(set(source) - allowed)
+    if unknown:
+        return f"unknown keys {unknown} in 'source'; it has {sorted(allowed)}"
+    for key in SOURCE_POSITIONS:
+        value = source.get(key)
+        # bool is an int subclass; true/false is not a position.
+        if key in source and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            return f"'source.{key}' must be a whole number from 1, got {value!r}"
+    if "heading" in source and not isinstance(source["heading"], str):
+        return f"'source.heading' must be a string, got {type(source['heading']).__name__}"
+    return None
 
 
 def messages_problem(messages: Any) -> str | None:

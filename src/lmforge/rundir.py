@@ -1,8 +1,10 @@
 """Run directories: manifests, fingerprints and atomic writes.
 
-``runs/<run>/<stage>/manifest.json`` records what a stage did: status (``running`` / ``done``),
-its resolved config, the fingerprint of its inputs, library versions, times and metrics. A stage
-whose fingerprint is unchanged and whose status is ``done`` is skipped on re-run.
+``runs/<run>/<stage>/manifest.json`` records what a stage did: status (``running`` / ``done`` /
+``failed``), its resolved config, the fingerprint of its inputs, library versions, times and
+metrics (or, when it failed, the error). A stage whose fingerprint is unchanged and whose status
+is ``done`` is skipped on re-run; one left ``running`` (killed, interrupted) or ``failed`` with the
+same fingerprint is resumed.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a reader
 never sees half a file and a crash never leaves one behind.
@@ -139,8 +141,11 @@ class StageDir:
         return self.status == "done" and self.fingerprint == fingerprint
 
     def can_resume(self, fingerprint: str) -> bool:
-        """True when an earlier attempt with the same inputs was interrupted."""
-        return self.status == "running" and self.fingerprint == fingerprint
+        """True when an earlier attempt with the same inputs was interrupted or failed.
+
+        A failed attempt resumes like an interrupted one: its checkpoints are still valid for these inputs.
+        """
+        return self.status in ("running", "failed") and self.fingerprint == fingerprint
 
     def start(self, fingerprint: str, config: dict[str, Any], inputs: dict[str, Any]) -> None:
         """Mark the stage ``running``; keeps the folder when resuming the same fingerprint."""
@@ -162,6 +167,16 @@ class StageDir:
         """Mark the stage ``done`` with its metrics and output files."""
         self.manifest.update(
             status="done", finished_at=_now(), metrics=metrics, outputs=outputs or {}, elapsed_s=self._elapsed()
+        )
+        atomic_write_json(self.root / MANIFEST, self.manifest)
+
+    def fail(self, error: BaseException) -> None:
+        """Mark the stage ``failed`` and record the error that stopped it (its type and message)."""
+        self.manifest.update(
+            status="failed",
+            finished_at=_now(),
+            error={"type": type(error).__name__, "message": str(error)},
+            elapsed_s=self._elapsed(),
         )
         atomic_write_json(self.root / MANIFEST, self.manifest)
 

@@ -70,7 +70,7 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
         StageError: a parity check failed (the files and ``parity.json`` are kept).
     """
     from lmforge.export import parity
-    from lmforge.serve.chat import resolve_target
+    from lmforge.models import resolve_target
 
     bad = [t for t in settings.gguf_types if t not in GGUF_TYPES]
     if bad:

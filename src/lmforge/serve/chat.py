@@ -4,26 +4,13 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from lmforge.errors import ModelError
-from lmforge.models import load_for_inference, resolve_model
-from lmforge.rundir import trained_model
+from lmforge.models import load_for_inference, resolve_target
+
+__all__ = ["chat_loop", "resolve_target"]  # resolve_target lives in models (export uses it too)
 
 HELP = "Commands: /reset clears the conversation, /system TEXT sets a system prompt, /exit quits."
-
-
-def resolve_target(target: str) -> tuple[Path, Path | None, str]:
-    """(model folder, adapter folder, description) for a run directory or a model reference."""
-    path = Path(target)
-    if path.is_dir() and (path / "sft").is_dir():
-        tuned = trained_model(path)
-        if tuned is None:
-            raise ModelError(f"{path} is a run directory, but its sft stage has not finished; run the recipe first")
-        model_dir, adapter_dir = tuned
-        return model_dir, adapter_dir, f"run {path} (tuned)"
-    return resolve_model(target), None, f"model {target}"
 
 
 def chat_loop(

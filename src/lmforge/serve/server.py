@@ -29,6 +29,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
@@ -41,6 +42,7 @@ from lmforge.serve.loading import ModelSet, ServedModel, load_models
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
+DEFAULT_RAG_TOP_K = 4
 FAULTS_ENV = "LMFORGE_SERVE_FAULTS"
 """Test-only fault injection, a JSON object: ``fail_first`` (answer the first N generation requests
 with ``status``, default 429), ``fail_every`` (and every Nth after), ``delay_ms`` (before each),
@@ -71,7 +73,10 @@ class ServeSettings:
     """torch CPU threads (None: torch's default)."""
     rag_default: bool = False
     """Retrieve for requests that do not say ``rag``."""
-    rag_top_k: int = 4
+    rag_top_k: int | None = None
+    """Passages per request (None: the served run's ``index.top_k``, as in its evaluation; else 4)."""
+    rag_mode: str | None = None
+    """``bm25``, ``dense`` or ``hybrid`` (None: the served run's ``index.mode``; else the retriever's default)."""
 
 
 class Retriever(Protocol):
@@ -202,7 +207,7 @@ def build_app(
         citations = None
         if body.rag if body.rag is not None else settings.rag_default:
             # retrieval embeds the query: keep it off the event loop
-            messages, citations = await asyncio.to_thread(_augment, messages, retriever, settings.rag_top_k)
+            messages, citations = await asyncio.to_thread(_augment, messages, retriever, settings)
         prompt = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompt_ids = served.tokenizer(prompt, add_special_tokens=False)["input_ids"]
         job = _job(served, prompt_ids, body, models, settings)
@@ -415,7 +420,7 @@ async def _text_chunks(
 
 
 def _augment(
-    messages: list[dict[str, str]], retriever: Retriever | None, top_k: int
+    messages: list[dict[str, str]], retriever: Retriever | None, settings: ServeSettings
 ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """Put the passages retrieved for the last user turn into it (``records.context_messages``, the format
     evaluation and RAFT training use); return them, numbered, as citations."""
@@ -429,12 +434,26 @@ def _augment(
             param="rag",
         )
     query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
-    passages = retriever.search([query], top_k)[0]
+    mode = {"mode": settings.rag_mode} if settings.rag_mode else {}
+    passages = retriever.search([query], settings.rag_top_k or DEFAULT_RAG_TOP_K, **mode)[0]
     citations = [{"index": i + 1, **p} for i, p in enumerate(passages)]
     return context_messages(messages, passages), citations
 
 
 # ---------------------------------------------------------------- running
+
+
+def _index_settings(target: str, settings: ServeSettings) -> None:
+    """Retrieve as the run's evaluation and RAFT data did: its ``index.top_k`` and ``index.mode``,
+    unless the settings name their own."""
+    from lmforge.rundir import StageDir
+
+    if not Path(target).is_dir():
+        return
+    index = StageDir.open(target, "index")
+    spec = index.manifest.get("config", {}).get("index", {}) if index.status == "done" else {}
+    settings.rag_top_k = settings.rag_top_k or spec.get("top_k")
+    settings.rag_mode = settings.rag_mode or spec.get("mode")
 
 
 def check_binding(settings: ServeSettings) -> str | None:
@@ -483,10 +502,16 @@ def serve(
         import torch
 
         torch.set_num_threads(settings.threads)
+    if retriever is not None:
+        _index_settings(target, settings)
     models = load_models(target, adapters, name, settings.dtype)
     app = build_app(models, settings, retriever=retriever, api_key=api_key, faults=faults)
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"serve: models {', '.join(models.served)}", flush=True)
+    if retriever is not None:
+        top_k, mode = settings.rag_top_k or DEFAULT_RAG_TOP_K, settings.rag_mode or "the retriever's default"
+        when = "every request" if settings.rag_default else 'requests with "rag": true'
+        print(f"serve: retrieval for {when}: {top_k} passages, {mode} search", flush=True)
     if faults:
         print(f"serve: WARNING: test fault injection is on ({FAULTS_ENV}={json.dumps(faults)})", flush=True)
     auth = f"API key required (${settings.api_key_env})" if api_key else "no API key"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -133,6 +134,100 @@ def eval_split_path(run_path: Path, spec: TrainSpec, needed_by: str) -> Path | N
     return None
 
 
+# ---------------------------------------------------------------- threads and compilation
+
+
+def configure_threads() -> int:
+    """One torch thread per usable physical core, unless the user chose a number; returns the count.
+
+    A choice is OMP_NUM_THREADS / MKL_NUM_THREADS in the environment, or ``torch.set_num_threads``
+    to something other than torch's default. Usable cores are the physical ones in this process's
+    CPU affinity, capped by a cgroup CPU quota (containers): torch's default counts every core of
+    the host, and more threads than cores makes every parallel region wait for a parked thread.
+    """
+    import torch
+
+    current = torch.get_num_threads()
+    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+        return current
+    if current not in _default_thread_counts():
+        return current  # set by the user in this process
+    wanted = usable_cores()
+    if wanted != current:
+        torch.set_num_threads(wanted)
+    return wanted
+
+
+def usable_cores() -> int:
+    """Physical cores this process may use: its CPU affinity, without hyper-threads, within a cgroup quota."""
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = allowed
+    try:
+        import psutil
+
+        logical, physical = psutil.cpu_count(logical=True), psutil.cpu_count(logical=False)
+        if logical and physical:
+            cores = max(1, allowed * physical // logical)
+    except ImportError:
+        pass
+    try:  # cgroup v2: "max 100000" or "200000 100000" (quota and period in microseconds)
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period) + 0.5)))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def _default_thread_counts() -> set[int]:
+    """Thread counts torch may pick by itself (its default follows the host's cores)."""
+    counts = {os.cpu_count() or 1}
+    try:
+        import psutil
+
+        counts.add(psutil.cpu_count(logical=False) or 1)
+    except ImportError:
+        pass
+    return counts
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
+def compile_blocks(model: Any, label: str) -> int:
+    """``torch.compile`` every block of the model's main stack of layers in place; returns how many.
+
+    Blocks are compiled one by one rather than the whole model: the stages call the backbone and the
+    loss directly, and identical blocks share one compiled graph, so compile time does not grow with
+    depth. Compilation happens at the first step; :func:`compile_seconds` reports its cost.
+    """
+    import torch
+
+    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
+    stacks = [m for m in stacks if len({type(block) for block in m}) == 1]
+    if not stacks:
+        print(f"{label}: warning: compile is on but no stack of identical layers was found; training uncompiled")
+        return 0
+    blocks = max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()))
+    torch._dynamo.utils.clear_compilation_metrics()
+    for block in blocks:
+        block.compile()
+    print(f"{label}: torch.compile on {len(blocks)} {type(blocks[0]).__name__} blocks (compiled at the first step)")
+    return len(blocks)
+
+
+def compile_seconds() -> float:
+    """Seconds spent compiling (dynamo, AOT autograd, inductor) since :func:`compile_blocks`."""
+    from torch._dynamo.utils import get_compilation_metrics
+
+    metrics = get_compilation_metrics()
+    total_us = sum((m.duration_us or 0) + (m.backward_cumulative_compile_time_us or 0) for m in metrics)
+    return round(total_us / 1e6, 1)
+
+
 # ---------------------------------------------------------------- LoRA
 
 
@@ -245,6 +340,9 @@ def build_trainer(
             metrics = {f"{prefix}_loss": total / max(count, 1)}
             return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
 
+    configure_threads()
+    if spec.compile:
+        compile_blocks(model, label)
     has_eval = eval_dataset is not None
     args = training_arguments(spec, seed, stage, has_eval, bf16, sampling)
     callbacks = [progress_callback(label)]
@@ -404,7 +502,10 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
         "epochs": round(float(state.epoch or 0.0), 3),
         "seconds": round(seconds, 1),
         "precision": "bf16" if trainer.args.bf16 else "fp32",
+        "threads": _torch_threads(),
     }
+    if any(getattr(m, "_compiled_call_impl", None) is not None for m in trainer.model.modules()):
+        metrics["compile_seconds"] = compile_seconds()
     if evals:
         metrics["eval_loss"] = round(float(evals[-1]), 5)
         metrics["best_eval_loss"] = round(float(min(evals)), 5)

@@ -1,0 +1,149 @@
+"""The whole recipe: :class:`Recipe`, YAML loading, validation and ``--set`` overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, field_validator
+
+from lmforge.config.base import Strict, describe_error
+from lmforge.config.data import DataSpec
+from lmforge.config.evaluate import EvalSpec
+from lmforge.config.rag import IndexSpec
+from lmforge.config.synth import SynthSpec
+from lmforge.config.train import CPTSpec, MLMSpec, Seq2SeqSpec, SFTSpec
+from lmforge.errors import ConfigError, Problem
+
+StageName = Literal["data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "eval"]
+STAGE_ORDER: tuple[str, ...] = ("data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "eval")
+
+
+class ModelSpec(Strict):
+    """Which model to start from."""
+
+    ref: str = "smollm2-135m-instruct"
+    """Alias, HF hub id, local directory or ``.gguf`` file."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); ignored for local references."""
+    trust_remote_code: bool = False
+    """Run model code shipped with a hub repository. Off unless you trust its author."""
+
+
+class Recipe(Strict):
+    """A whole job: the model, the data and the stages to run."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    """Run name; outputs go to ``<run_dir>/<name>/<stage>/``."""
+    description: str = ""
+    """Free text shown in the manifest."""
+    seed: int = 0
+    """Seed for splits, initialisation and data order."""
+    run_dir: str = "runs"
+    """Parent folder of run directories (relative to the working directory)."""
+    stages: list[StageName] = Field(min_length=1)
+    """Stages to run, in pipeline order."""
+    model: ModelSpec = ModelSpec()
+    data: DataSpec
+    synth: SynthSpec = SynthSpec()
+    index: IndexSpec = IndexSpec()
+    cpt: CPTSpec = CPTSpec()
+    mlm: MLMSpec = MLMSpec()
+    sft: SFTSpec = SFTSpec()
+    seq2seq: Seq2SeqSpec = Seq2SeqSpec()
+    eval: EvalSpec = EvalSpec()
+
+    @field_validator("stages")
+    @classmethod
+    def _stages_in_order(cls, stages: list[str]) -> list[str]:
+        if len(set(stages)) != len(stages):
+            raise ValueError(f"a stage is listed twice in {stages}")
+        ordered = sorted(stages, key=STAGE_ORDER.index)
+        if ordered != stages:
+            raise ValueError(f"stages must follow the pipeline order; got {stages}, expected {ordered}")
+        return stages
+
+    def run_path(self) -> Path:
+        """Folder of this run: ``<run_dir>/<name>``."""
+        return Path(self.run_dir) / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read a YAML recipe, apply ``key.path=value`` overrides and validate it.
+
+    Raises:
+        ConfigError: listing every problem found (unknown keys, wrong types, missing files).
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise ConfigError(source, [Problem("", "recipe file not found; pass the path to a .yaml recipe")])
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(source, [Problem(where, f"not valid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            source, [Problem("", f"expected a mapping of keys at the top level, got {type(raw).__name__}")]
+        )
+    raw.setdefault("name", path.stem)
+    problems = [p for item in overrides or [] for p in apply_override(raw, item)]
+    return validate_recipe(raw, source=source, base_dir=path.resolve().parent, extra_problems=problems)
+
+
+def validate_recipe(
+    raw: dict[str, Any], source: str, base_dir: Path, extra_problems: list[Problem] | None = None
+) -> Recipe:
+    """Validate a recipe mapping; paths are resolved against ``base_dir``."""
+    problems = list(extra_problems or [])
+    try:
+        recipe = Recipe.model_validate(raw, context={"base_dir": str(base_dir)})
+    except ValidationError as exc:
+        problems += [describe_error(err, Recipe) for err in exc.errors()]
+        recipe = None
+    if problems:
+        raise ConfigError(source, problems)
+    return recipe
+
+
+def apply_override(raw: dict[str, Any], item: str) -> list[Problem]:
+    """Apply one ``a.b.c=value`` override in place; the value is parsed as YAML."""
+    key, sep, text = item.partition("=")
+    if not sep or not key.strip():
+        return [Problem(f"--set {item}", "expected KEY=VALUE, e.g. --set sft.lr=1e-4")]
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node: Any = raw
+    parts = key.strip().split(".")
+    for i, part in enumerate(parts[:-1]):
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                return [Problem(f"--set {key}", f"{'.'.join(parts[: i + 1])} is not an index of a list of {len(node)}")]
+            node = node[int(part)]
+        else:
+            node = node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
+                return [Problem(f"--set {key}", f"{'.'.join(parts[: i + 1])} holds a value, not a mapping")]
+    last = parts[-1]
+    if isinstance(node, list):
+        if not last.isdigit() or int(last) >= len(node):
+            return [Problem(f"--set {key}", f"{last!r} is not an index of a list of {len(node)}")]
+        node[int(last)] = value
+    else:
+        node[last] = value
+    return []
+
+
+def dump_recipe(recipe: Recipe) -> dict[str, Any]:
+    """The resolved recipe as plain data (for manifests)."""
+    return recipe.model_dump(mode="json")

@@ -1,0 +1,226 @@
+"""Recipe models of the training stages: shared :class:`TrainSpec`, LoRA, distillation, and the
+``sft``, ``cpt``, ``mlm`` and ``seq2seq`` stage specs."""
+
+# Mutable field defaults are safe here: pydantic copies them per instance; ruff only sees that
+# when the BaseModel subclass is defined in the same file, and Strict lives in base.py.
+# ruff: noqa: RUF012
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, ValidationInfo, field_validator
+
+from lmforge.config.base import Strict, resolve_path
+
+
+class LoraSpec(Strict):
+    """LoRA adapter settings."""
+
+    r: int = Field(16, ge=1)
+    """Rank of the update matrices."""
+    alpha: int = Field(32, ge=1)
+    """Scaling numerator; the update is scaled by alpha / r."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the adapter input."""
+    target_modules: list[str] | Literal["all-linear"] = "all-linear"
+    """Module names to adapt, or ``all-linear`` for every linear layer but the output head."""
+    use_dora: bool = False
+    """DoRA (weight-decomposed LoRA): also learns a magnitude per output feature. Often closer to full
+    fine-tuning at the same rank; each step is slower."""
+    train_embeddings: bool = False
+    """Also train the input embeddings and the output head in full (saved with the adapter): for a domain
+    with many unseen words. Adds vocab x hidden trainable weights (twice that when they are not tied)."""
+
+
+TrainOptimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
+"""Optimizers; the 8-bit and paged ones come from bitsandbytes and need CUDA."""
+
+
+class TrainSpec(Strict):
+    """Settings every training stage shares (``cpt``, ``mlm``, ``sft``, ``seq2seq``)."""
+
+    method: Literal["lora", "full"] = "lora"
+    """``lora`` trains an adapter; ``full`` trains every weight."""
+    lora: LoraSpec = LoraSpec()
+    """Adapter settings (``method: lora``)."""
+    epochs: float = Field(3.0, gt=0)
+    """Passes over the training split."""
+    max_steps: int = Field(-1, ge=-1)
+    """Stop after this many optimizer steps (-1: run all epochs)."""
+    lr: float = Field(2e-4, gt=0)
+    """Peak learning rate."""
+    batch_size: int = Field(8, ge=1)
+    """Examples (or packed rows) per micro-batch."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches per optimizer step. The loss is a mean over every trained token of the whole
+    step, so micro-batches of different lengths weigh by their token counts."""
+    warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
+    """Share of steps with a linear warm-up."""
+    scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warm-up."""
+    weight_decay: float = Field(0.0, ge=0.0)
+    """AdamW weight decay."""
+    max_grad_norm: float = Field(1.0, gt=0)
+    """Gradient clipping threshold (global L2 norm)."""
+    optimizer: TrainOptimizer = "adamw"
+    """``adamw`` (torch), ``adafactor``, ``sgd``; on CUDA also ``adamw_8bit``, ``paged_adamw_8bit``,
+    ``paged_adamw_32bit`` (bitsandbytes)."""
+    quantization: Literal["none", "4bit", "8bit"] = "none"
+    """Load the frozen base weights quantized with bitsandbytes (``4bit``: QLoRA, NF4 with double
+    quantization). CUDA only; needs ``method: lora``."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """``auto``: bf16 autocast on CUDA and on CPUs with AMX/avx512_bf16, fp32 otherwise."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory for long rows, about 30% slower."""
+    compile: bool = False
+    """``torch.compile`` each transformer block before training; the compile time is reported in the
+    stage's metrics (``compile_seconds``). Pays off on long runs with few distinct row lengths."""
+    logging_steps: int = Field(5, ge=1)
+    """Log the loss every N optimizer steps."""
+    save_steps: int = Field(0, ge=0)
+    """Checkpoint every N steps (0: once per epoch). An interrupted run resumes from the last one."""
+    save_total_limit: int = Field(2, ge=1)
+    """Checkpoints kept on disk (the best one by validation loss is always kept)."""
+    eval_split: str | None = None
+    """Split to compute the validation loss on; default: ``val`` when the data stage wrote one
+    (``data.val_fraction``), else no validation."""
+    eval_steps: int = Field(0, ge=0)
+    """Validate every N optimizer steps (0: once per epoch). Checkpoints follow the same schedule."""
+    load_best: bool = True
+    """With validation: finish with the weights of the lowest validation loss, not the last ones."""
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many validations without improvement (needs a validation split)."""
+    early_stopping_threshold: float = Field(0.0, ge=0.0)
+    """Least decrease of the validation loss that counts as an improvement."""
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = ["tensorboard"]
+    """Where to log losses and learning rates besides ``train_log.jsonl``: TensorBoard event files
+    in ``<stage>/tensorboard`` (``tensorboard --logdir runs``); W&B and MLflow when installed."""
+
+    @field_validator("quantization")
+    @classmethod
+    def _quantization_needs_lora(cls, value: str, info: ValidationInfo) -> str:
+        if value != "none" and info.data.get("method") == "full":
+            raise ValueError(f"quantization {value!r} freezes the base weights, so it needs method 'lora', not 'full'")
+        return value
+
+
+class DistillSpec(Strict):
+    """Logit-level distillation: the student also matches a teacher's next-token distribution."""
+
+    teacher: str
+    """Model reference (alias, folder, .gguf, hub id) or a run directory (its tuned model). It must
+    share the student's tokenizer; for other teachers distill at sequence level (synth, then sft)."""
+    alpha: float = Field(0.5, ge=0.0, le=1.0)
+    """Weight of the KL term: loss = (1 - alpha) * CE + alpha * T^2 * KL(teacher || student)."""
+    temperature: float = Field(1.0, gt=0.0)
+    """Softmax temperature T of both distributions in the KL term."""
+    top_k: int = Field(20, ge=1, le=1024)
+    """Teacher log-probabilities kept per trained position; they are computed once, before training,
+    and stored on disk, so the teacher is not in memory while the student trains."""
+    batch_size: int = Field(8, ge=1)
+    """Examples per teacher forward pass while precomputing."""
+
+
+class SFTSpec(TrainSpec):
+    """The ``sft`` stage: supervised fine-tuning on ``chat`` records (optionally distilling a teacher)."""
+
+    batch_size: int = Field(8, ge=1)
+    """Examples per micro-batch (right-padded and length-grouped, or packed into one row)."""
+    max_length: int = Field(1024, ge=16)
+    """Longest example in tokens after templating; longer ones are truncated (and reported)."""
+    template: Literal["chat", "alpaca", "domain_tag"] = "chat"
+    """Prompt format: ``chat`` is the tokenizer's own chat template; ``alpaca`` (### Instruction /
+    ### Input / ### Response) and ``domain_tag`` (``[DOMAIN: X] question`` then the answer) suit base
+    models without one. The format is saved as the tuned tokenizer's chat template, so chat, serve,
+    export and eval use it too."""
+    train_on_inputs: bool = False
+    """Also compute the loss on prompt tokens (default: assistant tokens only)."""
+    packing: bool = False
+    """Pack each micro-batch into one row (best for long, uneven examples); off: length-grouped
+    right-padded batches (best for short chat examples)."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel; ``auto``: sdpa on CUDA, on CPU eager up to 512 tokens (faster there) else sdpa."""
+    splits: list[str] = Field(["train"], min_length=1)
+    """Splits to train on, mixed: ``train`` of the data stage, plus e.g. ``raft`` written by the index
+    stage (``index.raft.enabled``) or ``synth`` written by the synth stage (sequence-level distillation)."""
+    chain: Literal["merge", "stack"] = "merge"
+    """How sft starts from a cpt LoRA adapter when the recipe runs cpt first. ``merge``: the adapter
+    is folded into the base weights (saved as ``sft/base``) and the new adapter sits on that;
+    ``stack``: a new adapter is trained over the cpt one and both are saved as one adapter on the
+    original base (ranks concatenated; plain LoRA without trained embeddings only)."""
+    distill: DistillSpec | None = None
+    """Logit-level distillation from a teacher that shares the tokenizer (off when unset)."""
+
+
+class CPTSpec(TrainSpec):
+    """The ``cpt`` stage: continued pretraining of a causal LM on ``text`` records."""
+
+    max_length: int = Field(1024, ge=16)
+    """Context length: the texts are packed into rows of exactly this many tokens."""
+    splits: list[str] = Field(["train"], min_length=1)
+    """Splits whose ``text`` records are trained on (chat records in them are left to sft)."""
+    isolate_documents: bool = True
+    """Restart positions at every document inside a packed row, so attention never crosses from one
+    document into the next; off: plain concatenation."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel; ``auto``: sdpa on CUDA, on CPU eager up to 512 tokens (faster there) else sdpa."""
+
+
+class MLMSpec(TrainSpec):
+    """The ``mlm`` stage: masked-language-model pretraining of an encoder (BERT family) on ``text`` records."""
+
+    method: Literal["lora", "full"] = "full"
+    """``full`` (default for small encoders) trains every weight; ``lora`` an adapter (merged on save)."""
+    max_length: int = Field(512, ge=16)
+    """Tokens per packed row, special tokens included (BERT-style encoders stop at 512)."""
+    mlm_probability: float = Field(0.15, gt=0.0, lt=1.0)
+    """Share of tokens chosen for prediction (of those: 80% masked, 10% random, 10% kept)."""
+    splits: list[str] = Field(["train"], min_length=1)
+    """Splits whose ``text`` records are trained on."""
+
+
+class Seq2SeqSpec(TrainSpec):
+    """The ``seq2seq`` stage: an encoder-decoder (T5/BART family) learns to turn documents into JSON fields."""
+
+    method: Literal["lora", "full"] = "full"
+    """``full`` (default for small encoder-decoders) trains every weight; ``lora`` an adapter."""
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate."""
+    splits: list[str] = Field(["train"], min_length=1)
+    """Splits of chat records to train on: the user turn is the document, the assistant turn the JSON
+    object of fields to extract."""
+    eval_sets: list[str] | None = None
+    """Splits extracted and scored after training (valid-JSON rate, exact match per field); default:
+    ``test`` when the data stage wrote one."""
+    input_format: Literal["prompt", "schema"] = "prompt"
+    """``prompt``: an instruction naming the fields precedes the document; ``schema``: the JSON schema
+    of the output is given in the input."""
+    instruction: str | None = None
+    """Instruction placed before the document; ``{fields}`` and ``{schema}`` are filled in. Default:
+    one that lists the fields (``prompt``) or shows the schema (``schema``)."""
+    json_schema: dict[str, Any] | str | None = None
+    """JSON schema of the output: a mapping, or a .json file (relative to the recipe). Default:
+    inferred from the training targets (their keys and value types)."""
+    max_input_length: int = Field(2048, ge=16)
+    """Longest input in tokens (longer documents are truncated and counted)."""
+    max_output_length: int = Field(512, ge=8)
+    """Longest output in tokens, in training and generation."""
+    num_beams: int = Field(1, ge=1)
+    """Beams when generating for evaluation (1: greedy)."""
+    eval_batch_size: int = Field(8, ge=1)
+    """Documents generated together in evaluation."""
+    compare_base: bool = True
+    """Also score the untrained base model on the eval sets, as the baseline."""
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema_file(cls, value: dict[str, Any] | str | None, info: ValidationInfo) -> dict[str, Any] | str | None:
+        base_dir = (info.context or {}).get("base_dir")
+        if not isinstance(value, str) or base_dir is None:
+            return value
+        resolved = resolve_path(value, Path(base_dir))
+        if not resolved.is_file():
+            raise ValueError(f"JSON schema file not found: {str(resolved)!r}; give a .json file or an inline mapping")
+        return str(resolved)

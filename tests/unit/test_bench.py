@@ -1,0 +1,119 @@
+"""``lmforge bench`` on a tiny model: every system trains the same batches and is measured the same way."""
+
+import json
+from dataclasses import asdict
+
+import pytest
+
+from lmforge import bench
+from lmforge.bench import BenchResult, BenchSettings
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory, tiny_model_dir):
+    """Each system's worker, run in this process (the CLI runs each in a child process), 3 steps of batch 4."""
+    from conftest import qa_rows, write_jsonl
+
+    root = tmp_path_factory.mktemp("bench")
+    train = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i in range(10)]
+    write_jsonl(root / "qa" / "train.jsonl", qa_rows(train))
+    write_jsonl(root / "qa" / "test.jsonl", qa_rows([(f"Tell me fact {i}.", f"Fact {i} is {i * 7}.") for i in range(3)]))
+    recipe = root / "tiny.yaml"
+    recipe.write_text(
+        f"name: tiny\nstages: [data, sft]\nmodel: {{ref: {tiny_model_dir}}}\n"
+        "data: {sources: [{path: qa/train.jsonl, split: train}, {path: qa/test.jsonl, split: test}]}\n"
+        "sft: {lr: 1.0e-3, lora: {r: 4, alpha: 8}}\n",
+        encoding="utf-8",
+    )
+    settings = BenchSettings(recipe=str(recipe), seq_len=64, steps=3, warmup=1, batch_size=4, baseline_tokens=128)
+    results = {}
+    for system in bench.SYSTEMS:
+        config = {"settings": asdict(settings), "system": system, "result": str(root / f"{system}.json")}
+        results[system] = bench.worker(config)
+    return results
+
+
+def test_every_system_trains_the_same_steps_on_the_same_tokens(tiny_results):
+    results = list(tiny_results.values())
+    assert all(r.steps == 3 and r.error is None for r in results)
+    # Steps 2 and 3 are timed; every system counts the same real tokens (it trains the same examples) ...
+    assert len({r.tokens for r in results}) == 1
+    # ... and the baseline computes its padding too: micro-batches of 2 rows of 64 tokens, accumulated.
+    baseline = tiny_results["baseline"]
+    assert baseline.micro_batch == 2 and baseline.padded_tokens == 2 * 4 * 64 > baseline.tokens
+    assert all(len(r.step_seconds) == 2 and r.seconds > 0 and r.tokens_per_s > 0 for r in results)
+    assert all(r.peak_rss_mb > 100 and r.flops_per_token > 0 and 0 <= r.mfu < 1 for r in results)
+
+
+def test_losses_agree_across_systems(tiny_results):
+    """Same batches in the same order: the per-step losses differ only by arithmetic (fp32 vs bf16)."""
+    reference = tiny_results["baseline"]
+    for result in tiny_results.values():
+        assert len(result.losses) == 3
+        for got, want in zip(result.losses, reference.losses, strict=True):
+            assert got == pytest.approx(want, rel=0.01)
+        assert result.heldout_loss == pytest.approx(reference.heldout_loss, rel=0.01)
+    # Training moved the adapter: the held-out loss is not the untrained one for every system alike by chance.
+    assert reference.losses[-1] != reference.losses[0]
+
+
+def test_lowmem_turns_on_activation_checkpointing(tiny_results):
+    assert "activation checkpointing" in tiny_results["lmforge-lowmem"].notes
+    assert "activation checkpointing" not in tiny_results["lmforge"].notes
+    assert "TRL defaults" in tiny_results["trl"].notes
+
+
+def test_bench_order_is_length_grouped_and_seeded():
+    lengths = [5, 90, 40, 7, 66, 12, 80, 33]
+    order = bench.bench_order(lengths, 12, seed=1)
+    assert len(order) == 12 and set(order) == set(range(8))  # cycles once all examples are used
+    assert order == bench.bench_order(lengths, 12, seed=1)
+    assert [lengths[i] for i in order] == sorted((lengths[i] for i in order), reverse=True)  # one mega-batch
+
+
+def test_flops_per_token_counts_block_matmuls_and_trainable_ones(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    full = bench.flops_per_token(model)
+    hidden, inter, layers = 64, 128, 2
+    q, kv = hidden, 2 * 16  # 4 heads of 16, 2 kv heads
+    block = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * inter
+    assert full == 6 * layers * block  # every weight trains: 4 N + 2 N
+    lora = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
+    adapter = sum(p.numel() for p in lora.parameters() if p.requires_grad)
+    assert bench.flops_per_token(lora) == 4 * (layers * block + adapter) + 2 * adapter
+
+
+def _result(system, seq_len, tokens_per_s, error=None):
+    return BenchResult(
+        system=system, seq_len=seq_len, tokens_per_s=tokens_per_s, peak_rss_mb=1000, mfu=0.1, error=error, notes="n"
+    )
+
+
+def test_run_bench_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
+    fake = {
+        "baseline": _result("baseline", 256, 100.0),
+        "trl": _result("trl", 256, 400.0),
+        "lmforge": _result("lmforge", 256, 800.0),
+        "lmforge-lowmem": _result("lmforge-lowmem", 256, 0.0, error="Traceback ...\nMemoryError"),
+    }
+    monkeypatch.setattr(bench, "_run_worker", lambda settings, system, seq_len, out: fake[system])
+    results = bench.run_bench(BenchSettings(), [256], list(bench.SYSTEMS), tmp_path)
+    assert [r.system for r in results] == list(bench.SYSTEMS)
+    document = json.loads((tmp_path / "bench.json").read_text())
+    assert set(document) == {"settings", "machine", "results"}
+    assert document["machine"]["physical_cores"] >= 1 and document["settings"]["steps"] == 12
+    assert [r["system"] for r in document["results"]] == list(bench.SYSTEMS)
+    table = (tmp_path / "bench.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| 256")]
+    assert "| 256 | lmforge | 800 | 8.00x | 2.00x |" in rows[2]
+    assert "| 256 | baseline | 100 | 1.00x | 0.25x |" in rows[0]
+    assert "failed" in rows[3] and "MemoryError" in rows[3]
+    assert "MFU = tokens/s x (4N + 2T)" in table
+
+
+def test_unknown_system_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown system"):
+        bench.run_bench(BenchSettings(), [256], ["lmforge", "axolotl"], tmp_path)
