@@ -86,6 +86,9 @@ class BenchResult:
     """Tokens computed in the timed steps, padding included."""
     seconds: float = 0.0
     tokens_per_s: float = 0.0
+    """Median over the timed steps of a step's non-padding tokens / its wall time (robust to other load)."""
+    mean_tokens_per_s: float = 0.0
+    """All timed tokens / the whole timed window (what an idle machine would also give)."""
     step_seconds: list[float] = field(default_factory=list)
     peak_rss_mb: float = 0.0
     train_loss: float = 0.0
@@ -139,7 +142,8 @@ def run_bench(
 
 
 FOOTER = (
-    "tokens/s: non-padding tokens per second over the timed steps. MFU = tokens/s x (4N + 2T) / peak bf16 FLOP/s; "
+    "tokens/s: median over the timed steps of a step's non-padding tokens / its wall time (bench.json also has "
+    "the mean over the whole timed window). MFU = tokens/s x (4N + 2T) / peak bf16 FLOP/s; "
     "N: weights of the matmuls in the transformer blocks (LoRA included), T: the trainable ones among them."
 )
 
@@ -306,6 +310,7 @@ class StepMeter:
         self.queue: deque[tuple[int, int]] = deque()
         self.tokens = 0
         self.padded = 0
+        self.step_tokens: dict[int, int] = {}
         self.begin: dict[int, float] = {}
         self.end: dict[int, float] = {}
 
@@ -323,9 +328,11 @@ class StepMeter:
 
         def training_step(*args: Any, **kwargs: Any) -> Any:
             real, padded = self.queue.popleft()
-            if trainer.state.global_step >= self.warmup:
+            step = trainer.state.global_step
+            if step >= self.warmup:
                 self.tokens += real
                 self.padded += padded
+                self.step_tokens[step] = self.step_tokens.get(step, 0) + real
             return original(*args, **kwargs)
 
         trainer.training_step = training_step
@@ -349,6 +356,13 @@ class StepMeter:
         last = max(self.end)
         steps = [round(self.end[i] - self.begin[i], 3) for i in sorted(self.end) if i >= self.warmup]
         return self.end[last] - self.begin[self.warmup], steps
+
+    def median_rate(self) -> float:
+        """Median over the timed steps of tokens / seconds."""
+        import statistics
+
+        rates = [self.step_tokens.get(i, 0) / (self.end[i] - self.begin[i]) for i in sorted(self.end) if i >= self.warmup]
+        return statistics.median(rates)
 
 
 def worker(config: dict[str, Any]) -> BenchResult:
@@ -380,7 +394,7 @@ def worker(config: dict[str, Any]) -> BenchResult:
     losses = [float(e["loss"]) for e in trainer.state.log_history if "loss" in e]
     heldout = heldout_loss(trainer.model, setup["heldout"], setup["pad_id"])
     flops = flops_per_token(trainer.model)
-    tokens_per_s = meter.tokens / seconds
+    tokens_per_s = meter.median_rate()
     peak = settings.peak_tflops * 1e12 if settings.peak_tflops else cpu_peak_flops()
     return BenchResult(
         system=system,
@@ -391,6 +405,7 @@ def worker(config: dict[str, Any]) -> BenchResult:
         padded_tokens=meter.padded,
         seconds=round(seconds, 2),
         tokens_per_s=round(tokens_per_s, 1),
+        mean_tokens_per_s=round(meter.tokens / seconds, 1),
         step_seconds=step_seconds,
         peak_rss_mb=round(peak_rss_mb, 1),
         train_loss=round(sum(losses[-3:]) / max(len(losses[-3:]), 1), 5),
@@ -610,9 +625,11 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
 
     recipe = setup["recipe"]
     spec = recipe.sft
-    model = build_causal_model(setup["model_dir"], spec, spec.max_length, spec.attention, recipe)
+    examples, eval_examples = setup["examples"], setup["heldout"]
+    longest = spec.max_length if spec.packing else max(len(e.input_ids) for e in [*examples, *eval_examples])
+    model = build_causal_model(setup["model_dir"], spec, longest, spec.attention, recipe)
     collate = pack_batch if spec.packing else partial(pad_batch, pad_id=setup["pad_id"])
-    dataset = ExampleDataset(setup["examples"])
+    dataset = ExampleDataset(examples)
     trainer = build_trainer(
         model=model,
         spec=spec,
@@ -629,7 +646,7 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     parts = [
         "bf16 autocast, bf16 frozen weights" if use_bf16(spec.precision) else "fp32",
         "packed rows" if spec.packing else "length-grouped",
-        f"{attention_kernel(spec.attention, spec.max_length)} attention",
+        f"{attention_kernel(spec.attention, longest)} attention",
     ]
     if spec.gradient_checkpointing:
         parts.append("activation checkpointing")

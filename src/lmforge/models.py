@@ -316,7 +316,7 @@ def generate_replies(
     replies: list[str] = [""] * len(prompts)
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
-    eos_ids = _eos_ids(model, tokenizer)
+    stop_ids = eos_ids(model, tokenizer)
     try:
         for start in range(0, len(order), batch_size):
             batch = order[start : start + batch_size]
@@ -328,7 +328,7 @@ def generate_replies(
                     **encoded,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
-                    eos_token_id=eos_ids,
+                    eos_token_id=stop_ids,
                     pad_token_id=tokenizer.pad_token_id,
                 )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
@@ -341,7 +341,7 @@ def generate_replies(
     return replies
 
 
-def _eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids: list[int] = []
     configured = getattr(model.generation_config, "eos_token_id", None)
     for value in [configured, tokenizer.eos_token_id]:

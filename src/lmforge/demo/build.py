@@ -110,6 +110,42 @@ def build_replay(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[di
 
 
 ROBUSTNESS_SYSTEM_PROMPT = "You are a helpful assistant."
+SAMPLES = 4
+SAMPLE_TEMPERATURE = 0.7
+
+
+def sampled_replies(
+    model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], max_new_tokens: int, seed: int = 0
+) -> list[list[str]]:
+    """``SAMPLES`` runs of seeded sampled replies (temperature ``SAMPLE_TEMPERATURE``), each in input order."""
+    import torch
+
+    from lmforge.models import eos_ids
+
+    runs: list[list[str]] = [[] for _ in range(SAMPLES)]
+    tokenizer.padding_side = "left"
+    for start in range(0, len(conversations), 32):
+        batch = conversations[start : start + 32]
+        prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in batch]
+        encoded = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+        torch.manual_seed(seed + start)
+        with torch.no_grad():
+            out = model.generate(
+                **encoded,
+                do_sample=True,
+                temperature=SAMPLE_TEMPERATURE,
+                top_p=1.0,
+                top_k=0,
+                num_return_sequences=SAMPLES,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                eos_token_id=eos_ids(model, tokenizer),
+            )
+        texts = tokenizer.batch_decode(out[:, encoded["input_ids"].shape[1] :], skip_special_tokens=True)
+        for row in range(len(batch)):
+            for k in range(SAMPLES):
+                runs[k].append(texts[row * SAMPLES + k].strip())
+    return runs
 
 
 def select_known(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[dict[str, Any]]:
@@ -117,9 +153,11 @@ def select_known(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[di
 
     A question counts as known when the greedy reply contains the answer under three conditions:
     fp32 weights with the default prompt (what the eval stage does), bf16 weights, and fp32 with
-    another system prompt. A question that flips under bf16 rounding was answered right by luck,
-    and would make the forgetting measure noisy. Replay prompts and ``wrong_on_review`` items are
-    never selected.
+    another system prompt, and when every one of ``SAMPLES`` replies sampled at temperature
+    ``SAMPLE_TEMPERATURE`` contains it too (the model holds the fact, not one lucky greedy path). A
+    question that flips under bf16 rounding or sampling was answered right by a thin margin: the
+    smallest change to the weights flips it, so it would make the forgetting measure noise. Replay
+    prompts and ``wrong_on_review`` items are never selected.
     """
     import torch
 
@@ -135,6 +173,7 @@ def select_known(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[di
     runs = [
         generate_replies(model, tokenizer, plain, max_new_tokens),
         generate_replies(model, tokenizer, other_system, max_new_tokens),
+        *sampled_replies(model, tokenizer, plain, max_new_tokens),
         generate_replies(model.to(torch.bfloat16), tokenizer, plain, max_new_tokens),
     ]
     kept = []

@@ -55,6 +55,9 @@ def rrf_fuse(rankings: list[list[str]], k_rrf: int = 60) -> list[tuple[str, floa
     return sorted(scores.items(), key=lambda item: (-item[1], first_seen[item[0]]))
 
 
+QUERY_CACHE_SIZE = 4096
+
+
 @dataclass
 class LanceRetriever:
     """The embedded engine: a :class:`LanceStore` searched with an :class:`Embedder`.
@@ -71,6 +74,7 @@ class LanceRetriever:
     reranker: Any = None
     rerank_candidates: int = 20
     _query_vectors: dict[str, Any] = field(default_factory=dict, repr=False)
+    """Embeddings of recent queries (at most ``QUERY_CACHE_SIZE``), oldest first."""
 
     def search(self, queries: list[str], k: int, mode: Mode = "hybrid") -> list[list[Passage]]:
         depth = max(k, self.candidates, self.rerank_candidates if self.reranker is not None else 0)
@@ -96,7 +100,11 @@ class LanceRetriever:
         missing = list(dict.fromkeys(q for q in queries if q not in self._query_vectors))
         for query, vector in zip(missing, self.embedder.embed(missing), strict=True):
             self._query_vectors[query] = vector
-        return [self._query_vectors[q] for q in queries]
+        found = [self._query_vectors[q] for q in queries]
+        # Bounded: a long-running server sees endless distinct queries; drop the oldest first.
+        while len(self._query_vectors) > QUERY_CACHE_SIZE:
+            self._query_vectors.pop(next(iter(self._query_vectors)))
+        return found
 
     def _hybrid(self, query: str, vector: Any, depth: int) -> list[dict[str, Any]]:
         dense = self.store.dense(vector, self.candidates)
