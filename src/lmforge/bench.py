@@ -184,7 +184,8 @@ def _ratios(result: BenchResult, results: list[BenchResult]) -> tuple[str, str]:
 def markdown_table(results: list[BenchResult]) -> str:
     """The results as a Markdown table, with speed-ups against the baseline and TRL at each length."""
     lines = [
-        "| seq len | system | tokens/s | vs baseline | vs TRL | peak RSS (MB) | train loss | held-out loss | MFU | notes |",
+        "| seq len | system | tokens/s | vs baseline | vs TRL | peak RSS (MB) | train loss | held-out loss | MFU "
+        "| notes |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
@@ -361,7 +362,9 @@ class StepMeter:
         """Median over the timed steps of tokens / seconds."""
         import statistics
 
-        rates = [self.step_tokens.get(i, 0) / (self.end[i] - self.begin[i]) for i in sorted(self.end) if i >= self.warmup]
+        rates = [
+            self.step_tokens.get(i, 0) / (self.end[i] - self.begin[i]) for i in sorted(self.end) if i >= self.warmup
+        ]
         return statistics.median(rates)
 
 

@@ -298,7 +298,9 @@ def ask(
 
 @app.command()
 def bench(
-    recipe: Annotated[Path | None, typer.Option(help="Recipe whose data and sft settings to use (default: demo).")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="Recipe whose data and sft settings to use (default: demo).")] = (
+        None
+    ),
     model: Annotated[str | None, typer.Option(help="Model reference instead of the recipe's.")] = None,
     seq_len: Annotated[list[int] | None, typer.Option("--seq-len", help="Sequence length (repeatable).")] = None,
     steps: Annotated[int, typer.Option(min=2, help="Optimizer steps per system, warm-up included.")] = 12,
@@ -319,7 +321,8 @@ def bench(
     chosen = [s.strip() for s in systems.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SYSTEMS]
     if unknown or not chosen:
-        err_console.print(f"[bold red]error:[/bold red] --systems: got {systems!r}; expected some of {', '.join(SYSTEMS)}")
+        expected = ", ".join(SYSTEMS)
+        err_console.print(f"[bold red]error:[/bold red] --systems: got {systems!r}; expected some of {expected}")
         raise typer.Exit(2)
     if warmup >= steps:
         err_console.print(f"[bold red]error:[/bold red] --warmup {warmup} must be below --steps {steps}")

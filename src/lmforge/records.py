@@ -160,16 +160,25 @@ def validate_record(record: Any, path: str | None = None, line: int | None = Non
 
 def read_records(path: str | Path) -> Iterator[Record]:
     """Stream canonical records from a JSONL file, validating each one."""
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
+    for number, record in read_json_lines(path):
+        yield validate_record(record, path=str(path), line=number)
+
+
+def read_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` for each non-blank line of a JSON Lines file.
+
+    Raises:
+        DataError: at the first line that is not valid JSON, with the file and line.
+    """
+    with Path(path).open(encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DataError(f"invalid JSON: {exc.msg}", path=str(path), line=number) from None
-            yield validate_record(record, path=str(path), line=number)
+            yield number, value
 
 
 def dumps_record(record: Record) -> str:

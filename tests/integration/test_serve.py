@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from server_process import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 openai = pytest.importorskip("openai")
 
 KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is the retirement age in Kestria?"}]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
@@ -44,35 +37,6 @@ def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
     get_peft_model(model, config).save_pretrained(out)
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out)
     return out
-
-
-def start_server(
-    args: list[str], env: dict[str, str], log: Path, port: int | None = None
-) -> tuple[subprocess.Popen, str]:
-    port = port or free_port()
-    command = [sys.executable, "-m", "lmforge.cli", "serve", *args, "--port", str(port)]
-    handle = log.open("w")
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"server did not start in time:\n{log.read_text()}")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
 
 
 @pytest.fixture(scope="module")

@@ -12,15 +12,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
+from server_process import start_server, stop_server
 
 pytestmark = pytest.mark.integration
 openai = pytest.importorskip("openai")
@@ -94,27 +91,6 @@ eval: {{sets: [test]}}
     return recipe.run_path()
 
 
-def start_server(args: list[str], env: dict[str, str], log: Path) -> tuple[subprocess.Popen, str]:
-    """``lmforge serve ARGS`` on a free port; returns once /health answers."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "lmforge.cli", "serve", *args, "--port", str(port)]
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"server did not start in time:\n{log.read_text()}")
-
-
 @pytest.fixture(scope="module")
 def served(rag_run, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-rag-log") / "server.log"
@@ -123,11 +99,7 @@ def served(rag_run, tmp_path_factory):
     args = [str(rag_run), "--rag", "--threads", "1", "--max-tokens-limit", "64"]
     process, url = start_server(args, env, log)
     yield {"url": url, "run": rag_run, "log": log}
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    stop_server(process)
 
 
 @pytest.fixture

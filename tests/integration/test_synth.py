@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from test_serve import free_port, start_server, stop_server
+from server_process import free_port, start_server, stop_server
 
 from lmforge.config import load_recipe, shipped_recipe
 from lmforge.errors import StageError

@@ -1,7 +1,7 @@
 """``lmforge bench`` on a tiny model: every system trains the same batches and is measured the same way."""
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 
 import pytest
 
@@ -17,7 +17,9 @@ def tiny_results(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("bench")
     train = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i in range(10)]
     write_jsonl(root / "qa" / "train.jsonl", qa_rows(train))
-    write_jsonl(root / "qa" / "test.jsonl", qa_rows([(f"Tell me fact {i}.", f"Fact {i} is {i * 7}.") for i in range(3)]))
+    write_jsonl(
+        root / "qa" / "test.jsonl", qa_rows([(f"Tell me fact {i}.", f"Fact {i} is {i * 7}.") for i in range(3)])
+    )
     recipe = root / "tiny.yaml"
     recipe.write_text(
         f"name: tiny\nstages: [data, sft]\nmodel: {{ref: {tiny_model_dir}}}\n"
@@ -99,15 +101,16 @@ def test_run_bench_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
         "lmforge": _result("lmforge", 256, 800.0),
         "lmforge-lowmem": _result("lmforge-lowmem", 256, 0.0, error="Traceback ...\nMemoryError"),
     }
-    monkeypatch.setattr(bench, "_run_worker", lambda settings, system, seq_len, out: fake[system])
-    results = bench.run_bench(BenchSettings(), [256], list(bench.SYSTEMS), tmp_path)
-    assert [r.system for r in results] == list(bench.SYSTEMS)
+    monkeypatch.setattr(bench, "_run_worker", lambda settings, system, n, out: replace(fake[system], seq_len=n))
+    results = bench.run_bench(BenchSettings(), [256, 512], list(bench.SYSTEMS), tmp_path)
+    assert [(r.seq_len, r.system) for r in results] == [(n, s) for n in (256, 512) for s in bench.SYSTEMS]
     document = json.loads((tmp_path / "bench.json").read_text())
     assert set(document) == {"settings", "machine", "results"}
     assert document["machine"]["physical_cores"] >= 1 and document["settings"]["steps"] == 12
-    assert [r["system"] for r in document["results"]] == list(bench.SYSTEMS)
+    assert [r["system"] for r in document["results"]] == 2 * list(bench.SYSTEMS)
     table = (tmp_path / "bench.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| 256")]
+    assert len(rows) == 4 and len([line for line in table.splitlines() if line.startswith("| 512")]) == 4
     assert "| 256 | lmforge | 800 | 8.00x | 2.00x |" in rows[2]
     assert "| 256 | baseline | 100 | 1.00x | 0.25x |" in rows[0]
     assert "failed" in rows[3] and "MemoryError" in rows[3]

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -115,21 +116,28 @@ def _split_chat(record: Record) -> tuple[list[dict[str, str]], str, str]:
     return prompt, messages[last]["content"], users[-1] if users else ""
 
 
-def _chat_only(task: str, record: Record, path: Path, line: int) -> None:
-    if record["kind"] != "chat":
-        raise DataError(
-            f"the {task!r} task needs chat records (a question and its answer), got a {record['kind']!r} record",
-            path=str(path),
-            line=line,
-            hint="evaluate text records with task 'perplexity', or point this set at a split of QA records",
-        )
+def _chats(
+    task: str, records: list[Record], path: Path
+) -> Iterator[tuple[int, Record, list[dict[str, str]], str, str]]:
+    """``(line, record, prompt, answer, question)`` per record (see :func:`_split_chat`); chat records only.
+
+    Raises:
+        DataError: at the first record that is not a chat record, with its line in ``path``.
+    """
+    for line, record in enumerate(records, start=1):
+        if record["kind"] != "chat":
+            raise DataError(
+                f"the {task!r} task needs chat records (a question and its answer), got a {record['kind']!r} record",
+                path=str(path),
+                line=line,
+                hint="evaluate text records with task 'perplexity', or point this set at a split of QA records",
+            )
+        yield line, record, *_split_chat(record)
 
 
 def _generation_items(task: str, set_name: str, records: list[Record], path: Path, short: bool) -> list[Item]:
     items = []
-    for line, record in enumerate(records, start=1):
-        _chat_only(task, record, path, line)
-        prompt, answer, question = _split_chat(record)
+    for _, record, prompt, answer, question in _chats(task, records, path):
         meta = record.get("meta", {})
         gold = str(meta.get("answer") or answer) if short else answer
         aliases = [str(a) for a in meta.get("aliases", [])] if short else []
@@ -224,9 +232,7 @@ class ExtractionTask:
 
     def items(self, set_name: str, records: list[Record], path: Path) -> list[Item]:
         items = []
-        for line, record in enumerate(records, start=1):
-            _chat_only(self.name, record, path, line)
-            prompt, answer, question = _split_chat(record)
+        for line, record, prompt, answer, question in _chats(self.name, records, path):
             gold = record.get("meta", {}).get("answer", answer)
             if isinstance(gold, str):
                 gold = parse_json_object(gold)
@@ -281,9 +287,7 @@ class ChoiceTask:
 
     def items(self, set_name: str, records: list[Record], path: Path) -> list[Item]:
         items = []
-        for line, record in enumerate(records, start=1):
-            _chat_only(self.name, record, path, line)
-            prompt, answer, question = _split_chat(record)
+        for line, record, prompt, answer, question in _chats(self.name, records, path):
             meta = record.get("meta", {})
             choices = meta.get("choices")
             if not isinstance(choices, list) or len(choices) < 2:

@@ -14,7 +14,6 @@ same prompt as ``lmforge ask``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 from lmforge.config import Recipe, VariantSpec
 from lmforge.errors import DataError, StageError
 from lmforge.models import resolve_model
+from lmforge.records import read_json_lines
 from lmforge.rundir import StageDir, fingerprint_files, require_done, trained_model
 
 
@@ -130,17 +130,10 @@ def retrieved_passages(run_path: Path, set_name: str, needed_by: str) -> dict[st
             f"did not write; make the index stage retrieve for the eval sets"
         )
     passages: dict[str, list[dict[str, Any]]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"invalid JSON: {exc.msg}", path=str(path), line=number) from None
-            if not isinstance(row, dict) or not isinstance(row.get("passages"), list) or "id" not in row:
-                raise DataError('expected {"id": <record id>, "passages": [...]}', path=str(path), line=number)
-            passages[str(row["id"])] = row["passages"]
+    for number, row in read_json_lines(path):
+        if not isinstance(row, dict) or not isinstance(row.get("passages"), list) or "id" not in row:
+            raise DataError('expected {"id": <record id>, "passages": [...]}', path=str(path), line=number)
+        passages[str(row["id"])] = row["passages"]
     return passages
 
 

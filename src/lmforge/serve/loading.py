@@ -47,7 +47,7 @@ def load_models(
     """
     import torch
 
-    from lmforge.models import load_causal_lm, load_tokenizer
+    from lmforge.models import eos_ids, load_causal_lm, load_tokenizer
     from lmforge.serve.chat import resolve_target
 
     model_dir, run_adapter, _ = resolve_target(target)
@@ -85,10 +85,12 @@ def load_models(
         if not entry.tokenizer.chat_template:
             print(f"serve: warning: {entry.id!r} has no chat template; only /v1/completions will work for it")
     config = model.config if not entries else model.get_base_model().config
-    eos_ids = _eos_ids(model, base_tokenizer)
-    pad_id = base_tokenizer.pad_token_id if base_tokenizer.pad_token_id is not None else eos_ids[0]
+    stop_ids = eos_ids(model, base_tokenizer)
+    if not stop_ids:
+        raise ModelError("the model defines no end-of-sequence token; set eos_token_id in its generation_config.json")
+    pad_id = base_tokenizer.pad_token_id if base_tokenizer.pad_token_id is not None else stop_ids[0]
     context = int(getattr(config, "max_position_embeddings", 2048) or 2048)
-    return ModelSet(model, served, context, eos_ids, pad_id, has_adapters=bool(entries))
+    return ModelSet(model, served, context, stop_ids, pad_id, has_adapters=bool(entries))
 
 
 def _adapter_entry(item: str, base_dir: Path) -> tuple[str, Path]:
@@ -111,15 +113,3 @@ def _adapter_entry(item: str, base_dir: Path) -> tuple[str, Path]:
     if not (path / "adapter_config.json").is_file():
         raise ModelError(f"--adapter {item}: {path} has no adapter_config.json; expected a LoRA adapter or a run")
     return adapter_id, path
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids: set[int] = set()
-    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
-        if isinstance(value, int):
-            ids.add(value)
-        elif isinstance(value, list):
-            ids.update(value)
-    if not ids:
-        raise ModelError("the model defines no end-of-sequence token; set eos_token_id in its generation_config.json")
-    return sorted(ids)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from typing import Any
 
 TEMPLATES: dict[str, str] = {
@@ -94,19 +95,9 @@ def parse_json(text: str) -> tuple[Any, list[str]]:
 
 def _balanced_span(text: str, start: int) -> tuple[str, bool]:
     """The text from ``start`` to its matching bracket (strings respected); (rest, False) if never closed."""
-    depth, in_string, escaped = 0, False, False
-    for i in range(start, len(text)):
-        ch = text[i]
-        if in_string:
-            if escaped:
-                escaped = False
-            elif ch == "\\":
-                escaped = True
-            elif ch == '"':
-                in_string = False
-        elif ch == '"':
-            in_string = True
-        elif ch in "{[":
+    depth = 0
+    for i, ch in _outside_strings(text, start):
+        if ch in "{[":
             depth += 1
         elif ch in "}]":
             depth -= 1
@@ -122,8 +113,19 @@ def _close_truncated(text: str) -> str:
         return text
     head = text[: cut + 1]
     stack: list[str] = []
+    for _, ch in _outside_strings(head):
+        if ch in "{[":
+            stack.append("}" if ch == "{" else "]")
+        elif ch in "}]" and stack:
+            stack.pop()
+    return head + "".join(reversed(stack))
+
+
+def _outside_strings(text: str, start: int = 0) -> Iterator[tuple[int, str]]:
+    """``(index, character)`` for each character of ``text[start:]`` outside JSON strings (their quotes too)."""
     in_string, escaped = False, False
-    for ch in head:
+    for i in range(start, len(text)):
+        ch = text[i]
         if in_string:
             if escaped:
                 escaped = False
@@ -133,11 +135,8 @@ def _close_truncated(text: str) -> str:
                 in_string = False
         elif ch == '"':
             in_string = True
-        elif ch in "{[":
-            stack.append("}" if ch == "{" else "]")
-        elif ch in "}]" and stack:
-            stack.pop()
-    return head + "".join(reversed(stack))
+        else:
+            yield i, ch
 
 
 def parse_items(task: str, text: str) -> tuple[list[dict[str, str]], list[str]]:

@@ -13,7 +13,6 @@ never materialised. With ``sft.distill`` the loss also matches a teacher's top-k
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -22,18 +21,16 @@ from lmforge.config import Recipe, SFTSpec, TrainSpec
 from lmforge.errors import StageError
 from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import read_records
-from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, split_path
+from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
 from lmforge.train import chain
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
+from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
 from lmforge.train.templates import install_template
 from lmforge.train.tokenize import TokenizedExample, tokenize_records
 from lmforge.train.trainer import (
     add_lora,
     attention_kernel,
     build_trainer,
-    check_training_setup,
-    clear_stale,
-    eval_split_path,
     quantization_config,
     run_training,
     save_folder,
@@ -41,42 +38,26 @@ from lmforge.train.trainer import (
     trainable_summary,
     training_metrics,
     use_bf16,
-    write_log,
 )
 
 
-@dataclass
-class SFTResult:
-    adapter_dir: Path | None
-    model_dir: Path | None
-    metrics: dict[str, Any]
-    skipped: bool
-
-
-def run(recipe: Recipe) -> SFTResult:
+def run(recipe: Recipe) -> TrainResult:
     """Fine-tune on ``sft.splits`` (default: ``train``), starting from the base model or the cpt result."""
     spec = recipe.sft
-    run_path = recipe.run_path()
-    stage = StageDir.open(run_path, "sft")
-    check_training_setup(spec, "sft", f"recipe {recipe.name!r}")
-    train_paths = [split_path(run_path, split, needed_by="sft") for split in spec.splits]
-    eval_path = eval_split_path(run_path, spec, needed_by="sft")
+    setup = open_training_stage(recipe, spec, "sft")
+    run_path, stage, train_paths, eval_path = setup.run_path, setup.stage, setup.train_paths, setup.eval_path
     start = chain.starting_point(recipe)
-    config = {"model": recipe.model.model_dump(mode="json"), "sft": spec.model_dump(mode="json"), "seed": recipe.seed}
-    fingerprint = _fingerprint(run_path, config, spec.splits, train_paths, eval_path, start)
+    fingerprint = _fingerprint(run_path, setup.config, spec.splits, train_paths, eval_path, start)
     if stage.is_done(fingerprint):
-        outputs = stage.manifest["outputs"]
-        return SFTResult(_path(outputs.get("adapter")), _path(outputs.get("model")), stage.manifest["metrics"], True)
+        return setup.earlier_result()
 
-    resuming = stage.can_resume(fingerprint)
     shown_paths = ", ".join(map(str, train_paths))
     inputs = {
         "data": StageDir.open(run_path, "data").fingerprint,
         "train": shown_paths,
         "starts_from": start.as_manifest(),
     }
-    stage.start(fingerprint, config, inputs)
-    clear_stale(stage, resuming, "base", "adapter-sft-only")
+    resuming = setup.start(fingerprint, inputs, "base", "adapter-sft-only")
     print(f"sft: {start.description}; training data {shown_paths}")
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=recipe.model.trust_remote_code)
     records = [r for path in train_paths for r in read_records(path) if r["kind"] == "chat"]
@@ -86,7 +67,7 @@ def run(recipe: Recipe) -> SFTResult:
     examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
     if token_counts["truncated"]:
         print(f"sft: warning: {token_counts['truncated']} example(s) truncated to {spec.max_length} tokens")
-    eval_examples = _eval_examples(tokenizer, eval_path, spec)
+    eval_examples = _eval_examples(tokenizer, setup, spec)
 
     if start.how == "cpt-merge":
         start.base_dir = chain.merged_base(start, stage.path("base"), recipe.model.trust_remote_code)
@@ -129,15 +110,14 @@ def run(recipe: Recipe) -> SFTResult:
     metrics = training_metrics(trainer, result, seconds)
     epochs_run = metrics["epochs"] or spec.epochs
     metrics.update(token_counts)
-    metrics["trainable_tokens_per_s"] = round(token_counts["trainable_tokens"] * epochs_run / max(seconds, 1e-9), 1)
-    metrics["tokens_per_s"] = round(token_counts["tokens"] * epochs_run / max(seconds, 1e-9), 1)
+    metrics["trainable_tokens_per_s"] = tokens_per_s(token_counts["trainable_tokens"], epochs_run, seconds)
+    metrics["tokens_per_s"] = tokens_per_s(token_counts["tokens"], epochs_run, seconds)
     metrics["template"] = spec.template
     if default_domain is not None:
         metrics["default_domain"] = default_domain
-    write_log(trainer, stage.path("train_log.jsonl"))
-    shutil.rmtree(stage.path("checkpoints"), ignore_errors=True)
+    setup.wrap_up(trainer)
     stage.finish(metrics, outputs=outputs)
-    return SFTResult(_path(outputs.get("adapter")), _path(outputs.get("model")), metrics, False)
+    return TrainResult.from_outputs(outputs, metrics, skipped=False)
 
 
 def _fingerprint(
@@ -161,16 +141,9 @@ def _fingerprint(
     return fingerprint_data(parts)
 
 
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
-
-
-def _eval_examples(tokenizer: Any, eval_path: Path | None, spec: SFTSpec) -> list[TokenizedExample]:
-    if eval_path is None:
-        return []
-    records = [r for r in read_records(eval_path) if r["kind"] == "chat"]
+def _eval_examples(tokenizer: Any, setup: TrainingStage, spec: SFTSpec) -> list[TokenizedExample]:
+    records = setup.validation_records("chat")
     if not records:
-        print(f"sft: warning: the validation split {eval_path} holds no chat records; training without validation")
         return []
     examples, _ = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
     return examples

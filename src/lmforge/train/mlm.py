@@ -8,8 +8,6 @@ when trained with LoRA, for a later embedding or classification fine-tune).
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,56 +16,38 @@ import torch.nn.functional as F
 
 from lmforge.config import MLMSpec, Recipe
 from lmforge.errors import ModelError, StageError
-from lmforge.models import load_tokenizer, resolve_model
-from lmforge.records import read_records
-from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, split_path
+from lmforge.models import load_tokenizer
+from lmforge.rundir import fingerprint_data
+from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, read_texts, tokens_per_s
 from lmforge.train.tokenize import IGNORE
 from lmforge.train.trainer import (
     add_lora,
     build_trainer,
-    check_training_setup,
-    clear_stale,
-    eval_split_path,
     run_training,
     save_folder,
     seed_everything,
     trainable_summary,
     training_metrics,
     use_bf16,
-    write_log,
 )
 
 
-@dataclass
-class MLMResult:
-    model_dir: Path
-    metrics: dict[str, Any]
-    skipped: bool
-
-
-def run(recipe: Recipe) -> MLMResult:
+def run(recipe: Recipe) -> TrainResult:
     """Continue masked-LM pretraining of the recipe's encoder on the ``text`` records of ``mlm.splits``."""
     spec = recipe.mlm
-    run_path = recipe.run_path()
-    stage = StageDir.open(run_path, "mlm")
-    check_training_setup(spec, "mlm", f"recipe {recipe.name!r}")
-    paths = [split_path(run_path, split, needed_by="mlm") for split in spec.splits]
-    eval_path = eval_split_path(run_path, spec, needed_by="mlm")
-    config = {"model": recipe.model.model_dump(mode="json"), "mlm": spec.model_dump(mode="json"), "seed": recipe.seed}
-    files = {str(path): fingerprint_file(path) for path in [*paths, *([eval_path] if eval_path else [])]}
-    fingerprint = fingerprint_data([config, files])
+    setup = open_training_stage(recipe, spec, "mlm")
+    stage, paths, eval_path = setup.stage, setup.train_paths, setup.eval_path
+    fingerprint = fingerprint_data([setup.config, setup.file_hashes()])
     if stage.is_done(fingerprint):
-        return MLMResult(Path(stage.manifest["outputs"]["model"]), stage.manifest["metrics"], True)
+        return setup.earlier_result()
 
-    resuming = stage.can_resume(fingerprint)
-    stage.start(fingerprint, config, {"text": [str(p) for p in paths], "eval": str(eval_path) if eval_path else None})
-    clear_stale(stage, resuming)
-    base_dir = resolve_model(recipe.model.ref, recipe.model.revision)
-    print(f"mlm: base model {recipe.model.ref} ({base_dir}); text from {', '.join(map(str, paths))}")
+    inputs = {"text": [str(p) for p in paths], "eval": str(eval_path) if eval_path else None}
+    resuming = setup.start(fingerprint, inputs)
+    base_dir = setup.base_model(recipe, "text from")
     tokenizer = load_tokenizer(base_dir, trust_remote_code=recipe.model.trust_remote_code)
     if tokenizer.mask_token_id is None:
         raise StageError(f"mlm needs a tokenizer with a mask token (BERT family); {recipe.model.ref!r} has none")
-    texts = [r["text"] for path in paths for r in read_records(path) if r["kind"] == "text"]
+    texts = read_texts(paths)
     if not texts:
         raise StageError(f"mlm needs text records, and the split(s) {spec.splits} hold none; set mlm.splits")
     rows, counts = pack_for_mlm(tokenizer, texts, spec.max_length)
@@ -84,7 +64,7 @@ def run(recipe: Recipe) -> MLMResult:
         stage=stage,
         label="mlm",
         train_dataset=MaskedRows(rows, tokenizer, spec.mlm_probability, recipe.seed),
-        eval_dataset=_eval_rows(tokenizer, eval_path, spec, recipe.seed),
+        eval_dataset=_eval_rows(tokenizer, setup, spec, recipe.seed),
         collator=lambda batch: collate(batch, pad_id),
         train_sampler=EpochTaggedSampler(len(rows), recipe.seed),
         loss_sum=masked_lm_loss_sum,
@@ -98,11 +78,10 @@ def run(recipe: Recipe) -> MLMResult:
     outputs["model"] = str(save_folder(stage.path("model"), model, tokenizer))
     metrics = training_metrics(trainer, result, seconds)
     metrics.update(counts)
-    metrics["tokens_per_s"] = round(counts["tokens"] * (metrics["epochs"] or spec.epochs) / max(seconds, 1e-9), 1)
-    write_log(trainer, stage.path("train_log.jsonl"))
-    shutil.rmtree(stage.path("checkpoints"), ignore_errors=True)
+    metrics["tokens_per_s"] = tokens_per_s(counts["tokens"], metrics["epochs"] or spec.epochs, seconds)
+    setup.wrap_up(trainer)
     stage.finish(metrics, outputs=outputs)
-    return MLMResult(Path(outputs["model"]), metrics, False)
+    return TrainResult.from_outputs(outputs, metrics, skipped=False)
 
 
 def load_masked_lm(base_dir: Path, spec: MLMSpec, recipe: Recipe) -> Any:
@@ -219,12 +198,9 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.T
     return {"input_ids": input_ids, "labels": labels, "attention_mask": mask}
 
 
-def _eval_rows(tokenizer: Any, eval_path: Path | None, spec: MLMSpec, seed: int) -> MaskedRows | None:
-    if eval_path is None:
-        return None
-    texts = [r["text"] for r in read_records(eval_path) if r["kind"] == "text"]
+def _eval_rows(tokenizer: Any, setup: TrainingStage, spec: MLMSpec, seed: int) -> MaskedRows | None:
+    texts = [r["text"] for r in setup.validation_records("text")]
     if not texts:
-        print(f"mlm: warning: the validation split {eval_path} holds no text records; training without validation")
         return None
     return MaskedRows(pack_for_mlm(tokenizer, texts, spec.max_length)[0], tokenizer, spec.mlm_probability, seed + 1)
 

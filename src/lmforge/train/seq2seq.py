@@ -10,7 +10,6 @@ scored by valid-JSON rate and exact match per field (see :func:`score_extraction
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,42 +19,24 @@ import torch.nn.functional as F
 
 from lmforge.config import Recipe, Seq2SeqSpec
 from lmforge.errors import DataError, StageError
-from lmforge.models import load_tokenizer, resolve_model
+from lmforge.models import load_tokenizer
 from lmforge.records import read_records
-from lmforge.rundir import (
-    StageDir,
-    atomic_write_json,
-    atomic_write_jsonl,
-    fingerprint_data,
-    fingerprint_file,
-    split_path,
-)
+from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
+from lmforge.train.stage import TrainResult, open_training_stage
 from lmforge.train.tokenize import IGNORE
 from lmforge.train.trainer import (
     add_lora,
     build_trainer,
-    check_training_setup,
-    clear_stale,
-    eval_split_path,
     run_training,
     save_folder,
     seed_everything,
     trainable_summary,
     training_metrics,
     use_bf16,
-    write_log,
 )
 
 PROMPT_INSTRUCTION = "Extract the fields {fields} from the document below. Answer with one JSON object."
 SCHEMA_INSTRUCTION = "Extract from the document below one JSON object that follows this JSON schema:\n{schema}"
-
-
-@dataclass
-class Seq2SeqResult:
-    model_dir: Path | None
-    adapter_dir: Path | None
-    metrics: dict[str, Any]
-    skipped: bool
 
 
 @dataclass
@@ -67,31 +48,19 @@ class Extraction:
     expected: dict[str, Any]
 
 
-def run(recipe: Recipe) -> Seq2SeqResult:
+def run(recipe: Recipe) -> TrainResult:
     """Train the recipe's encoder-decoder on ``seq2seq.splits``, then score it on ``seq2seq.eval_sets``."""
     spec = recipe.seq2seq
-    run_path = recipe.run_path()
-    stage = StageDir.open(run_path, "seq2seq")
-    check_training_setup(spec, "seq2seq", f"recipe {recipe.name!r}")
-    paths = [split_path(run_path, split, needed_by="seq2seq") for split in spec.splits]
-    eval_path = eval_split_path(run_path, spec, needed_by="seq2seq")
-    score_paths = _score_paths(run_path, spec)
-    config = {"model": recipe.model.model_dump(mode="json"), "seq2seq": spec.model_dump(mode="json")}
-    config["seed"] = recipe.seed
-    used = [*paths, *([eval_path] if eval_path else []), *score_paths.values()]
-    fingerprint = fingerprint_data([config, {str(p): fingerprint_file(p) for p in used}, _schema_text(spec)])
+    setup = open_training_stage(recipe, spec, "seq2seq")
+    stage, paths, eval_path = setup.stage, setup.train_paths, setup.eval_path
+    score_paths = _score_paths(setup.run_path, spec)
+    fingerprint = fingerprint_data([setup.config, setup.file_hashes(*score_paths.values()), _schema_text(spec)])
     if stage.is_done(fingerprint):
-        outputs = stage.manifest["outputs"]
-        model, adapter = outputs.get("model"), outputs.get("adapter")
-        return Seq2SeqResult(_path(model), _path(adapter), stage.manifest["metrics"], True)
+        return setup.earlier_result()
 
-    resuming = stage.can_resume(fingerprint)
-    stage.start(
-        fingerprint, config, {"train": [str(p) for p in paths], "score": {k: str(v) for k, v in score_paths.items()}}
-    )
-    clear_stale(stage, resuming)
-    base_dir = resolve_model(recipe.model.ref, recipe.model.revision)
-    print(f"seq2seq: base model {recipe.model.ref} ({base_dir}); training data {', '.join(map(str, paths))}")
+    inputs = {"train": [str(p) for p in paths], "score": {k: str(v) for k, v in score_paths.items()}}
+    resuming = setup.start(fingerprint, inputs)
+    base_dir = setup.base_model(recipe, "training data")
     train = [x for path in paths for x in load_extractions(path)]
     if not train:
         raise StageError(f"seq2seq found no chat records (document -> JSON) in the split(s) {spec.splits}")
@@ -130,16 +99,11 @@ def run(recipe: Recipe) -> Seq2SeqResult:
     metrics.update(counts)
     if added:
         metrics["added_tokens"] = added
-    write_log(trainer, stage.path("train_log.jsonl"))
-    shutil.rmtree(stage.path("checkpoints"), ignore_errors=True)
+    setup.wrap_up(trainer)
     metrics["extraction"] = evaluate_sets(model, tokenizer, base_dir, score_paths, schema, spec, stage, recipe)
     metrics["scores"] = _scores_line(metrics["extraction"])
     stage.finish(metrics, outputs=outputs)
-    return Seq2SeqResult(_path(outputs.get("model")), _path(outputs.get("adapter")), metrics, False)
-
-
-def _path(value: str | None) -> Path | None:
-    return Path(value) if value else None
+    return TrainResult.from_outputs(outputs, metrics, skipped=False)
 
 
 def _score_paths(run_path: Path, spec: Seq2SeqSpec) -> dict[str, Path]:

@@ -1,0 +1,109 @@
+"""``lmforge plan``: model shapes, the memory model, batching and warnings (measured runs: tests/integration)."""
+
+import json
+
+from lmforge.config import SFTSpec
+from lmforge.plan import (
+    Batches,
+    Hardware,
+    ModelShape,
+    estimate_memory,
+    plan_stage,
+    sft_batches,
+)
+
+SMOLLM2 = {
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_hidden_layers": 30,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+}
+
+
+def _meta_param_count(config: dict) -> int:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    with torch.device("meta"):
+        model = LlamaForCausalLM(LlamaConfig(**config))
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_model_shape_counts_parameters_exactly():
+    assert ModelShape.from_config(SMOLLM2).params == _meta_param_count(SMOLLM2) == 134_515_008
+    untied = {**SMOLLM2, "tie_word_embeddings": False, "num_hidden_layers": 2}
+    assert ModelShape.from_config(untied).params == _meta_param_count(untied)
+
+
+def test_lora_parameter_count_matches_peft(tiny_model_dir):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    shape = ModelShape.from_config(config)
+    for targets in ("all-linear", ["q_proj", "v_proj"]):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+        peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=targets))
+        trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+        assert shape.lora_params(4, targets) == trainable
+
+
+def _hardware(available_mb: float) -> Hardware:
+    return Hardware("cpu", 2, 2.1, True, 4.3e12, 24_000.0, available_mb, "test CPU")
+
+
+def test_memory_model_orders_settings_sensibly():
+    shape = ModelShape.from_config(SMOLLM2, checkpoint_bytes=538_000_000)
+    batches = Batches(micro_batch_tokens=64 * 95, longest_row=95, rows=64, computed_tokens=10**6, trained_examples=500)
+    lora = SFTSpec()
+    plain = estimate_memory(shape, lora, batches, bf16=True, kernel="eager")
+    checkpointed = estimate_memory(shape, SFTSpec(gradient_checkpointing=True), batches, bf16=True, kernel="eager")
+    fp32 = estimate_memory(shape, lora, batches, bf16=False, kernel="eager")
+    full = estimate_memory(shape, SFTSpec(method="full"), batches, bf16=True, kernel="eager")
+    assert checkpointed["activations"] < plain["activations"] / 4
+    assert fp32["weights"] > 1.9 * plain["weights"] and fp32["activations"] > plain["activations"]
+    assert full["gradients + AdamW"] > 10 * plain["gradients + AdamW"]  # 135M trainable weights, not 2M
+    # Eager attention keeps the scores of every example: quadratic in the row length.
+    long_rows = Batches(8 * 1024, 1024, 8, 10**6, 500)
+    eager = estimate_memory(shape, lora, long_rows, bf16=True, kernel="eager")["activations"]
+    sdpa = estimate_memory(shape, lora, long_rows, bf16=True, kernel="sdpa")["activations"]
+    assert eager > 2 * sdpa
+
+
+def test_warns_when_the_peak_does_not_fit():
+    shape = ModelShape.from_config(SMOLLM2, checkpoint_bytes=538_000_000)
+    batches = Batches(64 * 2048, 2048, 64, 10**7, 5000)
+    spec = SFTSpec(batch_size=64, max_length=2048)
+    plan = plan_stage("sft", shape, spec, batches, _hardware(available_mb=8_000), bf16=True, kernel="sdpa")
+    assert plan.peak_mb > 8_000
+    assert len(plan.warnings) == 1 and "will not fit" in plan.warnings[0]
+    assert "sft.gradient_checkpointing: true" in plan.warnings[0]
+    roomy = plan_stage("sft", shape, SFTSpec(), Batches(8 * 90, 90, 8, 10**5, 500), _hardware(20_000), True, "eager")
+    assert roomy.warnings == [] and roomy.seconds and roomy.seconds > 0
+
+
+def test_sft_batches_padded_and_packed():
+    lengths = [10, 20, 30, 40, 50, 60, 70, 80]
+    padded = sft_batches(lengths, SFTSpec(batch_size=4, epochs=2))
+    assert (padded.rows, padded.longest_row, padded.micro_batch_tokens) == (4, 80, 320)
+    assert padded.computed_tokens == 2 * (4 * 80 + 4 * 40)  # length-grouped, padded to each batch's longest
+    packed = sft_batches(lengths, SFTSpec(batch_size=4, epochs=2, packing=True))
+    assert packed.rows == 1 and packed.micro_batch_tokens <= 80 + 70 + 60 + 50
+    assert packed.computed_tokens == 2 * sum(lengths)  # no padding
+    steps = sft_batches(lengths, SFTSpec(batch_size=4, max_steps=1))
+    assert steps.trained_examples == 4
+
+
+def test_plan_cli_prints_every_component(tiny_recipe):
+    from typer.testing import CliRunner
+
+    from lmforge.cli import app
+
+    result = CliRunner().invoke(app, ["plan", str(tiny_recipe)])
+    assert result.exit_code == 0, result.output
+    for part in ("process", "weights", "gradients + AdamW", "activations", "peak RSS", "sft: lora, fp32"):
+        assert part in result.output
