@@ -302,7 +302,9 @@ def bench(
         None
     ),
     model: Annotated[str | None, typer.Option(help="Model reference instead of the recipe's.")] = None,
-    seq_len: Annotated[list[int] | None, typer.Option("--seq-len", help="Sequence length (repeatable).")] = None,
+    seq_len: Annotated[
+        list[int] | None, typer.Option("--seq-len", help="Sequence length (repeatable; default 1024).")
+    ] = None,
     steps: Annotated[int, typer.Option(min=2, help="Optimizer steps per system, warm-up included.")] = 12,
     warmup: Annotated[int, typer.Option(min=0, help="First steps left out of the timing.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per optimizer step, for every system.")] = 8,
@@ -326,6 +328,14 @@ def bench(
         raise typer.Exit(2)
     if warmup >= steps:
         err_console.print(f"[bold red]error:[/bold red] --warmup {warmup} must be below --steps {steps}")
+        raise typer.Exit(2)
+    import importlib.util
+
+    if "trl" in chosen and importlib.util.find_spec("trl") is None:
+        err_console.print(
+            "[bold red]error:[/bold red] the trl system needs TRL: pip install 'lmforge[bench]' (or leave trl out of "
+            "--systems)"
+        )
         raise typer.Exit(2)
     settings = BenchSettings(
         recipe=str(recipe) if recipe else None,

@@ -197,7 +197,7 @@ def _torch_threads() -> int:
     return torch.get_num_threads()
 
 
-def compile_blocks(model: Any, label: str) -> int:
+def compile_blocks(model: Any, label: str, backend: str = "inductor") -> int:
     """``torch.compile`` every block of the model's main stack of layers in place; returns how many.
 
     Blocks are compiled one by one rather than the whole model: the stages call the backbone and the
@@ -214,7 +214,7 @@ def compile_blocks(model: Any, label: str) -> int:
     blocks = max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()))
     torch._dynamo.utils.clear_compilation_metrics()
     for block in blocks:
-        block.compile()
+        block.compile(backend=backend)
     print(f"{label}: torch.compile on {len(blocks)} {type(blocks[0]).__name__} blocks (compiled at the first step)")
     return len(blocks)
 
