@@ -26,12 +26,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-MB = 1024**2
+from lmforge.hardware import MB, cpu_ghz, cpu_name, cpu_peak_flops, memory_mb, usable_cores
 
 # ---------------------------------------------------------------- constants (see the module docstring)
 
@@ -121,16 +119,15 @@ class Hardware:
     def detect(cls) -> Hardware:
         import torch
 
-        from lmforge.bench import cpu_ghz, cpu_peak_flops, physical_cores
         from lmforge.models import cpu_supports_bf16
 
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             name = torch.cuda.get_device_name()
-            return cls("cuda", physical_cores(), cpu_ghz(), True, 0.0, total / MB, free / MB, name)
+            return cls("cuda", usable_cores(), cpu_ghz(), True, 0.0, total / MB, free / MB, name)
         total, available = memory_mb()
-        name = _cpu_name()
-        return cls("cpu", physical_cores(), cpu_ghz(), cpu_supports_bf16(), cpu_peak_flops(), total, available, name)
+        name = cpu_name()
+        return cls("cpu", usable_cores(), cpu_ghz(), cpu_supports_bf16(), cpu_peak_flops(), total, available, name)
 
 
 @dataclass
@@ -415,38 +412,6 @@ def _text_lengths(splits: dict[str, list[dict[str, Any]]], names: list[str], tok
 
 
 # ---------------------------------------------------------------- machine
-
-
-def memory_mb() -> tuple[float | None, float | None]:
-    """(MemTotal, MemAvailable) from /proc/meminfo, capped by a cgroup memory limit; None where unknown."""
-    values: dict[str, float] = {}
-    try:
-        for line in Path("/proc/meminfo").read_text(encoding="utf-8").splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("MemTotal", "MemAvailable"):
-                values[key] = int(rest.split()[0]) / 1024
-    except (OSError, ValueError):
-        return None, None
-    total, available = values.get("MemTotal"), values.get("MemAvailable")
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text(encoding="utf-8").strip()
-        used = int(Path("/sys/fs/cgroup/memory.current").read_text(encoding="utf-8").strip()) / MB
-        if limit != "max":
-            total = min(total or math.inf, int(limit) / MB)
-            available = min(available or math.inf, int(limit) / MB - used)
-    except (OSError, ValueError):
-        pass
-    return total, available
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine
 
 
 def render(hardware: Hardware, plans: list[StagePlan]) -> Any:

@@ -5,7 +5,7 @@ from dataclasses import asdict, replace
 
 import pytest
 
-from lmforge import bench
+from lmforge import bench, bench_worker
 from lmforge.bench import BenchResult, BenchSettings
 
 
@@ -31,7 +31,7 @@ def tiny_results(tmp_path_factory, tiny_model_dir):
     results = {}
     for system in bench.SYSTEMS:
         config = {"settings": asdict(settings), "system": system, "result": str(root / f"{system}.json")}
-        results[system] = bench.worker(config)
+        results[system] = bench_worker.worker(config)
     return results
 
 
@@ -67,9 +67,9 @@ def test_lowmem_turns_on_activation_checkpointing(tiny_results):
 
 def test_bench_order_is_length_grouped_and_seeded():
     lengths = [5, 90, 40, 7, 66, 12, 80, 33]
-    order = bench.bench_order(lengths, 12, seed=1)
+    order = bench_worker.bench_order(lengths, 12, seed=1)
     assert len(order) == 12 and set(order) == set(range(8))  # cycles once all examples are used
-    assert order == bench.bench_order(lengths, 12, seed=1)
+    assert order == bench_worker.bench_order(lengths, 12, seed=1)
     assert [lengths[i] for i in order] == sorted((lengths[i] for i in order), reverse=True)  # one mega-batch
 
 
@@ -78,14 +78,14 @@ def test_flops_per_token_counts_block_matmuls_and_trainable_ones(tiny_model_dir)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    full = bench.flops_per_token(model)
+    full = bench_worker.flops_per_token(model)
     hidden, inter, layers = 64, 128, 2
     q, kv = hidden, 2 * 16  # 4 heads of 16, 2 kv heads
     block = hidden * q + 2 * hidden * kv + q * hidden + 3 * hidden * inter
     assert full == 6 * layers * block  # every weight trains: 4 N + 2 N
     lora = get_peft_model(model, LoraConfig(r=2, target_modules="all-linear"))
     adapter = sum(p.numel() for p in lora.parameters() if p.requires_grad)
-    assert bench.flops_per_token(lora) == 4 * (layers * block + adapter) + 2 * adapter
+    assert bench_worker.flops_per_token(lora) == 4 * (layers * block + adapter) + 2 * adapter
 
 
 def _result(system, seq_len, tokens_per_s, error=None):

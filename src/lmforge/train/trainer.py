@@ -23,6 +23,7 @@ from typing import Any
 
 from lmforge.config import TrainSpec
 from lmforge.errors import ConfigError, Problem, StageError
+from lmforge.hardware import usable_cores
 from lmforge.models import cpu_supports_bf16
 from lmforge.rundir import StageDir, atomic_write_text, split_path
 
@@ -156,27 +157,6 @@ def configure_threads() -> int:
     if wanted != current:
         torch.set_num_threads(wanted)
     return wanted
-
-
-def usable_cores() -> int:
-    """Physical cores this process may use: its CPU affinity, without hyper-threads, within a cgroup quota."""
-    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    cores = allowed
-    try:
-        import psutil
-
-        logical, physical = psutil.cpu_count(logical=True), psutil.cpu_count(logical=False)
-        if logical and physical:
-            cores = max(1, allowed * physical // logical)
-    except ImportError:
-        pass
-    try:  # cgroup v2: "max 100000" or "200000 100000" (quota and period in microseconds)
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) / int(period) + 0.5)))
-    except (OSError, ValueError):
-        pass
-    return cores
 
 
 def _default_thread_counts() -> set[int]:
