@@ -79,7 +79,7 @@ def test_plan_predicts_the_peak_rss_of_a_small_full_fine_tune(medium_recipe):
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["sft.batch_size=16"],  # the demo's LoRA setting: the peak is while the weights load
+        ["sft.batch_size=16"],  # the demo's LoRA setting
         ["sft.batch_size=64"],  # activations of 64 rows
         ["sft.method=full", "sft.batch_size=8", "sft.lr=1e-5"],  # every weight trains: gradients and AdamW
     ],
