@@ -328,6 +328,12 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
             kernel = None
         kernel = kernel or attention_kernel(spec.attention, spec.max_length)
         plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
+        missing = [name for name in spec.splits if name not in splits]
+        if missing:
+            plans[-1].warnings.append(
+                f"{stage}.splits {missing} do not exist yet (written by a later stage, e.g. index for raft): "
+                "not counted; plan again after that stage has run"
+            )
     for stage in ("mlm", "seq2seq"):
         if stage in recipe.stages:
             plans.append(_not_estimated(stage, getattr(recipe, stage)))
@@ -389,11 +395,16 @@ def _not_estimated(stage: str, spec: Any) -> StagePlan:
 def _splits(recipe: Any) -> dict[str, list[dict[str, Any]]]:
     """Split name -> records: the data stage's output when it has run, else prepared in memory (nothing written)."""
     from lmforge.records import read_records
-    from lmforge.rundir import StageDir
+    from lmforge.rundir import MANIFEST, StageDir
 
-    data = StageDir.open(recipe.run_path(), "data")
+    run_path = recipe.run_path()
+    data = StageDir.open(run_path, "data")
     if data.status == "done":
-        written = data.manifest.get("outputs", {}).get("splits", {})
+        written = dict(data.manifest.get("outputs", {}).get("splits", {}))
+        for manifest in sorted(run_path.glob(f"*/{MANIFEST}")):  # splits of later stages (index: raft)
+            other = StageDir.open(run_path, manifest.parent.name)
+            if other.stage != "data" and other.status == "done":
+                written = {**other.manifest.get("outputs", {}).get("splits", {}), **written}
         return {name: list(read_records(path)) for name, path in written.items()}
     from lmforge.data.prepare import prepare_records
 

@@ -107,3 +107,31 @@ def test_plan_cli_prints_every_component(tiny_recipe):
     assert result.exit_code == 0, result.output
     for part in ("process", "weights", "gradients + AdamW", "activations", "peak RSS", "sft: lora, fp32"):
         assert part in result.output
+
+
+def test_plan_counts_splits_of_later_stages_and_warns_before_they_exist(tiny_recipe):
+    from conftest import write_jsonl
+
+    from lmforge.config import load_recipe
+    from lmforge.data.prepare import run as prepare
+    from lmforge.plan import plan_recipe
+    from lmforge.records import chat_record
+    from lmforge.rundir import StageDir
+
+    recipe = load_recipe(tiny_recipe, ["sft.splits=[train,raft]"])
+    _, before = plan_recipe(recipe)
+    assert any("['raft'] do not exist yet" in w for w in before[0].warnings), before[0].warnings
+
+    # Once the data stage and a stage publishing `raft` (as index does) are done, raft's long rows count.
+    prepare(recipe)
+    long_answer = "A long passage answer. " * 20
+    messages = [{"role": "user", "content": "Question?"}, {"role": "assistant", "content": long_answer}]
+    raft_records = [chat_record(messages, {"path": "raft.jsonl"}, None, {}) for _ in range(4)]
+    index = StageDir.open(recipe.run_path(), "index")
+    index.start("fp", {}, {})
+    write_jsonl(index.path("raft.jsonl"), raft_records)
+    index.finish({}, {"splits": {"raft": str(index.path("raft.jsonl"))}})
+    _, after = plan_recipe(recipe)
+    assert not after[0].warnings
+    assert after[0].batches.longest_row > before[0].batches.longest_row + 50
+    assert after[0].batches.trained_examples > before[0].batches.trained_examples
