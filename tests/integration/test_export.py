@@ -89,4 +89,5 @@ def test_a_broken_gguf_fails_the_export(tiny_run, tmp_path, monkeypatch):
         run_export(str(tiny_run), ExportSettings(out_dir=tmp_path / "bad", gguf_types=["f16"], new_tokens=12))
     checks = json.loads((tmp_path / "bad" / "parity.json").read_text())["checks"]
     assert {c["name"]: c["passed"] for c in checks} == {"merge": True, "hf": True, "gguf:f16": False}
-    assert json.loads((tmp_path / "bad" / "manifest.json").read_text())["status"] == "running"
+    manifest = json.loads((tmp_path / "bad" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "gguf:f16" in manifest["error"]["message"]

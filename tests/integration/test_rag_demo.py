@@ -28,11 +28,10 @@ def test_demo_rag_index_meets_the_recall_target(tmp_path: Path):
         assert scores["hybrid"]["mrr"] >= scores["bm25"]["mrr"], scores
     assert "known" not in metrics["retrieval"]  # general questions name no article: nothing to score
     raft = metrics["raft"]
-    # Every domain question becomes a RAFT example; the replay records (weight 2.0) name no article.
-    train_split = tmp_path / "demo-rag" / "data" / "splits" / "train.jsonl"
-    replay_rows = len(train_split.read_text().splitlines()) - 310
-    assert replay_rows > 0
-    assert raft["examples"] == 310 and raft["skipped"] == {"no meta.article or meta.answer": replay_rows}
+    # Each of the 310 domain questions (split `qa`) becomes two RAFT examples (examples_per_question: 2).
+    qa_split = tmp_path / "demo-rag" / "data" / "splits" / "qa.jsonl"
+    assert len(qa_split.read_text().splitlines()) == raft["questions"] == 310
+    assert raft["examples"] == 620 and raft["skipped"] == {}
     assert 0.1 < raft["without_gold"] / raft["examples"] < 0.3
     retrieved = (tmp_path / "demo-rag" / "index" / "retrieved" / "test.jsonl").read_text().splitlines()
     assert len(retrieved) == 124 and all(len(json.loads(line)["passages"]) == 3 for line in retrieved)

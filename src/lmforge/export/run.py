@@ -2,8 +2,8 @@
 
 setup (find the model and adapter) -> merge (fp32, whatever precision the run trained in) ->
 save (``hf/``, ``<name>.<type>.gguf``, ``Modelfile``) -> parity checks (``parity.json``). A failing
-check fails the export: the files stay for inspection, the manifest stays ``running`` and the
-command exits non-zero.
+check fails the export: the files stay for inspection, the manifest says ``failed`` (with the
+error) and the command exits non-zero.
 
 Output, by default ``runs/<run>/export/``::
 
@@ -129,10 +129,12 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
         failed = [r for r in results if not r.passed]
         if failed:
             lines = [f"{r.name}: {'; '.join(r.details.get('problems', [])) or r.details}" for r in failed]
-            raise StageError(
+            error = StageError(
                 "export parity checks failed (files kept for inspection in "
                 f"{out_dir}, details in parity.json):\n  " + "\n  ".join(lines)
             )
+            stage.fail(error)
+            raise error
     outputs = {"hf": str(hf_dir), "gguf": {k: str(v) for k, v in gguf_files.items()}}
     if modelfile:
         outputs["modelfile"] = str(modelfile)
