@@ -11,12 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.config import Recipe
-from lmforge.errors import StageError
-from lmforge.models import load_tokenizer
-from lmforge.rundir import fingerprint_data
 from lmforge.train.causal import build_causal_model
 from lmforge.train.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, read_texts, tokens_per_s
+from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
 from lmforge.train.tokenize import PackedRow, pack_texts
 from lmforge.train.trainer import (
     build_trainer,
@@ -32,21 +29,13 @@ def run(recipe: Recipe) -> TrainResult:
     """Continue pretraining the recipe's model on the ``text`` records of ``cpt.splits``."""
     spec = recipe.cpt
     setup = open_training_stage(recipe, spec, "cpt")
-    stage, paths, eval_path = setup.stage, setup.train_paths, setup.eval_path
-    fingerprint = fingerprint_data([setup.config, setup.file_hashes()])
-    if stage.is_done(fingerprint):
+    begun = setup.begin_on_text(
+        recipe, "put documents (or `text` rows) in one of them with a data source's 'split' key, or set cpt.splits"
+    )
+    if begun is None:
         return setup.earlier_result()
-
-    inputs = {"text": [str(p) for p in paths], "eval": str(eval_path) if eval_path else None}
-    resuming = setup.start(fingerprint, inputs)
-    base_dir = setup.base_model(recipe, "text from")
-    tokenizer = load_tokenizer(base_dir, trust_remote_code=recipe.model.trust_remote_code)
-    texts = read_texts(paths)
-    if not texts:
-        raise StageError(
-            f"cpt needs text records, and the split(s) {spec.splits} hold none; put documents (or `text` rows) "
-            "in one of them with a data source's 'split' key, or set cpt.splits"
-        )
+    stage, resuming, base_dir, tokenizer = setup.stage, begun.resuming, begun.base_dir, begun.tokenizer
+    texts = begun.texts
     rows, counts = pack_texts(tokenizer, texts, spec.max_length, spec.isolate_documents)
     eval_rows = _eval_rows(tokenizer, setup, spec.max_length, spec.isolate_documents)
     print(f"cpt: {counts['documents']} texts, {counts['tokens']} tokens -> {counts['rows']} rows of {spec.max_length}")

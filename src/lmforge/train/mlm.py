@@ -16,9 +16,7 @@ import torch.nn.functional as F
 
 from lmforge.config import MLMSpec, Recipe
 from lmforge.errors import ModelError, StageError
-from lmforge.models import load_tokenizer
-from lmforge.rundir import fingerprint_data
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, read_texts, tokens_per_s
+from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
 from lmforge.train.tokenize import IGNORE
 from lmforge.train.trainer import (
     add_lora,
@@ -36,20 +34,13 @@ def run(recipe: Recipe) -> TrainResult:
     """Continue masked-LM pretraining of the recipe's encoder on the ``text`` records of ``mlm.splits``."""
     spec = recipe.mlm
     setup = open_training_stage(recipe, spec, "mlm")
-    stage, paths, eval_path = setup.stage, setup.train_paths, setup.eval_path
-    fingerprint = fingerprint_data([setup.config, setup.file_hashes()])
-    if stage.is_done(fingerprint):
+    begun = setup.begin_on_text(recipe, "set mlm.splits")
+    if begun is None:
         return setup.earlier_result()
-
-    inputs = {"text": [str(p) for p in paths], "eval": str(eval_path) if eval_path else None}
-    resuming = setup.start(fingerprint, inputs)
-    base_dir = setup.base_model(recipe, "text from")
-    tokenizer = load_tokenizer(base_dir, trust_remote_code=recipe.model.trust_remote_code)
+    stage, resuming, base_dir, tokenizer = setup.stage, begun.resuming, begun.base_dir, begun.tokenizer
+    texts = begun.texts
     if tokenizer.mask_token_id is None:
         raise StageError(f"mlm needs a tokenizer with a mask token (BERT family); {recipe.model.ref!r} has none")
-    texts = read_texts(paths)
-    if not texts:
-        raise StageError(f"mlm needs text records, and the split(s) {spec.splits} hold none; set mlm.splits")
     rows, counts = pack_for_mlm(tokenizer, texts, spec.max_length)
     print(f"mlm: {counts['documents']} texts, {counts['tokens']} tokens -> {counts['rows']} rows of {spec.max_length}")
 

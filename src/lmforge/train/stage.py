@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import CPTSpec, MLMSpec, Recipe, Seq2SeqSpec, SFTSpec
-from lmforge.models import resolve_model
+from lmforge.errors import StageError
+from lmforge.models import load_tokenizer, resolve_model
 from lmforge.records import Record, read_records
-from lmforge.rundir import StageDir, fingerprint_file, split_path
+from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, split_path
 from lmforge.train.trainer import check_training_setup, clear_stale, eval_split_path, write_log
 
 StageSpec = CPTSpec | MLMSpec | SFTSpec | Seq2SeqSpec
@@ -86,6 +87,26 @@ class TrainingStage:
         print(f"{self.label}: base model {recipe.model.ref} ({base_dir}); {reads} {shown}")
         return base_dir
 
+    def begin_on_text(self, recipe: Recipe, missing_hint: str) -> TextStart | None:
+        """Start a stage that trains on ``text`` records (cpt, mlm); None when a finished attempt
+        already had these settings and files (the caller returns :meth:`earlier_result`).
+
+        Raises:
+            StageError: the stage's splits hold no text records (``missing_hint`` says what to change).
+        """
+        fingerprint = fingerprint_data([self.config, self.file_hashes()])
+        if self.stage.is_done(fingerprint):
+            return None
+        inputs = {"text": [str(p) for p in self.train_paths], "eval": str(self.eval_path) if self.eval_path else None}
+        resuming = self.start(fingerprint, inputs)
+        base_dir = self.base_model(recipe, "text from")
+        tokenizer = load_tokenizer(base_dir, trust_remote_code=recipe.model.trust_remote_code)
+        texts = read_texts(self.train_paths)
+        if not texts:
+            splits = getattr(recipe, self.label).splits
+            raise StageError(f"{self.label} needs text records, and the split(s) {splits} hold none; {missing_hint}")
+        return TextStart(resuming, base_dir, tokenizer, texts)
+
     def validation_records(self, kind: str) -> list[Record]:
         """The validation split's records of ``kind``; none (with a warning) when it holds none."""
         if self.eval_path is None:
@@ -102,6 +123,16 @@ class TrainingStage:
         """Write the Trainer's log to ``train_log.jsonl`` and delete the checkpoints (the result is saved)."""
         write_log(trainer, self.stage.path("train_log.jsonl"))
         shutil.rmtree(self.stage.path("checkpoints"), ignore_errors=True)
+
+
+@dataclass
+class TextStart:
+    """What :meth:`TrainingStage.begin_on_text` hands a text-trained stage once it has started."""
+
+    resuming: bool
+    base_dir: Path
+    tokenizer: Any
+    texts: list[str]
 
 
 def open_training_stage(recipe: Recipe, spec: StageSpec, label: str) -> TrainingStage:
