@@ -98,6 +98,23 @@ sft: {{batch_size: 4, epochs: 1, lr: 5.0e-3, max_length: 128, {TRAIN}}}
     assert not again["cpt"].skipped and not again["sft"].skipped
 
 
+def test_cpt_on_splits_without_text_fails_naming_them_and_marks_the_stage_failed(tmp_path, tiny_model_dir):
+    recipe = write_recipe(
+        tmp_path,
+        f"""
+name: notext
+run_dir: {tmp_path / "runs"}
+stages: [data, cpt]
+model: {{ref: {tiny_model_dir}}}
+{domain_data(tmp_path)}
+cpt: {{splits: [train], max_length: 32, {TRAIN}}}
+""",
+    )
+    with pytest.raises(StageError, match=r"cpt needs text records, and the split\(s\) \['train'\] hold none"):
+        run_recipe(load_recipe(recipe))
+    assert StageDir.open(tmp_path / "runs" / "notext", "cpt").status == "failed"
+
+
 def test_sft_stacks_on_the_cpt_adapter_as_one_exact_adapter(tmp_path, tiny_model_dir):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
