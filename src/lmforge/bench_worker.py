@@ -348,7 +348,7 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     from lmforge.rundir import StageDir
     from lmforge.train.causal import ExampleDataset, build_causal_model
     from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch
-    from lmforge.train.trainer import attention_kernel, build_trainer, use_bf16
+    from lmforge.train.trainer import build_trainer, use_bf16
 
     recipe = setup["recipe"]
     spec = recipe.sft
@@ -373,7 +373,7 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     parts = [
         "bf16 autocast, bf16 frozen weights" if use_bf16(spec.precision) else "fp32",
         "packed rows" if spec.packing else "length-grouped",
-        f"{attention_kernel(spec.attention, longest)} attention",
+        f"{model.config._attn_implementation} attention",
     ]
     if spec.gradient_checkpointing:
         parts.append("activation checkpointing")

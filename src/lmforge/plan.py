@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.hardware import MB, cpu_ghz, cpu_name, cpu_peak_flops, memory_mb, usable_cores
+from lmforge.train.trainer import attention_kernel, eager_scores_bytes, use_bf16
 
 # ---------------------------------------------------------------- constants (see the module docstring)
 
@@ -203,8 +204,8 @@ def estimate_memory(
     width = 2 if bf16 else 4
     scores = 0.0
     transient = 0.0
-    if kernel == "eager":  # fp32 softmax output, its low-precision copy and the mask, per head and token pair
-        scores = batches.rows * batches.longest_row**2 * shape.heads * (5 + width)
+    if kernel == "eager":
+        scores = eager_scores_bytes(batches.rows, batches.longest_row, shape.heads, width)
     elif kernel == "packed":  # sdpa with a block-diagonal mask over the row: fp32 scores while a layer runs
         transient = batches.rows * batches.longest_row**2 * (shape.heads * 4 + 1) * ACTIVATION_SCALE
     per_layer = batches.micro_batch_tokens * per_token_layer + scores
@@ -304,7 +305,6 @@ def _advice(stage: str, spec: Any, memory: dict[str, float]) -> str:
 def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
     """The hardware and a plan per causal-LM training stage of ``recipe`` (``cpt``, ``sft``)."""
     from lmforge.models import load_tokenizer, resolve_model
-    from lmforge.train.trainer import attention_kernel, use_bf16
 
     hardware = Hardware.detect()
     model_dir = resolve_model(recipe.model.ref, recipe.model.revision)
@@ -326,7 +326,10 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
             lengths = _text_lengths(splits, spec.splits, tokenizer)
             batches = cpt_batches(sum(lengths), spec)
             kernel = None
-        kernel = kernel or attention_kernel(spec.attention, spec.max_length)
+        if kernel is None:  # what the stage picks: by its longest row and the eager scores of its largest micro-batch
+            longest = max(lengths, default=0) if stage == "sft" else spec.max_length
+            scores = eager_scores_bytes(spec.batch_size, longest, shape.heads, 2 if bf16 else 4) * shape.layers / MB
+            kernel = attention_kernel(spec.attention, longest, scores)
         plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
         missing = [name for name in spec.splits if name not in splits]
         if missing:

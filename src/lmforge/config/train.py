@@ -141,7 +141,8 @@ class SFTSpec(TrainSpec):
     """Pack each micro-batch into one row (best for long, uneven examples); off: length-grouped
     right-padded batches (best for short chat examples)."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
-    """Attention kernel; ``auto``: sdpa on CUDA, on CPU eager up to 512 tokens (faster there) else sdpa."""
+    """Attention kernel; ``auto``: sdpa on CUDA; on a CPU eager (faster there on short rows) while the rows
+    are at most 512 tokens and its saved attention scores stay under 1 GiB, else sdpa (less memory)."""
     splits: list[str] = Field(["train"], min_length=1)
     """Splits to train on, mixed: ``train`` of the data stage, plus e.g. ``raft`` written by the index
     stage (``index.raft.enabled``) or ``synth`` written by the synth stage (sequence-level distillation)."""
@@ -165,7 +166,8 @@ class CPTSpec(TrainSpec):
     """Restart positions at every document inside a packed row, so attention never crosses from one
     document into the next; off: plain concatenation."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
-    """Attention kernel; ``auto``: sdpa on CUDA, on CPU eager up to 512 tokens (faster there) else sdpa."""
+    """Attention kernel; ``auto``: sdpa on CUDA; on a CPU eager (faster there on short rows) while the rows
+    are at most 512 tokens and its saved attention scores stay under 1 GiB, else sdpa (less memory)."""
 
 
 class MLMSpec(TrainSpec):

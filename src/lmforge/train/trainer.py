@@ -90,16 +90,32 @@ def use_bf16(precision: str) -> bool:
     return precision == "bf16"
 
 
-def attention_kernel(attention: str, max_length: int) -> str:
-    """The attention implementation to train with (``auto``: see ``SFTSpec.attention``)."""
+EAGER_SCORES_BUDGET_MB = 1024.0
+"""Most memory ``attention: auto`` lets the eager kernel keep in attention scores on a CPU (MB)."""
+
+
+def eager_scores_bytes(rows: int, longest: int, heads: int, width: int = 2) -> float:
+    """Bytes eager attention keeps for the backward pass in one layer: the fp32 softmax output, its
+    copy in the compute dtype (``width`` bytes) and the mask, per head and token pair of a micro-batch."""
+    return float(rows * longest**2 * heads * (5 + width))
+
+
+def attention_kernel(attention: str, longest: int, scores_mb: float = 0.0) -> str:
+    """The attention implementation to train with (``auto``: see ``SFTSpec.attention``).
+
+    ``longest`` is the longest row trained on; ``scores_mb`` what eager attention would keep over all
+    layers for the largest micro-batch (:func:`eager_scores_bytes`).
+    """
     import torch
 
     if attention != "auto":
         return attention
     if torch.cuda.is_available():
         return "sdpa"
-    # CPU: the eager kernel beat sdpa's flash backward on short rows; sdpa wins on memory for long ones.
-    return "eager" if max_length <= 512 else "sdpa"
+    # CPU: the eager kernel beat sdpa's flash backward on short rows, but it keeps the score matrices
+    # of every layer: on demo-rag (16 rows up to 385 tokens, 4.5 GB of scores) sdpa peaked at 8.5 GB
+    # against eager's 13.2 GB for 5% more time (docs/PERFORMANCE.md).
+    return "eager" if longest <= 512 and scores_mb <= EAGER_SCORES_BUDGET_MB else "sdpa"
 
 
 def quantization_config(spec: TrainSpec) -> Any:
