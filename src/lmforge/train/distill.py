@@ -26,7 +26,7 @@ from lmforge.config import DistillSpec
 from lmforge.errors import StageError
 from lmforge.models import load_causal_lm, load_for_inference, load_tokenizer, resolve_model
 from lmforge.rundir import StageDir, atomic_write_json, fingerprint_data, read_json, trained_model
-from lmforge.train.fast import supports_hidden_state_loss
+from lmforge.train.fast import backbone_inputs, supports_hidden_state_loss, trained_positions
 from lmforge.train.tokenize import IGNORE, TokenizedExample
 
 
@@ -157,17 +157,8 @@ def distill_loss_sum(model: Any, inputs: dict[str, torch.Tensor], alpha: float, 
     The trained positions are taken in row-major order, the order the teacher rows were concatenated in.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    labels = inputs["labels"]
-    trained = labels[:, 1:] != IGNORE
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = trained
-    targets = labels[:, 1:][trained]
-    forward_args = {
-        "input_ids": inputs["input_ids"],
-        "position_ids": inputs.get("position_ids"),
-        "attention_mask": inputs.get("attention_mask"),
-        "use_cache": False,
-    }
+    keep, targets = trained_positions(inputs["labels"])
+    forward_args = backbone_inputs(inputs)
     if supports_hidden_state_loss(causal_lm):
         hidden = getattr(causal_lm, causal_lm.base_model_prefix)(**forward_args).last_hidden_state[keep]
         logits = causal_lm.get_output_embeddings()(hidden).float()  # (trained positions, vocab)

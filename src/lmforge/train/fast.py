@@ -80,6 +80,28 @@ def supports_hidden_state_loss(model: Any) -> bool:
     return isinstance(head, torch.nn.Linear) and head.bias is None and hasattr(model, model.base_model_prefix)
 
 
+def trained_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions whose next token is trained (a bool mask shaped like ``labels``) and those tokens.
+
+    Targets come in row-major order, the order of ``hidden[mask]``.
+    """
+    shifted = labels[:, 1:]
+    trained = shifted != IGNORE
+    keep = torch.zeros_like(labels, dtype=torch.bool)
+    keep[:, :-1] = trained
+    return keep, shifted[trained]
+
+
+def backbone_inputs(inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """The keyword arguments of a causal LM's forward pass for a training micro-batch (no KV cache)."""
+    return {
+        "input_ids": inputs["input_ids"],
+        "position_ids": inputs.get("position_ids"),
+        "attention_mask": inputs.get("attention_mask"),
+        "use_cache": False,
+    }
+
+
 def causal_lm_loss_sum(model: Any, inputs: dict[str, torch.Tensor], chunk: int = 64) -> tuple[torch.Tensor, int]:
     """Summed next-token loss over labelled positions, and the number of those positions.
 
@@ -87,18 +109,8 @@ def causal_lm_loss_sum(model: Any, inputs: dict[str, torch.Tensor], chunk: int =
     backbone and only the rows that have a label go through the output head.
     """
     causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    labels = inputs["labels"]
-    shifted = labels[:, 1:]
-    trained = shifted != IGNORE
-    keep = torch.zeros_like(labels, dtype=torch.bool)
-    keep[:, :-1] = trained
-    targets = shifted[trained]
-    forward_args = {
-        "input_ids": inputs["input_ids"],
-        "position_ids": inputs.get("position_ids"),
-        "attention_mask": inputs.get("attention_mask"),
-        "use_cache": False,
-    }
+    keep, targets = trained_positions(inputs["labels"])
+    forward_args = backbone_inputs(inputs)
     if supports_hidden_state_loss(causal_lm):
         backbone = getattr(causal_lm, causal_lm.base_model_prefix)
         hidden = backbone(**forward_args).last_hidden_state[keep]  # (trained tokens, hidden)
