@@ -194,11 +194,18 @@ def serve(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     rag: Annotated[bool, typer.Option(help="Load the run's retrieval index (requests opt in with rag).")] = False,
     rag_default: Annotated[bool, typer.Option(help="With --rag: retrieve for requests that do not say.")] = False,
+    rag_top_k: Annotated[
+        int | None, typer.Option(min=1, help="With --rag: passages per request (default: the run's index.top_k).")
+    ] = None,
+    rag_mode: Annotated[
+        str | None, typer.Option(help="With --rag: bm25, dense or hybrid (default: the run's index.mode).")
+    ] = None,
 ) -> None:
     """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API."""
     from lmforge.serve.server import ServeSettings
     from lmforge.serve.server import serve as serve_models
 
+    _check_rag_mode("--rag-mode", rag_mode)
     settings = ServeSettings(
         host=host,
         port=port,
@@ -210,6 +217,8 @@ def serve(
         dtype=dtype,
         threads=threads,
         rag_default=rag_default,
+        rag_top_k=rag_top_k,
+        rag_mode=rag_mode,
     )
     try:
         retriever = None
@@ -279,9 +288,7 @@ def ask(
     from lmforge.rag.ask import ask as answer_question
     from lmforge.rag.ask import format_source
 
-    if mode not in (None, "bm25", "dense", "hybrid"):
-        err_console.print(f"[bold red]error:[/bold red] --mode: got {mode!r}; expected bm25, dense or hybrid")
-        raise typer.Exit(2)
+    _check_rag_mode("--mode", mode)
     try:
         answer = answer_question(Path(run), question, k=k, mode=mode, max_new_tokens=max_new_tokens, use_base=base)
     except LmforgeError as exc:
@@ -374,6 +381,13 @@ def plan(
         console.print(f"{recipe}: no training stage to plan (stages: {', '.join(loaded.stages)})")
         return
     console.print(render(hardware, plans))
+
+
+def _check_rag_mode(option: str, mode: str | None) -> None:
+    """Exit with code 2 unless ``mode`` is a retrieval mode (or unset)."""
+    if mode not in (None, "bm25", "dense", "hybrid"):
+        err_console.print(f"[bold red]error:[/bold red] {option}: got {mode!r}; expected bm25, dense or hybrid")
+        raise typer.Exit(2)
 
 
 class _RecipeOrSubcommand(TyperGroup):

@@ -120,3 +120,33 @@ def test_rag_hook_puts_passages_in_the_prompt_and_returns_citations(tiny_model_d
         assert retriever.queries == ["Retirement age?"]
         assert cited["citations"][0]["source"] == {"path": "art-15.md"} and cited["citations"][0]["index"] == 1
         assert cited["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+
+
+def test_serve_cli_passes_rag_top_k_and_mode_and_refuses_unknown_modes(monkeypatch, tmp_path):
+    from typer.testing import CliRunner
+
+    import lmforge.rag.retrieve
+    import lmforge.serve.server
+    from lmforge.cli import app
+
+    seen = {}
+    monkeypatch.setattr(lmforge.rag.retrieve, "open_retriever", lambda target, needed_by: (FakeRetriever(), None))
+    monkeypatch.setattr(lmforge.serve.server, "serve", lambda target, settings, **kw: seen.update(settings=settings))
+    result = CliRunner().invoke(app, ["serve", str(tmp_path), "--rag", "--rag-top-k", "5", "--rag-mode", "bm25"])
+    assert result.exit_code == 0, result.output
+    assert (seen["settings"].rag_top_k, seen["settings"].rag_mode) == (5, "bm25")
+
+    bad = CliRunner().invoke(app, ["serve", str(tmp_path), "--rag", "--rag-mode", "fuzzy"])
+    assert bad.exit_code == 2 and "expected bm25, dense or hybrid" in bad.output
+
+
+def test_run_index_settings_fill_in_only_what_the_command_line_left_unset(tmp_path):
+    from lmforge.rundir import StageDir
+    from lmforge.serve.server import ServeSettings, _index_settings
+
+    index = StageDir.open(tmp_path, "index")
+    index.start("fp", {"index": {"top_k": 3, "mode": "hybrid"}}, {})
+    index.finish({})
+    chosen = ServeSettings(rag_top_k=7)
+    _index_settings(str(tmp_path), chosen)
+    assert (chosen.rag_top_k, chosen.rag_mode) == (7, "hybrid")
