@@ -11,6 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from lmforge.config import Recipe, dump_recipe
+from lmforge.hardware import release_free_memory
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text
 
 
@@ -32,6 +33,8 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
         except Exception as exc:
             _record_failure(StageDir.open(run_path, stage), before, exc)
             raise
+        finally:
+            release_free_memory()  # the next stage should not start with this one's freed heap
         results[stage] = result
         seconds = time.perf_counter() - started
         console.print(_one_line(stage, result, seconds))

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
 
@@ -120,3 +121,34 @@ def test_run_bench_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
 def test_unknown_system_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown system"):
         bench.run_bench(BenchSettings(), [256], ["lmforge", "axolotl"], tmp_path)
+
+
+def test_matmul_ceiling_lists_the_matmuls_the_bench_formula_counts(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    import runpy
+    import sys
+
+    from lmforge.plan import ModelShape
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "matmul_ceiling.py"
+    ceiling = runpy.run_path(str(script))  # the functions, without running main
+    smollm2 = {"hidden_size": 576, "intermediate_size": 1536, "num_attention_heads": 9, "num_key_value_heads": 3}
+    shape = ModelShape.from_config({**smollm2, "num_hidden_layers": 30, "vocab_size": 49152})
+    rows, row_len, rank = 8, 70, 32
+    ops = ceiling["step_matmuls"](shape, rows, row_len, 192, rank)
+    flops: dict[str, float] = {}
+    for group, (batch, m, k, n) in ops:
+        flops[group] = flops.get(group, 0.0) + 2.0 * batch * m * k * n
+    # weights and LoRA matmuls: exactly the bench's 4 N + 2 T per token (N with LoRA, T the LoRA weights)
+    lora = shape.lora_params(rank)
+    counted = sum(flops[g] for g in ("frozen forward", "frozen input grad", "lora forward", "lora backward"))
+    assert counted / (rows * row_len) == 4 * (30 * shape.block_matmul_params() + lora) + 2 * lora
+    assert sum(1 for g, _ in ops if g == "frozen forward") == 30 * 7
+    assert {"attention", "output head"} <= set(flops)
+
+    out = tmp_path / "ceiling.json"
+    argv = ["matmul_ceiling.py", "--model", str(tiny_model_dir), "--rows", "2", "--row-len", "16", "--reps", "1"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--trained", "8", "--rank", "4", "--json", str(out)])
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads(out.read_text())
+    assert result["ceiling_tokens_per_s"] > 0 and result["ceiling_mfu"] > 0
+    assert "MFU ceiling" in capsys.readouterr().out

@@ -47,3 +47,26 @@ def test_compile_blocks_compiles_each_layer_and_reports_the_time(tiny_tokenizer)
     torch.testing.assert_close(loss, expected)
     assert trainer.compile_seconds() > 0
     assert any(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_release_free_memory_returns_freed_heap_pages_to_the_system():
+    import subprocess
+    import sys
+    import textwrap
+
+    # 2,000 blocks of 100 KB on the heap, nine in ten freed: the holes stay in the process until trimmed.
+    script = textwrap.dedent(
+        """
+        import os
+        from lmforge.hardware import release_free_memory
+        def rss_mb():
+            return int(open("/proc/self/statm").read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+        blocks = [bytearray(100_000) for _ in range(2000)]
+        blocks = blocks[::10]
+        before = rss_mb()
+        released = release_free_memory()
+        print(released, before - rss_mb())
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert out[0] == "True" and float(out[1]) > 100, out
