@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.hardware import MB, cpu_ghz, cpu_name, cpu_peak_flops, memory_mb, usable_cores
-from lmforge.train.trainer import attention_kernel, eager_scores_bytes, use_bf16
+from lmforge.train.trainer import attention_kernel, eager_scores_bytes, eager_scores_mb, use_bf16
 
 # ---------------------------------------------------------------- constants (see the module docstring)
 
@@ -328,7 +328,7 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
             kernel = None
         if kernel is None:  # what the stage picks: by its longest row and the eager scores of its largest micro-batch
             longest = max(lengths, default=0) if stage == "sft" else spec.max_length
-            scores = eager_scores_bytes(spec.batch_size, longest, shape.heads, 2 if bf16 else 4) * shape.layers / MB
+            scores = eager_scores_mb(spec, spec.batch_size, longest, shape.heads, shape.layers)
             kernel = attention_kernel(spec.attention, longest, scores)
         plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
         missing = [name for name in spec.splits if name not in splits]

@@ -73,6 +73,13 @@ def test_auto_attention_picks_eager_for_short_rows_and_sdpa_when_its_scores_are_
     assert trainer.attention_kernel("auto", 385, rag) == "sdpa"
     assert trainer.attention_kernel("auto", 600, 0.0) == "sdpa"  # long rows: sdpa whatever the batch
     assert trainer.attention_kernel("eager", 385, rag) == "eager"  # an explicit choice is kept
+    # batch 64 of the demo: 1.1 GB of scores -> sdpa; with activation checkpointing one layer's -> eager
+    b64 = trainer.eager_scores_mb(SFTSpec(precision="bf16"), 64, 95, 9, 30)
+    b64_ckpt = trainer.eager_scores_mb(SFTSpec(precision="bf16", gradient_checkpointing=True), 64, 95, 9, 30)
+    assert (
+        trainer.attention_kernel("auto", 95, b64) == "sdpa"
+        and trainer.attention_kernel("auto", 95, b64_ckpt) == "eager"
+    )
 
     # build_causal_model counts the model's own heads and layers and the micro-batch rows
     recipe = recipe_for(tiny_model_dir)

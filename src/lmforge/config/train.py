@@ -142,7 +142,8 @@ class SFTSpec(TrainSpec):
     right-padded batches (best for short chat examples)."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     """Attention kernel; ``auto``: sdpa on CUDA; on a CPU eager (faster there on short rows) while the rows
-    are at most 512 tokens and its saved attention scores stay under 1 GiB, else sdpa (less memory)."""
+    are at most 512 tokens and the attention scores it keeps for the backward pass (all layers', or one
+    layer's under activation checkpointing) stay under 1 GiB, else sdpa (less memory)."""
     splits: list[str] = Field(["train"], min_length=1)
     """Splits to train on, mixed: ``train`` of the data stage, plus e.g. ``raft`` written by the index
     stage (``index.raft.enabled``) or ``synth`` written by the synth stage (sequence-level distillation)."""
@@ -167,7 +168,8 @@ class CPTSpec(TrainSpec):
     document into the next; off: plain concatenation."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     """Attention kernel; ``auto``: sdpa on CUDA; on a CPU eager (faster there on short rows) while the rows
-    are at most 512 tokens and its saved attention scores stay under 1 GiB, else sdpa (less memory)."""
+    are at most 512 tokens and the attention scores it keeps for the backward pass (all layers', or one
+    layer's under activation checkpointing) stay under 1 GiB, else sdpa (less memory)."""
 
 
 class MLMSpec(TrainSpec):

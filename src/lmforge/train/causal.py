@@ -20,7 +20,6 @@ from typing import Any
 
 from lmforge.config import Recipe, SFTSpec, TrainSpec
 from lmforge.errors import StageError
-from lmforge.hardware import MB
 from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
@@ -33,7 +32,7 @@ from lmforge.train.trainer import (
     add_lora,
     attention_kernel,
     build_trainer,
-    eager_scores_bytes,
+    eager_scores_mb,
     quantization_config,
     run_training,
     save_folder,
@@ -167,9 +166,8 @@ def build_causal_model(
     frozen_bf16 = spec.method == "lora" and use_bf16(spec.precision)
     config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
     rows = 1 if getattr(spec, "packing", False) else spec.batch_size  # sft packs a micro-batch into one row
-    width = 2 if use_bf16(spec.precision) else 4
-    scores = eager_scores_bytes(rows, max_length, config.get("num_attention_heads", 1), width)
-    kernel = attention_kernel(attention, max_length, scores * config.get("num_hidden_layers", 1) / MB)
+    heads, layers = config.get("num_attention_heads", 1), config.get("num_hidden_layers", 1)
+    kernel = attention_kernel(attention, max_length, eager_scores_mb(spec, rows, max_length, heads, layers))
     kwargs: dict[str, Any] = {"attn_implementation": kernel}
     quantization = quantization_config(spec)
     if quantization is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from lmforge.config import TrainSpec
 from lmforge.errors import ConfigError, Problem, StageError
-from lmforge.hardware import usable_cores
+from lmforge.hardware import MB, usable_cores
 from lmforge.models import cpu_supports_bf16
 from lmforge.rundir import StageDir, atomic_write_text, split_path
 
@@ -100,11 +100,19 @@ def eager_scores_bytes(rows: int, longest: int, heads: int, width: int = 2) -> f
     return float(rows * longest**2 * heads * (5 + width))
 
 
+def eager_scores_mb(spec: TrainSpec, rows: int, longest: int, heads: int, layers: int) -> float:
+    """MB of attention scores eager attention would hold for the backward pass of a micro-batch: every
+    layer's, or under activation checkpointing about one layer's (the layers are recomputed one by one)."""
+    width = 2 if use_bf16(spec.precision) else 4
+    kept_layers = 1 if spec.gradient_checkpointing else layers
+    return eager_scores_bytes(rows, longest, heads, width) * kept_layers / MB
+
+
 def attention_kernel(attention: str, longest: int, scores_mb: float = 0.0) -> str:
     """The attention implementation to train with (``auto``: see ``SFTSpec.attention``).
 
     ``longest`` is the longest row trained on; ``scores_mb`` what eager attention would keep over all
-    layers for the largest micro-batch (:func:`eager_scores_bytes`).
+    layers for the largest micro-batch (:func:`eager_scores_mb`).
     """
     import torch
 
