@@ -9,11 +9,12 @@ that micro-batch shape. Every shape is timed ``--reps`` times and the fastest re
 load from other processes on a shared machine lowers the bound less than it lowers a training run.
 
     python benchmarks/matmul_ceiling.py                         # the bench's micro-batch: 8 rows of 70 tokens
-    python benchmarks/matmul_ceiling.py --rows 4 --row-len 1024 --trained 1200   # packed 1024-token rows
+    python benchmarks/matmul_ceiling.py --rows 4 --row-len 1024 --trained 1200   # cpt-style rows of 1024 tokens
     python benchmarks/matmul_ceiling.py --json ceiling.json
 
-The FLOP count per token is the bench's (4 N + 2 T, see ``lmforge/bench.py``), so the "MFU ceiling"
-printed here compares directly with the bench table's MFU column.
+The FLOP count per token is the bench's (4 N + 2 T, ``lmforge.plan.flops_per_token``), so the "MFU
+ceiling" printed here compares directly with the bench table's MFU column. Attention is counted dense
+over each row, as for unpacked rows.
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import torch
 
+from lmforge.config import SFTSpec
 from lmforge.hardware import cpu_peak_flops, usable_cores
 from lmforge.models import resolve_model
-from lmforge.plan import ModelShape
+from lmforge.plan import ModelShape, flops_per_token
 
 
 def step_matmuls(shape: ModelShape, rows: int, row_len: int, trained: int, rank: int) -> list[tuple[str, tuple]]:
@@ -92,28 +94,25 @@ def main() -> None:
     ops = step_matmuls(shape, args.rows, args.row_len, args.trained, args.rank)
     seconds_of = {dims: time_matmul(*dims, args.reps) for dims in sorted({dims for _, dims in ops})}
 
-    groups: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0])  # group -> [seconds, flops]
+    groups: dict[str, list[float]] = defaultdict(lambda: [0, 0.0, 0.0])  # group -> [count, seconds, flops]
     for group, dims in ops:
         batch, m, k, n = dims
-        groups[group][0] += seconds_of[dims]
-        groups[group][1] += 2.0 * batch * m * k * n
-    step_seconds = sum(s for s, _ in groups.values())
+        groups[group][0] += 1
+        groups[group][1] += seconds_of[dims]
+        groups[group][2] += 2.0 * batch * m * k * n
+    step_seconds = sum(seconds for _, seconds, _ in groups.values())
     tokens = args.rows * args.row_len
-    lora = shape.lora_params(args.rank)  # all layers
-    flops_per_token = 4.0 * (shape.layers * shape.block_matmul_params() + lora) + 2.0 * lora
+    per_token = flops_per_token(shape, SFTSpec(method="lora", lora={"r": args.rank, "target_modules": "all-linear"}))
     peak = cpu_peak_flops()
 
     print(f"{args.model}: {shape.layers} layers, hidden {shape.hidden}; LoRA r {args.rank} on every linear layer")
     print(f"micro-batch {args.rows} x {args.row_len} tokens, {args.trained} trained; {usable_cores()} threads")
     print(f"{'matmuls':<20}{'count':>7}{'ms':>10}{'GFLOP/s':>10}{'of peak':>9}")
-    counts = defaultdict(int)
-    for group, _ in ops:
-        counts[group] += 1
-    for group, (seconds, flops) in groups.items():
+    for group, (count, seconds, flops) in groups.items():
         rate = flops / seconds
-        print(f"{group:<20}{counts[group]:>7}{seconds * 1e3:>10.1f}{rate / 1e9:>10.0f}{rate / peak:>9.1%}")
+        print(f"{group:<20}{count:>7}{seconds * 1e3:>10.1f}{rate / 1e9:>10.0f}{rate / peak:>9.1%}")
     ceiling_rate = tokens / step_seconds
-    ceiling_mfu = ceiling_rate * flops_per_token / peak
+    ceiling_mfu = ceiling_rate * per_token / peak
     print(f"all matmuls: {step_seconds * 1e3:.1f} ms per micro-batch -> at most {ceiling_rate:,.0f} tokens/s")
     print(f"MFU ceiling (bench formula, peak {peak / 1e12:.1f} TFLOP/s): {ceiling_mfu:.1%}")
     if args.json:
@@ -125,7 +124,7 @@ def main() -> None:
             "rank": args.rank,
             "threads": usable_cores(),
             "peak_flops": peak,
-            "groups": {g: {"count": counts[g], "seconds": s, "flops": f} for g, (s, f) in groups.items()},
+            "groups": {g: {"count": c, "seconds": s, "flops": f} for g, (c, s, f) in groups.items()},
             "ceiling_tokens_per_s": ceiling_rate,
             "ceiling_mfu": ceiling_mfu,
         }
