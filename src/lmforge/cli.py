@@ -34,7 +34,12 @@ RunDirOption = Annotated[
 
 
 def _fail(exc: LmforgeError) -> None:
-    err_console.print("[bold red]error:[/bold red] ", end="")
+    from lmforge.distributed import world
+
+    rank = world().rank if world().distributed else None
+    err_console.print(
+        "[bold red]error:[/bold red] " if rank is None else f"[bold red]error (rank {rank}):[/bold red] ", end=""
+    )
     err_console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
@@ -66,9 +71,26 @@ def run(
     recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.")],
     set_: SetOption = None,
     run_dir: RunDirOption = None,
+    nproc: Annotated[
+        int, typer.Option(min=1, help="Processes on this machine (torch's elastic launcher; see docs/DISTRIBUTED.md).")
+    ] = 1,
+    master_port: Annotated[
+        int | None, typer.Option(help="With --nproc: rendezvous port on 127.0.0.1 (default: a free one).")
+    ] = None,
 ) -> None:
     """Run every stage of a recipe (finished stages with unchanged inputs are skipped)."""
-    _run(recipe, set_, run_dir)
+    if nproc == 1:
+        _run(recipe, set_, run_dir)
+        return
+    from lmforge.launch import launch_local
+
+    try:
+        loaded = _load(recipe, set_, run_dir)  # a bad recipe fails here, once, before any process starts
+        argv = ["run", str(recipe), *[arg for item in set_ or [] for arg in ("--set", item)]]
+        argv += ["--run-dir", run_dir] if run_dir else []
+        launch_local(nproc, argv, loaded.run_path(), master_port)
+    except LmforgeError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from lmforge.distributed import gather_shares, share
 from lmforge.errors import ModelError
 from lmforge.rundir import trained_model
 
@@ -317,9 +318,11 @@ def generate_replies(
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     stop_ids = eos_ids(model, tokenizer)
+    # Under a launcher, each process answers every N-th batch; the batches themselves are the ones a
+    # single process would form, so the replies are the same.
+    batches = share([order[start : start + batch_size] for start in range(0, len(order), batch_size)])
     try:
-        for start in range(0, len(order), batch_size):
-            batch = order[start : start + batch_size]
+        for batch in batches:
             encoded = tokenizer(
                 [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(model.device)
@@ -338,6 +341,9 @@ def generate_replies(
                 on_batch(len(batch))
     finally:
         tokenizer.padding_side = previous_side
+    mine = [(index, replies[index]) for batch in batches for index in batch]
+    for index, reply in gather_shares(mine):
+        replies[index] = reply
     return replies
 
 

@@ -5,42 +5,75 @@ This module and ``cli.py`` are the only places that know the order of the stages
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from rich.console import Console
 
+from lmforge import distributed
 from lmforge.config import Recipe, dump_recipe
 from lmforge.hardware import release_free_memory
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text
 
+SPLIT_STAGES = ("cpt", "mlm", "sft", "seq2seq", "eval")
+"""Stages every process runs together: training (DDP / FSDP / DeepSpeed through the Trainer) and
+eval (questions shared out, answers gathered in order). The others run on the leader alone while
+the rest wait."""
+
 
 def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] | None = None) -> dict[str, Any]:
-    """Run every stage of ``recipe`` (or just the ``only`` ones); returns each stage's result keyed by stage name."""
-    console = console or Console()
-    run_path = recipe.run_path()
-    run_path.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(run_path / "recipe.json", dump_recipe(recipe))
-    console.print(
-        f"[bold]lmforge[/bold] run [cyan]{recipe.name}[/cyan] -> {run_path}  stages: {', '.join(only or recipe.stages)}"
-    )
-    results: dict[str, Any] = {}
-    for stage in only or recipe.stages:
-        started = time.perf_counter()
-        before = StageDir.open(run_path, stage).manifest
-        try:
-            result = _run_stage(stage, recipe)
-        except Exception as exc:
-            _record_failure(StageDir.open(run_path, stage), before, exc)
-            raise
-        finally:
-            release_free_memory()  # the next stage should not start with this one's freed heap
-        results[stage] = result
-        seconds = time.perf_counter() - started
-        console.print(_one_line(stage, result, seconds))
-        if stage == "eval":
-            _show_eval(recipe, result, console)
+    """Run every stage of ``recipe`` (or just the ``only`` ones); returns each stage's result keyed by stage name.
+
+    Under a launcher (torchrun, accelerate launch, ``lmforge run --nproc``) every process calls this:
+    it joins the process group, runs :data:`SPLIT_STAGES` on all processes and the other stages on
+    rank 0 only, with a barrier after each stage. Only rank 0 prints and writes the run directory.
+    """
+    current = distributed.init_process_group(recipe.distributed.timeout_minutes)
+    with _quiet_unless_leader():
+        console = console or Console()
+        run_path = recipe.run_path()
+        if distributed.is_leader():
+            run_path.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_path / "recipe.json", dump_recipe(recipe))
+        processes = f"  processes: {current.size}" if current.distributed else ""
+        console.print(
+            f"[bold]lmforge[/bold] run [cyan]{recipe.name}[/cyan] -> {run_path}  "
+            f"stages: {', '.join(only or recipe.stages)}{processes}"
+        )
+        results: dict[str, Any] = {}
+        for stage in only or recipe.stages:
+            distributed.barrier()  # every process sees the previous stage's files
+            if stage not in SPLIT_STAGES and not distributed.is_leader():
+                continue
+            started = time.perf_counter()
+            before = StageDir.open(run_path, stage).manifest
+            try:
+                result = _run_stage(stage, recipe)
+            except Exception as exc:
+                _record_failure(StageDir.open(run_path, stage), before, exc)
+                raise
+            finally:
+                release_free_memory()  # the next stage should not start with this one's freed heap
+            results[stage] = result
+            if distributed.is_leader():
+                console.print(_one_line(stage, result, time.perf_counter() - started))
+                if stage == "eval":
+                    _show_eval(recipe, result, console)
+        distributed.barrier()
     return results
+
+
+@contextlib.contextmanager
+def _quiet_unless_leader() -> Iterator[None]:
+    """Followers print nothing (their progress is the leader's); errors still reach stderr."""
+    if distributed.is_leader():
+        yield
+        return
+    with open(os.devnull, "w", encoding="utf-8") as sink, contextlib.redirect_stdout(sink):
+        yield
 
 
 def _run_stage(stage: str, recipe: Recipe) -> Any:

@@ -8,6 +8,10 @@ same fingerprint is resumed.
 
 Every file is written to a temporary name in the same folder and renamed into place, so a reader
 never sees half a file and a crash never leaves one behind.
+
+In a job of several processes only the leader (rank 0) writes: on the others every write here is
+done into a scratch folder and thrown away, and removals are skipped, so the run directory after a
+distributed run is the one a single process would have left (see ``distributed.py``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import hashlib
 import json
 import os
 import platform
+import shutil
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -25,6 +30,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from lmforge.distributed import barrier, is_leader, world
 from lmforge.errors import StageError
 
 MANIFEST = "manifest.json"
@@ -38,8 +44,15 @@ TRACKED_LIBRARIES = ("lmforge", "torch", "transformers", "peft", "accelerate", "
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
+    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds.
+
+    On a follower process (rank > 0) the temporary path lies in a scratch folder and is deleted.
+    """
     path = Path(path)
+    if not is_leader():
+        with tempfile.TemporaryDirectory(prefix="lmforge-follower-") as scratch:
+            yield Path(scratch) / path.name
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -72,6 +85,29 @@ def atomic_write_jsonl(path: str | Path, rows: Iterable[Any]) -> int:
             handle.write("\n")
             count += 1
     return count
+
+
+def stage_folder(target: Path, save: Any) -> Path:
+    """Call ``save(staging)`` to fill a folder, then rename it to ``target`` (replacing what was there).
+
+    In a job of several processes only the leader saves, and every process waits here until the
+    folder is in place (all of them reach this call at the same point of a stage), so a follower
+    never reads a folder half-written.
+    """
+    if is_leader():
+        staging = target.with_name(target.name + ".tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        save(staging)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    barrier()
+    return target
+
+
+def remove_tree(path: str | Path) -> None:
+    """Delete a folder of the run directory (checkpoints, stale outputs); only the leader does."""
+    if is_leader():
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def read_json(path: str | Path) -> Any:
@@ -160,6 +196,7 @@ class StageDir:
             "versions": library_versions(),
             "started_at": self.manifest.get("started_at") if resumed else _now(),
             "attempts": int(self.manifest.get("attempts", 0)) + 1 if resumed else 1,
+            "world_size": world().size,
         }
         atomic_write_json(self.root / MANIFEST, self.manifest)
 

@@ -20,6 +20,7 @@ from lmforge.config.data import (
     FilterSpec,
     SourceSpec,
 )
+from lmforge.config.distributed import DeepSpeedSpec, DistributedSpec, FSDPSpec
 from lmforge.config.evaluate import EvalSpec, EvalTask, JudgeSpec, VariantSpec
 from lmforge.config.rag import ChunkSpec, EmbeddingSpec, IndexSpec, RaftSpec, RerankSpec
 from lmforge.config.recipe import (
@@ -55,10 +56,13 @@ __all__ = [
     "DataFormat",
     "DataSpec",
     "DedupSpec",
+    "DeepSpeedSpec",
     "DistillSpec",
+    "DistributedSpec",
     "EmbeddingSpec",
     "EvalSpec",
     "EvalTask",
+    "FSDPSpec",
     "FilterSpec",
     "IndexSpec",
     "JudgeSpec",

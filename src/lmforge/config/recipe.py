@@ -10,6 +10,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from lmforge.config.base import Strict, describe_error
 from lmforge.config.data import DataSpec
+from lmforge.config.distributed import DistributedSpec
 from lmforge.config.evaluate import EvalSpec
 from lmforge.config.rag import IndexSpec
 from lmforge.config.synth import SynthSpec
@@ -53,6 +54,8 @@ class Recipe(Strict):
     sft: SFTSpec = SFTSpec()
     seq2seq: Seq2SeqSpec = Seq2SeqSpec()
     eval: EvalSpec = EvalSpec()
+    distributed: DistributedSpec = DistributedSpec()
+    """How the training stages use several processes (torchrun, accelerate launch, ``run --nproc``)."""
 
     @field_validator("stages")
     @classmethod

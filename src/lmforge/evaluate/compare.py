@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Recipe
+from lmforge.distributed import is_leader
 from lmforge.errors import StageError
 from lmforge.evaluate.stats import paired_difference, score_interval
 from lmforge.evaluate.tasks import Item, Task, task_for
@@ -106,6 +107,8 @@ def run(recipe: Recipe) -> EvalResult:
     print(f"eval: {len(variants)} variants ({', '.join(v.name for v in variants)}) on {len(eval_sets)} sets")
 
     outputs, seconds = answer_all(variants, eval_sets, recipe, stage)
+    if not is_leader():  # the answers were generated together and gathered; scoring and writing are the leader's
+        return EvalResult({}, False, None)
     rows = score_rows(eval_sets, [v.name for v in variants], outputs, [v.name for v in variants if v.rag])
     if spec.judge is not None:
         from lmforge.evaluate.judge import judge_rows

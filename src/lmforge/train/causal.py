@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Recipe, SFTSpec, TrainSpec
+from lmforge.distributed import leader_runs
 from lmforge.errors import StageError
 from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import read_records
@@ -96,6 +97,7 @@ def run(recipe: Recipe) -> TrainResult:
         model=model,
         spec=spec,
         seed=recipe.seed,
+        distributed_spec=recipe.distributed,
         stage=stage,
         label="sft",
         train_dataset=train_dataset,
@@ -188,6 +190,14 @@ def build_causal_model(
     return model
 
 
+def _stack_on_cpt(start: chain.StartingPoint, adapter: Path, own: Path) -> dict[str, int]:
+    """Keep sft's own adapter as ``own`` and write cpt + sft stacked as ``adapter``; returns the ranks."""
+    assert start.cpt_adapter is not None and start.original_base is not None
+    shutil.rmtree(own, ignore_errors=True)
+    adapter.rename(own)
+    return chain.stack_adapters(start.original_base, start.cpt_adapter, own, adapter)
+
+
 class ExampleDataset:
     """Tokenized examples as the dicts the Trainer's sampler and collator expect."""
 
@@ -215,9 +225,7 @@ def save_outputs(
     if start.how == "cpt-stack":
         assert start.cpt_adapter is not None and start.original_base is not None
         own = adapter.with_name("adapter-sft-only")
-        shutil.rmtree(own, ignore_errors=True)
-        adapter.rename(own)
-        ranks = chain.stack_adapters(start.original_base, start.cpt_adapter, own, adapter)
+        ranks = leader_runs(partial(_stack_on_cpt, start, adapter, own))
         outputs["stacked_ranks"] = ranks
         outputs["sft_only_adapter"] = str(own)  # relative to base + cpt adapter; the stacked one is what runs
         print(

@@ -48,6 +48,7 @@ def run(recipe: Recipe) -> TrainResult:
         model=model,
         spec=spec,
         seed=recipe.seed,
+        distributed_spec=recipe.distributed,
         stage=stage,
         label="cpt",
         train_dataset=RowDataset(rows),

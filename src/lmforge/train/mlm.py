@@ -52,6 +52,7 @@ def run(recipe: Recipe) -> TrainResult:
         model=model,
         spec=spec,
         seed=recipe.seed,
+        distributed_spec=recipe.distributed,
         stage=stage,
         label="mlm",
         train_dataset=MaskedRows(rows, tokenizer, spec.mlm_probability, recipe.seed),

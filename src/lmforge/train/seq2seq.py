@@ -83,6 +83,7 @@ def run(recipe: Recipe) -> TrainResult:
         model=model,
         spec=spec,
         seed=recipe.seed,
+        distributed_spec=recipe.distributed,
         stage=stage,
         label="seq2seq",
         train_dataset=examples,

@@ -11,16 +11,16 @@ stage does differently (its data, its model, what it saves) stays in its own mod
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import CPTSpec, MLMSpec, Recipe, Seq2SeqSpec, SFTSpec
+from lmforge.distributed import leader_decides
 from lmforge.errors import StageError
 from lmforge.models import load_tokenizer, resolve_model
 from lmforge.records import Record, read_records
-from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, split_path
+from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, remove_tree, split_path
 from lmforge.train.trainer import check_training_setup, clear_stale, eval_split_path, write_log
 
 StageSpec = CPTSpec | MLMSpec | SFTSpec | Seq2SeqSpec
@@ -75,7 +75,8 @@ class TrainingStage:
         A fresh start removes what an attempt with other inputs left: its checkpoints, and the
         folders named in ``stale``, which must never be resumed from.
         """
-        resuming = self.stage.can_resume(fingerprint)
+        # Decided by the leader before it rewrites the manifest, so every process resumes (or not) alike.
+        resuming = leader_decides(self.stage.can_resume(fingerprint))
         self.stage.start(fingerprint, self.config, inputs)
         clear_stale(self.stage, resuming, *stale)
         return resuming
@@ -122,7 +123,7 @@ class TrainingStage:
     def wrap_up(self, trainer: Any) -> None:
         """Write the Trainer's log to ``train_log.jsonl`` and delete the checkpoints (the result is saved)."""
         write_log(trainer, self.stage.path("train_log.jsonl"))
-        shutil.rmtree(self.stage.path("checkpoints"), ignore_errors=True)
+        remove_tree(self.stage.path("checkpoints"))
 
 
 @dataclass

@@ -15,17 +15,20 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import TrainSpec
+from lmforge import distributed
+from lmforge.config import DistributedSpec, TrainSpec
+from lmforge.distributed import all_reduce_sum
 from lmforge.errors import ConfigError, Problem, StageError
 from lmforge.hardware import MB, usable_cores
 from lmforge.models import cpu_supports_bf16
-from lmforge.rundir import StageDir, atomic_write_text, split_path
+from lmforge.rundir import StageDir, atomic_write_text, remove_tree, split_path, stage_folder
+from lmforge.train.batches import StepBatches, WithFillers, blank_fillers, call_loss, is_filler
+from lmforge.train.layout import ProcessLayout, process_layout
 
 LossSum = Callable[[Any, dict[str, Any]], tuple[Any, int]]
 """``(model, batch) -> (summed loss tensor, trained positions)``."""
@@ -162,8 +165,11 @@ def eval_split_path(run_path: Path, spec: TrainSpec, needed_by: str) -> Path | N
 # ---------------------------------------------------------------- threads and compilation
 
 
-def configure_threads() -> int:
+def configure_threads(per_process: int | None = None) -> int:
     """One torch thread per usable physical core, unless the user chose a number; returns the count.
+
+    With several processes on this machine (``LOCAL_WORLD_SIZE``), each gets its share of the cores
+    (at least one), so processes x threads never oversubscribe them; ``per_process`` overrides that.
 
     A choice is OMP_NUM_THREADS / MKL_NUM_THREADS in the environment, or ``torch.set_num_threads``
     to something other than torch's default. Usable cores are the physical ones in this process's
@@ -173,11 +179,15 @@ def configure_threads() -> int:
     import torch
 
     current = torch.get_num_threads()
-    if os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS"):
+    if per_process is not None:
+        torch.set_num_threads(per_process)
+        return per_process
+    local = distributed.world().local_size
+    if (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")) and local == 1:
         return current
-    if current not in _default_thread_counts():
+    if current not in _default_thread_counts() and local == 1:
         return current  # set by the user in this process
-    wanted = usable_cores()
+    wanted = max(1, usable_cores() // local)
     if wanted != current:
         torch.set_num_threads(wanted)
     return wanted
@@ -294,13 +304,16 @@ def build_trainer(
     sampling: str = "random",
     train_sampler: Any | None = None,
     loss_shifts_labels: bool = False,
+    distributed_spec: DistributedSpec | None = None,
 ) -> Any:
     """An HF Trainer whose loss is ``loss_sum`` normalised over each optimizer step's trained positions.
 
     Args:
         sampling: ``random`` or ``group_by_length`` (batches of similar lengths, less padding).
-        train_sampler: a sampler with ``set_epoch`` to use instead (overrides ``sampling``).
+        train_sampler: the epoch's order of examples, with ``set_epoch``, to use instead (overrides ``sampling``).
         loss_shifts_labels: the loss predicts ``labels[:, 1:]`` (causal LMs): position 0 is not counted.
+        distributed_spec: the recipe's ``distributed`` section (strategy, global batch, threads); it
+            matters only when the launcher started several processes.
     """
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
@@ -308,28 +321,50 @@ def build_trainer(
 
     bf16 = use_bf16(spec.precision)
     eval_loss_sum = eval_loss_sum or loss_sum
+    world = distributed.world()
+    layout = process_layout(spec, distributed_spec or DistributedSpec(), world)
 
     class SummedLossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             # Autocast is set here because the stages call backbones directly, not model.forward.
-            with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
-                loss, count = loss_sum(model, inputs)
-            loss = loss / (num_items_in_batch if num_items_in_batch is not None else max(count, 1))
+            device = inputs["input_ids"].device.type
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+                loss, count = call_loss(model, loss_sum, inputs)
+            if num_items_in_batch is None:
+                loss = loss / max(count, 1)
+            else:
+                # num_items_in_batch counts the trained positions of the whole step on every process
+                # (average_tokens_across_devices); DDP/FSDP/DeepSpeed average gradients over processes,
+                # so each process's share is scaled back up by their number.
+                loss = loss * self.accelerator.num_processes / num_items_in_batch
             return (loss, None) if return_outputs else loss
 
-        def _get_train_sampler(self, train_dataset=None):
-            if train_sampler is not None:
-                return train_sampler
-            dataset = train_dataset if train_dataset is not None else self.train_dataset
-            if sampling != "group_by_length":
-                return EpochSeededLengthSampler([1] * len(dataset), 1, seed)  # a plain seeded shuffle
-            lengths = [len(dataset[i]["input_ids"]) for i in range(len(dataset))]
-            return EpochSeededLengthSampler(
-                lengths, self.args.train_batch_size * self.args.gradient_accumulation_steps, seed
-            )
+        def get_train_dataloader(self):
+            return self._step_loader(self.train_dataset, train_batches, self.collate_train)
+
+        def get_eval_dataloader(self, eval_dataset=None):
+            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+            order = range(len(dataset))
+            batches = StepBatches(order, self.args.per_device_eval_batch_size, 1, world.rank, world.size)
+            return self._step_loader(dataset, batches, self.collate_eval)
+
+        def _step_loader(self, dataset, batches, collate):
+            from torch.utils.data import DataLoader
+
+            loader = DataLoader(WithFillers(dataset), batch_sampler=batches, collate_fn=collate, num_workers=0)
+            prepared = self.accelerator.prepare(loader)
+            # The batches are already this process's share: make accelerate's sharding wrapper a passthrough.
+            wrapper = getattr(prepared, "batch_sampler", None)
+            if wrapper is not None and getattr(wrapper, "batch_sampler", None) is batches:
+                wrapper.num_processes, wrapper.process_index = 1, 0
+            return prepared
+
+        def _run_epoch(self, model, epoch, *args, **kwargs):
+            train_batches.set_epoch(epoch)  # before the epoch's batches are drawn, also when resuming
+            return super()._run_epoch(model, epoch, *args, **kwargs)
 
         def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kw):
-            # A per-token mean over the whole split (the stock loop averages per-batch means).
+            # A per-token mean over the whole split and every process (the stock loop averages per-batch means).
             prefix = kw.get("metric_key_prefix", "eval")
             model = self._wrap_model(self.model, training=False, dataloader=dataloader)
             model.eval()
@@ -337,18 +372,27 @@ def build_trainer(
             with torch.no_grad():
                 for inputs in dataloader:
                     inputs = self._prepare_inputs(inputs)
-                    with torch.autocast(device_type=model.device.type, dtype=torch.bfloat16, enabled=bf16):
-                        loss, n = eval_loss_sum(model, inputs)
+                    device = inputs["input_ids"].device.type
+                    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
+                        loss, n = call_loss(model, eval_loss_sum, inputs)
                     total, count = total + float(loss), count + n
-                    samples += int(inputs["input_ids"].shape[0])
+                    samples += 0 if n == 0 and is_filler(inputs) else int(inputs["input_ids"].shape[0])
+            total, count, samples = all_reduce_sum([total, count, samples])
             metrics = {f"{prefix}_loss": total / max(count, 1)}
-            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=samples)
+            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(samples))
 
-    configure_threads()
+    configure_threads(layout.threads_per_process)
     if spec.compile:
         compile_blocks(model, label)
     has_eval = eval_dataset is not None
-    args = training_arguments(spec, seed, stage, has_eval, bf16, sampling)
+    args = training_arguments(spec, seed, stage, has_eval, bf16, sampling, layout)
+    order = train_sampler
+    if order is None and sampling == "group_by_length":
+        lengths = [len(train_dataset[i]["input_ids"]) for i in range(len(train_dataset))]
+        order = EpochSeededLengthSampler(lengths, layout.per_device * layout.accum * world.size, seed)
+    elif order is None:
+        order = EpochSeededLengthSampler([1] * len(train_dataset), 1, seed)  # a plain seeded shuffle
+    train_batches = StepBatches(order, layout.per_device, layout.accum, world.rank, world.size)
     callbacks = [progress_callback(label)]
     if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
         print(
@@ -367,6 +411,8 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
+    trainer.collate_train, trainer.collate_eval = blank_fillers(collator), blank_fillers(collator)
+    trainer.layout = layout
     # Our loss is already a per-token mean over the whole accumulated step (num_items_in_batch).
     trainer.model_accepts_loss_kwargs = True
     trainer.loss_is_scaled_for_ga = True
@@ -374,8 +420,11 @@ def build_trainer(
     return trainer
 
 
-def training_arguments(spec: TrainSpec, seed: int, stage: StageDir, has_eval: bool, bf16: bool, sampling: str) -> Any:
-    """The Trainer's arguments for ``spec``: schedule, precision, validation, checkpoints, seeds, logging."""
+def training_arguments(
+    spec: TrainSpec, seed: int, stage: StageDir, has_eval: bool, bf16: bool, sampling: str, layout: ProcessLayout
+) -> Any:
+    """The Trainer's arguments for ``spec``: schedule, precision, validation, checkpoints, seeds, logging,
+    and the multi-process strategy of ``layout`` (DDP, FSDP2 or DeepSpeed, handed to accelerate)."""
     import torch
     from transformers import TrainingArguments
 
@@ -385,9 +434,9 @@ def training_arguments(spec: TrainSpec, seed: int, stage: StageDir, has_eval: bo
         save_steps = spec.eval_steps or save_steps
     return TrainingArguments(
         output_dir=str(stage.path("checkpoints")),
-        per_device_train_batch_size=spec.batch_size,
-        per_device_eval_batch_size=spec.batch_size,
-        gradient_accumulation_steps=spec.grad_accum,
+        per_device_train_batch_size=layout.per_device,
+        per_device_eval_batch_size=layout.per_device,
+        gradient_accumulation_steps=layout.accum,
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps,
         learning_rate=spec.lr,
@@ -416,6 +465,7 @@ def training_arguments(spec: TrainSpec, seed: int, stage: StageDir, has_eval: bo
         dataloader_num_workers=0,
         disable_tqdm=True,
         train_sampling_strategy=sampling,
+        **layout.trainer_arguments(),
     )
 
 
@@ -471,7 +521,7 @@ def clear_stale(stage: StageDir, resuming: bool, *names: str) -> None:
     """Remove what an earlier attempt with *other* inputs left (checkpoints, a merged base): never resume from it."""
     if not resuming:
         for name in ("checkpoints", *names):
-            shutil.rmtree(stage.path(name), ignore_errors=True)
+            remove_tree(stage.path(name))
 
 
 def run_training(trainer: Any, stage: StageDir, resuming: bool, label: str) -> tuple[Any, float]:
@@ -480,9 +530,10 @@ def run_training(trainer: Any, stage: StageDir, resuming: bool, label: str) -> t
     Returns:
         The Trainer's TrainOutput and the wall time in seconds.
     """
-    checkpoint = last_complete_checkpoint(stage.path("checkpoints")) if resuming else None
+    # Every process resumes from the checkpoint the leader found (none may see a half-written newer one).
+    checkpoint = distributed.leader_decides(last_complete_checkpoint(stage.path("checkpoints")) if resuming else None)
     if resuming and checkpoint is None:
-        shutil.rmtree(stage.path("checkpoints"), ignore_errors=True)  # nothing complete: start over cleanly
+        remove_tree(stage.path("checkpoints"))  # nothing complete: start over cleanly
     if checkpoint is not None:
         step = checkpoint.name.split("-")[-1]
         print(
@@ -508,6 +559,9 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
         "precision": "bf16" if trainer.args.bf16 else "fp32",
         "threads": _torch_threads(),
     }
+    layout = getattr(trainer, "layout", None)
+    if layout is not None and layout.world.distributed:
+        metrics["processes"] = layout.as_manifest()
     if any(getattr(m, "_compiled_call_impl", None) is not None for m in trainer.model.modules()):
         metrics["compile_seconds"] = compile_seconds()
     if evals:
@@ -527,14 +581,13 @@ def write_log(trainer: Any, path: Path) -> None:
 
 
 def save_folder(target: Path, *savables: Any) -> Path:
-    """``save_pretrained`` every object into ``target``, via a staging folder renamed into place."""
-    staging = target.with_name(target.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    for savable in savables:
-        savable.save_pretrained(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    staging.rename(target)
-    return target
+    """``save_pretrained`` every object into ``target``, via a staging folder renamed into place (leader only)."""
+
+    def save(staging: Path) -> None:
+        for savable in savables:
+            savable.save_pretrained(staging)
+
+    return stage_folder(target, save)
 
 
 def progress_callback(label: str) -> Any:

@@ -1,0 +1,5 @@
+"""``python -m lmforge``: what launchers run (``torchrun ... -m lmforge run RECIPE``)."""
+
+from lmforge.cli import main
+
+main()
