@@ -86,6 +86,10 @@ def run(
 
     try:
         loaded = _load(recipe, set_, run_dir)  # a bad recipe fails here, once, before any process starts
+        if {"cpt", "mlm", "sft", "seq2seq"} & set(loaded.stages):
+            from lmforge.train.layout import check_strategy
+
+            check_strategy(loaded.distributed)
         argv = ["run", str(recipe), *[arg for item in set_ or [] for arg in ("--set", item)]]
         argv += ["--run-dir", run_dir] if run_dir else []
         launch_local(nproc, argv, loaded.run_path(), master_port)

@@ -82,13 +82,18 @@ def failure_error(exc: object, run_path: Path) -> LaunchError:
 
 
 def running_stage(run_path: Path) -> str | None:
-    """The stage of the run left ``running`` (the one a killed process was in), or None."""
+    """The stage of the run left ``running`` (the one a killed process was in), else one marked
+    ``failed`` by this attempt, or None."""
+    states: dict[str, str] = {}
     for manifest in sorted(run_path.glob(f"*/{MANIFEST}")):
         try:
-            if read_json(manifest).get("status") in ("running", "failed"):
-                return manifest.parent.name
+            states[manifest.parent.name] = read_json(manifest).get("status", "")
         except (OSError, ValueError):
             continue
+    for wanted in ("running", "failed"):
+        for stage, status in states.items():
+            if status == wanted:
+                return stage
     return None
 
 

@@ -18,7 +18,8 @@ from lmforge.config import Recipe, dump_recipe
 from lmforge.hardware import release_free_memory
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text
 
-SPLIT_STAGES = ("cpt", "mlm", "sft", "seq2seq", "eval")
+TRAINING_STAGES = ("cpt", "mlm", "sft", "seq2seq")
+SPLIT_STAGES = (*TRAINING_STAGES, "eval")
 """Stages every process runs together: training (DDP / FSDP / DeepSpeed through the Trainer) and
 eval (questions shared out, answers gathered in order). The others run on the leader alone while
 the rest wait."""
@@ -31,6 +32,10 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
     it joins the process group, runs :data:`SPLIT_STAGES` on all processes and the other stages on
     rank 0 only, with a barrier after each stage. Only rank 0 prints and writes the run directory.
     """
+    if distributed.world().distributed and set(only or recipe.stages) & set(TRAINING_STAGES):
+        from lmforge.train.layout import check_strategy
+
+        check_strategy(recipe.distributed)
     current = distributed.init_process_group(recipe.distributed.timeout_minutes)
     with _quiet_unless_leader():
         console = console or Console()

@@ -185,7 +185,8 @@ class StageDir:
 
     def start(self, fingerprint: str, config: dict[str, Any], inputs: dict[str, Any]) -> None:
         """Mark the stage ``running``; keeps the folder when resuming the same fingerprint."""
-        self.root.mkdir(parents=True, exist_ok=True)
+        if is_leader():
+            self.root.mkdir(parents=True, exist_ok=True)
         resumed = self.can_resume(fingerprint)
         self.manifest = {
             "stage": self.stage,

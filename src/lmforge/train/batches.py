@@ -118,14 +118,22 @@ def call_loss(model: Any, loss_sum: Callable, inputs: dict[str, Any]) -> Any:
     while _is_wrapper(inner):
         inner = inner.module
     own = vars(inner).get("forward")  # accelerate may have set an instance-level forward (autocast)
-    inner.forward = lambda batch: loss_sum(inner, batch)
+
+    def restore() -> None:
+        if own is None:
+            vars(inner).pop("forward", None)
+        else:
+            inner.forward = own
+
+    def loss_instead_of_forward(batch: dict[str, Any]) -> Any:
+        restore()  # the loss function may call the model's own forward (mlm, seq2seq)
+        return loss_sum(inner, batch)
+
+    inner.forward = loss_instead_of_forward
     try:
         return model(inputs)
     finally:
-        if own is None:
-            del inner.forward
-        else:
-            inner.forward = own
+        restore()
 
 
 def _is_wrapper(module: Any) -> bool:

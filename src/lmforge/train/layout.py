@@ -109,8 +109,35 @@ def process_layout(spec: TrainSpec, dist: DistributedSpec, world: World, where: 
                     )
                 ],
             )
-    if size > 1 and dist.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(
-            where, [Problem(f"{where}.strategy", "got 'deepspeed', which is not installed: pip install deepspeed")]
-        )
+    if size > 1:
+        check_strategy(dist, where)
     return ProcessLayout(per_device, accum, world, dist, dist.threads_per_process)
+
+
+def check_strategy(dist: DistributedSpec, where: str = "distributed") -> None:
+    """Refuse a strategy this machine cannot run, before anything runs.
+
+    FSDP and DeepSpeed come through accelerate, which enables them for accelerators only: on a CPU
+    it would silently fall back to DDP (every process holding the whole model), so lmforge refuses.
+
+    Raises:
+        ConfigError: fsdp / deepspeed without CUDA; deepspeed not installed.
+    """
+    import torch
+
+    if dist.strategy == "ddp":
+        return
+    problems = []
+    if not torch.cuda.is_available():
+        problems.append(
+            Problem(
+                f"{where}.strategy",
+                f"got {dist.strategy!r}, but no CUDA GPU is visible: accelerate (the Trainer's engine) shards with "
+                f"{'FSDP' if dist.strategy == 'fsdp' else 'DeepSpeed'} on GPUs only and would silently fall back "
+                "to DDP on CPUs; use strategy: ddp here (benchmarks/gpu_check.py runs FSDP on a GPU machine)",
+            )
+        )
+    if dist.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+        problems.append(Problem(f"{where}.strategy", "got 'deepspeed', which is not installed: pip install deepspeed"))
+    if problems:
+        raise ConfigError(where, problems)

@@ -340,17 +340,18 @@ def build_trainer(
             return (loss, None) if return_outputs else loss
 
         def get_train_dataloader(self):
-            return self._step_loader(self.train_dataset, train_batches, self.collate_train)
+            return self._step_loader(self.train_dataset, train_batches)
 
         def get_eval_dataloader(self, eval_dataset=None):
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
             order = range(len(dataset))
             batches = StepBatches(order, self.args.per_device_eval_batch_size, 1, world.rank, world.size)
-            return self._step_loader(dataset, batches, self.collate_eval)
+            return self._step_loader(dataset, batches)
 
-        def _step_loader(self, dataset, batches, collate):
+        def _step_loader(self, dataset, batches):
             from torch.utils.data import DataLoader
 
+            collate = blank_fillers(self.data_collator)
             loader = DataLoader(WithFillers(dataset), batch_sampler=batches, collate_fn=collate, num_workers=0)
             prepared = self.accelerator.prepare(loader)
             # The batches are already this process's share: make accelerate's sharding wrapper a passthrough.
@@ -411,7 +412,6 @@ def build_trainer(
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
-    trainer.collate_train, trainer.collate_eval = blank_fillers(collator), blank_fillers(collator)
     trainer.layout = layout
     # Our loss is already a per-token mean over the whole accumulated step (num_items_in_batch).
     trainer.model_accepts_loss_kwargs = True
