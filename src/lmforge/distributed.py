@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from lmforge.errors import LaunchError
+
 T = TypeVar("T")
 
 DEFAULT_TIMEOUT_MINUTES = 120
@@ -53,7 +55,7 @@ def world() -> World:
     """This process's :class:`World`, read from the launcher's environment variables.
 
     Raises:
-        ValueError: variables that contradict each other (a rank outside the world, a local world
+        LaunchError: variables that contradict each other (a rank outside the world, a local world
             larger than the whole one) — a launcher misconfiguration.
     """
     size = _env_int("WORLD_SIZE", 1)
@@ -62,7 +64,7 @@ def world() -> World:
     local_rank = _env_int("LOCAL_RANK", rank)
     node_rank = _env_int("GROUP_RANK", 0)
     if size < 1 or not 0 <= rank < size or local_size > size or not 0 <= local_rank < max(local_size, 1):
-        raise ValueError(
+        raise LaunchError(
             f"inconsistent launcher environment: RANK={rank}, WORLD_SIZE={size}, LOCAL_RANK={local_rank}, "
             f"LOCAL_WORLD_SIZE={local_size}; start the job with torchrun, accelerate launch or lmforge run --nproc"
         )
@@ -76,7 +78,7 @@ def _env_int(name: str, default: int) -> int:
     try:
         return int(value)
     except ValueError:
-        raise ValueError(f"environment variable {name}={value!r} is not an integer (set by the launcher)") from None
+        raise LaunchError(f"environment variable {name}={value!r} is not an integer (set by the launcher)") from None
 
 
 def is_leader() -> bool:
@@ -98,7 +100,7 @@ def init_process_group(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Worl
     including a follower's wait while the leader runs a stage that is not split (data, index).
 
     Raises:
-        RuntimeError: the rendezvous failed (the master port is taken, a peer never came); the
+        LaunchError: the rendezvous failed (the master port is taken, a peer never came); the
             message names MASTER_ADDR:MASTER_PORT and the world size it waited for.
     """
     current = world()
@@ -116,7 +118,7 @@ def init_process_group(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Worl
     try:
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=timeout_minutes))
     except (RuntimeError, ValueError) as exc:
-        raise RuntimeError(
+        raise LaunchError(
             f"rank {current.rank} of {current.size} could not join the process group at {address} "
             f"({backend}): {exc}. Check that the port is free and that every node was started with the "
             "same --nnodes / --nproc-per-node and rendezvous endpoint"

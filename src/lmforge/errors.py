@@ -62,3 +62,12 @@ class ModelError(LmforgeError):
 
 class StageError(LmforgeError):
     """A stage cannot run: a missing predecessor, an empty split, an impossible setting."""
+
+
+class LaunchError(LmforgeError):
+    """A multi-process job went wrong: a misconfigured launcher (inconsistent ranks, an unreachable or
+    taken rendezvous port) or a process that failed; the message names the rank and what happened."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code

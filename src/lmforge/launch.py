@@ -12,16 +12,8 @@ import os
 import socket
 from pathlib import Path
 
-from lmforge.errors import ConfigError, LmforgeError, Problem
+from lmforge.errors import ConfigError, LaunchError, Problem
 from lmforge.rundir import MANIFEST, read_json
-
-
-class LaunchError(LmforgeError):
-    """A process of a multi-process run failed; the message names the rank, how it ended and the stage."""
-
-    def __init__(self, message: str, exit_code: int = 1):
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 def launch_local(nproc: int, argv: list[str], run_path: Path, master_port: int | None = None) -> None:

@@ -235,7 +235,8 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes_with_another_process_
     assert time.monotonic() - started < 60  # start-up included; the stop itself takes about a second
     assert "rank 1" in killed.stderr and "SIGKILL" in killed.stderr and "during stage 'sft'" in killed.stderr
     run = tmp_path / "killed" / "dist"
-    assert json.loads((run / "sft" / "manifest.json").read_text())["status"] == "running"
+    # Killed, or marked failed by rank 0 when its collective lost the peer: either resumes.
+    assert json.loads((run / "sft" / "manifest.json").read_text())["status"] in ("running", "failed")
     assert (run / "sft" / "checkpoints" / "checkpoint-4").is_dir()
     # Resume in ONE process from the checkpoint two processes wrote.
     resumed = lmforge("run", str(recipe), "--run-dir", str(tmp_path / "killed"))

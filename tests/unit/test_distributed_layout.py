@@ -12,7 +12,7 @@ import torch
 
 from lmforge.config import DistributedSpec, SFTSpec
 from lmforge.distributed import World, gather_shares, share, world
-from lmforge.errors import ConfigError
+from lmforge.errors import ConfigError, LaunchError
 from lmforge.launch import failure_error, running_stage
 from lmforge.rundir import StageDir, atomic_write_json, remove_tree, stage_folder
 from lmforge.train.batches import StepBatches, WithFillers, blank_fillers, call_loss, is_filler
@@ -126,7 +126,7 @@ def test_world_from_the_launcher_environment(monkeypatch):
     assert world() == World(3, 4, 1, 2, 1)
     assert world().as_manifest() == {"world_size": 4, "nodes": 2}
     monkeypatch.setenv("RANK", "4")
-    with pytest.raises(ValueError, match="inconsistent launcher environment: RANK=4, WORLD_SIZE=4"):
+    with pytest.raises(LaunchError, match="inconsistent launcher environment: RANK=4, WORLD_SIZE=4"):
         world()
 
 
