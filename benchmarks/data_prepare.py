@@ -2,6 +2,7 @@
 
     python benchmarks/data_prepare.py                      # 100 MB, default settings
     python benchmarks/data_prepare.py --mb 20 --near 0.85  # smaller, with MinHash near-dup removal
+    python benchmarks/data_prepare.py --workers 2          # files read by two worker processes
 
 The generated files mix the formats users bring (alpaca, question/answer, OpenAI messages, raw
 text) with 3% exact duplicates, 1% near-duplicates and 0.1% broken lines, in four files. Generation
@@ -97,6 +98,7 @@ def main() -> None:
     parser.add_argument("--mb", type=float, default=100.0, help="size of the generated JSONL in MB (default 100)")
     parser.add_argument("--near", type=float, default=None, help="near-duplicate threshold (default: off)")
     parser.add_argument("--val", type=float, default=0.05, help="val_fraction (default 0.05)")
+    parser.add_argument("--workers", type=int, default=1, help="data.workers: processes reading files (default 1)")
     parser.add_argument("--keep", type=Path, default=None, help="keep the generated data and run here")
     args = parser.parse_args()
 
@@ -110,7 +112,8 @@ def main() -> None:
     recipe_path = workdir / "bench.yaml"
     recipe_path.write_text(
         f"name: bench\nrun_dir: {workdir / 'runs'}\nstages: [data]\n"
-        f"data:\n  sources: [{{path: in}}]\n  val_fraction: {args.val}\n  group_by: meta.fact\n  dedup: {dedup}\n",
+        f"data:\n  sources: [{{path: in}}]\n  val_fraction: {args.val}\n  group_by: meta.fact\n  dedup: {dedup}\n"
+        f"  workers: {args.workers}\n",
         encoding="utf-8",
     )
     recipe = load_recipe(recipe_path)
@@ -131,6 +134,7 @@ def main() -> None:
         "records_per_s": round(totals["read"] / seconds),
         "cached_rerun_seconds": round(cached_seconds, 2),
         "near_threshold": args.near,
+        "workers": args.workers,
         "totals": totals,
         "splits": result.splits,
         "machine": f"{platform.processor() or platform.machine()}, python {platform.python_version()}",

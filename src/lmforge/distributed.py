@@ -13,8 +13,9 @@ prints, and runs the stages that are not split across processes; the others foll
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, TypeVar
@@ -126,6 +127,24 @@ def init_process_group(timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Worl
     return current
 
 
+_together = False
+"""True while every process runs the same stage (see :func:`together`)."""
+
+
+@contextlib.contextmanager
+def together() -> Iterator[None]:
+    """Mark a stage that every process runs at once (training, eval): only inside it do the collectives
+    below (:func:`barrier`, :func:`leader_decides`, :func:`share` ...) talk to the other processes.
+    Elsewhere — a stage the leader runs alone while the others wait — they act as in a single process,
+    so code shared by both kinds of stage can never wait for a process that is not coming."""
+    global _together
+    _together = True
+    try:
+        yield
+    finally:
+        _together = False
+
+
 def _group_ready() -> bool:
     if not world().distributed:
         return False
@@ -134,9 +153,21 @@ def _group_ready() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
-def barrier() -> None:
-    """Wait until every process gets here (no-op for one process)."""
+def _collective() -> bool:
+    return _together and _group_ready()
+
+
+def wait_for_all() -> None:
+    """Wait until every process of the job gets here (the pipeline, between stages)."""
     if _group_ready():
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def barrier() -> None:
+    """Inside :func:`together`: wait until every process gets here. Otherwise a no-op."""
+    if _collective():
         import torch.distributed as dist
 
         dist.barrier()
@@ -145,7 +176,7 @@ def barrier() -> None:
 def leader_decides(value: T) -> T:
     """The leader's ``value``, on every process: a decision (resume or not, from which checkpoint) taken
     once, before the leader changes anything the followers would otherwise read half-way."""
-    if not _group_ready():
+    if not _collective():
         return value
     import torch.distributed as dist
 
@@ -165,14 +196,14 @@ def leader_runs(work: Callable[[], T]) -> T:
 def share(items: list[T]) -> list[T]:
     """This process's share of ``items``: every ``size``-th item from its rank (all of them for one process)."""
     current = world()
-    if not _group_ready():
+    if not _collective():
         return list(items)
     return list(items[current.rank :: current.size])
 
 
 def gather_shares(mine: list[T]) -> list[T]:
     """Undo :func:`share`: every process's results, interleaved back into the original order."""
-    if not _group_ready():
+    if not _collective():
         return list(mine)
     import torch.distributed as dist
 
@@ -187,7 +218,7 @@ def gather_shares(mine: list[T]) -> list[T]:
 
 def all_reduce_sum(values: list[float]) -> list[float]:
     """Element-wise sum of ``values`` over every process (as float64)."""
-    if not _group_ready():
+    if not _collective():
         return list(values)
     import torch
     import torch.distributed as dist

@@ -19,10 +19,10 @@ from lmforge.hardware import release_free_memory
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text
 
 TRAINING_STAGES = ("cpt", "mlm", "sft", "seq2seq")
-SPLIT_STAGES = (*TRAINING_STAGES, "eval")
-"""Stages every process runs together: training (DDP / FSDP / DeepSpeed through the Trainer) and
-eval (questions shared out, answers gathered in order). The others run on the leader alone while
-the rest wait."""
+SPLIT_STAGES = ("index", *TRAINING_STAGES, "eval")
+"""Stages every process runs together: training (DDP / FSDP / DeepSpeed through the Trainer), index
+(embedding batches shared out) and eval (questions shared out, answers gathered in order). The
+others (data, synth) run on the leader alone while the rest wait."""
 
 
 def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] | None = None) -> dict[str, Any]:
@@ -50,13 +50,15 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
         )
         results: dict[str, Any] = {}
         for stage in only or recipe.stages:
-            distributed.barrier()  # every process sees the previous stage's files
-            if stage not in SPLIT_STAGES and not distributed.is_leader():
+            distributed.wait_for_all()  # every process sees the previous stage's files
+            split = stage in SPLIT_STAGES
+            if not split and not distributed.is_leader():
                 continue
             started = time.perf_counter()
             before = StageDir.open(run_path, stage).manifest
             try:
-                result = _run_stage(stage, recipe)
+                with distributed.together() if split else contextlib.nullcontext():
+                    result = _run_stage(stage, recipe)
             except Exception as exc:
                 _record_failure(StageDir.open(run_path, stage), before, exc)
                 raise
@@ -67,7 +69,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
                 console.print(_one_line(stage, result, time.perf_counter() - started))
                 if stage == "eval":
                     _show_eval(recipe, result, console)
-        distributed.barrier()
+        distributed.wait_for_all()
     return results
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import qa_rows, write_jsonl
 from safetensors.torch import load_file
+from test_rag_pipeline import rag_recipe as rag_recipe  # a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -134,7 +135,17 @@ def assert_same_training(one: Path, two: Path) -> None:
 
 
 def files(run: Path) -> list[str]:
-    return sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    """The run directory's files; inside LanceDB's and TensorBoard's folders (whose file names hold
+    random ids, hosts and times) only the folders themselves."""
+    names = set()
+    for path in run.rglob("*"):
+        name = str(path.relative_to(run))
+        for opaque in ("index/lancedb", "sft/tensorboard"):
+            if name.startswith(opaque + "/"):
+                name = opaque
+        if path.is_file() or name in ("index/lancedb", "sft/tensorboard"):
+            names.add(name)
+    return sorted(names)
 
 
 def run_both(tmp_path: Path, recipe: Path) -> tuple[Path, Path]:
@@ -166,6 +177,15 @@ def test_sft_on_two_processes_matches_one(tmp_path, tiny_model_dir, method):
     }
     assert manifest["metrics"]["threads"] == 1  # two processes on two cores
     assert json.loads((one / "sft" / "manifest.json").read_text())["world_size"] == 1
+    if method == "lora":  # accelerate's launcher runs the same thing (torchrun underneath; gloo without CUDA)
+        accelerate = Path(sys.executable).with_name("accelerate")
+        command = [str(accelerate), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1"]
+        command += ["--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmforge", "run", str(recipe)]
+        done = subprocess.run(
+            [*command, "--run-dir", str(tmp_path / "acc")], capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert_same_training(one / "sft", tmp_path / "acc" / "dist" / "sft")
 
 
 def test_cpt_with_packing_on_two_processes_matches_one(tmp_path, tiny_model_dir):
@@ -254,3 +274,18 @@ def test_a_taken_port_is_a_clear_error(tmp_path, tiny_model_dir):
         done = lmforge("run", str(recipe), "--nproc", "2", "--master-port", str(port))
     assert done.returncode == 2
     assert f"port {port} on 127.0.0.1 is in use" in done.stderr
+
+
+def test_the_retrieval_pipeline_on_two_processes_matches_one(tmp_path, rag_recipe):
+    """data -> index (embedding shared out) -> RAFT sft -> four eval variants: the same files and results."""
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        done = lmforge(
+            "run", str(rag_recipe), "--run-dir", str(tmp_path / name), "--set", "sft.logging_steps=1", *extra
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, two = tmp_path / "one" / "tiny-rag", tmp_path / "two" / "tiny-rag"
+    assert files(one) == files(two)
+    for name in ("chunks.jsonl", "retrieved/test.jsonl", "splits/raft.jsonl", "retrieval_eval.json"):
+        assert (one / "index" / name).read_text() == (two / "index" / name).read_text(), name
+    assert_same_training(one / "sft", two / "sft")
+    assert (one / "eval" / "predictions.jsonl").read_text() == (two / "eval" / "predictions.jsonl").read_text()

@@ -225,3 +225,31 @@ def test_benchmark_script_runs_on_a_small_size(tmp_path, monkeypatch, capsys):
     assert totals["read"] == report["lines"] > 400
     assert totals["read"] == totals["kept"] + totals["deduplicated"] + totals["filtered"] + totals["rejected"]
     assert totals["deduplicated"] > 0 and totals["rejected"] > 0 and "val" in report["splits"]
+
+
+def test_worker_processes_give_byte_identical_outputs(tmp_path):
+    """data.workers reads files in parallel; dedup, splits and accounting stay in file order."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "messy.jsonl").write_bytes(b"".join(MESSY))
+    for i in range(4):  # duplicates across files: which copy is kept depends on file order alone
+        write_rows(folder / f"qa{i}.jsonl", facts(3 + i)[: 5 + i])
+        (folder / f"doc{i}.md").write_text(f"# Part {i}\n\nShared text.\n\n## Own\n\nOnly in {i}.\n", encoding="utf-8")
+    (folder / "table.csv").write_text("question,answer\nWhat is 1?,One.\nWhat is 1?,One.\n,\n", encoding="utf-8")
+    outputs = {}
+    for workers in (1, 2):
+        path = tmp_path / f"w{workers}.yaml"
+        path.write_text(
+            f"name: t\nrun_dir: {tmp_path / f'runs{workers}'}\nstages: [data]\ndata:\n  workers: {workers}\n"
+            "  test_fraction: 0.3\n  sources:\n    - {path: in}\n",
+            encoding="utf-8",
+        )
+        recipe = load_recipe(path)
+        prepare.run(recipe)
+        stage = recipe.run_path() / "data"
+        outputs[workers] = {p.name: p.read_bytes() for p in sorted(stage.rglob("*.jsonl"))}
+        outputs[workers]["stats.json"] = (stage / "stats.json").read_bytes()
+    assert outputs[1] == outputs[2]
+    stats = json.loads(outputs[2]["stats.json"])["totals"]
+    assert stats["deduplicated"] > 0 and stats["rejected"] > 0
+    assert stats["read"] == stats["kept"] + stats["deduplicated"] + stats["filtered"] + stats["rejected"]

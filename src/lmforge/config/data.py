@@ -198,6 +198,11 @@ class DataSpec(Strict):
     """Exact and near-duplicate removal."""
     strict: bool = False
     """Fail on the first rejected record (with its file:line) instead of collecting rejects."""
+    workers: int = Field(1, ge=1)
+    """Processes that read, convert, clean and filter the files in parallel (a file each at a time).
+    Deduplication, splitting and mixing stay in one process, in file order, so the outputs are
+    byte-identical for any number of workers (which is why it is not part of the stage's
+    fingerprint). Pays off on many or large files; ``strict`` reads in one process."""
 
     @field_validator("test_fraction")
     @classmethod

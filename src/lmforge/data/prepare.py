@@ -103,7 +103,7 @@ def run(recipe: Recipe) -> DataResult:
         if not found:
             raise DataError("the source matches no file", path=spec.path, hint="check the path or glob")
     max_tokens = recipe.sft.max_length if data.filters.max_tokens == "sft" else data.filters.max_tokens
-    config = {"data": data.model_dump(mode="json"), "seed": recipe.seed}
+    config = {"data": data.model_dump(mode="json", exclude={"workers"}), "seed": recipe.seed}
     if max_tokens is not None:
         config["tokenizer"] = {"model": recipe.model.ref, "revision": recipe.model.revision, "max_tokens": max_tokens}
     fingerprints = {
@@ -167,25 +167,22 @@ def prepare_records(
     near = clean.NearDuplicates(data.dedup) if data.dedup.near_threshold is not None else None
     seen: set[str] = set()
     total_bytes = sum(f.stat().st_size for found, _ in inputs for f in files_to_fingerprint(found))
-    with _progress(show_progress, total_bytes) as advance:
+    with _progress(show_progress, total_bytes) as advance, _file_pool(data) as pool:
         for index, (spec, (found, skipped)) in enumerate(zip(data.sources, inputs, strict=True)):
             counts = stats.setdefault(_unique_name(spec.path, stats), SourceStats(skipped_files=skipped))
             candidates: list[Record] = []
-            for file in found:
-                shown = display_path(file, spec.path)
-                report = FileReport(kind="dataset")
-                items = read_items(file, shown, spec, data.chunk_chars, report, advance)
-                for item in _with_format(items, spec, report):
-                    report.items += 1
-                    record = _accept(item, spec, data, counts, rejects, report.format)
-                    if record is None:
-                        continue
+            for outcome in _read_files(found, spec, data, pool, advance):
+                counts.read += outcome.counts.read
+                counts.filtered.update(outcome.counts.filtered)
+                counts.rejected.update(outcome.counts.rejected)
+                rejects.extend(outcome.rejects)
+                for record in outcome.records:  # exact dedup in file order, whoever read the file
                     if data.dedup.exact and record["id"] in seen:
                         counts.exact_duplicates += 1
                         continue
                     seen.add(record["id"])
                     candidates.append(record)
-                counts.files[shown] = report.as_dict()
+                counts.files[outcome.shown] = outcome.report
             candidates = _drop_long(candidates, counts, count_tokens, max_tokens)
             if near is not None:
                 flags = near.find(candidates)
@@ -200,6 +197,60 @@ def prepare_records(
         for index, _ in records:
             stats[names[index]].emitted += 1
     return Prepared({name: [r for _, r in records] for name, records in splits.items()}, stats, rejects)
+
+
+@dataclass
+class FileOutcome:
+    """One file read, converted, cleaned and filtered (no dedup: that needs every file, in order)."""
+
+    shown: str
+    records: list[Record]
+    counts: SourceStats
+    """Only ``read``, ``filtered`` and ``rejected`` are counted per file."""
+    rejects: list[dict[str, Any]]
+    report: dict[str, Any]
+
+
+def read_file(
+    file: Path, shown: str, spec: SourceSpec, data: DataSpec, progress: Callable[[int], None] | None = None
+) -> FileOutcome:
+    """Everything the data stage does to one file on its own; runs in a worker process with ``data.workers``."""
+    counts, rejects, records = SourceStats(), [], []
+    report = FileReport(kind="dataset")
+    for item in _with_format(read_items(file, shown, spec, data.chunk_chars, report, progress), spec, report):
+        report.items += 1
+        record = _accept(item, spec, data, counts, rejects, report.format)
+        if record is not None:
+            records.append(record)
+    return FileOutcome(shown, records, counts, rejects, report.as_dict())
+
+
+@contextlib.contextmanager
+def _file_pool(data: DataSpec) -> Iterator[Any]:
+    """A pool of ``data.workers`` processes (spawned: the parent may hold torch's threads), or None."""
+    if data.workers <= 1 or data.strict:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(data.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def _read_files(
+    found: list[Path], spec: SourceSpec, data: DataSpec, pool: Any, advance: Callable[[int], None]
+) -> Iterator[FileOutcome]:
+    """Each file's :class:`FileOutcome`, in file order (read by ``pool`` when there is one)."""
+    shown = [display_path(file, spec.path) for file in found]
+    if pool is None:
+        for file, name in zip(found, shown, strict=True):
+            yield read_file(file, name, spec, data, advance)
+        return
+    futures = [pool.submit(read_file, file, name, spec, data) for file, name in zip(found, shown, strict=True)]
+    for file, future in zip(found, futures, strict=True):
+        yield future.result()
+        advance(sum(f.stat().st_size for f in files_to_fingerprint([file])))
 
 
 def _accept(

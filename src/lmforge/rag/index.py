@@ -19,7 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lmforge.config import IndexSpec, Recipe
+from lmforge.distributed import gather_shares, is_leader, leader_decides, share
 from lmforge.errors import StageError
 from lmforge.rag.chunk import Chunk, chunk_records, document_key
 from lmforge.rag.embed import Embedder, load_embedder
@@ -71,8 +74,10 @@ def run(recipe: Recipe) -> IndexResult:
         )
     budget = min(spec.chunk.max_tokens, embedder.max_tokens - 2)  # the [CLS]/[SEP] pair takes two
     chunks = chunk_records(documents, budget, spec.chunk.overlap, embedder.count_tokens)
-    store = LanceStore(stage.path("lancedb"))
+    store = LanceStore(stage.path("lancedb")) if is_leader() else None
     report = _update_store(store, embedder, chunks, _document_fingerprints(documents, spec), spec)
+    if store is None or report is None:  # a follower: its share of the embedding is done
+        return IndexResult(metrics={}, skipped=False)
     index_seconds = time.perf_counter() - started
 
     retriever = LanceRetriever(store, embedder, spec.candidates, spec.rrf_k)
@@ -138,21 +143,40 @@ def _document_fingerprints(documents: list[Record], spec: IndexSpec) -> dict[str
 
 
 def _update_store(
-    store: LanceStore, embedder: Embedder, chunks: list[Chunk], fingerprints: dict[str, str], spec: IndexSpec
-) -> SyncReport:
+    store: LanceStore | None, embedder: Embedder, chunks: list[Chunk], fingerprints: dict[str, str], spec: IndexSpec
+) -> SyncReport | None:
+    """Embed the new or changed documents' chunks and update the store (the leader's; None elsewhere).
+
+    Under a launcher every process embeds a share of the batches and the leader, which alone holds
+    the store, gathers the vectors and writes them; the others return None.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+    pending = leader_decides([c.id for c in store.pending(chunks, fingerprints)] if store is not None else None)
+    by_id = {c.id: c for c in chunks}
+    texts = [by_id[chunk_id].search_text() for chunk_id in pending]
+    started = time.perf_counter()
     with Progress(
         TextColumn("index: embedding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True
     ) as progress:
-        task = progress.add_task("embed", total=None)
+        task = progress.add_task("embed", total=len(texts))
+        batches = share([texts[start : start + EMBED_BATCH] for start in range(0, len(texts), EMBED_BATCH)])
+        vectors = []
+        for batch in batches:
+            vectors.append(embedder.embed(batch, spec.embedding.batch_size))
+            progress.advance(task, len(batch))
+        vectors = gather_shares(vectors)
+    seconds = time.perf_counter() - started
+    if store is None:
+        return None
+    by_text = {text: vector for text, vector in zip(texts, (v for part in vectors for v in part), strict=True)}
+    report = store.sync(chunks, fingerprints, lambda batch: np.stack([by_text[text] for text in batch]))
+    report.embed_seconds = round(seconds, 3)
+    return report
 
-        def embed(texts: list[str]) -> Any:
-            if progress.tasks[task].total is None:
-                progress.update(task, total=len(chunks))
-            return embedder.embed(texts, spec.embedding.batch_size)
 
-        return store.sync(chunks, fingerprints, embed, on_embedded=lambda n: progress.advance(task, n))
+EMBED_BATCH = 256
+"""Texts per unit of embedding work (what one process embeds at a time under a launcher)."""
 
 
 def _questions(records: list[Record]) -> list[str]:

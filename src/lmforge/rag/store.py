@@ -76,6 +76,13 @@ class LanceStore:
         rows = self.table.search().select(["doc_key", "doc_fingerprint"]).limit(None).to_arrow().to_pylist()
         return {row["doc_key"]: row["doc_fingerprint"] for row in rows}
 
+    def pending(
+        self, chunks: list[Chunk], fingerprints: dict[str, str], stored: dict[str, str] | None = None
+    ) -> list[Chunk]:
+        """The chunks :meth:`sync` would embed: those of documents that are new or changed."""
+        stored = self.document_fingerprints() if stored is None else stored
+        return [c for c in chunks if stored.get(c.doc_key) != fingerprints[c.doc_key]]
+
     def sync(
         self,
         chunks: list[Chunk],
@@ -96,7 +103,7 @@ class LanceStore:
 
         stored = self.document_fingerprints()
         stale = sorted(key for key, fp in stored.items() if fingerprints.get(key) != fp)
-        todo = [c for c in chunks if stored.get(c.doc_key) != fingerprints[c.doc_key]]
+        todo = self.pending(chunks, fingerprints, stored)
         started = time.perf_counter()
         rows: list[dict[str, Any]] = []
         batch = 256
