@@ -302,11 +302,14 @@ def generate_replies(
     max_new_tokens: int = 48,
     batch_size: int = 32,
     on_batch: Any = None,
+    data_parallel: bool = False,
 ) -> list[str]:
     """Greedy replies to chat conversations, batched with left padding and the KV cache.
 
     Prompts are sorted by length so each batch pads little; replies come back in input order.
-    ``on_batch(n)`` is called after each batch with the number of replies produced.
+    ``on_batch(n)`` is called after each batch with the number of replies produced. With
+    ``data_parallel``, inside a stage that every process of a launched job runs together, each
+    process answers every N-th batch and all get every reply (the same ones as one process).
     """
     import torch
 
@@ -320,7 +323,8 @@ def generate_replies(
     stop_ids = eos_ids(model, tokenizer)
     # Under a launcher, each process answers every N-th batch; the batches themselves are the ones a
     # single process would form, so the replies are the same.
-    batches = share([order[start : start + batch_size] for start in range(0, len(order), batch_size)])
+    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    batches = share(batches) if data_parallel else batches
     try:
         for batch in batches:
             encoded = tokenizer(
@@ -341,9 +345,10 @@ def generate_replies(
                 on_batch(len(batch))
     finally:
         tokenizer.padding_side = previous_side
-    mine = [(index, replies[index]) for batch in batches for index in batch]
-    for index, reply in gather_shares(mine):
-        replies[index] = reply
+    if data_parallel:
+        mine = [(index, replies[index]) for batch in batches for index in batch]
+        for index, reply in gather_shares(mine):
+            replies[index] = reply
     return replies
 
 

@@ -21,8 +21,8 @@ from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text
 TRAINING_STAGES = ("cpt", "mlm", "sft", "seq2seq")
 SPLIT_STAGES = ("index", *TRAINING_STAGES, "eval")
 """Stages every process runs together: training (DDP / FSDP / DeepSpeed through the Trainer), index
-(embedding batches shared out) and eval (questions shared out, answers gathered in order). The
-others (data, synth) run on the leader alone while the rest wait."""
+(embedding batches shared out) and eval (questions shared out, answers gathered in order); synth
+too when its teacher is a local model. The others run on the leader alone while the rest wait."""
 
 
 def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] | None = None) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
         results: dict[str, Any] = {}
         for stage in only or recipe.stages:
             distributed.wait_for_all()  # every process sees the previous stage's files
-            split = stage in SPLIT_STAGES
+            split = stage in SPLIT_STAGES or (stage == "synth" and recipe.synth.teacher.kind == "local")
             if not split and not distributed.is_leader():
                 continue
             started = time.perf_counter()

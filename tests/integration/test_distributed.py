@@ -20,6 +20,7 @@ import pytest
 from conftest import qa_rows, write_jsonl
 from safetensors.torch import load_file
 from test_rag_pipeline import rag_recipe as rag_recipe  # a fixture
+from test_synth import write_recipe as write_synth_recipe
 
 pytestmark = pytest.mark.integration
 
@@ -289,3 +290,24 @@ def test_the_retrieval_pipeline_on_two_processes_matches_one(tmp_path, rag_recip
         assert (one / "index" / name).read_text() == (two / "index" / name).read_text(), name
     assert_same_training(one / "sft", two / "sft")
     assert (one / "eval" / "predictions.jsonl").read_text() == (two / "eval" / "predictions.jsonl").read_text()
+
+
+@pytest.mark.parametrize("task", ["answer", "qa_from_docs"])
+def test_synth_with_a_local_teacher_on_two_processes_matches_one(tmp_path, tiny_model_dir, task):
+    """A local teacher's phases are answered data-parallel: the same records, rejects and cache."""
+    recipe = write_synth_recipe(tmp_path, tiny_model_dir, "http://unused", task)
+    settings = ["synth.teacher.kind=local", "synth.teacher.model=base", "synth.teacher.batch_size=3"]
+    settings += ["synth.teacher.max_tokens=8", *(["synth.judge=true"] if task != "answer" else [])]
+    overrides = [arg for item in settings for arg in ("--set", item)]
+    for name, extra in (("one", []), ("two", ["--nproc", "2"])):
+        done = lmforge("run", str(recipe), "--run-dir", str(tmp_path / name), *overrides, *extra)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    one, two = tmp_path / "one" / f"synth-{task}" / "synth", tmp_path / "two" / f"synth-{task}" / "synth"
+    for name in ("records.jsonl", "rejects.jsonl"):
+        assert (one / name).read_text() == (two / name).read_text(), name
+    requests = [json.loads((run / "stats.json").read_text())["requests"] for run in (one, two)]
+    assert requests[0]["sent"] == requests[1]["sent"] > 0 and requests[1]["failed"] == 0
+    # A rerun answers from the leader's cache alone: nothing is generated again.
+    again = lmforge("run", str(recipe), "--run-dir", str(tmp_path / "two"), *overrides, "--set", "synth.limit=100")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((two / "stats.json").read_text())["requests"]["sent"] == 0

@@ -175,6 +175,7 @@ def answer_sets(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> d
                 max_new_tokens=spec.max_new_tokens,
                 batch_size=spec.batch_size,
                 on_batch=lambda n: bar.advance(task, n),
+                data_parallel=True,
             )
             for eval_set in generate:
                 outputs[eval_set.name], replies = replies[: len(eval_set.items)], replies[len(eval_set.items) :]

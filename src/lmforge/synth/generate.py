@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Recipe, SynthSpec
+from lmforge.distributed import is_leader, leader_decides
 from lmforge.errors import StageError
 from lmforge.records import Record, chat_record, read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
@@ -92,12 +93,14 @@ def run(recipe: Recipe) -> SynthResult:
     else:
         teacher = EndpointTeacher(spec.teacher)
     print(f"synth: {spec.task} on {len(inputs)} {input_split} records with teacher {teacher.identity}")
-    cache = RequestCache(stage.path("cache.sqlite"))
+    # Under a launcher only a local teacher's synth runs on every process; the leader alone keeps the cache.
+    cache = RequestCache(stage.path("cache.sqlite")) if is_leader() else None
     started = time.perf_counter()
     try:
         items, tally, counters = asyncio.run(synthesize(spec, inputs, teacher, cache))
     finally:
-        cache.close()
+        if cache is not None:
+            cache.close()
     elapsed = time.perf_counter() - started
 
     records = to_records(items, spec, recipe.data.system_prompts, tally)
@@ -125,7 +128,7 @@ def run(recipe: Recipe) -> SynthResult:
 class Asker:
     """Sends requests through the cache to the teacher and keeps the progress bar current."""
 
-    def __init__(self, spec: SynthSpec, teacher: Teacher, cache: RequestCache, progress: Any):
+    def __init__(self, spec: SynthSpec, teacher: Teacher, cache: RequestCache | None, progress: Any):
         self.spec = spec
         self.teacher = teacher
         self.cache = cache
@@ -136,6 +139,7 @@ class Asker:
     async def ask(self, messages: list[dict[str, str]], want_json: bool, task_id: Any) -> Reply:
         params = {"temperature": self.spec.teacher.temperature, "max_tokens": self.spec.teacher.max_tokens}
         key = RequestCache.key(self.teacher.identity, messages, params)
+        assert self.cache is not None  # an endpoint teacher's synth runs on the leader alone, which has it
         reply = self.cache.get(key)
         if reply is not None:
             self.counters.cached += 1
@@ -160,11 +164,39 @@ class Asker:
 
     async def phase(self, name: str, jobs: list[list[dict[str, str]]], want_json: bool) -> list[Reply]:
         task_id = self.progress.add_task(name, total=len(jobs), rate="0.0", failed=0, retries=0, cached=0)
+        if isinstance(self.teacher, LocalTeacher):
+            return await asyncio.to_thread(self._local_phase, jobs, task_id)
         return await asyncio.gather(*(self.ask(messages, want_json, task_id) for messages in jobs))
+
+    def _local_phase(self, jobs: list[list[dict[str, str]]], task_id: Any) -> list[Reply]:
+        """A local teacher answers a phase's uncached requests in one batched pass.
+
+        Under a launcher every process runs this together: the leader (which alone holds the cache)
+        says which requests are cached, each process generates a share of the others, and every
+        process ends with every reply, so the next phase's requests are the same everywhere.
+        """
+        assert isinstance(self.teacher, LocalTeacher)
+        params = {"temperature": self.spec.teacher.temperature, "max_tokens": self.spec.teacher.max_tokens}
+        keys = [RequestCache.key(self.teacher.identity, messages, params) for messages in jobs]
+        replies: list[Reply | None] = leader_decides(
+            [self.cache.get(key) for key in keys] if self.cache is not None else None
+        )
+        todo = [i for i, reply in enumerate(replies) if reply is None]
+        self.counters.cached += len(jobs) - len(todo)
+        for index, reply in zip(todo, self.teacher.answer_all([jobs[i] for i in todo]), strict=True):
+            replies[index] = reply
+            if reply.text is None:
+                self.counters.failed += 1
+                continue
+            if self.cache is not None:
+                self.cache.put(keys[index], reply)
+            self.counters.sent += 1
+        self.progress.update(task_id, completed=len(jobs), cached=self.counters.cached, failed=self.counters.failed)
+        return [reply for reply in replies if reply is not None]
 
 
 async def synthesize(
-    spec: SynthSpec, inputs: list[Record], teacher: Teacher, cache: RequestCache
+    spec: SynthSpec, inputs: list[Record], teacher: Teacher, cache: RequestCache | None
 ) -> tuple[list[Item], Tally, Counters]:
     """Run the task's phases; returns the items, what was rejected and the request counters."""
     tally = Tally()

@@ -285,5 +285,26 @@ class LocalTeacher:
         if self._queue:
             await self._flush()
 
+    def answer_all(self, conversations: list[list[dict[str, str]]]) -> list[Reply]:
+        """Greedy replies to a whole phase at once, batched by prompt length (the same batches in a
+        single process and under a launcher, where every process answers a share of them)."""
+        from lmforge.distributed import world
+        from lmforge.models import generate_replies
+
+        if not conversations:
+            return []
+        if self._model is None:
+            self._load()
+        try:
+            texts = generate_replies(
+                self._model, self._tokenizer, conversations, self.spec.max_tokens, self.spec.batch_size,
+                data_parallel=True,
+            )  # fmt: skip
+        except Exception as exc:  # one failed phase is reported per request; the rerun starts from the cache
+            if world().distributed:
+                raise  # the other processes would wait for this one's answers: stop the job instead
+            return [Reply(None, error=f"local generation failed: {exc}", retryable=True) for _ in conversations]
+        return [Reply(text) for text in texts]
+
     async def close(self) -> None:
         self._model = None
