@@ -44,6 +44,7 @@ if os.environ.get("KILL_AT_STEP") and os.environ.get("RANK") == os.environ.get("
 SFT = """
 sft:
   method: {method}
+  packing: {packing}
   epochs: 2
   lr: 5.0e-3
   batch_size: 2
@@ -59,6 +60,8 @@ eval:
   max_new_tokens: 8
   batch_size: 2
 """
+
+SFT_ONLY = SFT.format(method="lora", packing="false").split("eval:")[0]
 
 CPT = """
 cpt:
@@ -157,9 +160,9 @@ def run_both(tmp_path: Path, recipe: Path) -> tuple[Path, Path]:
     return tmp_path / "one" / "dist", tmp_path / "two" / "dist"
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_sft_on_two_processes_matches_one(tmp_path, tiny_model_dir, method):
-    recipe = make_recipe(tmp_path, tiny_model_dir, "data, sft, eval", SFT.format(method=method))
+@pytest.mark.parametrize(("method", "packing"), [("lora", "false"), ("full", "true")])
+def test_sft_on_two_processes_matches_one(tmp_path, tiny_model_dir, method, packing):
+    recipe = make_recipe(tmp_path, tiny_model_dir, "data, sft, eval", SFT.format(method=method, packing=packing))
     one, two = run_both(tmp_path, recipe)
     assert_same_training(one / "sft", two / "sft")
     # Data-parallel eval: the same predictions, in the same order.
@@ -203,7 +206,9 @@ def free_port() -> int:
 
 def test_two_nodes_match_two_processes_on_one(tmp_path, tiny_model_dir):
     """Two launcher invocations (--nnodes 2), rendezvous on 127.0.0.1, as on two machines."""
-    recipe = make_recipe(tmp_path, tiny_model_dir, "data, sft", SFT.format(method="lora").split("eval:")[0])
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, "data, sft", SFT.format(method="lora", packing="false").split("eval:")[0]
+    )
     single = lmforge("run", str(recipe), "--run-dir", str(tmp_path / "single"), "--nproc", "2")
     assert single.returncode == 0, single.stderr[-3000:]
     port = free_port()
@@ -244,7 +249,9 @@ def test_two_nodes_match_two_processes_on_one(tmp_path, tiny_model_dir):
 
 
 def test_a_killed_rank_stops_the_job_and_the_rerun_resumes_with_another_process_count(tmp_path, tiny_model_dir):
-    recipe = make_recipe(tmp_path, tiny_model_dir, "data, sft", SFT.format(method="lora").split("eval:")[0])
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, "data, sft", SFT.format(method="lora", packing="false").split("eval:")[0]
+    )
     reference = lmforge("run", str(recipe), "--run-dir", str(tmp_path / "reference"))
     assert reference.returncode == 0, reference.stderr[-3000:]
     (tmp_path / "hooks").mkdir()
@@ -267,7 +274,9 @@ def test_a_killed_rank_stops_the_job_and_the_rerun_resumes_with_another_process_
 
 
 def test_a_taken_port_is_a_clear_error(tmp_path, tiny_model_dir):
-    recipe = make_recipe(tmp_path, tiny_model_dir, "data, sft", SFT.format(method="lora").split("eval:")[0])
+    recipe = make_recipe(
+        tmp_path, tiny_model_dir, "data, sft", SFT.format(method="lora", packing="false").split("eval:")[0]
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()

@@ -143,6 +143,9 @@ def quantization_config(spec: TrainSpec) -> Any:
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
         bnb_4bit_compute_dtype=torch.bfloat16,
+        # Packed 4-bit weights stored as bf16 elements, so FSDP can shard them with the bf16 weights
+        # (the layout transformers and PEFT document for FSDP + QLoRA); the same bits otherwise.
+        bnb_4bit_quant_storage=torch.bfloat16,
     )
 
 
