@@ -169,7 +169,7 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
     if settings.model:
         overrides.append(f"model.ref={settings.model}")
     recipe = load_recipe(settings.recipe or shipped_recipe("demo"), overrides)
-    model_dir = resolve_model(recipe.model.ref, recipe.model.revision)
+    model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = prepare_records(recipe.data, recipe.seed).splits
     records = [r for r in splits.get("train", []) if r["kind"] == "chat"]
@@ -348,12 +348,12 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     from lmforge.rundir import StageDir
     from lmforge.train.causal import ExampleDataset, build_causal_model
     from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch
-    from lmforge.train.trainer import build_trainer, use_bf16
+    from lmforge.train.trainer import attention_row, build_trainer, use_bf16
 
     recipe = setup["recipe"]
     spec = recipe.sft
     examples, eval_examples = setup["examples"], setup["heldout"]
-    longest = spec.max_length if spec.packing else max(len(e.input_ids) for e in [*examples, *eval_examples])
+    _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], spec.batch_size, spec.packing)
     model = build_causal_model(setup["model_dir"], spec, longest, spec.attention, recipe)
     collate = pack_batch if spec.packing else partial(pad_batch, pad_id=setup["pad_id"])
     dataset = ExampleDataset(examples)

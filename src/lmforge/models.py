@@ -15,12 +15,15 @@ Weights are only ever read from safetensors; pickle checkpoints are refused.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -70,8 +73,34 @@ def describe_reference(ref: str) -> str:
     return "hub"
 
 
-def resolve_model(ref: str, revision: str | None = None) -> Path:
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def check_reference(ref: str) -> None:
+    """Fail fast, before any stage runs, on a model reference that cannot resolve: an unknown alias,
+    a missing file or folder, or a name that is not a hub id (``org/name``). Nothing is loaded.
+
+    Raises:
+        ModelError: naming the reference and what would have been accepted.
+    """
+    kind = describe_reference(ref)
+    if kind == "alias":
+        packaged_gguf_path(ref)  # the package that carries it is installed
+    elif kind == "gguf" and not Path(ref).expanduser().is_file():
+        raise ModelError(f"model file not found: {ref!r}; expected an existing .gguf file")
+    elif kind == "local" and not Path(ref).expanduser().is_dir():
+        raise ModelError(f"model folder not found: {ref!r}; expected a folder with config.json and safetensors")
+    elif kind == "hub" and not _HUB_ID.match(ref):
+        raise ModelError(
+            f"unknown model reference {ref!r}: not an alias ({', '.join(sorted(ALIASES))}), not an existing "
+            "file or folder, and not a Hugging Face hub id of the form org/name"
+        )
+
+
+def resolve_model(ref: str, revision: str | None = None, trust_remote_code: bool = False) -> Path:
     """Return a local folder with config, tokenizer and safetensors weights for ``ref``.
+
+    With ``trust_remote_code`` a hub model's Python files come along (its own model code).
 
     Raises:
         ModelError: the reference cannot be found, is unsafe (pickle weights) or the hub is unreachable.
@@ -86,7 +115,7 @@ def resolve_model(ref: str, revision: str | None = None) -> Path:
         return convert_gguf(path)
     if kind == "local":
         return _check_local_folder(Path(ref).expanduser())
-    return _resolve_hub(ref, revision)
+    return _resolve_hub(ref, revision, trust_remote_code)
 
 
 def resolve_target(target: str) -> tuple[Path, Path | None, str]:
@@ -205,11 +234,13 @@ def _write_safetensors_from_gguf(path: Path, out_dir: Path) -> None:
 # ---------------------------------------------------------------- hub
 
 
-def _resolve_hub(ref: str, revision: str | None) -> Path:
+def _resolve_hub(ref: str, revision: str | None, trust_remote_code: bool = False) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     patterns = ["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "tokenizer*"]
+    if trust_remote_code:  # the repository's own modelling code, which the recipe chose to run
+        patterns.append("*.py")
     try:
         return _check_local_folder(
             Path(snapshot_download(ref, revision=revision, local_files_only=True, allow_patterns=patterns))
@@ -229,6 +260,27 @@ def _resolve_hub(ref: str, revision: str | None) -> Path:
         raise
     except Exception as exc:
         raise ModelError(f"cannot download {ref!r} from the hub: {exc}. {offline_hint}") from exc
+
+
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """No hub requests inside the block (loading a model from a local folder); afterwards what was before.
+
+    huggingface_hub reads ``HF_HUB_OFFLINE`` once, at import, into its constants; both the variable
+    and that copy are set for the block only, so a later stage can still download a hub model.
+    """
+    import huggingface_hub.constants as constants
+
+    variable, constant = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = constant
+        if variable is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = variable
 
 
 def hub_reachable(timeout_s: float = 3.0) -> bool:

@@ -16,6 +16,7 @@ from rich.console import Console
 from lmforge import distributed
 from lmforge.config import Recipe, dump_recipe
 from lmforge.hardware import release_free_memory
+from lmforge.models import check_reference
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text
 
 TRAINING_STAGES = ("cpt", "mlm", "sft", "seq2seq")
@@ -32,6 +33,8 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
     it joins the process group, runs :data:`SPLIT_STAGES` on all processes and the other stages on
     rank 0 only, with a barrier after each stage. Only rank 0 prints and writes the run directory.
     """
+    if set(only or recipe.stages) - {"data"}:
+        check_reference(recipe.model.ref)  # an unknown alias fails now, not after the data stage
     if distributed.world().distributed and set(only or recipe.stages) & set(TRAINING_STAGES):
         from lmforge.train.layout import check_strategy
 

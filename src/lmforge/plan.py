@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.hardware import MB, cpu_ghz, cpu_name, cpu_peak_flops, memory_mb, usable_cores
-from lmforge.train.trainer import attention_kernel, eager_scores_bytes, eager_scores_mb, use_bf16
+from lmforge.train.trainer import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 
 # ---------------------------------------------------------------- constants (see the module docstring)
 
@@ -307,7 +307,7 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
     from lmforge.models import load_tokenizer, resolve_model
 
     hardware = Hardware.detect()
-    model_dir = resolve_model(recipe.model.ref, recipe.model.revision)
+    model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     checkpoint = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text(encoding="utf-8")), checkpoint)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
@@ -321,15 +321,14 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
         if stage == "sft":
             lengths = _chat_lengths(splits, spec.splits, tokenizer, spec.max_length)
             batches = sft_batches(lengths, spec)
-            kernel = "packed" if spec.packing and hardware.device == "cpu" else None
+            rows, longest = attention_row(lengths, spec.batch_size, spec.packing)
         else:
             lengths = _text_lengths(splits, spec.splits, tokenizer)
             batches = cpt_batches(sum(lengths), spec)
-            kernel = None
-        if kernel is None:  # what the stage picks: by its longest row and the eager scores of its largest micro-batch
-            longest = max(lengths, default=0) if stage == "sft" else spec.max_length
-            scores = eager_scores_mb(spec, spec.batch_size, longest, shape.heads, shape.layers)
-            kernel = attention_kernel(spec.attention, longest, scores)
+            rows, longest = spec.batch_size, spec.max_length
+        # What the stage picks: by its longest (packed or padded) row and the eager scores of its largest micro-batch.
+        scores = eager_scores_mb(spec, rows, longest, shape.heads, shape.layers)
+        kernel = attention_kernel(spec.attention, longest, scores)
         plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
         missing = [name for name in spec.splits if name not in splits]
         if missing:

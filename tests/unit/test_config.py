@@ -107,3 +107,44 @@ def test_cli_validate_accepts_the_demo_recipe():
     result = CliRunner().invoke(app, ["validate", str(REPO / "recipes" / "demo.yaml")])
     assert result.exit_code == 0, result.output
     assert "is valid" in result.output
+
+
+BOMB = """
+name: bomb
+stages: [data]
+a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x", "x"]
+b: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]
+c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]
+d: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]
+e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]
+f: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]
+g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f, *f]
+h: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g, *g]
+data: {sources: *h}
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_at_load_time(tmp_path):
+    """Ten lines that expand to 10^8 values: refused in well under a second, naming the cause."""
+    import time
+
+    path = tmp_path / "bomb.yaml"
+    path.write_text(BOMB, encoding="utf-8")
+    started = time.perf_counter()
+    with pytest.raises(ConfigError, match="alias bomb"):
+        load_recipe(path)
+    assert time.perf_counter() - started < 2.0
+
+
+def test_an_oversized_recipe_file_is_refused(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text("name: big\nstages: [data]\ndescription: " + "x" * 1_100_000 + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="a recipe is at most 1000000"):
+        load_recipe(path)
+
+
+def test_package_paths_stay_inside_the_package(tmp_path):
+    path = tmp_path / "escape.yaml"
+    path.write_text("name: e\nstages: [data]\ndata: {sources: [{path: 'lmforge://../../../etc/passwd'}]}\n")
+    with pytest.raises(ConfigError, match=r"data\.sources\.0\.path: .*leads out of the lmforge package folder"):
+        load_recipe(path)

@@ -2,6 +2,8 @@
 
 import json
 
+import torch
+
 from lmforge.config import SFTSpec
 from lmforge.plan import (
     Batches,
@@ -135,3 +137,16 @@ def test_plan_counts_splits_of_later_stages_and_warns_before_they_exist(tiny_rec
     assert not after[0].warnings
     assert after[0].batches.longest_row > before[0].batches.longest_row + 50
     assert after[0].batches.trained_examples > before[0].batches.trained_examples
+
+
+def test_attention_is_judged_on_the_packed_row_not_on_max_length():
+    """sft packs a micro-batch into one row: 16 examples of 100 tokens make a 1,600-token row."""
+    from lmforge.train.trainer import attention_kernel, attention_row
+
+    lengths = [100] * 40 + [60]
+    assert attention_row(lengths, 16, packing=True) == (1, 1600)
+    assert attention_row(lengths, 16, packing=False) == (16, 100)
+    assert attention_row([30, 20], 16, packing=False) == (2, 30)
+    if not torch.cuda.is_available():  # on a CPU eager attention is kept for rows up to 512 tokens
+        assert attention_kernel("auto", attention_row(lengths, 16, packing=True)[1]) == "sdpa"
+        assert attention_kernel("auto", attention_row(lengths, 16, packing=False)[1]) == "eager"

@@ -72,15 +72,16 @@ def test_chat_template_is_required_for_the_chat_format(tokenizer):
 def test_pack_texts_fills_rows_and_keeps_documents_apart(tokenizer):
     texts = ["The retirement age in Kestria is 64 years.", "Employees contribute 7.35% of their gross earnings."]
     lengths = [len(tokenizer(t)["input_ids"]) + 1 for t in texts]  # + EOS
-    rows, counts = pack_texts(tokenizer, texts, max_length=8, isolate_documents=True)
-    assert counts == {"documents": 2, "tokens": sum(lengths), "rows": -(-sum(lengths) // 8)}
-    assert all(len(row.input_ids) == 8 for row in rows[:-1])
+    width = lengths[0] + 3  # the second document starts inside the first row, 3 tokens before its end
+    rows, counts = pack_texts(tokenizer, texts, max_length=width, isolate_documents=True)
+    assert counts == {"documents": 2, "tokens": sum(lengths), "rows": -(-sum(lengths) // width)}
+    assert all(len(row.input_ids) == width for row in rows[:-1])
     stream = [t for row in rows for t in row.input_ids]
     assert stream.count(tokenizer.eos_token_id) == 2
-    second = lengths[0]  # where the second document starts in the stream
-    row, offset = divmod(second, 8)
-    if offset:  # inside a row: its position restarts and it is not predicted from the first document
-        assert rows[row].position_ids[offset] == 0 and rows[row].labels[offset] == IGNORE
+    # At the boundary the position restarts and the first token is not predicted from the other document.
+    assert rows[0].position_ids[lengths[0] - 1 : lengths[0] + 2] == [lengths[0] - 1, 0, 1]
+    assert rows[0].labels[lengths[0]] == IGNORE and IGNORE not in rows[0].labels[: lengths[0]]
+    assert rows[1].position_ids[0] == 0  # the document goes on in the next row
     joined, _ = pack_texts(tokenizer, texts, max_length=8, isolate_documents=False)
     assert all(row.position_ids == list(range(len(row.input_ids))) for row in joined)
     assert all(IGNORE not in row.labels for row in joined)
@@ -107,3 +108,29 @@ def test_data_inspect_shows_the_labels_in_the_recipe_template(tiny_recipe):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "### Instruction:" in result.output and "### Response:" in result.output
+
+
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_a_packed_document_sees_nothing_of_the_one_before(tokenizer, attention):
+    """In a packed row (positions restarting, no mask) the second document's logits are exactly those
+    it has alone: attention never crosses the boundary, in either kernel."""
+    from conftest import build_tiny_llama
+
+    from lmforge.train.fast import causal_lm_loss_sum
+
+    model = build_tiny_llama(tokenizer).eval()
+    model.config._attn_implementation = attention
+    first, second = "The retirement age in Kestria is 64 years.", "Employees contribute 7.35% of their earnings."
+    (row,), _ = pack_texts(tokenizer, [first, second], max_length=256, isolate_documents=True)
+    (alone,), _ = pack_texts(tokenizer, [second], max_length=256, isolate_documents=True)
+    start = len(row.input_ids) - len(alone.input_ids)
+    with torch.no_grad():
+        # use_cache=False as in training (fast.backbone_inputs): transformers looks for packed rows only then
+        ids, positions = torch.tensor([row.input_ids]), torch.tensor([row.position_ids])
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        single = model(input_ids=torch.tensor([alone.input_ids]), use_cache=False).logits
+        assert torch.allclose(packed[0, start:], single[0], atol=1e-5)
+        # Every token is trained but the first of each document: len - 2 positions for two documents.
+        batch = collate_rows([{"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids}], 0)
+        _, count = causal_lm_loss_sum(model, batch)
+    assert count == len(row.input_ids) - 2

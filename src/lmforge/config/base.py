@@ -40,9 +40,17 @@ def shipped_recipe(name: str) -> Path:
 
 
 def resolve_path(value: str, base_dir: Path) -> Path:
-    """Resolve a recipe path: ``lmforge://`` -> the package, relative -> the recipe's folder."""
+    """Resolve a recipe path: ``lmforge://`` -> the package, relative -> the recipe's folder.
+
+    Raises:
+        ValueError: an ``lmforge://`` path that leads out of the package folder (``..``, an absolute part).
+    """
     if value.startswith(PACKAGE_SCHEME):
-        return package_dir() / value[len(PACKAGE_SCHEME) :]
+        root = package_dir()
+        inside = root / value[len(PACKAGE_SCHEME) :]
+        if not inside.resolve().is_relative_to(root.resolve()):
+            raise ValueError(f"{value!r} leads out of the lmforge package folder; lmforge:// paths stay inside it")
+        return inside
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base_dir / path)
 

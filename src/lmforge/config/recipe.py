@@ -85,8 +85,11 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     source = str(path)
     if not path.is_file():
         raise ConfigError(source, [Problem("", "recipe file not found; pass the path to a .yaml recipe")])
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ConfigError(source, [Problem("", f"{path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}")])
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        check_expanded_size(raw)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -100,6 +103,35 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     raw.setdefault("name", path.stem)
     problems = [p for item in overrides or [] for p in apply_override(raw, item)]
     return validate_recipe(raw, source=source, base_dir=path.resolve().parent, extra_problems=problems)
+
+
+MAX_RECIPE_BYTES = 1_000_000
+"""Largest recipe file read (a recipe is a page of YAML; data goes in data sources)."""
+MAX_RECIPE_VALUES = 100_000
+"""Most values (mappings, lists, scalars) a recipe may hold once its YAML aliases are expanded."""
+
+
+class _TooLarge(yaml.YAMLError):
+    problem = (
+        f"the recipe expands to more than {MAX_RECIPE_VALUES:,} values (YAML aliases referring to aliases, "
+        "an 'alias bomb'?); write the values out or shorten the recipe"
+    )
+
+
+def check_expanded_size(value: Any, limit: int = MAX_RECIPE_VALUES) -> None:
+    """Count the values of a loaded YAML document as validation would walk them, aliases expanded;
+    stop (raising) past ``limit``, so a few lines of nested aliases cannot make validation run for ever."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > limit:
+            raise _TooLarge()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def validate_recipe(

@@ -80,7 +80,7 @@ def variant_specs(recipe: Recipe) -> list[VariantSpec]:
 
 def resolve_variants(recipe: Recipe) -> list[Variant]:
     """Resolve every variant to local folders; fails before any model is loaded."""
-    base_dir = resolve_model(recipe.model.ref, recipe.model.revision)
+    base_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     return [_resolve(spec, recipe, base_dir) for spec in variant_specs(recipe)]
 
 

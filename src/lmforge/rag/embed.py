@@ -8,12 +8,12 @@ found with ``importlib.util.find_spec`` (never imported) and loaded from that fo
 from __future__ import annotations
 
 import importlib.util
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lmforge.errors import ModelError
+from lmforge.models import hub_offline
 
 if TYPE_CHECKING:
     import numpy as np
@@ -89,15 +89,15 @@ def load_embedder(ref: str, device: str = "cpu") -> Embedder:
     path = resolve_embedding_model(ref)
     key = (str(path), device)
     if key not in _CACHE:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as exc:
-            raise ModelError(f"retrieval needs sentence-transformers, which is not installed: {RAG_INSTALL}") from exc
-        try:
-            model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        except Exception as exc:  # many loader errors; name the folder in one clear message
-            raise ModelError(f"cannot load the embedding model in {path}: {exc}") from exc
+        with hub_offline():  # a local folder: no hub request, and nothing left set for later stages
+            try:
+                from sentence_transformers import SentenceTransformer
+            except ImportError as exc:
+                raise ModelError(f"retrieval needs sentence-transformers, not installed: {RAG_INSTALL}") from exc
+            try:
+                model = SentenceTransformer(str(path), device=device, local_files_only=True)
+            except Exception as exc:  # many loader errors; name the folder in one clear message
+                raise ModelError(f"cannot load the embedding model in {path}: {exc}") from exc
         model.eval()
         _CACHE[key] = Embedder(model=model, path=path)
     return _CACHE[key]

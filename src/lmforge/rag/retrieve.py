@@ -134,17 +134,16 @@ def to_passage(row: dict[str, Any]) -> Passage:
 
 def load_reranker(path: str | Path, device: str = "cpu") -> Any:
     """A sentence-transformers CrossEncoder from a local folder (offline)."""
-    import os
-
     from lmforge.errors import ModelError
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from sentence_transformers import CrossEncoder
+    from lmforge.models import hub_offline
 
     folder = Path(path).expanduser()
     if not (folder / "config.json").is_file():
         raise ModelError(f"reranker {str(path)!r} is not a local cross-encoder folder (no config.json)")
-    return CrossEncoder(str(folder), device=device, local_files_only=True)
+    with hub_offline():
+        from sentence_transformers import CrossEncoder
+
+        return CrossEncoder(str(folder), device=device, local_files_only=True)
 
 
 def open_retriever(run_path: str | Path, needed_by: str = "ask") -> tuple[LanceRetriever, dict[str, Any]]:

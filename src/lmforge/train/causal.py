@@ -32,6 +32,7 @@ from lmforge.train.tokenize import TokenizedExample, tokenize_records
 from lmforge.train.trainer import (
     add_lora,
     attention_kernel,
+    attention_row,
     build_trainer,
     eager_scores_mb,
     quantization_config,
@@ -76,16 +77,17 @@ def run(recipe: Recipe) -> TrainResult:
         start.base_dir = chain.merged_base(start, stage.path("base"), recipe.model.trust_remote_code)
     fold_in = start.cpt_adapter if start.how == "cpt-stack" else None
     seed_everything(recipe.seed)
-    # `attention: auto` picks the kernel by the longest row trained on, not by the max_length ceiling:
-    # short chat rows train ~30% faster with eager than with sdpa on a CPU (docs/PERFORMANCE.md).
-    longest = spec.max_length if spec.packing else max(len(e.input_ids) for e in [*examples, *eval_examples])
+    # `attention: auto` picks the kernel by the longest row trained on (a packed row holds a whole
+    # micro-batch), not by the max_length ceiling: short chat rows train ~30% faster with eager than
+    # with sdpa on a CPU (docs/PERFORMANCE.md).
+    _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], spec.batch_size, spec.packing)
     model = build_causal_model(start.base_dir, spec, longest, spec.attention, recipe, fold_in=fold_in)
     print(
         f"sft: {spec.method}{' (DoRA)' if spec.lora.use_dora and spec.method == 'lora' else ''}, "
         f"{trainable_summary(model)}, template {spec.template}"
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    collate = pack_batch if spec.packing else partial(pad_batch, pad_id=pad_id)
+    collate = eval_collate = pack_batch if spec.packing else partial(pad_batch, pad_id=pad_id)
     train_dataset, loss_sum = ExampleDataset(examples), causal_lm_loss_sum
     if spec.distill is not None:
         from lmforge.train import distill
@@ -103,6 +105,7 @@ def run(recipe: Recipe) -> TrainResult:
         train_dataset=train_dataset,
         eval_dataset=ExampleDataset(eval_examples) if eval_examples else None,
         collator=collate,
+        eval_collator=eval_collate,
         loss_sum=loss_sum,
         eval_loss_sum=causal_lm_loss_sum,
         sampling="random" if spec.packing else "group_by_length",

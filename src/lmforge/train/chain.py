@@ -55,7 +55,7 @@ class StartingPoint:
 
 def starting_point(recipe: Recipe) -> StartingPoint:
     """The base model, or the finished cpt stage's result when the recipe lists cpt before sft."""
-    original = resolve_model(recipe.model.ref, recipe.model.revision)
+    original = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     if "cpt" not in recipe.stages:
         return StartingPoint(original, "base", f"base model {recipe.model.ref} ({original})", original_base=original)
     cpt = require_done(recipe.run_path(), "cpt", needed_by="sft")

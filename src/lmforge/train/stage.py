@@ -83,7 +83,7 @@ class TrainingStage:
 
     def base_model(self, recipe: Recipe, reads: str) -> Path:
         """The recipe's model as a local folder, announced with what the stage trains on (``reads``)."""
-        base_dir = resolve_model(recipe.model.ref, recipe.model.revision)
+        base_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
         shown = ", ".join(map(str, self.train_paths))
         print(f"{self.label}: base model {recipe.model.ref} ({base_dir}); {reads} {shown}")
         return base_dir

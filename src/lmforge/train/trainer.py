@@ -111,6 +111,16 @@ def eager_scores_mb(spec: TrainSpec, rows: int, longest: int, heads: int, layers
     return eager_scores_bytes(rows, longest, heads, width) * kept_layers / MB
 
 
+def attention_row(lengths: list[int], batch_size: int, packing: bool) -> tuple[int, int]:
+    """(rows, tokens per row) of the largest micro-batch attention sees, from the examples' lengths:
+    ``batch_size`` rows padded to the longest example, or — packed — one row that can hold the
+    ``batch_size`` longest examples together (judging by ``max_length`` alone underestimates it)."""
+    ordered = sorted(lengths, reverse=True)
+    if packing:
+        return 1, sum(ordered[:batch_size])
+    return min(batch_size, len(ordered)), ordered[0] if ordered else 0
+
+
 def attention_kernel(attention: str, longest: int, scores_mb: float = 0.0) -> str:
     """The attention implementation to train with (``auto``: see ``SFTSpec.attention``).
 
@@ -304,6 +314,7 @@ def build_trainer(
     collator: Callable,
     loss_sum: LossSum,
     eval_loss_sum: LossSum | None = None,
+    eval_collator: Callable | None = None,
     sampling: str = "random",
     train_sampler: Any | None = None,
     loss_shifts_labels: bool = False,
@@ -312,6 +323,8 @@ def build_trainer(
     """An HF Trainer whose loss is ``loss_sum`` normalised over each optimizer step's trained positions.
 
     Args:
+        eval_collator: the validation batches' collator when it differs from ``collator`` (distillation:
+            the training batches carry the teacher's distributions, the validation ones do not).
         sampling: ``random`` or ``group_by_length`` (batches of similar lengths, less padding).
         train_sampler: the epoch's order of examples, with ``set_epoch``, to use instead (overrides ``sampling``).
         loss_shifts_labels: the loss predicts ``labels[:, 1:]`` (causal LMs): position 0 is not counted.
@@ -343,18 +356,18 @@ def build_trainer(
             return (loss, None) if return_outputs else loss
 
         def get_train_dataloader(self):
-            return self._step_loader(self.train_dataset, train_batches)
+            return self._step_loader(self.train_dataset, train_batches, self.data_collator)
 
         def get_eval_dataloader(self, eval_dataset=None):
             dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
             order = range(len(dataset))
             batches = StepBatches(order, self.args.per_device_eval_batch_size, 1, world.rank, world.size)
-            return self._step_loader(dataset, batches)
+            return self._step_loader(dataset, batches, eval_collator or self.data_collator)
 
-        def _step_loader(self, dataset, batches):
+        def _step_loader(self, dataset, batches, collate):
             from torch.utils.data import DataLoader
 
-            collate = blank_fillers(self.data_collator)
+            collate = blank_fillers(collate)
             loader = DataLoader(WithFillers(dataset), batch_sampler=batches, collate_fn=collate, num_workers=0)
             prepared = self.accelerator.prepare(loader)
             # The batches are already this process's share: make accelerate's sharding wrapper a passthrough.
