@@ -405,7 +405,7 @@ def _unique_name(path: str, taken: dict[str, Any]) -> str:
 def _token_counter(recipe: Recipe) -> TokenCounter:
     from lmforge.models import load_tokenizer, resolve_model
 
-    folder = resolve_model(recipe.model.ref, recipe.model.revision)
+    folder = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     tokenizer = load_tokenizer(folder, trust_remote_code=recipe.model.trust_remote_code)
     return lambda records: clean.token_lengths(tokenizer, records)
 
