@@ -140,8 +140,8 @@ class GpuMemoryPoller:
 
 
 def child_env() -> dict[str, str]:
-    """This process's environment for the children, unbuffered and without test fault injection."""
-    env = {key: value for key, value in os.environ.items() if key != "LMFORGE_SERVE_FAULTS"}
+    """This process's environment for the children, unbuffered."""
+    env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

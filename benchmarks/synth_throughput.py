@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -41,7 +40,6 @@ def main() -> None:
         [sys.executable, "-m", "lmforge.cli", "serve", args.model, "--name", "teacher", "--port", str(port)]
         + ["--max-batch-size", str(args.max_batch_size)]
         + (["--threads", str(args.threads)] if args.threads else []),
-        env={k: v for k, v in os.environ.items() if k != "LMFORGE_SERVE_FAULTS"},
     )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -226,6 +226,14 @@ def serve(
     rag_mode: Annotated[
         str | None, typer.Option(help="With --rag: bm25, dense or hybrid (default: the run's index.mode).")
     ] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Let this web origin call the server: scheme://host[:port] ('*': any). Repeatable."),
+    ] = None,
 ) -> None:
     """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API."""
     from lmforge.serve.server import ServeSettings
@@ -245,6 +253,8 @@ def serve(
         rag_default=rag_default,
         rag_top_k=rag_top_k,
         rag_mode=rag_mode,
+        allowed_hosts=list(allowed_host or []),
+        allowed_origins=list(allowed_origin or []),
     )
     try:
         retriever = None

@@ -1,12 +1,14 @@
 """`lmforge serve` as a real process for the integration tests: start on a port, wait for /health, stop.
 
-Used by test_serve.py, test_serve_rag.py and test_synth.py. A plain module rather than a
+Used by test_serve*.py and test_synth.py; with ``faults``, the server runs through
+serve_with_faults.py (test-only faults around the production app). A plain module rather than a
 tests/integration/conftest.py: a second conftest module would take the name ``conftest`` from
 tests/conftest.py, and the test modules' ``from conftest import ...`` lines would break.
 """
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ from pathlib import Path
 import httpx
 
 START_TIMEOUT_S = 120
+WITH_FAULTS = Path(__file__).with_name("serve_with_faults.py")
 
 
 def free_port() -> int:
@@ -26,15 +29,25 @@ def free_port() -> int:
 
 
 def start_server(
-    args: list[str], env: dict[str, str], log: Path, port: int | None = None
+    args: list[str], env: dict[str, str], log: Path, port: int | None = None, faults: dict | None = None
 ) -> tuple[subprocess.Popen, str]:
     """``lmforge serve ARGS`` on ``port`` (default: a free one), output to ``log``; returns once /health answers.
+
+    Args:
+        args: the ``lmforge serve`` arguments (without ``--port``).
+        env: the server's environment (``LMFORGE_API_KEY`` turns the key on).
+        log: file that receives the server's stdout and stderr.
+        port: TCP port on 127.0.0.1 (default: a free one).
+        faults: test-only faults (see serve_with_faults.py); None runs the plain production server.
 
     Raises:
         AssertionError: the server exited, or did not answer within START_TIMEOUT_S (with its log).
     """
     port = port or free_port()
-    command = [sys.executable, "-m", "lmforge.cli", "serve", *args, "--port", str(port)]
+    if faults is None:
+        command = [sys.executable, "-m", "lmforge.cli", "serve", *args, "--port", str(port)]
+    else:
+        command = [sys.executable, str(WITH_FAULTS), json.dumps(faults), *args, "--port", str(port)]
     handle = log.open("w")
     process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"

@@ -3,6 +3,8 @@
 A tiny random Llama with two LoRA adapters (random, non-zero updates) is served on a free port
 with an API key. Greedy replies are checked against transformers' own `generate` on the same
 weights, so the batched decode loop, the adapter routing and the chat template are all verified.
+The Host and Origin checks are exercised with httpx against the same process, with the headers a
+browser would send; a second server, bound to 0.0.0.0 with a key, shows that it accepts any Host.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ openai = pytest.importorskip("openai")
 
 KEY = "test-key-123"
 QUESTION = [{"role": "user", "content": "What is the retirement age in Kestria?"}]
+ALLOWED_HOST = "lmforge.test"
+ALLOWED_ORIGIN = "https://app.example"
 
 
 def make_adapter(base_dir: Path, out: Path, seed: int) -> Path:
@@ -44,11 +48,13 @@ def served(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     a1 = make_adapter(tiny_model_dir, root / "a1", seed=1)
     a2 = make_adapter(tiny_model_dir, root / "a2", seed=2)
-    env = {**os.environ, "LMFORGE_API_KEY": KEY}
+    # The old test-only fault switch must be dead: were it read, every generation request would get 429.
+    env = {**os.environ, "LMFORGE_API_KEY": KEY, "LMFORGE_SERVE_FAULTS": json.dumps({"fail_first": 10**6})}
     args = [str(tiny_model_dir), "--name", "tiny", "--adapter", f"a1={a1}", "--adapter", f"a2={a2}"]
     args += ["--max-tokens-limit", "64", "--max-request-bytes", "20000", "--threads", "1"]
+    args += ["--allowed-host", ALLOWED_HOST, "--allowed-origin", ALLOWED_ORIGIN]
     process, url = start_server(args, env, root / "server.log")
-    yield {"url": url, "base": tiny_model_dir, "adapters": {"a1": a1, "a2": a2}}
+    yield {"url": url, "base": tiny_model_dir, "adapters": {"a1": a1, "a2": a2}, "log": root / "server.log"}
     stop_server(process)
 
 
@@ -182,3 +188,104 @@ def test_binding_beyond_loopback_needs_an_api_key(tiny_model_dir, tmp_path):
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "LMFORGE_API_KEY" in result.stderr
+
+
+# ---------------------------------------------------------------- Host and Origin
+
+
+def get_models(url: str, headers: dict[str, str], key: str | None = KEY) -> httpx.Response:
+    """GET /v1/models with extra headers (httpx sends the Host header given here instead of its own)."""
+    auth = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.get(f"{url}/v1/models", headers={**auth, **headers}, timeout=30)
+
+
+def assert_refused(response: httpx.Response, code: str) -> None:
+    assert response.status_code == 403, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
+
+
+def test_foreign_host_header_is_refused(served):
+    """DNS rebinding: a page on evil.example re-pointed at 127.0.0.1 sends Host: evil.example."""
+    port = served["url"].rsplit(":", 1)[1]
+    for host in ["evil.example", f"evil.example:{port}", f"localhost.evil.example:{port}", "127.0.0.1.nip.io"]:
+        response = get_models(served["url"], {"Host": host})
+        assert_refused(response, "host_not_allowed")
+        assert "--allowed-host" in response.json()["error"]["message"]
+    chat = httpx.post(
+        f"{served['url']}/v1/chat/completions",
+        json={"model": "tiny", "messages": QUESTION, "max_tokens": 2},
+        headers={"Host": "evil.example", "Authorization": f"Bearer {KEY}"},
+    )
+    assert_refused(chat, "host_not_allowed")
+    assert_refused(httpx.get(f"{served['url']}/health", headers={"Host": "evil.example"}), "host_not_allowed")
+
+
+def test_loopback_host_headers_are_accepted_with_or_without_the_port(served):
+    port = served["url"].rsplit(":", 1)[1]
+    for name in ["localhost", "127.0.0.1", "[::1]", "LocalHost"]:
+        for host in [name, f"{name}:{port}"]:
+            assert get_models(served["url"], {"Host": host}).status_code == 200, host
+
+
+def test_allowed_host_option_extends_the_list(served):
+    port = served["url"].rsplit(":", 1)[1]
+    assert get_models(served["url"], {"Host": ALLOWED_HOST}).status_code == 200
+    assert get_models(served["url"], {"Host": f"{ALLOWED_HOST}:{port}"}).status_code == 200
+    assert_refused(get_models(served["url"], {"Host": f"other.{ALLOWED_HOST}"}), "host_not_allowed")
+
+
+def test_cross_site_origin_is_refused_even_with_the_key(served):
+    """A page on another site can POST (a 'simple' text/plain request needs no preflight): its Origin gives it away."""
+    for origin in ["https://evil.example", "http://localhost.evil.example", "null", "http://127.0.0.1.nip.io"]:
+        assert_refused(get_models(served["url"], {"Origin": origin}), "origin_not_allowed")
+    simple_post = httpx.post(
+        f"{served['url']}/v1/completions",
+        content=json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 2}),
+        headers={"Content-Type": "text/plain", "Origin": "https://evil.example", "Authorization": f"Bearer {KEY}"},
+    )
+    assert_refused(simple_post, "origin_not_allowed")
+    preflight = httpx.options(
+        f"{served['url']}/v1/chat/completions",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+    assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
+
+
+def test_loopback_and_allowed_origins_are_accepted_with_cors_headers(served):
+    for origin in ["http://localhost:3000", "http://127.0.0.1:8080", "http://[::1]:5173", ALLOWED_ORIGIN]:
+        response = get_models(served["url"], {"Origin": origin})
+        assert response.status_code == 200, origin
+        assert response.headers["access-control-allow-origin"] == origin
+    preflight = httpx.options(
+        f"{served['url']}/v1/chat/completions",
+        headers={
+            "Origin": ALLOWED_ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "authorization, content-type",
+        },
+    )
+    assert preflight.status_code == 200 and preflight.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    # no Origin at all (curl, the openai client, any non-browser client) is the ordinary case
+    assert get_models(served["url"], {}).status_code == 200
+
+
+def test_old_fault_switch_is_not_read_by_the_production_server(client, served):
+    reply = client.completions.create(model="tiny", prompt="The retirement age", max_tokens=2)
+    assert reply.choices[0].finish_reason in ("length", "stop")
+    assert "fault" not in served["log"].read_text().lower()
+
+
+def test_beyond_loopback_with_a_key_any_host_is_accepted(tiny_model_dir, tmp_path):
+    """Bound to 0.0.0.0 (clients use names the server cannot know) the key is the protection, not the Host."""
+    env = {**os.environ, "LMFORGE_API_KEY": KEY}
+    args = [str(tiny_model_dir), "--host", "0.0.0.0", "--threads", "1"]
+    process, url = start_server(args, env, tmp_path / "server.log")
+    try:
+        for host in ["box.lan:8000", "evil.example", "10.1.2.3"]:
+            assert get_models(url, {"Host": host}).status_code == 200, host
+            assert get_models(url, {"Host": host}, key=None).status_code == 401
+        assert_refused(get_models(url, {"Origin": "https://evil.example"}), "origin_not_allowed")
+    finally:
+        stop_server(process)
+    assert "Host header: any" in (tmp_path / "server.log").read_text()

@@ -95,9 +95,8 @@ eval: {{sets: [test]}}
 def served(rag_run, tmp_path_factory):
     log = tmp_path_factory.mktemp("serve-rag-log") / "server.log"
     env = {k: v for k, v in os.environ.items() if k != "LMFORGE_API_KEY"}
-    env["LMFORGE_SERVE_FAULTS"] = json.dumps({"replies": [[NEEDLE, SCRIPTED]]})
     args = [str(rag_run), "--rag", "--threads", "1", "--max-tokens-limit", "64"]
-    process, url = start_server(args, env, log)
+    process, url = start_server(args, env, log, faults={"replies": [[NEEDLE, SCRIPTED]]})
     yield {"url": url, "run": rag_run, "log": log}
     stop_server(process)
 
@@ -160,7 +159,7 @@ def test_passages_reach_the_prompt(client, served):
     off = ask(client, question, max_tokens=4, extra_body={"rag": False})
     assert "citations" not in (off.model_extra or {}) and off.usage.prompt_tokens == plain.usage.prompt_tokens
 
-    # The server's test hook answers SCRIPTED when the prompt holds NEEDLE, which only the
+    # The test-only faults (serve_with_faults.py) answer SCRIPTED when the prompt holds NEEDLE, which only the
     # observatory document does: so the retrieved passage's own text is in the prompt.
     _, about_telescope = DOCS["observatory"]
     assert NEEDLE not in about_telescope

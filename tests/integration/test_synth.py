@@ -1,9 +1,9 @@
 """The synth stage against a real `lmforge serve` process (no mocked HTTP client).
 
 The teacher is a tiny random Llama: its replies are real generations (garbage as JSON, which is
-what the malformed-reply test wants). Where a test needs valid JSON, the server's test-only
-fault switch (LMFORGE_SERVE_FAULTS "replies") scripts the reply text; everything else (HTTP,
-retries, cache, parsing, filters, records) is the real path.
+what the malformed-reply test wants). Where a test needs valid JSON, test-only faults around the
+server (serve_with_faults.py, "replies") script the reply text; everything else (HTTP, retries,
+cache, parsing, filters, records) is the real path.
 """
 
 from __future__ import annotations
@@ -41,10 +41,8 @@ FAULTS_FOR_JSON = {
 def serve(model_dir: Path, tmp: Path, faults: dict | None = None, port: int | None = None):
     env = {**os.environ}
     env.pop("LMFORGE_API_KEY", None)
-    if faults:
-        env["LMFORGE_SERVE_FAULTS"] = json.dumps(faults)
     args = [str(model_dir), "--name", "tiny", "--threads", "1", "--batch-wait-ms", "20"]
-    return start_server(args, env, tmp / f"server-{time.monotonic_ns()}.log", port=port)
+    return start_server(args, env, tmp / f"server-{time.monotonic_ns()}.log", port=port, faults=faults)
 
 
 def write_recipe(tmp: Path, model_dir: Path, url: str, task: str, extra: str = "") -> Path:

@@ -16,6 +16,7 @@ from lmforge.config.rag import IndexSpec
 from lmforge.config.synth import SynthSpec
 from lmforge.config.train import CPTSpec, MLMSpec, Seq2SeqSpec, SFTSpec
 from lmforge.errors import ConfigError, Problem
+from lmforge.redact import redact_values
 
 StageName = Literal["data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "eval"]
 STAGE_ORDER: tuple[str, ...] = ("data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "eval")
@@ -180,5 +181,5 @@ def apply_override(raw: dict[str, Any], item: str) -> list[Problem]:
 
 
 def dump_recipe(recipe: Recipe) -> dict[str, Any]:
-    """The resolved recipe as plain data (for manifests)."""
-    return recipe.model_dump(mode="json")
+    """The resolved recipe as plain data (for manifests), credentials in URLs redacted."""
+    return redact_values(recipe.model_dump(mode="json"))  # type: ignore[return-value]

@@ -34,6 +34,7 @@ from lmforge.evaluate.tasks import Item, Task, task_for
 from lmforge.evaluate.variants import Variant, load_variant, rag_prompts, resolve_variants, retrieved_passages
 from lmforge.models import generate_replies
 from lmforge.records import read_records
+from lmforge.redact import redact_values
 from lmforge.rundir import (
     StageDir,
     atomic_write_json,
@@ -96,7 +97,7 @@ def run(recipe: Recipe) -> EvalResult:
     variants = resolve_variants(recipe)
     eval_sets = load_sets(recipe, with_passages=any(v.rag for v in variants))
     # ``examples`` only changes what is printed: not part of the fingerprint.
-    settings = spec.model_dump(mode="json", exclude={"examples"})
+    settings = redact_values(spec.model_dump(mode="json", exclude={"examples"}))  # a judge URL's credentials
     config = {"eval": settings, "model": recipe.model.model_dump(mode="json"), "seed": recipe.seed}
     inputs = {"data": StageDir.open(run_path, "data").fingerprint, "variants": {v.name: v.identity for v in variants}}
     fingerprint = fingerprint_data([config, inputs])

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from lmforge.config import JudgeSpec
 from lmforge.errors import StageError
+from lmforge.redact import redact_url, redact_urls
 
 Vote = Literal["A", "B", "tie", "invalid"]
 Verdict = Literal["win", "tie", "loss"]
@@ -114,29 +115,32 @@ async def _complete(client: Any, url: str, spec: JudgeSpec, prompt: str) -> str:
         "max_tokens": spec.max_tokens,
     }
     problem = ""
+    shown = redact_url(url)  # what messages say: never the credentials a URL may carry
     for attempt in range(3):
         if attempt:
             await asyncio.sleep(2**attempt / 2)
         try:
             response = await client.post(url, json=body)
         except httpx.TransportError as exc:
-            problem = f"cannot reach the judge at {url}: {exc!r}"
+            problem = redact_urls(f"cannot reach the judge at {shown}: {exc!r}")
             continue
         if response.status_code in _RETRY_STATUS:
-            problem = f"the judge at {url} answered HTTP {response.status_code}: {response.text[:200]}"
+            problem = f"the judge at {shown} answered HTTP {response.status_code}: {response.text[:200]}"
             continue
         if response.status_code != 200:
             raise StageError(
-                f"the judge at {url} refused the request with HTTP {response.status_code}: {response.text[:300]}; "
+                f"the judge at {shown} refused the request with HTTP {response.status_code}: {response.text[:300]}; "
                 "check eval.judge.endpoint, model and api_key_env"
             )
         try:
             return str(response.json()["choices"][0]["message"]["content"] or "")
         except (ValueError, KeyError, IndexError, TypeError):
             raise StageError(
-                f"the judge at {url} answered something that is not a chat completion: {response.text[:300]}"
+                f"the judge at {shown} answered something that is not a chat completion: {response.text[:300]}"
             ) from None
-    raise StageError(f"{problem} (3 attempts); is the endpoint running? eval.judge.endpoint is {spec.endpoint!r}")
+    raise StageError(
+        f"{problem} (3 attempts); is the endpoint running? eval.judge.endpoint is {redact_url(spec.endpoint)!r}"
+    )
 
 
 def judge_rows(spec: JudgeSpec, rows: list[dict[str, Any]], variant_names: list[str], set_names: list[str]) -> None:
@@ -152,7 +156,7 @@ def judge_rows(spec: JudgeSpec, rows: list[dict[str, Any]], variant_names: list[
     ]
     if not targets:
         return
-    where = f"{spec.model} at {spec.endpoint}"
+    where = f"{spec.model} at {redact_url(spec.endpoint)}"
     Console(stderr=True).print(f"eval: judging {len(targets)} answers in both orders with {where}")
     comparisons = [
         Comparison(row["question"], row["gold"], row["answers"]["base"]["reply"], row["answers"][name]["reply"])

@@ -16,12 +16,15 @@ reach the caller through the ``emit`` callback of each request, which must be th
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("lmforge.serve")
 
 BASE_ADAPTER = "__base__"
 """peft's name for "no adapter" in a mixed-adapter batch."""
@@ -56,6 +59,8 @@ class GenerationRequest:
     seed: int | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
     """Set by the caller (client went away): the engine drops the row at its next step."""
+    request_id: str = ""
+    """The HTTP request's id, named in the log when its batch fails."""
 
 
 @dataclass
@@ -130,9 +135,12 @@ class Engine:
                 continue
             try:
                 self.generate_batch(batch)
-            except Exception as exc:  # report to every waiting client instead of killing the worker
+            except Exception:  # report to every waiting client instead of killing the worker
+                ids = ", ".join(request.request_id or "?" for request in batch)
+                log.exception("generation failed for a batch of %d request(s): %s", len(batch), ids)
                 for request in batch:
-                    request.emit(Event("error", text=f"generation failed: {type(exc).__name__}: {exc}"))
+                    # the traceback is in the log; clients get an opaque 500 with their request id
+                    request.emit(Event("error", text="generation failed"))
 
     # ---------------------------------------------------------------- decoding
 

@@ -7,9 +7,11 @@ adapter they ask for (see :mod:`lmforge.serve.engine`).
 
 Safety defaults: the server binds 127.0.0.1; binding any other address requires an API key in
 the environment (``LMFORGE_API_KEY`` unless told otherwise), and a key that is set is always
-required. Bodies over ``max_request_bytes`` get 413, ``max_tokens`` over the limit or past the
-context window get 400, and every error has the OpenAI shape
-``{"error": {"message", "type", "param", "code"}}``.
+required. On loopback, requests whose ``Host`` is not a loopback name (DNS rebinding) get 403, and so
+do requests from a web ``Origin`` that is not loopback or allowed (see :mod:`lmforge.serve.middleware`).
+Bodies over ``max_request_bytes`` get 413, ``max_tokens`` over the limit or past the context window
+get 400, and every error has the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``;
+a 500 carries only a request id (``x-request-id``), the traceback goes to the server's log.
 
 This module imports FastAPI at the top: only ``lmforge serve`` imports it, lazily.
 
@@ -24,11 +26,13 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+import logging
 import os
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -39,16 +43,11 @@ from starlette.exceptions import HTTPException
 from lmforge.errors import ConfigError, Problem
 from lmforge.serve.engine import Engine, Event, GenerationRequest
 from lmforge.serve.loading import ModelSet, ServedModel, load_models
+from lmforge.serve.middleware import AccessPolicy, RequestIds, install_network_guard, internal_error
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
 
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_RAG_TOP_K = 4
-FAULTS_ENV = "LMFORGE_SERVE_FAULTS"
-"""Test-only fault injection, a JSON object: ``fail_first`` (answer the first N generation requests
-with ``status``, default 429), ``fail_every`` (and every Nth after), ``delay_ms`` (before each),
-``replies`` (``[[substring, text], ...]``: a non-streaming chat request whose prompt contains the
-substring gets ``text``, with ``{n}`` replaced by the request number, instead of the model's reply;
-tests use it to get valid JSON from a tiny random model). The server prints a warning when it is on."""
 
 
 @dataclass
@@ -77,6 +76,10 @@ class ServeSettings:
     """Passages per request (None: the served run's ``index.top_k``, as in its evaluation; else 4)."""
     rag_mode: str | None = None
     """``bm25``, ``dense`` or ``hybrid`` (None: the served run's ``index.mode``; else the retriever's default)."""
+    allowed_hosts: list[str] = field(default_factory=list)
+    """More ``Host`` header values to accept (``name`` or ``name:port``; ``*``: any), see :class:`AccessPolicy`."""
+    allowed_origins: list[str] = field(default_factory=list)
+    """Web origins besides loopback ones that may call the server (``scheme://host[:port]``; ``*``: any)."""
 
 
 class Retriever(Protocol):
@@ -95,9 +98,18 @@ def build_app(
     settings: ServeSettings,
     retriever: Retriever | None = None,
     api_key: str | None = None,
-    faults: dict[str, Any] | None = None,
+    policy: AccessPolicy | None = None,
 ) -> Any:
-    """The FastAPI application; the engine starts and stops with the app's lifespan."""
+    """The FastAPI application; the engine starts and stops with the app's lifespan.
+
+    Args:
+        models: the base model and its adapters.
+        settings: limits, batching and retrieval settings.
+        retriever: the index behind ``"rag": true`` (None: such requests get 400).
+        api_key: required as a Bearer token on every route but ``/health`` (None: no key).
+        policy: the Host/Origin checks (None: none, as for an app driven in-process by a test client;
+            :func:`serve` always passes one).
+    """
     import contextlib
 
     engine = Engine(
@@ -108,7 +120,6 @@ def build_app(
         max_batch_size=settings.max_batch_size,
         batch_wait_ms=settings.batch_wait_ms,
     )
-    fault_state = {"count": 0}
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -118,6 +129,9 @@ def build_app(
 
     app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.engine = engine
+    if policy is not None:
+        install_network_guard(app, policy)
+    app.add_middleware(RequestIds)  # added last, so outermost: every response carries x-request-id, 403s too
 
     @app.exception_handler(APIError)
     async def _api_error(request: Request, exc: APIError) -> JSONResponse:
@@ -128,11 +142,6 @@ def build_app(
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
         message = f"{request.method} {request.url.path}: {exc.detail}"
         return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        error = APIError(500, f"internal error: {type(exc).__name__}: {exc}", type_="server_error")
-        return JSONResponse(error.body(), status_code=500)
 
     def check_key(request: Request) -> None:
         if api_key is None:
@@ -160,22 +169,6 @@ def build_app(
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-
-    async def inject_fault(prompt: str) -> str | None:
-        """Test-only faults (``LMFORGE_SERVE_FAULTS``); may return a scripted reply text instead of generating."""
-        if not faults:
-            return None
-        fault_state["count"] += 1
-        number = fault_state["count"]
-        if faults.get("delay_ms"):
-            await asyncio.sleep(float(faults["delay_ms"]) / 1000)
-        every = int(faults.get("fail_every", 0))
-        if number <= int(faults.get("fail_first", 0)) or (every and number % every == 0):
-            raise APIError(int(faults.get("status", 429)), f"injected fault #{number}", type_="rate_limit_error")
-        for needle, reply in faults.get("replies", []):
-            if needle in prompt:
-                return str(reply).replace("{n}", str(number))
-        return None
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -210,21 +203,13 @@ def build_app(
             messages, citations = await asyncio.to_thread(_augment, messages, retriever, settings)
         prompt = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         prompt_ids = served.tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        job = _job(served, prompt_ids, body, models, settings)
-        scripted = await inject_fault(prompt)
+        job = _job(served, prompt_ids, body, models, settings, request.state.request_id)
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
-        if scripted is not None and not body.stream:
-            tokens = len(served.tokenizer(scripted, add_special_tokens=False)["input_ids"])
-            text, done = (
-                scripted,
-                Event("done", finish_reason="stop", prompt_tokens=len(prompt_ids), completion_tokens=tokens),
-            )
-        elif body.stream:
+        if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             chunks = _chat_chunks(engine, job, reply_id, body.model, include_usage, citations)
             return StreamingResponse(chunks, media_type="text/event-stream")
-        else:
-            text, done = await _collect(engine, job)
+        text, done = await _collect(engine, job)
         message = {"role": "assistant", "content": text}
         reply = {
             "id": reply_id,
@@ -244,8 +229,7 @@ def build_app(
         body = parse_request(CompletionRequest, await read_body(request))
         served = _served(models, body.model)
         prompt_ids = served.tokenizer(body.prompt)["input_ids"]
-        job = _job(served, prompt_ids, body, models, settings)
-        await inject_fault(body.prompt)
+        job = _job(served, prompt_ids, body, models, settings, request.state.request_id)
         reply_id = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -285,7 +269,9 @@ def _served(models: ModelSet, model_id: str) -> ServedModel:
     return served
 
 
-def _job(served: ServedModel, prompt_ids: list[int], body: Any, models: ModelSet, settings: ServeSettings) -> Any:
+def _job(
+    served: ServedModel, prompt_ids: list[int], body: Any, models: ModelSet, settings: ServeSettings, request_id: str
+) -> Any:
     """A GenerationRequest (without its emit callback yet) after checking the token budget."""
     room = models.context_length - len(prompt_ids)
     if room < 1:
@@ -320,6 +306,7 @@ def _job(served: ServedModel, prompt_ids: list[int], body: Any, models: ModelSet
         top_p=body.top_p,
         stop=list(body.stop or []),
         seed=body.seed,
+        request_id=request_id,
     )
 
 
@@ -344,11 +331,11 @@ async def _collect(engine: Engine, job: GenerationRequest) -> tuple[str, Event]:
     async for event in _events(engine, job):
         if event.kind == "delta":
             pieces.append(event.text)
-        elif event.kind == "error":
-            raise APIError(500, event.text, type_="server_error")
+        elif event.kind == "error":  # the engine logged the traceback with the request id
+            raise internal_error(job.request_id)
         else:
             return "".join(pieces), event
-    raise APIError(500, "generation ended without a result", type_="server_error")
+    raise internal_error(job.request_id)
 
 
 def _reason(done: Event) -> str:
@@ -389,8 +376,8 @@ async def _chat_chunks(
     async for event in _events(engine, job):
         if event.kind == "delta":
             yield _sse(chunk({"content": event.text}, None))
-        elif event.kind == "error":
-            yield _sse(APIError(500, event.text, type_="server_error").body())
+        elif event.kind == "error":  # the engine logged the traceback with the request id
+            yield _sse(internal_error(job.request_id).body())
             return
         else:
             yield _sse(chunk({}, _reason(event)))
@@ -408,8 +395,8 @@ async def _text_chunks(
     async for event in _events(engine, job):
         if event.kind == "delta":
             yield _sse({**head, "choices": [{"index": 0, "text": event.text, "finish_reason": None, "logprobs": None}]})
-        elif event.kind == "error":
-            yield _sse(APIError(500, event.text, type_="server_error").body())
+        elif event.kind == "error":  # the engine logged the traceback with the request id
+            yield _sse(internal_error(job.request_id).body())
             return
         else:
             choice = {"index": 0, "text": "", "finish_reason": _reason(event), "logprobs": None}
@@ -473,19 +460,6 @@ def check_binding(settings: ServeSettings) -> str | None:
     return key
 
 
-def read_faults() -> dict[str, Any] | None:
-    raw = os.environ.get(FAULTS_ENV)
-    if not raw:
-        return None
-    try:
-        faults = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(FAULTS_ENV, [Problem("", f"not valid JSON: {exc}")]) from None
-    if not isinstance(faults, dict):
-        raise ConfigError(FAULTS_ENV, [Problem("", "expected a JSON object")])
-    return faults
-
-
 def serve(
     target: str,
     settings: ServeSettings,
@@ -497,7 +471,9 @@ def serve(
     import uvicorn
 
     api_key = check_binding(settings)
-    faults = read_faults()
+    loopback = settings.host in LOOPBACK_HOSTS
+    policy = AccessPolicy.build(settings.host, loopback, settings.allowed_hosts, settings.allowed_origins)
+    _log_to_stderr()
     if settings.threads:
         import torch
 
@@ -505,15 +481,36 @@ def serve(
     if retriever is not None:
         _index_settings(target, settings)
     models = load_models(target, adapters, name, settings.dtype)
-    app = build_app(models, settings, retriever=retriever, api_key=api_key, faults=faults)
+    app = build_app(models, settings, retriever=retriever, api_key=api_key, policy=policy)
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
     print(f"serve: models {', '.join(models.served)}", flush=True)
     if retriever is not None:
         top_k, mode = settings.rag_top_k or DEFAULT_RAG_TOP_K, settings.rag_mode or "the retriever's default"
         when = "every request" if settings.rag_default else 'requests with "rag": true'
         print(f"serve: retrieval for {when}: {top_k} passages, {mode} search", flush=True)
-    if faults:
-        print(f"serve: WARNING: test fault injection is on ({FAULTS_ENV}={json.dumps(faults)})", flush=True)
+    print(f"serve: accepting {_describe(policy)}", flush=True)
     auth = f"API key required (${settings.api_key_env})" if api_key else "no API key"
     print(f"serve: listening on http://{shown_host}:{settings.port}/v1 ({auth})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+
+
+def _describe(policy: AccessPolicy) -> str:
+    """Which Host and Origin headers the server accepts, in one line."""
+    if policy.hosts is None:
+        hosts = "any"
+    else:
+        shown = [(f"[{host}]" if ":" in host else host) + (f":{port}" if port else "") for host, port in policy.hosts]
+        hosts = ", ".join(sorted(shown)) + " (any port unless one is given)"
+    origins = "any" if policy.origins is None else ", ".join(["none", "loopback", *sorted(policy.origins)])
+    return f"Host header: {hosts}; Origin header: {origins}"
+
+
+def _log_to_stderr() -> None:
+    """Send the server's log (failed requests with their id and traceback) to stderr, once."""
+    logger = logging.getLogger("lmforge.serve")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False

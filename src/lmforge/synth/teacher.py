@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from lmforge.config import TeacherSpec
 from lmforge.errors import ConfigError, Problem
+from lmforge.redact import redact_url, redact_urls
 
 RETRYABLE_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -125,7 +126,9 @@ class EndpointTeacher:
         import httpx
 
         self.spec = spec
-        self.identity = f"endpoint:{spec.base_url.rstrip('/')}:{spec.model}"
+        # Credentials in the URL are not part of the teacher: the identity is printed, and a rotated
+        # password must not make every cached reply a miss.
+        self.identity = f"endpoint:{redact_url(spec.base_url.rstrip('/'))}:{spec.model}"
         headers = {}
         if spec.api_key_env:
             key = os.environ.get(spec.api_key_env)
@@ -176,13 +179,13 @@ class EndpointTeacher:
                 try:
                     response = await self.client.post("/chat/completions", json=body)
                 except (httpx.TimeoutException, httpx.TransportError) as exc:
-                    error, delay = f"{type(exc).__name__}: {exc}".strip(), None
+                    error, delay = redact_urls(f"{type(exc).__name__}: {exc}".strip()), None
                     status = None
                 else:
                     status = response.status_code
                     if status == 200:
                         return _parse_completion(response)
-                    error = f"HTTP {status}: {_error_message(response)}"
+                    error = redact_urls(f"HTTP {status}: {_error_message(response)}")
                     if status == 400 and use_json and self.spec.json_mode == "auto" and "response_format" in error:
                         self.json_mode = False  # the endpoint has no JSON mode: ask in the prompt only
                         counters.json_mode = False
