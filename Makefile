@@ -33,8 +33,14 @@ demo: install
 test: install-dev
 	$(BIN)/pytest
 
-test-slow: install-dev
-	$(BIN)/pytest -m slow
+# llama.cpp's llama-simple, built once from llama-cpp-python's sources, for the GGUF check of the slow tier.
+LLAMA_SIMPLE := .cache/llama.cpp/llama-simple
+
+$(LLAMA_SIMPLE):
+	bash tests/tools/build_llama_cpp.sh $(dir $(LLAMA_SIMPLE))
+
+test-slow: install-dev $(LLAMA_SIMPLE)
+	LMFORGE_LLAMA_SIMPLE=$(abspath $(LLAMA_SIMPLE)) $(BIN)/pytest -m slow
 
 lint: install-dev
 	$(BIN)/ruff check .

@@ -19,6 +19,7 @@ from lmforge.pipeline import run_recipe
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cret-pw-91"
+API_KEY = "sk-test-key-7731"
 
 
 def write_recipe(tmp, model_dir, base_url: str) -> object:
@@ -35,7 +36,8 @@ data:
     - {{path: prompts.txt, split: prompts, unit: line}}
 synth:
   task: answer
-  teacher: {{base_url: "{base_url}", model: tiny, max_retries: 0, timeout_s: 5, backoff_s: 0.01}}
+  teacher: {{base_url: "{base_url}", model: tiny, max_retries: 0, timeout_s: 5, backoff_s: 0.01,
+            api_key_env: LMFORGE_TEST_TEACHER_KEY}}
 """,
         encoding="utf-8",
     )
@@ -45,7 +47,10 @@ synth:
 @pytest.mark.parametrize(
     ("userinfo", "shown"), [(f"alice:{SECRET}", "http://alice:***@127.0.0.1"), (SECRET, "http://***@127.0.0.1")]
 )
-def test_synth_manifest_and_output_never_hold_url_credentials(tiny_model_dir, tmp_path, capfd, userinfo, shown):
+def test_synth_manifest_and_output_never_hold_url_credentials(
+    tiny_model_dir, tmp_path, capfd, monkeypatch, userinfo, shown
+):
+    monkeypatch.setenv("LMFORGE_TEST_TEACHER_KEY", API_KEY)  # the key itself is never written either
     base_url = f"http://{userinfo}@127.0.0.1:{free_port()}/v1"
     with pytest.raises(StageError) as failure:
         run_recipe(write_recipe(tmp_path, tiny_model_dir, base_url))
@@ -55,6 +60,8 @@ def test_synth_manifest_and_output_never_hold_url_credentials(tiny_model_dir, tm
     assert SECRET not in manifest
     assert json.loads(manifest)["config"]["synth"]["teacher"]["base_url"].startswith(shown)
     assert SECRET not in (stage / "stats.json").read_text()
+    run_files = [p for p in (tmp_path / "runs").rglob("*") if p.is_file()]
+    assert not [p for p in run_files if API_KEY.encode() in p.read_bytes() or SECRET.encode() in p.read_bytes()]
     printed = capfd.readouterr()
-    assert SECRET not in printed.out + printed.err
+    assert SECRET not in printed.out + printed.err and API_KEY not in printed.out + printed.err
     assert shown in printed.out  # "synth: answer on 3 prompts records with teacher endpoint:http://alice:***@..."

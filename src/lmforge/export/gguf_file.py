@@ -171,11 +171,11 @@ def _write_tokenizer(writer: Any, tokenizer: Any, model_dir: Path, vocab_size: i
 
 
 def _pre_tokenizer_name(pre: Any) -> str:
-    """llama.cpp's name for the pre-tokenizer: ``smollm`` (digits split one by one) or ``gpt2``."""
+    """llama.cpp's name for the pre-tokenizer: ``smollm`` (digits split one by one) or ``gpt-2``."""
     text = json.dumps(pre)
     if '"Digits"' in text and '"individual_digits": true' in text:
         return "smollm"
-    return "gpt2"
+    return "gpt-2"  # llama.cpp knows "gpt-2", not "gpt2" (refused: unknown pre-tokenizer type)
 
 
 def _permute(weights: Any, heads: int, kv_heads: int) -> Any:
