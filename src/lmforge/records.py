@@ -12,8 +12,10 @@ checked by :func:`validate_record` at every hand-off.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
+import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -62,7 +64,33 @@ class Record(TypedDict, total=False):
 def record_id(kind: str, body: Any) -> str:
     """Content id: sha1 of the kind and the content (messages or text), so equal content gets equal ids."""
     payload = json.dumps([kind, body], ensure_ascii=False, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(payload.encode("utf-8")).hexdigest()
+    # surrogatepass: a lone surrogate (which the data stage rejects before it builds a record) still hashes
+    return hashlib.sha1(payload.encode("utf-8", errors="surrogatepass")).hexdigest()
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with JSON types only, so that ``json.dumps(value, allow_nan=False)`` cannot fail.
+
+    Readers such as Parquet hand over dates, times, bytes and decimals, and JSON itself has ``NaN``:
+
+    * dates and times (anything with ``isoformat``) become ISO 8601 strings;
+    * bytes become base64 strings, ``Decimal`` its exact string (``"12.50"``), other objects ``str(value)``;
+    * NaN and ±Infinity become None (JSON has no such numbers); tuples become lists;
+    * dictionary keys become strings.
+    """
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key if isinstance(key, str) else str(key): json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
 
 
 def chat_record(
@@ -77,7 +105,7 @@ def chat_record(
         "messages": messages,
     }
     if meta:
-        record["meta"] = meta
+        record["meta"] = json_safe(meta)
     return record
 
 
@@ -85,7 +113,7 @@ def text_record(text: str, source: Source, domain: str | None = None, meta: dict
     """Build a ``text`` record with its content id."""
     record: Record = {"id": record_id("text", text), "source": source, "domain": domain, "kind": "text", "text": text}
     if meta:
-        record["meta"] = meta
+        record["meta"] = json_safe(meta)
     return record
 
 

@@ -148,3 +148,11 @@ def test_package_paths_stay_inside_the_package(tmp_path):
     path.write_text("name: e\nstages: [data]\ndata: {sources: [{path: 'lmforge://../../../etc/passwd'}]}\n")
     with pytest.raises(ConfigError, match=r"data\.sources\.0\.path: .*leads out of the lmforge package folder"):
         load_recipe(path)
+
+
+def test_an_encoding_that_does_not_decode_bytes_to_text_is_refused_at_load_time(tmp_path):
+    (tmp_path / "a.txt").write_text("x", encoding="utf-8")
+    path = tmp_path / "enc.yaml"
+    path.write_text("name: e\nstages: [data]\ndata: {sources: [{path: a.txt, encoding: base64}]}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"data\.sources\.0\.encoding: .*'base64' is not a text encoding"):
+        load_recipe(path)

@@ -32,6 +32,20 @@ def test_normalize_text_unicode_and_whitespace():
     assert clean.normalize_text("  keep  \r\n", CleanSpec(unicode="none", whitespace=False)) == "  keep  \r\n"
 
 
+def test_cleaning_is_idempotent_when_a_removed_character_stood_before_an_accent():
+    # found by tests/unit/test_data_fuzz.py: removing \x08 or a soft hyphen left "A" + U+0300 not composed
+    for text, unicode in [
+        ("A\x08\u0300", "NFC"),
+        ("e\u00ad\u0301", "NFC"),
+        ("\u00a8x", "NFKC"),
+        ("e\u200b\u0301", "NFKC"),
+    ]:
+        spec = CleanSpec(unicode=unicode)
+        once = clean.normalize_text(text, spec)
+        assert clean.normalize_text(once, spec) == once, (text, once)
+    assert clean.normalize_text("e\u00ad\u0301", CleanSpec()) == "\u00e9"
+
+
 def test_clean_record_recomputes_the_content_id():
     record = qa("  What?  ", "That.\r\n")
     cleaned = clean.clean_record(record, CleanSpec())

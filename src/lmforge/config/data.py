@@ -114,11 +114,18 @@ class SourceSpec(Strict):
         import codecs
 
         if value != "auto":
+            expected = "expected 'auto' or a text codec such as utf-8, cp1252"
             try:
                 codecs.lookup(value)
             except LookupError:
-                expected = "expected 'auto' or a codec such as utf-8, cp1252"
                 raise ValueError(f"unknown encoding {value!r}; {expected}") from None
+            try:  # base64, zlib, rot13 ... exist but do not turn bytes into text
+                if not isinstance(b"x\xff".decode(value, errors="replace"), str):
+                    raise TypeError
+            except (LookupError, UnicodeError, TypeError, ValueError):
+                raise ValueError(
+                    f"{value!r} is not a text encoding (it does not decode bytes to text); {expected}"
+                ) from None
         return value
 
     @field_validator("columns")

@@ -30,22 +30,32 @@ RATIO_SAMPLE = 20_000
 
 
 def normalize_text(text: str, spec: CleanSpec) -> str:
-    """Unicode normal form, then whitespace: see :class:`~lmforge.config.CleanSpec`."""
+    """Unicode normal form, then whitespace: see :class:`~lmforge.config.CleanSpec`.
+
+    Idempotent: cleaning a cleaned text changes nothing, so a record's content id is stable.
+    """
     ascii_only = text.isascii()  # ASCII is already in every normal form and has no odd spaces
     if spec.unicode != "none" and not ascii_only and not unicodedata.is_normalized(spec.unicode, text):
         text = unicodedata.normalize(spec.unicode, text)
     if spec.whitespace:
-        if "\r" in text:
-            text = text.replace("\r\n", "\n").replace("\r", "\n")
-        if not ascii_only:
-            text = _ODD_SPACES.sub(" ", text)
-        text = _INVISIBLE.sub("", text)
-        if " \n" in text or "\t\n" in text:
-            text = _TRAILING_SPACE.sub("\n", text)
-        if "\n\n\n" in text:
-            text = _BLANK_RUNS.sub("\n\n", text)
-        text = text.strip()
+        text = _normalize_whitespace(text, ascii_only)
+        # a removed control or zero-width character may have stood between a letter and its accent
+        if spec.unicode != "none" and not ascii_only and not unicodedata.is_normalized(spec.unicode, text):
+            text = unicodedata.normalize(spec.unicode, text)
     return text
+
+
+def _normalize_whitespace(text: str, ascii_only: bool) -> str:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if not ascii_only:
+        text = _ODD_SPACES.sub(" ", text)
+    text = _INVISIBLE.sub("", text)
+    if " \n" in text or "\t\n" in text:
+        text = _TRAILING_SPACE.sub("\n", text)
+    if "\n\n\n" in text:
+        text = _BLANK_RUNS.sub("\n\n", text)
+    return text.strip()
 
 
 def clean_record(record: Record, spec: CleanSpec) -> Record:
@@ -91,17 +101,18 @@ def letter_ratio(text: str) -> float:
 
 def filter_reason(record: Record, spec: FilterSpec) -> str | None:
     """Why a (cleaned) record is filtered out, or None to keep it. Token length is checked separately."""
+    # strip(): with clean.whitespace off, a text of spaces is still empty
     if record["kind"] == "text":
-        if not record["text"]:
+        if not record["text"].strip():
             return "empty text"
         if len(record["text"]) < spec.min_chars:
             return "too short"
     else:
         messages = record["messages"]
         answers = [m["content"] for m in messages if m["role"] == "assistant"]
-        if not answers[-1]:
+        if not answers[-1].strip():
             return "empty answer"
-        if any(not m["content"] for m in messages if m["role"] == "user"):
+        if any(not m["content"].strip() for m in messages if m["role"] == "user"):
             return "empty question"
         if len(answers[-1]) < spec.min_chars:
             return "too short"

@@ -36,6 +36,7 @@ HTML_BLOCKS = {
     "table", "figure", "figcaption", "address", "details", "summary", "hr", "br",
 }  # fmt: skip
 HTML_HEADINGS = {"h1", "h2", "h3", "h4", "h5", "h6"}
+_SURROGATES = re.compile("[\ud800-\udfff]")
 _SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+|\n+")
 
 
@@ -51,8 +52,9 @@ class Block:
     """Plain heading text (headings only)."""
 
 
-class UnreadableDocument(Exception):
-    """A document that yields no text; ``reason`` is the category counted in ``stats.json``."""
+class UnreadableFile(Exception):
+    """A file that yields nothing (damaged, undecodable, or a PDF without text); ``reason`` is the category
+    counted in ``stats.json``, ``detail`` says what was found."""
 
     def __init__(self, reason: str, detail: str):
         super().__init__(f"{reason}: {detail}")
@@ -64,7 +66,7 @@ def read_blocks(file: Path, encoding: str, report: FileReport) -> list[Block]:
     """Read one document into blocks.
 
     Raises:
-        UnreadableDocument: the file is damaged, encrypted, or holds no text (a scanned PDF).
+        UnreadableFile: the file is damaged, encrypted, or holds no text (a scanned PDF).
     """
     from lmforge.data.sources import bad_byte_offset, decode_text
 
@@ -79,7 +81,9 @@ def read_blocks(file: Path, encoding: str, report: FileReport) -> list[Block]:
     if bad_byte_offset(text) is not None:
         bad = [n for n, line in enumerate(text.split("\n"), start=1) if bad_byte_offset(line) is not None]
         report.warnings.extend(f"line {n}: invalid UTF-8 bytes replaced with U+FFFD" for n in bad)
-        text = re.sub("[\udc80-\udcff]", "\ufffd", text)
+    elif not text.isascii() and _SURROGATES.search(text):  # codecs such as unicode_escape make lone surrogates
+        report.warnings.append("lone surrogates (not characters) replaced with U+FFFD")
+    text = without_surrogates(text)
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     if suffix in MARKDOWN_SUFFIXES:
         report.kind = "markdown"
@@ -89,6 +93,12 @@ def read_blocks(file: Path, encoding: str, report: FileReport) -> list[Block]:
         return _html_blocks(text)
     report.kind = "text"
     return _text_blocks(text)
+
+
+def without_surrogates(text: str) -> str:
+    """``text`` with surrogates (invalid bytes kept by the decoder, or lone ones) replaced by U+FFFD, so that
+    every section can be written as UTF-8."""
+    return text if text.isascii() else _SURROGATES.sub("\ufffd", text)
 
 
 def _markdown_blocks(text: str) -> list[Block]:
@@ -190,27 +200,15 @@ def _pdf_blocks(file: Path, report: FileReport) -> list[Block]:
     try:
         pdf = pdfium.PdfDocument(str(file))
     except (pdfium.PdfiumError, OSError, ValueError) as exc:
-        raise UnreadableDocument("unreadable file", f"not a readable PDF ({exc})") from None
+        raise UnreadableFile("unreadable file", f"not a readable PDF ({exc})") from None
     try:
-        titles = _pdf_outline(pdf)
-        blocks: list[Block] = []
-        empty: list[int] = []
-        for index in range(len(pdf)):
-            page = pdf[index]
-            textpage = page.get_textpage()
-            text = textpage.get_text_range().replace("\r\n", "\n").replace("\r", "\n").strip()
-            textpage.close()
-            page.close()
-            if not text:
-                empty.append(index + 1)
-                continue
-            if index in titles:
-                blocks.append(Block(f"# {titles[index]}", page=index + 1, level=1, title=titles[index]))
-            blocks.append(Block(text, page=index + 1))
+        blocks, empty = _pdf_pages(pdf)
+    except Exception as exc:  # pdfium fails in many ways on a damaged page (PdfiumError, UnicodeDecodeError...)
+        raise UnreadableFile("unreadable file", f"a damaged PDF ({type(exc).__name__}: {exc})") from None
     finally:
         pdf.close()
     if not any(b.level == 0 for b in blocks):
-        raise UnreadableDocument(
+        raise UnreadableFile(
             "no text layer",
             f"none of its {len(empty)} pages has text (a scanned PDF?); run OCR first, e.g. `ocrmypdf in.pdf out.pdf`",
         )
@@ -219,13 +217,33 @@ def _pdf_blocks(file: Path, report: FileReport) -> list[Block]:
     return blocks
 
 
+def _pdf_pages(pdf: Any) -> tuple[list[Block], list[int]]:
+    """The blocks of an open PDF's pages (an outline title above its page's text), and the pages without text."""
+    titles = _pdf_outline(pdf)
+    blocks: list[Block] = []
+    empty: list[int] = []
+    for index in range(len(pdf)):
+        page = pdf[index]
+        textpage = page.get_textpage()
+        text = without_surrogates(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n").strip()
+        textpage.close()
+        page.close()
+        if not text:
+            empty.append(index + 1)
+            continue
+        if index in titles:
+            blocks.append(Block(f"# {titles[index]}", page=index + 1, level=1, title=titles[index]))
+        blocks.append(Block(text, page=index + 1))
+    return blocks, empty
+
+
 def _pdf_outline(pdf: Any) -> dict[int, str]:
     """Page index -> title of the first outline (bookmark) entry that starts on it."""
     titles: dict[int, str] = {}
     try:
         for item in pdf.get_toc():
             if item.page_index is not None and item.title:
-                titles.setdefault(item.page_index, item.title.strip())
+                titles.setdefault(item.page_index, without_surrogates(item.title.strip()))
     except Exception:  # a broken outline must not cost the text
         return {}
     return titles
@@ -233,16 +251,17 @@ def _pdf_outline(pdf: Any) -> dict[int, str]:
 
 def _docx_blocks(file: Path) -> list[Block]:
     """Paragraphs and tables in document order; ``Heading N`` and ``Title`` styles are headings."""
-    import zipfile
+    try:
+        return _docx_read(file)
+    except Exception as exc:  # a damaged package fails anywhere: zip, deflate, XML, a part parsed when first used
+        raise UnreadableFile("unreadable file", f"not a readable DOCX file ({type(exc).__name__}: {exc})") from None
 
+
+def _docx_read(file: Path) -> list[Block]:
     import docx
-    from docx.opc.exceptions import PackageNotFoundError
     from docx.table import Table
 
-    try:
-        document = docx.Document(str(file))
-    except (PackageNotFoundError, zipfile.BadZipFile, KeyError, ValueError, OSError) as exc:
-        raise UnreadableDocument("unreadable file", f"not a readable DOCX file ({exc})") from None
+    document = docx.Document(str(file))
     blocks = []
     for number, item in enumerate(document.iter_inner_content(), start=1):
         if isinstance(item, Table):
@@ -311,12 +330,14 @@ def _sections(blocks: list[Block]) -> Iterator[tuple[str, list[Block]]]:
     body text (so a heading directly above another heading stays with it)."""
     path: list[tuple[int, str]] = []
     current: list[Block] = []
+    has_body = False  # a flag, not a scan of `current`: thousands of headings in a row stay linear
     heading = ""
     for block in blocks:
         new_page = bool(current) and block.page is not None and block.page != current[-1].page
-        if (block.level or new_page) and any(b.level == 0 for b in current):
+        if (block.level or new_page) and has_body:
             yield heading, current
-            current = []
+            current, has_body = [], False
+        has_body = has_body or block.level == 0
         if block.level:
             path = [(level, title) for level, title in path if level < block.level]
             path.append((block.level, block.title))

@@ -23,13 +23,19 @@ not fit its file's format is rejected with the field it lacks. Field names match
 
 from __future__ import annotations
 
+import math
+import re
 from collections import Counter
+from decimal import Decimal
 from typing import Any
 
 from lmforge.config import ColumnMap
-from lmforge.records import Message, Record, chat_record, record_id, record_problem, text_record
+from lmforge.records import Message, Record, chat_record, json_safe, record_id, record_problem, text_record
 
 DETECT_ROWS = 50
+MAX_DEPTH = 100
+"""Deepest nesting of lists and objects in a row's ``meta`` (or a canonical row); real ones have a few levels."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
     "messages": ("messages",),
@@ -88,20 +94,35 @@ def row_format(row: dict[str, Any]) -> str | None:
 def to_record(value: Any, fmt: str, columns: ColumnMap | None, source: dict[str, Any], domain: str | None) -> Record:
     """Convert one row (or one document section, a string) to a canonical record.
 
+    ``source`` is the location as the readers make it (printable). A canonical row's own ``source``
+    and ``meta`` are checked like the rest of it.
+
     Raises:
-        Rejected: the row does not fit ``fmt`` (missing field, wrong type, bad conversation).
+        Rejected: the row does not fit ``fmt`` (missing field, wrong type, bad conversation), holds text
+            that is not Unicode (a lone surrogate), or nests its ``meta`` more than ``MAX_DEPTH`` deep.
     """
+    if isinstance(value, str) or fmt == "canonical":
+        problem = value_problem(value)
+        if problem:
+            raise Rejected(*problem)
     if isinstance(value, str):
         return text_record(value, source, domain)
     if not isinstance(value, dict):
         raise Rejected("not an object", f"expected a JSON object per row, got {type(value).__name__}")
     if fmt == "canonical":
         return _canonical(value, domain)
+    record = _converted(value, fmt, columns, source, domain)
+    if _holds_surrogate(record):  # rare: walk the row (slower) to name the field it came from
+        raise Rejected(*(value_problem(value) or ("invalid unicode", "a text holds a lone surrogate")))
+    return record
+
+
+def _converted(value: dict[str, Any], fmt: str, columns: ColumnMap | None, source: Any, domain: str | None) -> Record:
     row = value if columns else {str(k).lower(): v for k, v in value.items()}
     domain = _optional_text(row, "domain") or domain
-    meta = row.get("meta") if isinstance(row.get("meta"), dict) else None
     if columns is not None:
         return _from_columns(value, columns, source, domain)
+    meta = _checked_meta(row.get("meta"), "meta") if isinstance(row.get("meta"), dict) else None
     if fmt == "text":
         return text_record(_text(row, "text"), source, domain, meta)
     if fmt == "messages":
@@ -121,11 +142,73 @@ def to_record(value: Any, fmt: str, columns: ColumnMap | None, source: dict[str,
     return chat_record(messages, source, domain, meta)
 
 
+def _checked_meta(meta: dict[str, Any], name: str) -> dict[str, Any]:
+    """``meta`` when it can be carried (Unicode text, nested at most ``MAX_DEPTH`` deep), else Rejected."""
+    problem = value_problem(meta, name)
+    if problem:
+        raise Rejected(*problem)
+    return meta
+
+
+def _holds_surrogate(record: Record) -> bool:
+    """True when the record's texts or domain hold a lone surrogate (its meta was checked before)."""
+    domain = record.get("domain") or ""
+    if not domain.isascii() and _SURROGATE.search(domain):
+        return True
+    if record["kind"] == "text":
+        return not record["text"].isascii() and _SURROGATE.search(record["text"]) is not None
+    for message in record["messages"]:  # a plain loop: this runs for every row
+        if not message["content"].isascii() and _SURROGATE.search(message["content"]):
+            return True
+    return False
+
+
 def unrecognised(value: Any) -> Rejected:
     """The rejection for a row in a file whose format could not be detected."""
     keys = sorted(str(k) for k in value)[:10] if isinstance(value, dict) else type(value).__name__
     expected = ", ".join(f"{name} ({'/'.join(keys_)})" for name, keys_ in FORMAT_KEYS.items())
     return Rejected("format not recognised", f"row keys {keys}; expected one of: {expected}; or set columns")
+
+
+def value_problem(value: Any, name: str = "") -> tuple[str, str] | None:
+    """``(reason, detail)`` when a row cannot be carried into a record whatever its format, else None.
+
+    A lone surrogate (JSON ``"\\ud800"``) is not a character: it cannot be hashed or written as UTF-8
+    (``invalid unicode``, naming the field, e.g. ``'meta.notes[2]'``). Rows nested deeper than
+    ``MAX_DEPTH`` are refused (``nested too deeply``) before anything recurses into them.
+    """
+    stack: list[tuple[Any, str, int]] = [(value, name, 0)]
+    while stack:
+        item, where, depth = stack.pop()
+        if isinstance(item, str):
+            problem = _lone_surrogate(item, repr(_printable(where)) if where else "the text")
+            if problem:
+                return "invalid unicode", problem
+        elif isinstance(item, list | dict) and depth >= MAX_DEPTH:
+            return "nested too deeply", f"lists and objects more than {MAX_DEPTH} levels deep"
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{index}]", depth + 1) for index, child in enumerate(item))
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                problem = _lone_surrogate(key, f"a key in {_printable(where)!r}" if where else "a key of the row")
+                if problem:
+                    return "invalid unicode", problem
+                stack.append((child, f"{where}.{key}" if where else str(key), depth + 1))
+    return None
+
+
+def _lone_surrogate(text: Any, field: str) -> str | None:
+    """What is wrong when the string ``text`` holds a lone surrogate, naming ``field``; else None."""
+    found = None if not isinstance(text, str) or text.isascii() else _SURROGATE.search(text)
+    if found is None:
+        return None
+    at = f"U+{ord(found.group()):04X} (character {found.start() + 1})"
+    return f"{field} holds a lone surrogate {at}, which is not a character; fix the text or its \\u escapes"
+
+
+def _printable(text: str) -> str:
+    """``text`` with lone surrogates written as ``\\udXXX`` escapes (safe to print and to write as UTF-8)."""
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
 
 
 def _field(row: dict[str, Any], key: str) -> Any:
@@ -139,6 +222,8 @@ def _canonical(value: dict[str, Any], domain: str | None) -> Record:
     if problem:
         raise Rejected("invalid record", problem)
     record = dict(value)
+    if "meta" in record:
+        record["meta"] = json_safe(record["meta"])
     record["domain"] = record.get("domain") or domain
     # ids are content hashes: one given by another tool is replaced, so equal content dedups as equal
     record["id"] = record_id(record["kind"], record["text"] if record["kind"] == "text" else record["messages"])
@@ -146,13 +231,18 @@ def _canonical(value: dict[str, Any], domain: str | None) -> Record:
 
 
 def _text(row: dict[str, Any], key: str) -> str:
-    """A required string field; numbers are written out, other types are rejected."""
+    """A required string field; numbers are written out, NaN and infinities and other types are rejected."""
     if key not in row or row[key] is None:
         raise Rejected("missing field", f"no {key!r}")
     value = row[key]
-    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
         raise Rejected("wrong type", f"{key!r} must be a string, got {type(value).__name__}")
-    return value if isinstance(value, str) else str(value)
+    finite = value.is_finite() if isinstance(value, Decimal) else not isinstance(value, float) or math.isfinite(value)
+    if not finite:  # NaN or an infinity: never the text "nan"
+        raise Rejected("invalid number", f"{key!r} is {value}, not a text; expected a string or a finite number")
+    return str(value)
 
 
 def _optional_text(row: dict[str, Any], key: str) -> str:
@@ -231,6 +321,7 @@ def _from_columns(row: dict[str, Any], columns: ColumnMap, source: dict[str, Any
         if name not in row:
             raise Rejected("missing field", f"no {name!r} (columns.meta)")
         meta[name] = row[name]
+    meta = _checked_meta(meta, "")
     if columns.text:
         return text_record(_text(row, columns.text), source, domain, meta or None)
     assert columns.assistant  # the config validator guarantees text or assistant

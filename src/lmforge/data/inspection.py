@@ -42,7 +42,11 @@ def percentiles(values: list[int]) -> dict[str, int]:
 
 
 def files_table(prepared: Prepared) -> RenderableType:
-    """One row per input file: what it is and what happened to its records (per source totals below)."""
+    """One row per input file: what it is and what happened to its records (per source totals below).
+
+    File names, encodings and reasons are escaped: a file named ``[bold]x[/bold].jsonl`` is shown as it is.
+    """
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="inputs", title_justify="left")
@@ -50,14 +54,17 @@ def files_table(prepared: Prepared) -> RenderableType:
         table.add_column(column, justify="right" if column == "read" else "left")
     for name, stats in prepared.stats.items():
         for file, report in stats.files.items():
-            fmt = report.get("format") or "[red]not recognised[/red]"
-            table.add_row(file, report["kind"], fmt, report.get("encoding", ""), str(report["read"]))
+            fmt = escape(report["format"]) if report.get("format") else "[red]not recognised[/red]"
+            cells = (file, report["kind"], report.get("encoding", ""))
+            file_cell, kind, encoding = (escape(cell) for cell in cells)
+            table.add_row(file_cell, kind, fmt, encoding, str(report["read"]))
         counts = stats.as_dict()
         summary = (
             f"kept {counts['kept']}, duplicates {counts['deduplicated']}, "
             f"filtered {_reasons(counts['filtered'])}, rejected {_reasons(counts['rejected'])}"
         )
-        table.add_row(f"[bold]{Path(name).name}[/bold]", "", summary, "", f"[bold]{counts['read']}[/bold]")
+        source = escape(Path(name).name)
+        table.add_row(f"[bold]{source}[/bold]", "", escape(summary), "", f"[bold]{counts['read']}[/bold]")
     return table
 
 
@@ -70,6 +77,7 @@ def _reasons(counts: dict[str, int]) -> str:
 
 def splits_table(prepared: Prepared, tokenizer: PreTrainedTokenizerBase | None) -> RenderableType:
     """Records per split and kind, and token-length percentiles when a tokenizer is given."""
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(title="splits" + (" (tokens after the chat template)" if tokenizer else ""), title_justify="left")
@@ -81,7 +89,7 @@ def splits_table(prepared: Prepared, tokenizer: PreTrainedTokenizerBase | None) 
             table.add_column("max" if p == 100 else f"p{p}", justify="right")
     for split, records in sorted(prepared.splits.items()):
         chats = sum(r["kind"] == "chat" for r in records)
-        row = [split, str(chats), str(len(records) - chats)]
+        row = [escape(split), str(chats), str(len(records) - chats)]
         if tokenizer is not None:
             row += [str(v) for v in percentiles(clean.token_lengths(tokenizer, records)).values()] or ["-"] * 4
         table.add_row(*row)
@@ -92,6 +100,7 @@ def labelled_examples(
     records: list[Record], tokenizer: PreTrainedTokenizerBase, labels_for: LabelFn, count: int
 ) -> list[RenderableType]:
     """Up to ``count`` chat examples as the model sees them: tokens with loss in bold green, the rest dim."""
+    from rich.markup import escape
     from rich.panel import Panel
     from rich.text import Text
 
@@ -109,7 +118,7 @@ def labelled_examples(
             done = max(done, end)
         text.append(rendered[done:], style="dim")
         trained = sum(label != -100 for label in labels)
-        where = _where(record["source"])
+        where = escape(_where(record["source"]))
         panels.append(Panel(text, title=f"{where}  ({trained}/{len(labels)} tokens carry loss)", title_align="left"))
     return panels
 

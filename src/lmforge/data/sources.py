@@ -1,4 +1,4 @@
-"""Expand recipe sources into files and read them into raw items, each with its location.
+"""Read inputs (see ``inputs.py`` for which ones a source names) into raw items, each with its location.
 
 A raw item is one unit read from an input: a row of a dataset (a dict, or whatever the JSON held)
 or a section of a document (a string), with the file, line, page, row and heading it came from.
@@ -7,13 +7,17 @@ line, row or file is accounted for downstream. Readers never raise on bad conten
 
 Encodings: ``auto`` reads UTF-8 (a BOM is dropped, CRLF is fine) and reports each line with invalid
 UTF-8; a file that holds no valid multi-byte UTF-8 but does hold bytes above 0x7F is a legacy 8-bit
-file and is read as cp1252 (latin-1 for the five bytes cp1252 leaves undefined).
+file and is read as cp1252 (latin-1 for the five bytes cp1252 leaves undefined), wherever in the
+file those bytes are.
+
+Only regular files are read: a device, a FIFO or a broken link is a reject (``not a regular file``),
+never opened, since reading ``/dev/zero`` or a pipe would never end. A file that cannot be read at all
+(a damaged container, an I/O error) is one reject (``unreadable file``) after whatever was read before.
 """
 
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import os
@@ -23,16 +27,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import HUB_SCHEME, SourceSpec
-from lmforge.data import documents
+from lmforge.config import SourceSpec
+from lmforge.data import documents, formats
+from lmforge.data.documents import UnreadableFile
+from lmforge.data.inputs import SUPPORTED_SUFFIXES, hub_id, is_saved_dataset, not_regular_file
 from lmforge.errors import DataError
 
-DATASET_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".tsv", ".parquet"}
-SUPPORTED_SUFFIXES = DATASET_SUFFIXES | documents.DOCUMENT_SUFFIXES
 SNIFF_BYTES = 1 << 20
 PROGRESS_EVERY = 1 << 20
 _NOT_ASCII_OR_BAD = re.compile("[^\x00-\x7f\udc80-\udcff]")
 _BAD_BYTES = re.compile("[\udc80-\udcff]")
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 ProgressFn = Callable[[int], None]
 
@@ -70,88 +75,17 @@ class FileReport:
         return out
 
 
-# ---------------------------------------------------------------- finding files
-
-
-def is_saved_dataset(path: Path) -> bool:
-    """True for a folder written by ``Dataset.save_to_disk`` or ``DatasetDict.save_to_disk``."""
-    return path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file())
-
-
-def hub_id(item: Path) -> str | None:
-    """The dataset id when an input names a hub dataset (``hf://org/name``, which Path folds to ``hf:/``)."""
-    text = str(item)
-    return text.split(":/", 1)[1].lstrip("/") if text.startswith(HUB_SCHEME[:-1]) else None
-
-
-def expand_source(path: str) -> tuple[list[Path], list[str]]:
-    """Inputs named by a source path, sorted, and the files of a folder that were skipped (unsupported).
-
-    A file names itself (whatever its type: an unsupported one is reported when read); a folder names
-    its supported files and saved datasets, recursively; a glob names its matching files.
-    """
-    if path.startswith(HUB_SCHEME):
-        return [Path(path)], []
-    if any(ch in path for ch in "*?["):
-        found = [Path(p) for p in glob.glob(path, recursive=True)]
-        return sorted(p for p in found if p.is_file() or is_saved_dataset(p)), []
-    root = Path(path)
-    if not root.is_dir() or is_saved_dataset(root):
-        return [root], []
-    inputs: list[Path] = []
-    skipped: list[str] = []
-    for folder, subdirs, names in os.walk(root):
-        here = Path(folder)
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for sub in list(subdirs):
-            if is_saved_dataset(here / sub):
-                inputs.append(here / sub)
-                subdirs.remove(sub)
-        for name in names:
-            if name.startswith("."):
-                continue
-            file = here / name
-            if file.suffix.lower() in SUPPORTED_SUFFIXES:
-                inputs.append(file)
-            else:
-                skipped.append(str(file.relative_to(root)))
-    return sorted(inputs), sorted(skipped)
-
-
-def files_to_fingerprint(inputs: list[Path]) -> list[Path]:
-    """The files whose bytes decide a source's content (a saved dataset's files included)."""
-    files: list[Path] = []
-    for item in inputs:
-        if hub_id(item):
-            continue
-        if item.is_dir():
-            files.extend(sorted(p for p in item.rglob("*") if p.is_file()))
-        else:
-            files.append(item)
-    return files
-
-
-def display_path(file: Path, source_path: str) -> str:
-    """A short, machine-independent name: relative to the source folder's parent when inside it."""
-    if source_path.startswith(HUB_SCHEME):
-        return source_path
-    root = Path(source_path)
-    if any(ch in source_path for ch in "*?["):
-        root = Path(re.split(r"[*?\[]", source_path)[0]).parent
-    anchor = root.parent if root.is_dir() or root == file else root
-    try:
-        return str(file.relative_to(anchor))
-    except ValueError:
-        return file.name
-
-
 # ---------------------------------------------------------------- reading
 
 
 def read_items(
     file: Path, shown: str, spec: SourceSpec, chunk_chars: int, report: FileReport, progress: ProgressFn | None = None
 ) -> Iterator[RawItem]:
-    """Yield the raw items of one input, choosing the reader by file type."""
+    """Yield the raw items of one input, choosing the reader by file type.
+
+    A file that cannot be read at all (a device or a FIFO, a damaged container, an undecodable
+    encoding, an I/O error) ends as one item with the reason, after the items read before the problem.
+    """
     reported = 0
 
     def advance(count: int) -> None:
@@ -160,10 +94,28 @@ def read_items(
         if progress:
             progress(count)
 
-    suffix = file.suffix.lower()
     if hub_id(file):
         yield from _read_hub(hub_id(file), shown, spec)
-    elif is_saved_dataset(file):
+        return
+    problem = None if file.is_dir() else not_regular_file(file)
+    if problem:
+        yield RawItem({"path": shown}, reason="not a regular file", detail=problem)
+        return
+    try:
+        yield from _read_local(file, shown, spec, chunk_chars, report, advance)
+    except UnreadableFile as exc:
+        yield RawItem({"path": shown}, reason=exc.reason, detail=exc.detail)
+    except OSError as exc:  # a permission problem or an I/O error while reading
+        yield RawItem({"path": shown}, reason="unreadable file", detail=f"{type(exc).__name__}: {exc.strerror or exc}")
+    if file.is_file():
+        advance(file.stat().st_size - reported)
+
+
+def _read_local(
+    file: Path, shown: str, spec: SourceSpec, chunk_chars: int, report: FileReport, advance: ProgressFn
+) -> Iterator[RawItem]:
+    suffix = file.suffix.lower()
+    if is_saved_dataset(file):
         yield from _read_saved_dataset(file, shown, spec)
     elif suffix in (".jsonl", ".ndjson"):
         yield from _read_jsonl(file, shown, spec.encoding, report, advance)
@@ -174,12 +126,12 @@ def read_items(
     elif suffix == ".parquet":
         yield from _read_parquet(file, shown)
     elif suffix in documents.DOCUMENT_SUFFIXES:
-        yield from _read_document(file, shown, spec, chunk_chars, report)
+        blocks = documents.read_blocks(file, spec.encoding, report)
+        for text, where in documents.split_blocks(blocks, spec.unit, chunk_chars):
+            yield RawItem({"path": shown, **where}, value=text)
     else:
         expected = ", ".join(sorted(SUPPORTED_SUFFIXES))
         yield RawItem({"path": shown}, reason="unsupported file type", detail=f"{suffix or 'no suffix'}; {expected}")
-    if not hub_id(file) and file.is_file():
-        advance(file.stat().st_size - reported)
 
 
 def sniff_encoding(sample: bytes) -> str:
@@ -192,21 +144,44 @@ def sniff_encoding(sample: bytes) -> str:
     except UnicodeDecodeError as exc:
         if exc.reason == "unexpected end of data":  # the sample cut a character in half
             return "utf-8"
-    text = sample.decode("utf-8", errors="surrogateescape")
-    return "utf-8" if _NOT_ASCII_OR_BAD.search(text) else "cp1252"
+    return "cp1252" if is_legacy_8bit(sample.decode("utf-8", errors="surrogateescape")) else "utf-8"
+
+
+def is_legacy_8bit(text: str) -> bool:
+    """True when ``text`` (decoded as UTF-8 with ``surrogateescape``) has invalid bytes and no valid multi-byte
+    UTF-8 at all: a legacy 8-bit file (cp1252) rather than a UTF-8 file with a few bad bytes."""
+    return bool(_BAD_BYTES.search(text)) and not _NOT_ASCII_OR_BAD.search(text)
 
 
 def decode_text(data: bytes, encoding: str) -> tuple[str, str]:
-    """Decode a whole file; invalid UTF-8 bytes stay as surrogates (``\\udc80``..) for the caller to report."""
-    used = sniff_encoding(data[:SNIFF_BYTES]) if encoding == "auto" else encoding
+    """Decode a whole file; invalid UTF-8 bytes stay as surrogates (``\\udc80``..) for the caller to report.
+
+    ``auto`` looks at the whole file, so legacy 8-bit bytes far into it still make it cp1252.
+
+    Raises:
+        UnreadableFile: a forced encoding fails on these bytes even with ``errors="replace"``.
+    """
+    used = encoding
+    if encoding == "auto":
+        used = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8"
     if used.replace("_", "-").lower() in ("utf-8", "utf8"):
-        return data.removeprefix(b"\xef\xbb\xbf").decode("utf-8", errors="surrogateescape"), "utf-8"
+        body = data.removeprefix(_UTF8_BOM)
+        try:
+            return body.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text = body.decode("utf-8", errors="surrogateescape")
+        if encoding != "auto" or not is_legacy_8bit(text):
+            return text, "utf-8"
+        used = "cp1252"
     if used == "cp1252":
         try:
             return data.decode("cp1252"), "cp1252"
         except UnicodeDecodeError:
             return data.decode("latin-1"), "latin-1"
-    text = data.decode(used, errors="replace")
+    try:
+        text = data.decode(used, errors="replace")
+    except UnicodeError as exc:
+        raise UnreadableFile("unreadable file", f"cannot decode it as {used}: {exc}") from None
     return text.removeprefix("\ufeff"), used
 
 
@@ -217,14 +192,14 @@ def bad_byte_offset(text: str) -> int | None:
 
 
 def _read_jsonl(file: Path, shown: str, encoding: str, report: FileReport, progress: ProgressFn) -> Iterator[RawItem]:
+    """JSON Lines, streamed when UTF-8; a legacy 8-bit file (found at its first bad byte) is read as cp1252."""
     report.encoding = sniff_encoding(_head(file)) if encoding == "auto" else encoding
     if report.encoding != "utf-8":
         text, report.encoding = decode_text(file.read_bytes(), report.encoding)
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                yield _json_line(line, shown, number)
+        yield from _json_lines(text, shown, first=1)
         return
     done = 0
+    settled = encoding != "auto"  # auto: a bad byte may yet turn out to mean a legacy 8-bit file
     with file.open("rb") as handle:
         for number, raw in enumerate(handle, start=1):
             done += len(raw)
@@ -234,22 +209,48 @@ def _read_jsonl(file: Path, shown: str, encoding: str, report: FileReport, progr
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
+                if not settled:
+                    settled = True
+                    position = handle.tell()
+                    rest = raw + handle.read()
+                    if is_legacy_8bit(rest.decode("utf-8", errors="surrogateescape")):
+                        text, report.encoding = decode_text(rest, "cp1252")
+                        yield from _json_lines(text, shown, first=number)
+                        return
+                    handle.seek(position)
                 yield RawItem({"path": shown, "line": number}, reason="invalid UTF-8", detail=f"byte {exc.start + 1}")
                 continue
+            settled = settled or not line.isascii()  # valid multi-byte UTF-8: a UTF-8 file
             if number == 1:
                 line = line.removeprefix("\ufeff")
             if line.strip():
                 yield _json_line(line, shown, number)
 
 
+def _json_lines(text: str, shown: str, first: int) -> Iterator[RawItem]:
+    """Items of JSON Lines text whose first line is line ``first`` of the file (lines end at ``\\n`` only:
+    U+2028 and the like may sit inside JSON strings)."""
+    for number, line in enumerate(text.split("\n"), start=first):
+        if line.strip():
+            yield _json_line(line, shown, number)
+
+
 def _json_line(line: str, shown: str, number: int) -> RawItem:
     where = {"path": shown, "line": number}
     try:
         return RawItem(where, value=json.loads(line))
-    except json.JSONDecodeError as exc:
-        return RawItem(where, reason="invalid JSON", detail=f"{exc.msg} (column {exc.colno})")
-    except RecursionError:
-        return RawItem(where, reason="invalid JSON", detail="nested too deeply")
+    except (ValueError, RecursionError) as exc:
+        return RawItem(where, reason="invalid JSON", detail=_json_problem(exc, column=True))
+
+
+def _json_problem(exc: Exception, column: bool = False) -> str:
+    """What is wrong with a JSON text, from the exception ``json`` raised."""
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg} (column {exc.colno})" if column else exc.msg
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    # ValueError: an integer longer than Python converts (sys.get_int_max_str_digits, 4300 by default)
+    return f"a number too long to read ({str(exc).split(';')[0]}); write it as a string"
 
 
 def _head(file: Path) -> bytes:
@@ -258,6 +259,8 @@ def _head(file: Path) -> bytes:
 
 
 _WS = re.compile(r"[ \t\n\r]*")
+_LENIENT = json.JSONDecoder(parse_int=len)
+"""Finds where a JSON value ends when it holds an integer too long for ``int()`` (its value is not used)."""
 
 
 def _read_json(file: Path, shown: str, encoding: str, report: FileReport) -> Iterator[RawItem]:
@@ -272,14 +275,16 @@ def _read_json(file: Path, shown: str, encoding: str, report: FileReport) -> Ite
         return
     try:
         whole = json.loads(text)
-    except json.JSONDecodeError as exc:
-        if text[start] == "[":  # keep the rows before the error
+    except (ValueError, RecursionError) as exc:
+        if text[start] == "[":  # keep the rows around the error
             yield from _array_rows(text, start, shown, "")
-            return
-        yield RawItem({"path": shown, "line": exc.lineno}, reason="invalid JSON", detail=f"{exc.msg} (whole file)")
-        return
-    except RecursionError:
-        yield RawItem({"path": shown}, reason="invalid JSON", detail="nested too deeply")
+        elif type(exc) is ValueError and _is_object_of_splits(_lenient_whole(text)):  # a too-long integer
+            yield from _object_rows(text, start, shown)
+        else:
+            line = exc.lineno if isinstance(exc, json.JSONDecodeError) else text.count("\n", 0, start) + 1
+            yield RawItem(
+                {"path": shown, "line": line}, reason="invalid JSON", detail=f"{_json_problem(exc)} (whole file)"
+            )
         return
     if isinstance(whole, list):
         yield from _array_rows(text, start, shown, "")
@@ -287,10 +292,26 @@ def _read_json(file: Path, shown: str, encoding: str, report: FileReport) -> Ite
         columns = list(whole)
         for index, values in enumerate(zip(*whole.values(), strict=True), start=1):
             yield RawItem({"path": shown, "row": index}, value=dict(zip(columns, values, strict=True)))
-    elif isinstance(whole, dict) and _row_lists(whole):
-        yield from _object_rows(text, start, shown, set(_row_lists(whole)))
+    elif _is_object_of_splits(whole):
+        yield from _object_rows(text, start, shown)
     else:
         yield RawItem({"path": shown, "line": text.count("\n", 0, start) + 1}, value=whole)
+
+
+def _lenient_whole(text: str) -> Any:
+    """The JSON value with too-long integers replaced (to learn its shape), or None when it is not valid JSON."""
+    try:
+        return _LENIENT.decode(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _lenient_end(text: str, pos: int) -> int | None:
+    """Where the JSON value at ``pos`` ends, reading too-long integers leniently; None when it is not valid JSON."""
+    try:
+        return _LENIENT.raw_decode(text, pos)[1]
+    except (ValueError, RecursionError):
+        return None
 
 
 def _is_columnar(obj: dict[str, Any]) -> bool:
@@ -300,58 +321,80 @@ def _is_columnar(obj: dict[str, Any]) -> bool:
     return len({len(v) for v in values}) == 1 and not any(isinstance(x, (dict, list)) for x in values[0])
 
 
-def _row_lists(obj: dict[str, Any]) -> list[str]:
-    """Keys of an object that hold lists of rows (not a single record such as ``{"messages": [...]}``)."""
-    if "messages" in obj or "conversations" in obj:
-        return []
-    return [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+def _is_object_of_splits(obj: Any) -> bool:
+    """An object whose arrays hold rows (``{"train": [...], "test": [...]}``), not a row that has a list of
+    objects in one field (``{"messages": [...]}``, ``{"question": ..., "tags": [{...}]}``)."""
+    if not isinstance(obj, dict) or formats.row_format(obj) is not None:
+        return False
+    return any(isinstance(v, list) and v and all(isinstance(x, dict) for x in v) for v in obj.values())
 
 
 def _array_rows(text: str, pos: int, shown: str, key: str) -> Iterator[RawItem]:
-    """Rows of the JSON array starting at ``text[pos] == '['``, each with its line; stops at the first error."""
+    """Rows of the JSON array starting at ``text[pos] == '['``, each with its line; stops at the first
+    syntax error (a row with a too-long integer is rejected alone)."""
     decoder = json.JSONDecoder()
     line, seen = 1, 0
     pos = _WS.match(text, pos + 1).end()
     if pos < len(text) and text[pos] == "]":
         return
+    rest = f"the rest of {key!r}" if key else "the rest of the array"
     while True:
         line += text.count("\n", seen, pos)
         seen = pos
         where: dict[str, Any] = {"path": shown, "line": line}
         try:
             value, end = decoder.raw_decode(text, pos)
-        except (json.JSONDecodeError, RecursionError) as exc:
-            detail = getattr(exc, "msg", "nested too deeply")
-            yield RawItem(where, reason="invalid JSON", detail=f"{detail}; the rest of {key or 'the array'} is unread")
-            return
-        yield RawItem(where, value=value)
+            yield RawItem(where, value=value)
+        except (ValueError, RecursionError) as exc:
+            # a too-long integer in valid JSON costs only its row; after a syntax error the row's end is unknown
+            skip_to = _lenient_end(text, pos) if type(exc) is ValueError else None
+            if skip_to is None:
+                yield RawItem(where, reason="invalid JSON", detail=f"{_json_problem(exc)}; {rest} is unread")
+                return
+            yield RawItem(where, reason="invalid JSON", detail=_json_problem(exc))
+            end = skip_to
         pos = _WS.match(text, end).end()
         if pos < len(text) and text[pos] == ",":
             pos = _WS.match(text, pos + 1).end()
             continue
         if pos < len(text) and text[pos] == "]":
             return
-        yield RawItem(where, reason="invalid JSON", detail="expected ',' or ']' after this row; the rest is unread")
+        yield RawItem(where, reason="invalid JSON", detail=f"expected ',' or ']' after this row; {rest} is unread")
         return
 
 
-def _object_rows(text: str, pos: int, shown: str, keys: set[str]) -> Iterator[RawItem]:
-    """Rows of the arrays held by ``keys`` in the (valid) JSON object starting at ``text[pos] == '{'``."""
-    decoder = json.JSONDecoder()
+def _object_rows(text: str, pos: int, shown: str) -> Iterator[RawItem]:
+    """Rows of every array in the (valid) JSON object of splits starting at ``text[pos] == '{'``; a key whose
+    value is not an array is one reject (``not a list of rows``), so nothing in the file goes unaccounted."""
     pos = _WS.match(text, pos + 1).end()
     while pos < len(text) and text[pos] != "}":
-        key, pos = decoder.raw_decode(text, pos)
+        key, pos = _LENIENT.raw_decode(text, pos)
         pos = _WS.match(text, pos).end() + 1  # past ':'
         pos = _WS.match(text, pos).end()
-        _, end = decoder.raw_decode(text, pos)
-        if key in keys:
+        value, end = _LENIENT.raw_decode(text, pos)
+        if isinstance(value, list):
             yield from _array_rows(text, pos, shown, key)
+        else:
+            where = {"path": shown, "line": text.count("\n", 0, pos) + 1}
+            detail = f"key {key!r} holds {_json_type(value)}; the other keys hold arrays of rows"
+            yield RawItem(where, reason="not a list of rows", detail=detail)
         pos = _WS.match(text, end).end()
         if pos < len(text) and text[pos] == ",":
             pos = _WS.match(text, pos + 1).end()
 
 
+def _json_type(value: Any) -> str:
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    return "a number"
+
+
 def _read_csv(file: Path, shown: str, encoding: str, report: FileReport, delimiter: str) -> Iterator[RawItem]:
+    """A header row (the first row that is not blank), then one row per record."""
     text, report.encoding = decode_text(file.read_bytes(), encoding)
     # The default 128 KiB field limit would turn one long text into a crash; a row may be as long as the file.
     csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
@@ -368,10 +411,10 @@ def _read_csv(file: Path, shown: str, encoding: str, report: FileReport, delimit
             return
         where = {"path": shown, "line": start}
         start = reader.line_num + 1
+        if not any(cell.strip() for cell in row):
+            continue
         if header is None:
             header = [name.strip() for name in row]
-            continue
-        if not any(cell.strip() for cell in row):
             continue
         offset = bad_byte_offset(delimiter.join(row))
         if offset is not None:
@@ -383,19 +426,20 @@ def _read_csv(file: Path, shown: str, encoding: str, report: FileReport, delimit
 
 
 def _read_parquet(file: Path, shown: str) -> Iterator[RawItem]:
-    import pyarrow as pa
+    """Every row, in batches; a damaged file ends with one ``unreadable file`` item after the rows read before."""
     import pyarrow.parquet as pq
 
+    row = 0
     try:
-        table = pq.ParquetFile(file)
-        batches = table.iter_batches(batch_size=4096)
-        row = 0
-        for batch in batches:
-            for value in batch.to_pylist():
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=4096):
+            values = batch.to_pylist()
+            for value in values:
                 row += 1
                 yield RawItem({"path": shown, "row": row}, value=value)
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        yield RawItem({"path": shown}, reason="unreadable file", detail=f"not a readable Parquet file: {exc}")
+    except Exception as exc:  # pyarrow raises many types (ArrowInvalid, OSError, OverflowError...) on damage
+        where = f" after row {row}" if row else ""
+        detail = f"not a readable Parquet file{where}: {type(exc).__name__}: {exc}"
+        yield RawItem({"path": shown}, reason="unreadable file", detail=detail)
 
 
 def _pick_split(dataset: Any, wanted: str | None, shown: str) -> Any:
@@ -442,13 +486,3 @@ def _read_hub(dataset_id: str, shown: str, spec: SourceSpec) -> Iterator[RawItem
     dataset = load_dataset(dataset_id, split=spec.dataset_split or "train")
     for row, value in enumerate(dataset, start=1):
         yield RawItem({"path": shown, "row": row}, value=value)
-
-
-def _read_document(file: Path, shown: str, spec: SourceSpec, chunk_chars: int, report: FileReport) -> Iterator[RawItem]:
-    try:
-        blocks = documents.read_blocks(file, spec.encoding, report)
-    except documents.UnreadableDocument as exc:
-        yield RawItem({"path": shown}, reason=exc.reason, detail=exc.detail)
-        return
-    for text, where in documents.split_blocks(blocks, spec.unit, chunk_chars):
-        yield RawItem({"path": shown, **where}, value=text)
