@@ -16,10 +16,9 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from lmforge.data.sources import FileReport
+from lmforge.data.textio import FileReport, UnreadableFile, bad_byte_offset, decode_text
 
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
 TEXT_SUFFIXES = {".txt", ".text", ".rst"}
@@ -52,24 +51,12 @@ class Block:
     """Plain heading text (headings only)."""
 
 
-class UnreadableFile(Exception):
-    """A file that yields nothing (damaged, undecodable, or a PDF without text); ``reason`` is the category
-    counted in ``stats.json``, ``detail`` says what was found."""
-
-    def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-
-
 def read_blocks(file: Path, encoding: str, report: FileReport) -> list[Block]:
     """Read one document into blocks.
 
     Raises:
         UnreadableFile: the file is damaged, encrypted, or holds no text (a scanned PDF).
     """
-    from lmforge.data.sources import bad_byte_offset, decode_text
-
     suffix = file.suffix.lower()
     if suffix == ".pdf":
         report.kind = "pdf"

@@ -23,22 +23,25 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lmforge.config import SourceSpec
 from lmforge.data import documents, formats
-from lmforge.data.documents import UnreadableFile
 from lmforge.data.inputs import SUPPORTED_SUFFIXES, hub_id, is_saved_dataset, not_regular_file
+from lmforge.data.textio import (
+    BAD_BYTES,
+    FileReport,
+    UnreadableFile,
+    bad_byte_offset,
+    decode_text,
+    is_legacy_8bit,
+)
 from lmforge.errors import DataError
 
 SNIFF_BYTES = 1 << 20
 PROGRESS_EVERY = 1 << 20
-_NOT_ASCII_OR_BAD = re.compile("[^\x00-\x7f\udc80-\udcff]")
-_BAD_BYTES = re.compile("[\udc80-\udcff]")
-_UTF8_BOM = b"\xef\xbb\xbf"
-
 ProgressFn = Callable[[int], None]
 
 
@@ -52,27 +55,6 @@ class RawItem:
     reason: str | None = None
     """Category of the problem (a key of the ``rejected`` counts), None when the item was read."""
     detail: str = ""
-
-
-@dataclass
-class FileReport:
-    """What reading one file found; shown per file in ``stats.json``."""
-
-    kind: str
-    encoding: str | None = None
-    format: str | None = None
-    items: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "read": self.items}
-        if self.encoding:
-            out["encoding"] = self.encoding
-        if self.format:
-            out["format"] = self.format
-        if self.warnings:
-            out["warnings"] = self.warnings[:20] + ([f"... {len(self.warnings) - 20} more"] * (len(self.warnings) > 20))
-        return out
 
 
 # ---------------------------------------------------------------- reading
@@ -145,50 +127,6 @@ def sniff_encoding(sample: bytes) -> str:
         if exc.reason == "unexpected end of data":  # the sample cut a character in half
             return "utf-8"
     return "cp1252" if is_legacy_8bit(sample.decode("utf-8", errors="surrogateescape")) else "utf-8"
-
-
-def is_legacy_8bit(text: str) -> bool:
-    """True when ``text`` (decoded as UTF-8 with ``surrogateescape``) has invalid bytes and no valid multi-byte
-    UTF-8 at all: a legacy 8-bit file (cp1252) rather than a UTF-8 file with a few bad bytes."""
-    return bool(_BAD_BYTES.search(text)) and not _NOT_ASCII_OR_BAD.search(text)
-
-
-def decode_text(data: bytes, encoding: str) -> tuple[str, str]:
-    """Decode a whole file; invalid UTF-8 bytes stay as surrogates (``\\udc80``..) for the caller to report.
-
-    ``auto`` looks at the whole file, so legacy 8-bit bytes far into it still make it cp1252.
-
-    Raises:
-        UnreadableFile: a forced encoding fails on these bytes even with ``errors="replace"``.
-    """
-    used = encoding
-    if encoding == "auto":
-        used = "utf-16" if data.startswith((b"\xff\xfe", b"\xfe\xff")) else "utf-8"
-    if used.replace("_", "-").lower() in ("utf-8", "utf8"):
-        body = data.removeprefix(_UTF8_BOM)
-        try:
-            return body.decode("utf-8"), "utf-8"
-        except UnicodeDecodeError:
-            text = body.decode("utf-8", errors="surrogateescape")
-        if encoding != "auto" or not is_legacy_8bit(text):
-            return text, "utf-8"
-        used = "cp1252"
-    if used == "cp1252":
-        try:
-            return data.decode("cp1252"), "cp1252"
-        except UnicodeDecodeError:
-            return data.decode("latin-1"), "latin-1"
-    try:
-        text = data.decode(used, errors="replace")
-    except UnicodeError as exc:
-        raise UnreadableFile("unreadable file", f"cannot decode it as {used}: {exc}") from None
-    return text.removeprefix("\ufeff"), used
-
-
-def bad_byte_offset(text: str) -> int | None:
-    """Column of the first invalid byte left by :func:`decode_text`, or None."""
-    found = _BAD_BYTES.search(text)
-    return found.start() + 1 if found else None
 
 
 def _read_jsonl(file: Path, shown: str, encoding: str, report: FileReport, progress: ProgressFn) -> Iterator[RawItem]:
@@ -267,7 +205,7 @@ def _read_json(file: Path, shown: str, encoding: str, report: FileReport) -> Ite
     """A JSON array of rows, an object of arrays of rows, a columnar object (``{col: [values]}``) or one row."""
     text, report.encoding = decode_text(file.read_bytes(), encoding)
     if bad_byte_offset(text) is not None:
-        text = _BAD_BYTES.sub("\ufffd", text)
+        text = BAD_BYTES.sub("\ufffd", text)
         report.warnings.append("invalid UTF-8 bytes replaced with U+FFFD")
     start = _WS.match(text).end()
     if start == len(text):

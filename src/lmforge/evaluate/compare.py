@@ -29,6 +29,7 @@ from typing import Any
 from lmforge.config import Recipe
 from lmforge.distributed import is_leader
 from lmforge.errors import StageError
+from lmforge.evaluate.scores import format_delta, format_score
 from lmforge.evaluate.stats import paired_difference, score_interval
 from lmforge.evaluate.tasks import Item, Task, task_for
 from lmforge.evaluate.variants import Variant, load_variant, rag_prompts, resolve_variants, retrieved_passages
@@ -44,8 +45,6 @@ from lmforge.rundir import (
     read_json,
     split_path,
 )
-
-PERCENT_METRICS = {"accuracy", "accuracy_norm", "exact", "field_accuracy", "valid_json", "all_fields"}
 
 
 @dataclass
@@ -362,19 +361,6 @@ def _rounded(value: Any) -> Any:
 
 
 # ---------------------------------------------------------------- terminal
-
-
-def format_score(metric: str, value: float | None) -> str:
-    """A score as people read it: percentages for rates, decimals for the rest."""
-    if value is None:
-        return "-"
-    if metric in PERCENT_METRICS:
-        return f"{value:.1%}"
-    return f"{value:.2f}" if metric in ("perplexity", "bleu") else f"{value:.3f}"
-
-
-def format_delta(metric: str, value: float) -> str:
-    return f"{value:+.1%}" if metric in PERCENT_METRICS else f"{value:+.3f}"
 
 
 def summary_line(summary: dict[str, Any]) -> str:

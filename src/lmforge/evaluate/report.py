@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import StageError
-from lmforge.evaluate.compare import PERCENT_METRICS
-from lmforge.evaluate.compare import format_delta as _fmt_delta
-from lmforge.evaluate.compare import format_score as _fmt
+from lmforge.evaluate.scores import PERCENT_METRICS
+from lmforge.evaluate.scores import format_delta as _fmt_delta
+from lmforge.evaluate.scores import format_score as _fmt
 from lmforge.rundir import atomic_write_text, read_json
 
 PALETTE = ["#6b7280", "#2563eb", "#16a34a", "#d97706", "#9333ea", "#dc2626", "#0891b2", "#be185d"]
