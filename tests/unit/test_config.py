@@ -156,3 +156,11 @@ def test_an_encoding_that_does_not_decode_bytes_to_text_is_refused_at_load_time(
     path.write_text("name: e\nstages: [data]\ndata: {sources: [{path: a.txt, encoding: base64}]}\n", encoding="utf-8")
     with pytest.raises(ConfigError, match=r"data\.sources\.0\.encoding: .*'base64' is not a text encoding"):
         load_recipe(path)
+
+
+def test_a_recipe_that_is_not_utf8_is_a_config_error(tmp_path):
+    """Found by tests/unit/test_config_fuzz.py: the byte 0x80 alone crashed the loader."""
+    path = tmp_path / "latin.yaml"
+    path.write_bytes(b"name: caf\xe9\nstages: [data]\n")
+    with pytest.raises(ConfigError, match="byte 10: not UTF-8 text"):
+        load_recipe(path)

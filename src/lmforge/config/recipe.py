@@ -89,7 +89,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise ConfigError(source, [Problem("", f"{path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}")])
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        where = f"byte {exc.start + 1}"
+        raise ConfigError(
+            source, [Problem(where, f"not UTF-8 text ({exc.reason}); save the recipe as UTF-8")]
+        ) from None
+    try:
+        raw = yaml.safe_load(text)
         check_expanded_size(raw)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
