@@ -240,10 +240,14 @@ data: {{sources: [{{path: train.jsonl}}]}}
         run_recipe(load_recipe(recipe))
 
 
-def test_sft_distills_a_teacher_from_precomputed_top_k(tmp_path, tiny_model_dir):
-    teacher_dir = tmp_path / "teacher"
+def tiny_teacher(tmp_path: Path) -> Path:
+    """Another tiny Llama (other weights, the same tokenizer) saved as a teacher folder."""
     tokenizer = build_tiny_tokenizer()
-    save_model(build_tiny_llama(tokenizer, seed=1), tokenizer, teacher_dir)
+    return save_model(build_tiny_llama(tokenizer, seed=1), tokenizer, tmp_path / "teacher")
+
+
+def test_sft_distills_a_teacher_from_precomputed_top_k(tmp_path, tiny_model_dir):
+    teacher_dir = tiny_teacher(tmp_path)
     recipe = write_recipe(
         tmp_path,
         f"""
@@ -301,9 +305,7 @@ sft: {{batch_size: 2, epochs: 4, lr: 5.0e-3, eval_steps: 2, early_stopping_patie
 
 def test_distillation_with_a_validation_split(tmp_path, tiny_model_dir):
     """Validation batches have no teacher distributions: they use the plain collator (this crashed before)."""
-    teacher_dir = tmp_path / "teacher"
-    tokenizer = build_tiny_tokenizer()
-    save_model(build_tiny_llama(tokenizer, seed=1), tokenizer, teacher_dir)
+    teacher_dir = tiny_teacher(tmp_path)
     recipe = write_recipe(
         tmp_path,
         f"""
