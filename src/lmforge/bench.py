@@ -143,7 +143,8 @@ def run_bench(
 
 FOOTER = (
     "tokens/s: median over the timed steps of a step's non-padding tokens / its wall time (bench.json also has "
-    "the mean over the whole timed window). MFU = tokens/s x (4N + 2T) / peak bf16 FLOP/s; "
+    "the mean over the whole timed window). MFU = tokens/s x (4N + 2T) / the CPU's peak FLOP/s in the precision "
+    "it trains in (bf16 on AMX / avx512_bf16, else fp32 FMA; bench.json: machine.peak_precision); "
     "N: weights of the matmuls in the transformer blocks (LoRA included), T: the trainable ones among them."
 )
 

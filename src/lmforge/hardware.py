@@ -67,18 +67,57 @@ def cpu_ghz() -> float:
     return 2.0
 
 
+ISA_ORDER = ("other", "avx2", "avx512", "avx512_bf16", "amx")
+"""CPU matmul instruction sets, weakest first: what decides precision and peak FLOP/s."""
+_FLOP_PER_CYCLE = {"amx": 1024, "avx512_bf16": 128, "avx512": 64, "avx2": 32, "other": 16}
+"""Matmul FLOP per cycle and core in the best training precision: bf16 with AMX / avx512_bf16, else fp32 FMA."""
+_ONEDNN_CAPS = {"SSE41": "other", "AVX": "other", "AVX2": "avx2", "AVX2_VNNI": "avx2", "AVX2_VNNI_2": "avx2"}
+_ONEDNN_CAPS |= {"AVX512_CORE": "avx512", "AVX512_CORE_VNNI": "avx512", "AVX512_CORE_BF16": "avx512_bf16"}
+_ATEN_CAPS = {"default": "other", "avx2": "avx2", "avx512": "avx512"}
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``); empty where there is none."""
+    try:
+        return set(Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore").split())
+    except OSError:
+        return set()
+
+
+def cpu_isa() -> str:
+    """The strongest matmul instruction set this process may use: the CPU's flags, lowered by oneDNN's and
+    ATen's caps (``ONEDNN_MAX_CPU_ISA``, ``ATEN_CPU_CAPABILITY``), which emulate a weaker CPU. One of
+    :data:`ISA_ORDER`."""
+    flags = cpu_flags()
+    isa = "other"
+    for name, flag in (("avx2", "avx2"), ("avx512", "avx512f"), ("avx512_bf16", "avx512_bf16"), ("amx", "amx_bf16")):
+        if flag in flags:
+            isa = name
+    caps = [_ONEDNN_CAPS.get(os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper())]
+    caps.append(_ATEN_CAPS.get(os.environ.get("ATEN_CPU_CAPABILITY", "").lower()))
+    for cap in caps:
+        if cap is not None and ISA_ORDER.index(cap) < ISA_ORDER.index(isa):
+            isa = cap
+    return isa
+
+
+def cpu_has_native_bf16() -> bool:
+    """True where bf16 matmuls run natively (AMX, avx512_bf16) for this process; elsewhere they are emulated."""
+    return cpu_isa() in ("amx", "avx512_bf16")
+
+
 def cpu_peak_flops() -> float:
-    """This CPU's peak matmul FLOP/s in its best training precision.
+    """This CPU's peak matmul FLOP/s in its best training precision (see :func:`cpu_isa`).
 
     Usable physical cores x nominal GHz x FLOP per cycle and core: 1024 with AMX (bf16), 128 with
     avx512_bf16 only, else the fp32 FMA rate (64 with avx512f, 32 with avx2).
     """
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        flags = ""
-    per_cycle = 1024 if "amx_bf16" in flags else 128 if "avx512_bf16" in flags else 64 if "avx512f" in flags else 32
-    return usable_cores() * cpu_ghz() * 1e9 * per_cycle
+    return usable_cores() * cpu_ghz() * 1e9 * _FLOP_PER_CYCLE[cpu_isa()]
+
+
+def peak_precision() -> str:
+    """The precision :func:`cpu_peak_flops` counts: ``bf16`` or ``fp32``."""
+    return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
 def machine_description() -> dict[str, Any]:
@@ -90,6 +129,7 @@ def machine_description() -> dict[str, Any]:
     with contextlib.suppress(OSError):
         info["load_average"] = [round(x, 2) for x in os.getloadavg()]
     info.update(physical_cores=usable_cores(), ghz=cpu_ghz(), peak_tflops=round(cpu_peak_flops() / 1e12, 2))
+    info.update(isa=cpu_isa(), peak_precision=peak_precision())
     for module in ("torch", "transformers", "peft", "trl"):
         try:
             info[module] = __import__(module).__version__

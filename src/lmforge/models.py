@@ -299,12 +299,11 @@ def hub_reachable(timeout_s: float = 3.0) -> bool:
 
 
 def cpu_supports_bf16() -> bool:
-    """True on CPUs with native bf16 matmuls (AMX or avx512_bf16), where bf16 autocast pays off."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="ignore")
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
+    """True on CPUs with native bf16 matmuls (AMX or avx512_bf16), where bf16 autocast pays off; False
+    under ISA caps that emulate a CPU without them (``ONEDNN_MAX_CPU_ISA=AVX2``, ``ATEN_CPU_CAPABILITY=avx2``)."""
+    from lmforge.hardware import cpu_has_native_bf16
+
+    return cpu_has_native_bf16()
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:

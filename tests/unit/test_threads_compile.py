@@ -1,5 +1,6 @@
 """Thread settings and ``torch.compile`` of the training stages (``TrainSpec.compile``)."""
 
+import pytest
 import torch
 
 from lmforge.train import trainer
@@ -70,3 +71,27 @@ def test_release_free_memory_returns_freed_heap_pages_to_the_system():
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert out[0] == "True" and float(out[1]) > 100, out
+
+
+@pytest.mark.parametrize(
+    ("flags", "onednn", "aten", "isa", "bf16"),
+    [
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, None, None, "amx", True),
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, "AVX2", "avx2", "avx2", False),  # an AMX box posing as AVX2
+        ({"avx2", "avx512f", "avx512_bf16"}, "AVX512_CORE", None, "avx512", False),
+        ({"avx2", "avx512f", "avx512_bf16", "amx_bf16"}, None, "default", "other", False),
+        ({"avx2"}, "AVX512_CORE_AMX", None, "avx2", False),  # a cap never raises what the CPU has
+    ],
+)
+def test_the_cpu_path_follows_its_flags_and_the_isa_caps(monkeypatch, flags, onednn, aten, isa, bf16):
+    from lmforge import hardware
+    from lmforge.models import cpu_supports_bf16
+
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: flags)
+    for name, value in (("ONEDNN_MAX_CPU_ISA", onednn), ("ATEN_CPU_CAPABILITY", aten)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    assert hardware.cpu_isa() == isa
+    assert cpu_supports_bf16() is bf16 and hardware.peak_precision() == ("bf16" if bf16 else "fp32")
