@@ -172,9 +172,9 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
     model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = prepare_records(recipe.data, recipe.seed).splits
-    records = [r for r in splits.get("train", []) if r["kind"] == "chat"]
+    records = [r for r in sft_records(recipe, splits) if r["kind"] == "chat"]
     if not records:
-        raise ValueError(f"the recipe's train split holds no chat records (splits: {sorted(splits)})")
+        raise ValueError(f"the recipe's sft.splits {recipe.sft.splits} hold no chat records (splits: {sorted(splits)})")
     install_template(tokenizer, recipe.sft.template, records, recipe.model.ref)
     spec = recipe.sft
     examples, _ = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
@@ -191,6 +191,36 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
         "heldout": held_examples,
         "pad_id": pad_id,
     }
+
+
+def sft_records(recipe: Any, splits: dict[str, list[Any]]) -> list[Any]:
+    """The records of every split the recipe's sft trains on (``sft.splits``), what the bench must time.
+
+    Splits of the data stage come from ``splits``; the others (``raft`` from the index stage, ``synth``)
+    from the recipe's run directory, which must then hold that stage's finished output.
+
+    Raises:
+        ValueError: a split no stage of the run has written yet, with the command that writes it.
+    """
+    from lmforge.errors import StageError
+    from lmforge.records import read_records
+    from lmforge.rundir import split_path
+
+    records: list[Any] = []
+    for name in recipe.sft.splits:
+        if name in splits:
+            records += splits[name]
+            continue
+        try:
+            path = split_path(recipe.run_path(), name, needed_by="bench")
+        except StageError:
+            raise ValueError(
+                f"the recipe's sft trains on the split {name!r}, which a later stage writes (index for raft, synth "
+                f"for synth) and {recipe.run_path()} does not hold yet; run the recipe up to that stage first "
+                f"(e.g. lmforge run RECIPE --set 'stages=[data,index]'), then bench"
+            ) from None
+        records += list(read_records(path))
+    return records
 
 
 def bench_order(lengths: list[int], count: int, seed: int) -> list[int]:

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 from conftest import qa_rows, write_jsonl
+from test_rag_pipeline import rag_recipe as rag_recipe  # a fixture
 
 pytestmark = pytest.mark.integration
 
@@ -69,3 +70,19 @@ def test_smollm2_lmforge_beats_trl_with_the_same_losses(tmp_path):
     assert ours["peak_rss_mb"] < trl["peak_rss_mb"]
     assert ours["train_loss"] == pytest.approx(trl["train_loss"], rel=0.02)
     assert ours["heldout_loss"] == pytest.approx(trl["heldout_loss"], rel=0.02)
+
+
+def test_bench_reads_every_split_the_recipes_sft_trains_on(rag_recipe):
+    """A RAFT recipe trains on train + raft; raft is written by the index stage, not by data."""
+    from lmforge.bench_worker import sft_records
+    from lmforge.config import load_recipe
+    from lmforge.data.prepare import prepare_records
+    from lmforge.pipeline import run_recipe
+
+    recipe = load_recipe(rag_recipe)
+    splits = prepare_records(recipe.data, recipe.seed).splits
+    with pytest.raises(ValueError, match=r"split 'raft', which a later stage writes .*stages=\[data,index\]"):
+        sft_records(recipe, splits)
+    index = run_recipe(recipe, only=["data", "index"])["index"]
+    records = sft_records(recipe, splits)
+    assert len(records) == len(splits["train"]) + index.metrics["raft"]["examples"] > len(splits["train"])
