@@ -65,3 +65,15 @@ def test_cli_run_reports_stage_errors_without_traceback(tiny_recipe, tmp_path):
     assert result.exit_code != 0
     assert "Traceback" not in result.output
     assert "train split" in result.output or "no chat records" in result.output
+
+
+def test_the_manifest_says_what_the_stage_computed_with_and_why(tiny_recipe, monkeypatch):
+    """precision auto on a CPU capped to AVX2 (as oneDNN and ATen are told to be): fp32, and the reason."""
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    recipe = load_recipe(tiny_recipe, ["stages=[data,sft]", "sft.precision=auto", "sft.epochs=1"])
+    metrics = run_recipe(recipe)["sft"].metrics
+    compute = metrics["compute"]
+    assert compute["device"] == "cpu" and compute["isa"] in ("avx2", "other")
+    assert compute["precision"] == metrics["precision"] == "fp32"
+    assert "no native bf16" in compute["why"] and compute["attention"] in ("eager", "sdpa")

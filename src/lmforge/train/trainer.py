@@ -578,6 +578,7 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
     layout = getattr(trainer, "layout", None)
     if layout is not None and layout.world.distributed:
         metrics["processes"] = layout.as_manifest()
+    metrics["compute"] = compute_choices(trainer)
     if any(getattr(m, "_compiled_call_impl", None) is not None for m in trainer.model.modules()):
         metrics["compile_seconds"] = compile_seconds()
     if evals:
@@ -588,6 +589,27 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
         planned = state.max_steps
         metrics["stopped_early"] = bool(planned and state.global_step < planned)
     return metrics
+
+
+def compute_choices(trainer: Any) -> dict[str, str]:
+    """What the stage computed with and why: device, instruction set, precision, attention kernel."""
+    import torch
+
+    from lmforge.hardware import cpu_isa
+
+    model = trainer.model
+    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "default")
+    if torch.cuda.is_available():
+        device, isa = "cuda", torch.cuda.get_device_name(0)
+    else:
+        device, isa = "cpu", cpu_isa()
+    bf16 = bool(trainer.args.bf16)
+    native = device == "cuda" or isa in ("amx", "avx512_bf16")
+    if bf16:
+        why = "bf16 autocast: native bf16 matmuls" if native else "bf16 as the recipe asks (emulated here: slow)"
+    else:
+        why = "fp32 as the recipe asks" if native else "fp32: this CPU has no native bf16 matmuls (emulated: slower)"
+    return {"device": device, "isa": isa, "precision": "bf16" if bf16 else "fp32", "why": why, "attention": attention}
 
 
 def write_log(trainer: Any, path: Path) -> None:
