@@ -147,3 +147,35 @@ def test_default_eval_variants_add_retrieval_when_the_recipe_indexes(rag_recipe:
     assert [v.rag for v in variant_specs(with_index)] == [False, True, False, True]
     without = load_recipe(rag_recipe, ["eval.variants=[]", "stages=[data, sft, eval]", "sft.splits=[train]"])
     assert [v.name for v in variant_specs(without)] == ["base", "tuned"]
+
+
+def test_a_plain_qa_file_with_a_source_column_makes_raft_examples(tmp_path: Path, tiny_model_dir: Path):
+    """No meta mapping: the `source` column names the document, the answer column is the answer."""
+    (tmp_path / "docs").mkdir()
+    rows = []
+    for name, (body, answer, question, _) in FACTS.items():
+        (tmp_path / "docs" / f"{name}.md").write_text(f"# {name.title()}\n\n{body}\n", encoding="utf-8")
+        rows.append({"question": question, "answer": answer, "source": f"{name}.md"})
+    (tmp_path / "qa.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = tmp_path / "plain.yaml"
+    recipe.write_text(
+        f"name: plain\nrun_dir: {tmp_path / 'runs'}\nstages: [data, index]\nmodel: {{ref: {tiny_model_dir}}}\n"
+        "data: {sources: [{path: qa.jsonl, split: train}, {path: docs, split: documents}]}\n"
+        "index: {top_k: 2, raft: {enabled: true, min_distractors: 1, max_distractors: 1}}\n",
+        encoding="utf-8",
+    )
+    metrics = run_recipe(load_recipe(recipe))["index"].metrics
+    assert metrics["raft"]["examples"] == len(FACTS) and metrics["raft"]["skipped"] == {}
+    raft = [json.loads(line) for line in (tmp_path / "runs" / "plain" / "index" / "splits" / "raft.jsonl").open()]
+    cited = [r for r in raft if r["meta"]["raft"]["gold"]]
+    assert cited and all(r["messages"][-1]["content"].startswith("According to [") for r in cited)
+    assert all(r["meta"]["source"].endswith(".md") for r in raft)
+
+
+def test_the_gold_document_falls_back_on_source_document_doc():
+    from lmforge.rag.quality import gold_document
+
+    assert gold_document({"article": "a12", "source": "x.md"}, "article") == "a12"
+    assert gold_document({"source": "x.md"}, "article") == "x.md"
+    assert gold_document({"doc": " y.md "}, "article") == "y.md"
+    assert gold_document({"source": {"path": "z"}}, "article") is None and gold_document(None, "article") is None

@@ -18,7 +18,8 @@ columns             any row, through the source's explicit ``columns`` mapping  
 
 ``auto`` picks one format per file: the most common match among its first rows. A row that does
 not fit its file's format is rejected with the field it lacks. Field names match case-insensitively;
-``meta`` (an object) and ``domain`` (a string) are carried over when a row has them.
+``meta`` (an object) and ``domain`` (a string) are carried over when a row has them, and a ``source``,
+``document`` or ``doc`` column (a string naming the row's document) goes into ``meta``.
 """
 
 from __future__ import annotations
@@ -117,12 +118,19 @@ def to_record(value: Any, fmt: str, columns: ColumnMap | None, source: dict[str,
     return record
 
 
+DOCUMENT_COLUMNS = ("source", "document", "doc")
+"""Columns naming the document a row comes from; carried into ``meta`` (see ``rag/quality.py``)."""
+
+
 def _converted(value: dict[str, Any], fmt: str, columns: ColumnMap | None, source: Any, domain: str | None) -> Record:
     row = value if columns else {str(k).lower(): v for k, v in value.items()}
     domain = _optional_text(row, "domain") or domain
     if columns is not None:
         return _from_columns(value, columns, source, domain)
     meta = _checked_meta(row.get("meta"), "meta") if isinstance(row.get("meta"), dict) else None
+    carried = {key: row[key].strip() for key in DOCUMENT_COLUMNS if isinstance(row.get(key), str) and row[key].strip()}
+    if carried:  # the document a row comes from, for retrieval's gold passage and RAFT (meta wins)
+        meta = {**carried, **(meta or {})}
     if fmt == "text":
         return text_record(_text(row, "text"), source, domain, meta)
     if fmt == "messages":

@@ -26,7 +26,7 @@ from lmforge.distributed import gather_shares, is_leader, leader_decides, share
 from lmforge.errors import StageError
 from lmforge.rag.chunk import Chunk, chunk_records, document_key
 from lmforge.rag.embed import Embedder, load_embedder
-from lmforge.rag.quality import retrieval_scores
+from lmforge.rag.quality import gold_document, retrieval_scores
 from lmforge.rag.raft import build_raft_records
 from lmforge.rag.retrieve import MODES, LanceRetriever, load_reranker
 from lmforge.rag.store import LanceStore, SyncReport
@@ -106,7 +106,8 @@ def run(recipe: Recipe) -> IndexResult:
         if not raft_records:
             raise StageError(
                 f"RAFT built no example from the split {spec.raft.source_split!r} ({raft_stats['skipped']}); its chat "
-                f"records need meta.answer and meta.{spec.gold_key} naming a document of the index"
+                f"records need meta.{spec.gold_key} (or a source / document / doc column) naming a document of "
+                "the index, and an answer found in that document"
             )
         outputs["splits"][spec.raft.split] = str(stage.path("splits", f"{spec.raft.split}.jsonl"))
         atomic_write_jsonl(outputs["splits"][spec.raft.split], raft_records)
@@ -202,7 +203,7 @@ def _evaluate(
     Returns the passages per mode (``hybrid+rerank`` keyed as the configured mode when reranking).
     """
     questions = _questions(records)
-    targets = [(record.get("meta") or {}).get(spec.gold_key) for record in records]
+    targets = [gold_document(record.get("meta"), spec.gold_key) for record in records]
     scored = [i for i, target in enumerate(targets) if target and questions[i]]
     ranked: dict[str, list[list[dict[str, Any]]]] = {}
     modes: list[str] = list(MODES) if scored else [spec.mode]

@@ -1,6 +1,7 @@
 """Retrieval evaluation: recall@k and MRR against the source document named by each QA record.
 
-A QA record points to its source with a ``meta`` key (``index.gold_key``, ``article`` in the demo).
+A QA record points to its source with a ``meta`` key (``index.gold_key``, ``article`` in the demo; else
+``source``, ``document`` or ``doc``).
 A retrieved passage is a hit when it comes from that document: its source path equals the key, or
 equals it once the suffix is dropped, or ends with ``/<key>`` (without suffix), or has the key as
 file name or stem. Recall@k is the share of questions with a hit among the first k passages; MRR is the
@@ -11,6 +12,21 @@ from __future__ import annotations
 
 from pathlib import PurePosixPath
 from typing import Any
+
+DOCUMENT_KEYS = ("source", "document", "doc")
+"""``meta`` keys that name a QA record's source document when ``index.gold_key`` (``article`` by
+default) is absent: the data stage carries such a column of a question/answer file into ``meta``."""
+
+
+def gold_document(meta: dict[str, Any] | None, gold_key: str) -> str | None:
+    """The document a QA record's answer comes from: ``meta[gold_key]``, else the first of
+    :data:`DOCUMENT_KEYS` it has; None when it names none."""
+    meta = meta or {}
+    for key in (gold_key, *DOCUMENT_KEYS):
+        value = meta.get(key)
+        if isinstance(value, str) and value.strip():
+            return value.strip()
+    return None
 
 
 def from_document(path: str, target: str) -> bool:

@@ -1,7 +1,8 @@
 """RAFT-style training data: teach the model to read retrieved passages, quote them and cite them.
 
-For every QA record of the source split that names its source document (``meta.<gold_key>``) and
-its short answer (``meta.answer``), an example is built whose prompt holds the *gold* passage (the
+For every QA record of the source split that names its source document (``meta.<gold_key>``, else
+``meta.source`` / ``document`` / ``doc``) and whose short answer (``meta.answer``, else its own final
+reply) occurs in that document, an example is built whose prompt holds the *gold* passage (the
 chunk of that document containing the answer) among 1-3 *distractors* (passages retrieved for the
 question from other documents, so they look relevant), in a seeded random order. The answer quotes
 the gold passage around the answer and cites its number, then gives the record's own answer::
@@ -25,7 +26,7 @@ from typing import Any
 
 from lmforge.config import RaftSpec
 from lmforge.rag.chunk import Chunk
-from lmforge.rag.quality import from_document
+from lmforge.rag.quality import from_document, gold_document
 from lmforge.records import Record, chat_record, context_messages
 
 ABSTAIN = "The passages do not answer this question."
@@ -94,9 +95,15 @@ def build_raft_records(
     with_gold = 0
     for record, passages in zip(records, retrieved, strict=True):
         meta = record.get("meta") or {}
-        target, answer = meta.get(gold_key), meta.get("answer")
-        if record["kind"] != "chat" or not target or not answer:
-            skipped[f"no meta.{gold_key} or meta.answer"] += 1
+        target = gold_document(meta, gold_key)
+        if record["kind"] != "chat" or not target:
+            skipped[f"no meta.{gold_key} (nor source, document, doc) naming its document"] += 1
+            continue
+        last = max((i for i, m in enumerate(record["messages"]) if m["role"] == "assistant"), default=None)
+        # The short answer to find in the document: meta.answer, else the record's own final reply.
+        answer = meta.get("answer") or (record["messages"][last]["content"] if last is not None else None)
+        if not answer:
+            skipped["no answer (meta.answer or an assistant reply)"] += 1
             continue
         if target not in by_document:
             by_document[target] = [c for c in chunks if from_document(c.path, target)]
@@ -106,7 +113,6 @@ def build_raft_records(
             skipped["answer not found in its document's chunks"] += 1
             continue
         pool = [p for p in passages if not from_document(p["source"]["path"], target)][: 2 * spec.max_distractors]
-        last = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
         prompt, reference = record["messages"][:last], record["messages"][last]["content"]
         for draw in range(spec.examples_per_question):
             rng = random.Random(f"{seed}:{record['id']}:{draw}")
