@@ -153,4 +153,5 @@ def test_raft_skips_records_without_gold_or_answer_and_says_why():
     wrong = chat_record(record["messages"], record["source"], None, {"answer": "70 years", "article": "art-1"})
     out, stats = build_raft_records([no_key, wrong], [passages, passages], chunks, RaftSpec(), "article", 0)
     assert out == []
-    assert stats["skipped"] == {"no meta.article or meta.answer": 1, "answer not found in its document's chunks": 1}
+    no_document = "no meta.article (nor source, document, doc) naming its document"
+    assert stats["skipped"] == {no_document: 1, "answer not found in its document's chunks": 1}
