@@ -7,12 +7,13 @@ import torch
 
 from lmforge.config import SFTSpec
 from lmforge.rundir import StageDir
+from lmforge.train.batches import EpochSeededLengthSampler
 from lmforge.train.causal import ExampleDataset
 from lmforge.train.distill import distill_loss_sum
 from lmforge.train.fast import causal_lm_loss_sum, pad_batch
 from lmforge.train.mlm import EpochTaggedSampler, MaskedRows, mask_tokens
 from lmforge.train.tokenize import IGNORE, TokenizedExample
-from lmforge.train.trainer import EpochSeededLengthSampler, build_trainer
+from lmforge.train.trainer import build_trainer
 
 
 def example(ids: list[int], trained_from: int) -> TokenizedExample:

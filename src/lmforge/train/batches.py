@@ -140,3 +140,33 @@ def _is_wrapper(module: Any) -> bool:
     """DDP, FSDP1 and DeepSpeed engines wrap the model as ``.module`` (FSDP2 shards in place)."""
     names = {"DistributedDataParallel", "FullyShardedDataParallel", "DeepSpeedEngine", "DataParallel"}
     return type(module).__name__ in names and isinstance(getattr(module, "module", None), torch.nn.Module)
+
+
+class EpochSeededLengthSampler:
+    """Length-grouped order (batches of similar lengths, in random order) drawn from ``seed + epoch``;
+    with equal lengths and ``batch_size`` 1, a plain seeded shuffle.
+
+    transformers' LengthGroupedSampler draws from the global RNG when an epoch starts; a run resumed
+    mid-epoch restores that RNG only after the epoch's order is drawn, so it would train on another
+    order than the uninterrupted run. Seeding per epoch makes the order a function of the epoch alone.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        import torch
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator()
+        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))

@@ -26,11 +26,11 @@ from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
 from lmforge.train import chain
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
+from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
 from lmforge.train.templates import install_template
 from lmforge.train.tokenize import TokenizedExample, tokenize_records
 from lmforge.train.trainer import (
-    add_lora,
     attention_kernel,
     attention_row,
     build_trainer,
@@ -39,7 +39,6 @@ from lmforge.train.trainer import (
     run_training,
     save_folder,
     seed_everything,
-    trainable_summary,
     training_metrics,
     use_bf16,
 )

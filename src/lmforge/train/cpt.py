@@ -13,6 +13,7 @@ from typing import Any
 from lmforge.config import Recipe
 from lmforge.train.causal import build_causal_model
 from lmforge.train.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
+from lmforge.train.lora import trainable_summary
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
 from lmforge.train.tokenize import PackedRow, pack_texts
 from lmforge.train.trainer import (
@@ -20,7 +21,6 @@ from lmforge.train.trainer import (
     run_training,
     save_folder,
     seed_everything,
-    trainable_summary,
     training_metrics,
 )
 

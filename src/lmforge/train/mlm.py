@@ -16,15 +16,14 @@ import torch.nn.functional as F
 
 from lmforge.config import MLMSpec, Recipe
 from lmforge.errors import ModelError, StageError
+from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
 from lmforge.train.tokenize import IGNORE
 from lmforge.train.trainer import (
-    add_lora,
     build_trainer,
     run_training,
     save_folder,
     seed_everything,
-    trainable_summary,
     training_metrics,
     use_bf16,
 )

@@ -22,15 +22,14 @@ from lmforge.errors import DataError, StageError
 from lmforge.models import load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
+from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.stage import TrainResult, open_training_stage
 from lmforge.train.tokenize import IGNORE
 from lmforge.train.trainer import (
-    add_lora,
     build_trainer,
     run_training,
     save_folder,
     seed_everything,
-    trainable_summary,
     training_metrics,
     use_bf16,
 )

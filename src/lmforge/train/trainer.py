@@ -27,8 +27,16 @@ from lmforge.errors import ConfigError, Problem, StageError
 from lmforge.hardware import MB, usable_cores
 from lmforge.models import cpu_supports_bf16
 from lmforge.rundir import StageDir, atomic_write_text, remove_tree, split_path, stage_folder
-from lmforge.train.batches import StepBatches, WithFillers, blank_fillers, call_loss, is_filler
+from lmforge.train.batches import (
+    EpochSeededLengthSampler,
+    StepBatches,
+    WithFillers,
+    blank_fillers,
+    call_loss,
+    is_filler,
+)
 from lmforge.train.layout import ProcessLayout, process_layout
+from lmforge.train.progress import progress_callback, tensorboard_callback
 
 LossSum = Callable[[Any, dict[str, Any]], tuple[Any, int]]
 """``(model, batch) -> (summed loss tensor, trained positions)``."""
@@ -255,50 +263,6 @@ def compile_seconds() -> float:
     return round(total_us / 1e6, 1)
 
 
-# ---------------------------------------------------------------- LoRA
-
-
-def add_lora(model: Any, spec: TrainSpec, task_type: str | None) -> Any:
-    """Wrap ``model`` in a LoRA (or DoRA) adapter per ``spec.lora``; embeddings/head trained in full on request."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    if spec.quantization != "none":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
-    modules_to_save = embedding_module_names(model) if spec.lora.train_embeddings else None
-    config = LoraConfig(
-        r=spec.lora.r,
-        lora_alpha=spec.lora.alpha,
-        lora_dropout=spec.lora.dropout,
-        target_modules=spec.lora.target_modules,
-        use_dora=spec.lora.use_dora,
-        modules_to_save=modules_to_save,
-        ensure_weight_tying=bool(modules_to_save),
-        task_type=task_type,
-    )
-    return get_peft_model(model, config, autocast_adapter_dtype=True)
-
-
-def embedding_module_names(model: Any) -> list[str]:
-    """Names of the input embedding and (when it is a separate module) the output head."""
-    modules = {id(module): name for name, module in model.named_modules()}
-    names = [modules[id(model.get_input_embeddings())].rsplit(".", 1)[-1]]
-    head = model.get_output_embeddings()
-    if head is not None and id(head) in modules:
-        names.append(modules[id(head)].rsplit(".", 1)[-1])
-    return sorted(set(names))
-
-
-def trainable_summary(model: Any) -> str:
-    """``1.2M of 135M weights trainable (0.9%)``."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return f"{_short(trainable)} of {_short(total)} weights trainable ({100 * trainable / max(total, 1):.2f}%)"
-
-
-def _short(n: int) -> str:
-    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
-
-
 # ---------------------------------------------------------------- the Trainer
 
 
@@ -485,44 +449,6 @@ def training_arguments(
     )
 
 
-class EpochSeededLengthSampler:
-    """Length-grouped order (batches of similar lengths, in random order) drawn from ``seed + epoch``;
-    with equal lengths and ``batch_size`` 1, a plain seeded shuffle.
-
-    transformers' LengthGroupedSampler draws from the global RNG when an epoch starts; a run resumed
-    mid-epoch restores that RNG only after the epoch's order is drawn, so it would train on another
-    order than the uninterrupted run. Seeding per epoch makes the order a function of the epoch alone.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        import torch
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
-        generator = torch.Generator()
-        generator.manual_seed(self.seed * 1_000_003 + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
-def tensorboard_callback(log_dir: Path) -> Any:
-    """TensorBoard event files in the stage folder (the Trainer's default sits in the checkpoints folder)."""
-    from torch.utils.tensorboard import SummaryWriter
-    from transformers.integrations import TensorBoardCallback
-
-    return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
-
-
 # ---------------------------------------------------------------- running
 
 
@@ -626,58 +552,3 @@ def save_folder(target: Path, *savables: Any) -> Path:
             savable.save_pretrained(staging)
 
     return stage_folder(target, save)
-
-
-def progress_callback(label: str) -> Any:
-    """A rich progress bar over optimizer steps, with a compact line per logged loss."""
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from transformers import TrainerCallback
-
-    class RichProgress(TrainerCallback):
-        def __init__(self) -> None:
-            self.console = Console()
-            self.progress: Progress | None = None
-            self.task: Any = None
-
-        def on_train_begin(self, args, state, control, **kwargs):
-            columns = (BarColumn(), MofNCompleteColumn(), TextColumn("steps"), TimeElapsedColumn())
-            self.progress = Progress(
-                TextColumn(label), *columns, TimeRemainingColumn(), console=self.console, transient=True
-            )
-            self.progress.start()
-            self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step)
-
-        def on_step_end(self, args, state, control, **kwargs):
-            if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if self.progress is None or not logs:
-                return
-            parts = [f"step {state.global_step}/{state.max_steps}", f"epoch {state.epoch:.2f}"]
-            if "loss" in logs:
-                parts.append(f"loss {logs['loss']:.4f}")
-            elif "eval_loss" in logs:
-                parts.append(f"validation loss {logs['eval_loss']:.4f}")
-            else:
-                return
-            if "learning_rate" in logs:
-                parts.append(f"lr {logs['learning_rate']:.2e}")
-            if "grad_norm" in logs:
-                parts.append(f"grad {logs['grad_norm']:.3f}")
-            self.progress.console.print("  " + "  ".join(parts), highlight=False)
-
-        def on_train_end(self, args, state, control, **kwargs):
-            if self.progress is not None:
-                self.progress.stop()
-                self.progress = None
-
-    return RichProgress()
