@@ -83,13 +83,11 @@ def run(
         _run(recipe, set_, run_dir)
         return
     from lmforge.launch import launch_local
+    from lmforge.pipeline import check_before_running
 
     try:
         loaded = _load(recipe, set_, run_dir)  # a bad recipe fails here, once, before any process starts
-        if {"cpt", "mlm", "sft", "seq2seq"} & set(loaded.stages):
-            from lmforge.train.layout import check_strategy
-
-            check_strategy(loaded.distributed)
+        check_before_running(loaded, processes=nproc)
         argv = ["run", str(recipe), *[arg for item in set_ or [] for arg in ("--set", item)]]
         argv += ["--run-dir", run_dir] if run_dir else []
         launch_local(nproc, argv, loaded.run_path(), master_port)

@@ -188,9 +188,8 @@ def leader_decides(value: T) -> T:
 def leader_runs(work: Callable[[], T]) -> T:
     """``work()`` on the leader alone (a file operation of the run directory); every process gets its
     result once it is done."""
-    result = work() if is_leader() else None
-    barrier()
-    return leader_decides(result)  # type: ignore[return-value]
+    # The broadcast waits for the leader, which sends only once ``work`` is done.
+    return leader_decides(work() if is_leader() else None)  # type: ignore[return-value]
 
 
 def share(items: list[T]) -> list[T]:
@@ -228,11 +227,3 @@ def all_reduce_sum(values: list[float]) -> list[float]:
         tensor = tensor.cuda()
     dist.all_reduce(tensor)
     return tensor.cpu().tolist()
-
-
-def destroy_process_group() -> None:
-    """Leave the process group (at the end of a run), so the launcher sees a clean exit."""
-    if _group_ready():
-        import torch.distributed as dist
-
-        dist.destroy_process_group()

@@ -33,12 +33,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
     it joins the process group, runs :data:`SPLIT_STAGES` on all processes and the other stages on
     rank 0 only, with a barrier after each stage. Only rank 0 prints and writes the run directory.
     """
-    if set(only or recipe.stages) - {"data"}:
-        check_reference(recipe.model.ref)  # an unknown alias fails now, not after the data stage
-    if distributed.world().distributed and set(only or recipe.stages) & set(TRAINING_STAGES):
-        from lmforge.train.layout import check_strategy
-
-        check_strategy(recipe.distributed)
+    check_before_running(recipe, only, distributed.world().size)
     current = distributed.init_process_group(recipe.distributed.timeout_minutes)
     with _quiet_unless_leader():
         console = console or Console()
@@ -74,6 +69,23 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
                     _show_eval(recipe, result, console)
         distributed.wait_for_all()
     return results
+
+
+def check_before_running(recipe: Recipe, only: list[str] | None = None, processes: int = 1) -> None:
+    """What can be refused before any stage runs: an unknown model reference (when a stage needs the
+    model) and, with several processes, a strategy this machine cannot run.
+
+    Raises:
+        ModelError: the model reference cannot resolve.
+        ConfigError: fsdp / deepspeed without CUDA, deepspeed not installed.
+    """
+    stages = set(only or recipe.stages)
+    if stages - {"data"}:
+        check_reference(recipe.model.ref)  # an unknown alias fails now, not after the data stage
+    if processes > 1 and stages & set(TRAINING_STAGES):
+        from lmforge.train.layout import check_strategy
+
+        check_strategy(recipe.distributed)
 
 
 @contextlib.contextmanager

@@ -94,7 +94,7 @@ def test_trainer_arguments_per_strategy():
     ddp = process_layout(SFTSpec(grad_accum=2), DistributedSpec(), two).trainer_arguments()
     assert ddp["ddp_backend"] == "gloo" and ddp["ddp_find_unused_parameters"] is False
     fsdp_spec = DistributedSpec(strategy="fsdp", fsdp={"sharding": "shard_grad_op", "cpu_offload": True})
-    fsdp = ProcessLayout(8, 1, two, fsdp_spec, None).trainer_arguments()  # FSDP itself needs a GPU
+    fsdp = ProcessLayout(8, 1, two, fsdp_spec).trainer_arguments()  # FSDP itself needs a GPU
     assert fsdp["fsdp"] is True
     assert fsdp["fsdp_config"]["version"] == 2 and fsdp["fsdp_config"]["reshard_after_forward"] is False
     assert fsdp["fsdp_config"]["cpu_offload"] is True

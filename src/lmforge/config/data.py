@@ -119,10 +119,9 @@ class SourceSpec(Strict):
                 codecs.lookup(value)
             except LookupError:
                 raise ValueError(f"unknown encoding {value!r}; {expected}") from None
-            try:  # base64, zlib, rot13 ... exist but do not turn bytes into text
-                if not isinstance(b"x\xff".decode(value, errors="replace"), str):
-                    raise TypeError
-            except (LookupError, UnicodeError, TypeError, ValueError):
+            try:  # base64, zlib, rot13 exist but refuse bytes.decode; idna, undefined cannot decode bytes
+                b"x\xff".decode(value, errors="replace")
+            except (LookupError, ValueError):
                 raise ValueError(
                     f"{value!r} is not a text encoding (it does not decode bytes to text); {expected}"
                 ) from None

@@ -16,7 +16,7 @@ import os
 import stat
 from pathlib import Path
 
-from lmforge.config import HUB_SCHEME, DataSpec
+from lmforge.config import HUB_SCHEME
 from lmforge.data import documents
 from lmforge.errors import DataError
 
@@ -154,25 +154,6 @@ def not_regular_file(path: Path) -> str | None:
     kind = next((name for test, name in kinds if test(mode)), "not a regular file")
     link = f" (a link to {printable_name(os.path.realpath(path))})" if path.is_symlink() else ""
     return f"{kind}{link}; only regular files are read, since a device or a pipe may never end"
-
-
-def check_encodings(data: DataSpec) -> None:
-    """Make sure every source's ``encoding`` decodes bytes to text (``base64`` or ``zlib`` do not).
-
-    Raises:
-        DataError: naming the source's ``encoding`` key, for a codec that is not a text encoding.
-    """
-    for index, spec in enumerate(data.sources):
-        if spec.encoding == "auto":
-            continue
-        try:  # errors="replace" as the readers decode: codecs that cannot (idna, undefined) raise here too
-            b"text \xff\n".decode(spec.encoding, errors="replace")
-        except (LookupError, UnicodeError) as exc:
-            raise DataError(
-                f"data.sources[{index}].encoding: {spec.encoding!r} does not decode bytes to text ({exc})",
-                path=spec.path,
-                hint="use a text encoding such as utf-8, cp1252, latin-1 or utf-16, or auto",
-            ) from None
 
 
 def files_to_fingerprint(inputs: list[Path]) -> list[Path]:

@@ -26,7 +26,7 @@ from typing import Any
 
 from lmforge.config import DataSpec, Recipe, SourceSpec
 from lmforge.data import clean, formats
-from lmforge.data.inputs import check_encodings, display_path, expand_source, files_to_fingerprint, hub_id
+from lmforge.data.inputs import display_path, expand_source, files_to_fingerprint, hub_id
 from lmforge.data.sources import FileReport, RawItem, read_items
 from lmforge.errors import DataError
 from lmforge.records import Record
@@ -91,7 +91,6 @@ def run(recipe: Recipe) -> DataResult:
     """Prepare the recipe's data; reuse the previous output when inputs and settings are unchanged."""
     data = recipe.data
     stage = StageDir.open(recipe.run_path(), "data")
-    check_encodings(data)
     inputs = [expand_source(spec.path) for spec in data.sources]
     max_tokens = recipe.sft.max_length if data.filters.max_tokens == "sft" else data.filters.max_tokens
     config = {"data": data.model_dump(mode="json", exclude={"workers"}), "seed": recipe.seed}
@@ -149,10 +148,9 @@ def prepare_records(
     """Everything the stage does short of writing files; usable on its own (tests, notebooks).
 
     Raises:
-        DataError: a source names nothing or has an encoding that is not a text encoding; in strict mode,
-            at the first rejected record (with its file and line).
+        DataError: a source names nothing; in strict mode, at the first rejected record (with its file
+            and line). (An ``encoding`` that is not a text codec is refused when the spec is validated.)
     """
-    check_encodings(data)
     inputs = inputs if inputs is not None else [expand_source(spec.path) for spec in data.sources]
     stats: dict[str, SourceStats] = {}
     rejects: list[dict[str, Any]] = []

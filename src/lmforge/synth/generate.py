@@ -28,7 +28,7 @@ from lmforge.config import Recipe, SynthSpec
 from lmforge.distributed import is_leader, leader_decides
 from lmforge.errors import StageError
 from lmforge.records import Record, chat_record, read_records
-from lmforge.redact import redact_url
+from lmforge.redact import redact_values
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
 from lmforge.synth import tasks
 from lmforge.synth.teacher import Counters, EndpointTeacher, LocalTeacher, Reply, RequestCache, Teacher
@@ -75,9 +75,8 @@ def run(recipe: Recipe) -> SynthResult:
     input_split = spec.input_split or ("prompts" if spec.task == "answer" else "documents")
     inputs_path = split_path(run_path, input_split, needed_by="synth")
     data_fingerprint = StageDir.open(run_path, "data").fingerprint
-    synth_config = spec.model_dump(mode="json")
     # The manifest must not hold credentials put in the URL (and rotating them must not rerun the stage).
-    synth_config["teacher"]["base_url"] = redact_url(synth_config["teacher"]["base_url"])
+    synth_config = redact_values(spec.model_dump(mode="json"))
     config = {
         "synth": synth_config,
         "model": recipe.model.ref,

@@ -42,12 +42,10 @@ class StepBatches:
         self.accum = accum
         self.rank = rank
         self.processes = processes
-        self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
         if hasattr(self.order, "set_epoch"):
-            self.order.set_epoch(self.epoch)
+            self.order.set_epoch(int(epoch))
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.order), self.per_device * self.accum * self.processes)  # type: ignore[arg-type]

@@ -24,7 +24,6 @@ class ProcessLayout:
     """Micro-batches per optimizer step on this process."""
     world: World
     spec: DistributedSpec
-    threads_per_process: int | None
 
     @property
     def global_batch(self) -> int:
@@ -111,7 +110,7 @@ def process_layout(spec: TrainSpec, dist: DistributedSpec, world: World, where: 
             )
     if size > 1:
         check_strategy(dist, where)
-    return ProcessLayout(per_device, accum, world, dist, dist.threads_per_process)
+    return ProcessLayout(per_device, accum, world, dist)
 
 
 def check_strategy(dist: DistributedSpec, where: str = "distributed") -> None:

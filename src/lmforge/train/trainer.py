@@ -362,7 +362,7 @@ def build_trainer(
             metrics = {f"{prefix}_loss": total / max(count, 1)}
             return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(samples))
 
-    configure_threads(layout.threads_per_process)
+    configure_threads(layout.spec.threads_per_process)
     if spec.compile:
         compile_blocks(model, label)
     has_eval = eval_dataset is not None
