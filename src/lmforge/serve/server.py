@@ -43,10 +43,15 @@ from starlette.exceptions import HTTPException
 from lmforge.errors import ConfigError, Problem
 from lmforge.serve.engine import Engine, Event, GenerationRequest
 from lmforge.serve.loading import ModelSet, ServedModel, load_models
-from lmforge.serve.middleware import AccessPolicy, RequestIds, install_network_guard, internal_error
+from lmforge.serve.middleware import (
+    LOOPBACK_NAMES,
+    AccessPolicy,
+    RequestIds,
+    install_network_guard,
+    internal_error,
+)
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
 
-LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 DEFAULT_RAG_TOP_K = 4
 
 
@@ -446,7 +451,7 @@ def _index_settings(target: str, settings: ServeSettings) -> None:
 def check_binding(settings: ServeSettings) -> str | None:
     """The API key to require; refuses to bind beyond loopback without one."""
     key = os.environ.get(settings.api_key_env) or None
-    if settings.host not in LOOPBACK_HOSTS and key is None:
+    if settings.host not in LOOPBACK_NAMES and key is None:
         raise ConfigError(
             "lmforge serve",
             [
@@ -471,7 +476,7 @@ def serve(
     import uvicorn
 
     api_key = check_binding(settings)
-    loopback = settings.host in LOOPBACK_HOSTS
+    loopback = settings.host in LOOPBACK_NAMES
     policy = AccessPolicy.build(settings.host, loopback, settings.allowed_hosts, settings.allowed_origins)
     _log_to_stderr()
     if settings.threads:
