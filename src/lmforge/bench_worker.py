@@ -376,6 +376,7 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     from torch.utils.data import SequentialSampler
 
     from lmforge.rundir import StageDir
+    from lmforge.train.budget import stage_micro_batching
     from lmforge.train.causal import ExampleDataset, build_causal_model
     from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch
     from lmforge.train.trainer import attention_row, build_trainer, use_bf16
@@ -383,8 +384,10 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     recipe = setup["recipe"]
     spec = recipe.sft
     examples, eval_examples = setup["examples"], setup["heldout"]
-    _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], spec.batch_size, spec.packing)
-    model = build_causal_model(setup["model_dir"], spec, longest, spec.attention, recipe)
+    bf16 = use_bf16(spec.precision)
+    micro = stage_micro_batching(spec, setup["model_dir"], [len(e.input_ids) for e in examples], bf16, spec.packing)
+    _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], micro.rows, spec.packing)
+    model = build_causal_model(setup["model_dir"], spec, longest, spec.attention, recipe, rows=micro.rows)
     collate = pack_batch if spec.packing else partial(pad_batch, pad_id=setup["pad_id"])
     dataset = ExampleDataset(examples)
     trainer = build_trainer(
@@ -399,12 +402,15 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
         loss_sum=causal_lm_loss_sum,
         train_sampler=SequentialSampler(dataset),
         loss_shifts_labels=True,
+        micro_batching=micro,
     )
     parts = [
-        "bf16 autocast, bf16 frozen weights" if use_bf16(spec.precision) else "fp32",
+        "bf16 autocast, bf16 frozen weights" if bf16 else "fp32",
         "packed rows" if spec.packing else "length-grouped",
         f"{model.config._attn_implementation} attention",
     ]
+    if micro.rows < spec.batch_size:
+        parts.append(f"{micro.rows}-row passes (token budget {micro.budget})")
     if spec.gradient_checkpointing:
         parts.append("activation checkpointing")
     if getattr(spec, "compile", False):

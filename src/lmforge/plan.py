@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.hardware import MB, cpu_ghz, cpu_name, cpu_peak_flops, memory_mb, usable_cores
+from lmforge.train.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, micro_batching
 from lmforge.train.trainer import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 
 # ---------------------------------------------------------------- constants (see the module docstring)
@@ -37,11 +38,11 @@ from lmforge.train.trainer import attention_kernel, attention_row, eager_scores_
 PROCESS_MB = 620.0
 """*Measured*: RSS of an ``lmforge run`` process with torch, transformers, peft and datasets imported,
 the tokenizer loaded and the Trainer built, before any weight or activation."""
-ACTIVATION_SCALE = 1.15
-"""*Measured*: peak RSS over the counted activation bytes. Most of it is glibc's heap: once a large
-tensor is freed, its dynamic mmap threshold rises and later tensors of that size come from the heap,
-which is not given back between layers (with ``MALLOC_MMAP_THRESHOLD_=131072`` the 64-row LoRA run
-measures within 4% of the counted bytes, but its steps are several times slower)."""
+# ACTIVATION_SCALE (*measured*, in lmforge.train.budget): peak RSS over the counted activation bytes.
+# Most of it is glibc's heap: once a large tensor is freed, its dynamic mmap threshold rises and later
+# tensors of that size come from the heap, which is not given back between layers (with
+# MALLOC_MMAP_THRESHOLD_=131072 the 64-row LoRA run measures within 4% of the counted bytes, but its
+# steps are several times slower).
 CHECKPOINTED_LAYERS = 4
 """*Measured*: layers' worth of activations alive at once under activation checkpointing (the layer
 being recomputed, its gradients and what the allocator holds back), beyond every layer's input."""
@@ -172,25 +173,6 @@ class StagePlan:
 # ---------------------------------------------------------------- the estimate
 
 
-def activation_bytes_per_token_layer(shape: ModelShape, bf16: bool, lora_rank: int | None) -> float:
-    """Bytes one token leaves in one transformer block for the backward pass.
-
-    Counted from what autograd saves in a Llama-style block: the fp32 inputs of the two RMSNorms
-    (2 x 4 d; in fp32 they are the residual stream itself, 4 d), the normalised inputs of the attention
-    and MLP projections (2 x w d), query, key and value after rotary and grouped-query expansion and
-    the attention output (4 x w d), and in the MLP the gate, its activation, the up projection and
-    their product (4 x w i), w being 2 bytes under bf16 autocast and 4 in fp32; plus the rank-r LoRA
-    intermediates. Checked with ``torch.autograd.graph.saved_tensors_hooks`` on SmolLM2's widths:
-    23.2 KB counted by the hooks against 24.0 KB here for bf16 LoRA (sdpa).
-    """
-    width = 2 if bf16 else 4
-    d, i = shape.hidden, shape.intermediate
-    counted = (8 * d if bf16 else 4 * d) + 6 * width * d + 4 * width * i
-    if lora_rank:
-        counted += 7 * lora_rank * width
-    return counted
-
-
 def estimate_memory(
     shape: ModelShape, spec: Any, batches: Batches, bf16: bool, kernel: str, hardware_device: str = "cpu"
 ) -> dict[str, float]:
@@ -200,7 +182,7 @@ def estimate_memory(
     rank = spec.lora.r if lora else None
     trainable = shape.lora_params(spec.lora.r, spec.lora.target_modules) if lora else shape.params
     weights = shape.params * frozen_bytes + (trainable * 4 if lora else 0)
-    per_token_layer = activation_bytes_per_token_layer(shape, bf16, rank) * ACTIVATION_SCALE
+    per_token_layer = activation_bytes_per_token_layer(shape.hidden, shape.intermediate, bf16, rank) * ACTIVATION_SCALE
     width = 2 if bf16 else 4
     scores = 0.0
     transient = 0.0
@@ -312,24 +294,44 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
     shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text(encoding="utf-8")), checkpoint)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = _splits(recipe)
+    future_notes = _future_splits(recipe, splits)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     plans = []
     for stage in ("cpt", "sft"):
         if stage not in recipe.stages:
             continue
         spec = getattr(recipe, stage)
         bf16 = use_bf16(spec.precision)
+        rank = spec.lora.r if spec.method == "lora" else None
         if stage == "sft":
             lengths = _chat_lengths(splits, spec.splits, tokenizer, spec.max_length)
-            batches = sft_batches(lengths, spec)
-            rows, longest = attention_row(lengths, spec.batch_size, spec.packing)
+            micro = micro_batching(
+                spec.micro_batch_tokens,
+                spec.batch_size,
+                lengths,
+                spec.packing,
+                config,
+                bf16,
+                rank,
+                hardware.available_mb,
+            )
+            batches = sft_batches(lengths, spec, micro.rows)
+            rows, longest = attention_row(lengths, micro.rows, spec.packing)
         else:
             lengths = _text_lengths(splits, spec.splits, tokenizer)
-            batches = cpt_batches(sum(lengths), spec)
-            rows, longest = spec.batch_size, spec.max_length
+            rows_total = max(1, math.ceil(sum(lengths) / spec.max_length))
+            micro = micro_batching(
+                spec.micro_batch_tokens, spec.batch_size, [spec.max_length] * rows_total, False, config, bf16, rank,
+                hardware.available_mb,
+            )  # fmt: skip
+            batches = cpt_batches(sum(lengths), spec, micro.rows)
+            rows, longest = micro.rows, spec.max_length
         # What the stage picks: by its longest (packed or padded) row and the eager scores of its largest micro-batch.
         scores = eager_scores_mb(spec, rows, longest, shape.heads, shape.layers)
         kernel = attention_kernel(spec.attention, longest, scores)
         plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
+        plans[-1].notes.append(micro.reason)
+        plans[-1].notes.extend(note for name, note in future_notes.items() if name in spec.splits)
         missing = [name for name in spec.splits if name not in splits]
         if missing:
             plans[-1].warnings.append(
@@ -342,12 +344,13 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
     return hardware, plans
 
 
-def sft_batches(lengths: list[int], spec: Any) -> Batches:
-    """Micro-batches of sft: length-grouped and padded to their longest example, or packed into one row."""
+def sft_batches(lengths: list[int], spec: Any, rows: int | None = None) -> Batches:
+    """Micro-batches of sft: length-grouped and padded to their longest example, or packed into one row;
+    ``rows`` per forward pass (fewer than ``batch_size`` under a token budget)."""
     if not lengths:
         return Batches(0, 0, 0, 0, 0)
     ordered = sorted(lengths, reverse=True)
-    size = spec.batch_size
+    size = rows or spec.batch_size
     _, epochs = _steps_and_epochs(len(lengths), spec)
     if spec.packing:
         mean = sum(lengths) / len(lengths)
@@ -360,11 +363,11 @@ def sft_batches(lengths: list[int], spec: Any) -> Batches:
     return Batches(max(first) * len(first), max(first), len(first), int(padded * epochs), int(len(lengths) * epochs))
 
 
-def cpt_batches(total_tokens: int, spec: Any) -> Batches:
-    """Micro-batches of cpt: ``batch_size`` rows of exactly ``max_length`` tokens."""
+def cpt_batches(total_tokens: int, spec: Any, micro_rows: int | None = None) -> Batches:
+    """Micro-batches of cpt: ``batch_size`` rows (``micro_rows`` under a token budget) of ``max_length`` tokens."""
     rows = max(1, math.ceil(total_tokens / spec.max_length))
     _, epochs = _steps_and_epochs(rows, spec)
-    size = min(spec.batch_size, rows)
+    size = min(micro_rows or spec.batch_size, rows)
     return Batches(
         size * spec.max_length, spec.max_length, size, int(total_tokens * epochs), int(rows * epochs), spec.max_length
     )
@@ -392,6 +395,46 @@ def _not_estimated(stage: str, spec: Any) -> StagePlan:
         batches=Batches(0, 0, 0, 0, 0),
         notes=[f"{stage} is not estimated (encoder and encoder-decoder models are not modelled yet)"],
     )
+
+
+def _future_splits(recipe: Any, splits: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
+    """Add to ``splits`` what later stages will write and that training stages read; returns a note per split.
+
+    Today: the index stage's RAFT split, built from the documents and the source split as the stage
+    builds it (:func:`lmforge.rag.raft.preview_raft_records`), with BM25 distractors in place of the
+    hybrid search: the same examples, passages per prompt and lengths, other distractors.
+    """
+    index = recipe.index
+    if "index" not in recipe.stages or not index.raft.enabled or index.raft.split in splits:
+        return {}
+    from lmforge.rag.raft import preview_raft_records
+
+    documents = [r for name in index.documents for r in splits.get(name, []) if r["kind"] == "text"]
+    records = [r for r in splits.get(index.raft.source_split, []) if r["kind"] == "chat"]
+    count_tokens, budget, how = _chunk_tokenizer(index)
+    built, stats = preview_raft_records(documents, records, index, recipe.seed, count_tokens, budget)
+    splits[index.raft.split] = built
+    skipped = "; ".join(f"{n} skipped: {why}" for why, n in stats["skipped"].items())
+    note = (
+        f"{index.raft.split} (written later by the index stage, estimated now{how}): {stats['examples']} examples "
+        f"from {stats['questions']} questions of {index.raft.source_split!r}, {stats['without_gold']} without the gold "
+        "passage"
+    )
+    return {index.raft.split: note + (f"; {skipped}" if skipped else "")}
+
+
+def _chunk_tokenizer(index: Any) -> tuple[Any, int, str]:
+    """How the index stage counts chunk tokens: its embedding model's tokenizer, else words (noted)."""
+    from lmforge.errors import ModelError
+    from lmforge.rag.chunk import count_words
+
+    try:
+        from lmforge.rag.embed import load_embedder
+
+        embedder = load_embedder(index.embedding.model)
+    except (ModelError, ImportError) as exc:
+        return count_words, index.chunk.max_tokens, f"; chunks counted in words: {exc}"
+    return embedder.count_tokens, min(index.chunk.max_tokens, embedder.max_tokens - 2), ""
 
 
 def _splits(recipe: Any) -> dict[str, list[dict[str, Any]]]:

@@ -179,3 +179,23 @@ def test_the_gold_document_falls_back_on_source_document_doc():
     assert gold_document({"source": "x.md"}, "article") == "x.md"
     assert gold_document({"doc": " y.md "}, "article") == "y.md"
     assert gold_document({"source": {"path": "z"}}, "article") is None and gold_document(None, "article") is None
+
+
+def test_plan_previews_the_raft_split_before_the_index_exists(rag_recipe: Path):
+    """plan builds the RAFT examples the index stage will write (BM25 distractors): same count, close lengths."""
+    from lmforge.plan import plan_recipe
+
+    recipe = load_recipe(rag_recipe, ["stages=[data, index, sft]"])
+    _, before = plan_recipe(recipe)
+    sft = before[0]
+    assert not sft.warnings, sft.warnings
+    note = next(n for n in sft.notes if n.startswith("raft (written later by the index stage"))
+    assert "10 examples from 5 questions of 'train'" in note
+    assert sft.batches.trained_examples == 5 + 10
+
+    run_recipe(load_recipe(rag_recipe, ["stages=[data, index]"]))
+    _, after = plan_recipe(recipe)
+    assert not any(n.startswith("raft (written later") for n in after[0].notes)
+    assert after[0].batches.trained_examples == sft.batches.trained_examples
+    predicted, real = sft.batches.computed_tokens, after[0].batches.computed_tokens
+    assert abs(predicted - real) <= 0.1 * real, (predicted, real)

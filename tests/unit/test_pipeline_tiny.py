@@ -77,3 +77,10 @@ def test_the_manifest_says_what_the_stage_computed_with_and_why(tiny_recipe, mon
     assert compute["device"] == "cpu" and compute["isa"] in ("avx2", "other")
     assert compute["precision"] == metrics["precision"] == "fp32"
     assert "no native bf16" in compute["why"] and compute["attention"] in ("eager", "sdpa")
+
+
+def test_a_token_budget_cuts_long_micro_batches_and_the_manifest_says_so(tiny_recipe):
+    recipe = load_recipe(tiny_recipe, ["stages=[data,sft]", "sft.epochs=1", "sft.micro_batch_tokens=16"])
+    metrics = run_recipe(recipe)["sft"].metrics
+    why = metrics["compute"]["micro_batch"]
+    assert why.startswith("micro_batch_tokens: 16 (recipe)") and "micro-batches of <= 1 per step" in why

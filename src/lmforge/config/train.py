@@ -8,7 +8,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationInfo, field_validator
 
@@ -33,6 +33,9 @@ class LoraSpec(Strict):
     """Also train the input embeddings and the output head in full (saved with the adapter): for a domain
     with many unseen words. Adds vocab x hidden trainable weights (twice that when they are not tied)."""
 
+
+MicroBatchTokens = Annotated[int, Field(ge=16)] | Literal["auto", "off"]
+"""Token budget of one forward/backward pass: a number, ``auto`` (from free memory) or ``off``."""
 
 TrainOptimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
 """Optimizers; the 8-bit and paged ones come from bitsandbytes and need CUDA."""
@@ -140,6 +143,11 @@ class SFTSpec(TrainSpec):
     packing: bool = False
     """Pack each micro-batch into one row (best for long, uneven examples); off: length-grouped
     right-padded batches (best for short chat examples)."""
+    micro_batch_tokens: MicroBatchTokens = "auto"
+    """Most tokens (padding included) one forward/backward pass may hold: a micro-batch of ``batch_size``
+    long rows is cut into smaller passes (same examples per step, same loss, less memory). ``auto``: from
+    the memory free when the stage starts (a quarter of it, at most 2 GB of activations; more rows at
+    once are no faster on a CPU); ``off``: always ``batch_size`` rows."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     """Attention kernel; ``auto``: sdpa on CUDA; on a CPU eager (faster there on short rows) while the rows
     are at most 512 tokens and the attention scores it keeps for the backward pass (all layers', or one
@@ -163,6 +171,10 @@ class CPTSpec(TrainSpec):
     """Context length: the texts are packed into rows of exactly this many tokens."""
     splits: list[str] = Field(["train"], min_length=1)
     """Splits whose ``text`` records are trained on (chat records in them are left to sft)."""
+    micro_batch_tokens: MicroBatchTokens = "auto"
+    """Most tokens one forward/backward pass may hold (``batch_size`` rows of ``max_length`` are cut into
+    smaller passes, same loss, less memory); ``auto``: from the memory free when the stage starts (a
+    quarter of it, at most 2 GB of activations); ``off``: always ``batch_size`` rows."""
     isolate_documents: bool = True
     """Restart positions at every document inside a packed row, so attention never crosses from one
     document into the next; off: plain concatenation."""

@@ -24,8 +24,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from lmforge.config import RaftSpec
-from lmforge.rag.chunk import Chunk
+from lmforge.config import IndexSpec, RaftSpec
+from lmforge.rag.chunk import Chunk, chunk_records
 from lmforge.rag.quality import from_document, gold_document
 from lmforge.records import Record, chat_record, context_messages
 
@@ -142,3 +142,48 @@ def build_raft_records(
 
 def _as_passage(chunk: Chunk) -> dict[str, Any]:
     return {"id": chunk.id, "source": chunk.source(), "text": chunk.text, "score": 0.0}
+
+
+def preview_raft_records(
+    documents: list[Record], records: list[Record], spec: IndexSpec, seed: int, count_tokens: Any, budget: int
+) -> tuple[list[Record], dict[str, Any]]:
+    """The RAFT examples the index stage would build, before any index exists (for ``lmforge plan``).
+
+    The documents are chunked as the stage chunks them (``budget``: its chunk size in the embedding
+    model's tokens) and the examples are built by the same :func:`build_raft_records`; only the
+    distractors come from a plain BM25 ranking instead of the stage's hybrid search, so the examples'
+    number, passages per prompt and lengths match the stage's while which distractors appear may differ.
+    """
+    chunks = chunk_records(documents, budget, spec.chunk.overlap, count_tokens)
+    depth = max(2 * spec.raft.max_distractors + 4, spec.top_k)
+    questions = [
+        next((m["content"] for m in reversed(r.get("messages", [])) if m["role"] == "user"), "") for r in records
+    ]
+    ranked = bm25_rank(chunks, questions, depth)
+    retrieved = [[_as_passage(chunks[i]) for i in ranking] for ranking in ranked]
+    return build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, seed)
+
+
+def bm25_rank(chunks: list[Chunk], queries: list[str], depth: int, k1: float = 1.2, b: float = 0.75) -> list[list[int]]:
+    """Indices of the ``depth`` best chunks per query by Okapi BM25 over lower-cased word tokens."""
+    import math
+
+    docs = [Counter(_words(c.search_text())) for c in chunks]
+    lengths = [sum(d.values()) for d in docs]
+    mean = sum(lengths) / max(len(docs), 1) or 1.0
+    frequency: Counter[str] = Counter(word for d in docs for word in d)
+    idf = {w: math.log(1 + (len(docs) - n + 0.5) / (n + 0.5)) for w, n in frequency.items()}
+    ranked = []
+    for query in queries:
+        terms = set(_words(query)) & idf.keys()
+        scores = []
+        for i, d in enumerate(docs):
+            norm = k1 * (1 - b + b * lengths[i] / mean)
+            score = sum(idf[t] * d[t] * (k1 + 1) / (d[t] + norm) for t in terms if t in d)
+            scores.append((-score, i))
+        ranked.append([i for _, i in sorted(scores)[:depth]])
+    return ranked
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"\w+", text.lower())

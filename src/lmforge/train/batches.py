@@ -31,17 +31,34 @@ class StepBatches:
     example whose labels are all ignored, so it adds nothing to the loss, the gradients or the token
     count. No example is dropped and none is counted twice.
 
+    With ``pieces`` above 1 (a token budget, see :mod:`lmforge.train.budget`), each of those
+    micro-batches is cut into ``pieces`` smaller ones of rows of similar length (the longest rows
+    together, in the smallest pieces): the step holds the same examples, in more, smaller passes.
+
     Args:
         order: an iterable of dataset indices for one epoch; re-iterated per epoch after its
             ``set_epoch`` (when it has one) is called.
+        lengths: each example's length, to sort a micro-batch before cutting it into pieces and to
+            pick the shortest example of a step as a filler.
     """
 
-    def __init__(self, order: Iterable[int], per_device: int, accum: int, rank: int = 0, processes: int = 1):
+    def __init__(
+        self,
+        order: Iterable[int],
+        per_device: int,
+        accum: int,
+        rank: int = 0,
+        processes: int = 1,
+        pieces: int = 1,
+        lengths: list[int] | None = None,
+    ):
         self.order = order
         self.per_device = per_device
         self.accum = accum
         self.rank = rank
         self.processes = processes
+        self.pieces = pieces
+        self.lengths = lengths
 
     def set_epoch(self, epoch: int) -> None:
         if hasattr(self.order, "set_epoch"):
@@ -49,7 +66,7 @@ class StepBatches:
 
     def __len__(self) -> int:
         full, rest = divmod(len(self.order), self.per_device * self.accum * self.processes)  # type: ignore[arg-type]
-        return full * self.accum + math.ceil(rest / (self.per_device * self.processes))
+        return (full * self.accum + math.ceil(rest / (self.per_device * self.processes))) * self.pieces
 
     def __iter__(self):
         return iter(self.plan())
@@ -61,11 +78,28 @@ class StepBatches:
         batches: list[list[int]] = []
         for start in range(0, len(order), slot * self.accum):
             step = order[start : start + slot * self.accum]
+            filler = [-1 - (min(step, key=self.lengths.__getitem__) if self.lengths else step[0])]
             for micro in range(math.ceil(len(step) / slot)):
                 first = micro * slot + self.rank * self.per_device
                 mine = step[first : first + self.per_device]
-                batches.append(mine if mine else [-1 - step[0]])
+                if self.pieces == 1:
+                    batches.append(mine if mine else filler)
+                    continue
+                if self.lengths:
+                    mine = sorted(mine, key=lambda i: -self.lengths[i])  # type: ignore[index]
+                batches.extend(part if part else filler for part in even_parts(mine, self.pieces))
         return batches
+
+
+def even_parts(items: list[int], parts: int) -> list[list[int]]:
+    """``items`` cut in order into ``parts`` runs whose sizes differ by at most one, the larger runs last."""
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for part in range(parts):
+        end = start + size + (1 if part >= parts - extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
 
 
 class WithFillers:

@@ -25,6 +25,7 @@ from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
 from lmforge.train import chain
+from lmforge.train.budget import stage_micro_batching
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
 from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
@@ -79,8 +80,11 @@ def run(recipe: Recipe) -> TrainResult:
     # `attention: auto` picks the kernel by the longest row trained on (a packed row holds a whole
     # micro-batch), not by the max_length ceiling: short chat rows train ~30% faster with eager than
     # with sdpa on a CPU (docs/PERFORMANCE.md).
-    _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], spec.batch_size, spec.packing)
-    model = build_causal_model(start.base_dir, spec, longest, spec.attention, recipe, fold_in=fold_in)
+    micro = stage_micro_batching(
+        spec, start.base_dir, [len(e.input_ids) for e in examples], use_bf16(spec.precision), spec.packing
+    )
+    _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], micro.rows, spec.packing)
+    model = build_causal_model(start.base_dir, spec, longest, spec.attention, recipe, fold_in=fold_in, rows=micro.rows)
     print(
         f"sft: {spec.method}{' (DoRA)' if spec.lora.use_dora and spec.method == 'lora' else ''}, "
         f"{trainable_summary(model)}, template {spec.template}"
@@ -109,6 +113,7 @@ def run(recipe: Recipe) -> TrainResult:
         eval_loss_sum=causal_lm_loss_sum,
         sampling="random" if spec.packing else "group_by_length",
         loss_shifts_labels=True,
+        micro_batching=micro,
     )
     result, seconds = run_training(trainer, stage, resuming, "sft")
 
@@ -156,7 +161,13 @@ def _eval_examples(tokenizer: Any, setup: TrainingStage, spec: SFTSpec) -> list[
 
 
 def build_causal_model(
-    base_dir: Path, spec: TrainSpec, max_length: int, attention: str, recipe: Recipe, fold_in: Path | None = None
+    base_dir: Path,
+    spec: TrainSpec,
+    max_length: int,
+    attention: str,
+    recipe: Recipe,
+    fold_in: Path | None = None,
+    rows: int | None = None,
 ) -> Any:
     """Load a causal LM for training and wrap it in a LoRA / DoRA adapter when asked.
 
@@ -164,12 +175,13 @@ def build_causal_model(
     memory) while the adapter weights stay fp32 master weights under autocast. Full fine-tuning
     keeps fp32 master weights everywhere. ``fold_in`` is an adapter merged into the fp32 weights
     first (a stacked cpt adapter). With ``quantization`` the base is loaded 4-/8-bit (QLoRA, CUDA).
+    ``rows`` is the most rows one forward pass holds (default ``batch_size``; fewer under a token budget).
     """
     import torch
 
     frozen_bf16 = spec.method == "lora" and use_bf16(spec.precision)
     config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
-    rows = 1 if getattr(spec, "packing", False) else spec.batch_size  # sft packs a micro-batch into one row
+    rows = 1 if getattr(spec, "packing", False) else (rows or spec.batch_size)  # sft packs a micro-batch into one row
     heads, layers = config.get("num_attention_heads", 1), config.get("num_hidden_layers", 1)
     kernel = attention_kernel(attention, max_length, eager_scores_mb(spec, rows, max_length, heads, layers))
     kwargs: dict[str, Any] = {"attn_implementation": kernel}

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.config import Recipe
+from lmforge.train.budget import stage_micro_batching
 from lmforge.train.causal import build_causal_model
 from lmforge.train.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
 from lmforge.train.lora import trainable_summary
@@ -22,6 +23,7 @@ from lmforge.train.trainer import (
     save_folder,
     seed_everything,
     training_metrics,
+    use_bf16,
 )
 
 
@@ -41,7 +43,8 @@ def run(recipe: Recipe) -> TrainResult:
     print(f"cpt: {counts['documents']} texts, {counts['tokens']} tokens -> {counts['rows']} rows of {spec.max_length}")
 
     seed_everything(recipe.seed)
-    model = build_causal_model(base_dir, spec, spec.max_length, spec.attention, recipe)
+    micro = stage_micro_batching(spec, base_dir, [spec.max_length] * len(rows), use_bf16(spec.precision))
+    model = build_causal_model(base_dir, spec, spec.max_length, spec.attention, recipe, rows=micro.rows)
     print(f"cpt: {spec.method}, {trainable_summary(model)}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = build_trainer(
@@ -56,6 +59,7 @@ def run(recipe: Recipe) -> TrainResult:
         collator=lambda batch: collate_rows(batch, pad_id),
         loss_sum=causal_lm_loss_sum,
         loss_shifts_labels=True,
+        micro_batching=micro,
     )
     result, seconds = run_training(trainer, stage, resuming, "cpt")
 

@@ -6,6 +6,7 @@ DeepSpeed). Nothing here runs anything: the HF Trainer and accelerate do the dis
 from __future__ import annotations
 
 import importlib.util
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,11 +25,23 @@ class ProcessLayout:
     """Micro-batches per optimizer step on this process."""
     world: World
     spec: DistributedSpec
+    pieces: int = 1
+    """Passes each micro-batch is cut into to stay within the token budget (:mod:`lmforge.train.budget`)."""
 
     @property
     def global_batch(self) -> int:
         """Examples per optimizer step over every process."""
         return self.per_device * self.accum * self.world.size
+
+    @property
+    def micro_rows(self) -> int:
+        """Most rows one forward/backward pass holds."""
+        return math.ceil(self.per_device / self.pieces)
+
+    @property
+    def passes(self) -> int:
+        """Forward/backward passes per optimizer step on this process (the Trainer's accumulation)."""
+        return self.accum * self.pieces
 
     def trainer_arguments(self) -> dict[str, Any]:
         """Extra ``TrainingArguments`` for this layout (none for a single process)."""
@@ -63,6 +76,8 @@ class ProcessLayout:
             "per_device_batch": self.per_device,
             "grad_accum": self.accum,
             "global_batch": self.global_batch,
+            "passes_per_step": self.passes,
+            "rows_per_pass": self.micro_rows,
         }
 
 
@@ -81,8 +96,11 @@ def deepspeed_config(spec: DistributedSpec) -> dict[str, Any]:
     }
 
 
-def process_layout(spec: TrainSpec, dist: DistributedSpec, world: World, where: str = "distributed") -> ProcessLayout:
-    """Each process's micro-batch and accumulation under ``dist.global_batch``.
+def process_layout(
+    spec: TrainSpec, dist: DistributedSpec, world: World, where: str = "distributed", micro_rows: int | None = None
+) -> ProcessLayout:
+    """Each process's micro-batch and accumulation under ``dist.global_batch``, its micro-batches cut
+    into passes of at most ``micro_rows`` rows (a token budget) when given.
 
     ``keep`` divides the recipe's accumulation by the number of processes when it can, else the
     micro-batch, so the step's examples stay ``batch_size x grad_accum``.
@@ -110,7 +128,8 @@ def process_layout(spec: TrainSpec, dist: DistributedSpec, world: World, where: 
             )
     if size > 1:
         check_strategy(dist, where)
-    return ProcessLayout(per_device, accum, world, dist)
+    pieces = math.ceil(per_device / micro_rows) if micro_rows else 1
+    return ProcessLayout(per_device, accum, world, dist, pieces)
 
 
 def check_strategy(dist: DistributedSpec, where: str = "distributed") -> None:

@@ -35,6 +35,7 @@ from lmforge.train.batches import (
     call_loss,
     is_filler,
 )
+from lmforge.train.budget import MicroBatching
 from lmforge.train.layout import ProcessLayout, process_layout
 from lmforge.train.progress import progress_callback, tensorboard_callback
 
@@ -283,6 +284,7 @@ def build_trainer(
     train_sampler: Any | None = None,
     loss_shifts_labels: bool = False,
     distributed_spec: DistributedSpec | None = None,
+    micro_batching: MicroBatching | None = None,
 ) -> Any:
     """An HF Trainer whose loss is ``loss_sum`` normalised over each optimizer step's trained positions.
 
@@ -294,6 +296,8 @@ def build_trainer(
         loss_shifts_labels: the loss predicts ``labels[:, 1:]`` (causal LMs): position 0 is not counted.
         distributed_spec: the recipe's ``distributed`` section (strategy, global batch, threads); it
             matters only when the launcher started several processes.
+        micro_batching: rows per forward/backward pass under the stage's token budget
+            (:func:`lmforge.train.budget.micro_batching`); None: ``batch_size`` rows.
     """
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
@@ -302,7 +306,8 @@ def build_trainer(
     bf16 = use_bf16(spec.precision)
     eval_loss_sum = eval_loss_sum or loss_sum
     world = distributed.world()
-    layout = process_layout(spec, distributed_spec or DistributedSpec(), world)
+    micro_rows = micro_batching.rows if micro_batching is not None else None
+    layout = process_layout(spec, distributed_spec or DistributedSpec(), world, micro_rows=micro_rows)
 
     class SummedLossTrainer(Trainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -368,12 +373,14 @@ def build_trainer(
     has_eval = eval_dataset is not None
     args = training_arguments(spec, seed, stage, has_eval, bf16, sampling, layout)
     order = train_sampler
-    if order is None and sampling == "group_by_length":
+    lengths = None
+    if sampling == "group_by_length" or layout.pieces > 1:
         lengths = [len(train_dataset[i]["input_ids"]) for i in range(len(train_dataset))]
+    if order is None and sampling == "group_by_length":
         order = EpochSeededLengthSampler(lengths, layout.per_device * layout.accum * world.size, seed)
     elif order is None:
         order = EpochSeededLengthSampler([1] * len(train_dataset), 1, seed)  # a plain seeded shuffle
-    train_batches = StepBatches(order, layout.per_device, layout.accum, world.rank, world.size)
+    train_batches = StepBatches(order, layout.per_device, layout.accum, world.rank, world.size, layout.pieces, lengths)
     callbacks = [progress_callback(label)]
     if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
         print(
@@ -393,6 +400,7 @@ def build_trainer(
     )
     trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
     trainer.layout = layout
+    trainer.micro_batching = micro_batching
     # Our loss is already a per-token mean over the whole accumulated step (num_items_in_batch).
     trainer.model_accepts_loss_kwargs = True
     trainer.loss_is_scaled_for_ga = True
@@ -414,9 +422,9 @@ def training_arguments(
         save_steps = spec.eval_steps or save_steps
     return TrainingArguments(
         output_dir=str(stage.path("checkpoints")),
-        per_device_train_batch_size=layout.per_device,
-        per_device_eval_batch_size=layout.per_device,
-        gradient_accumulation_steps=layout.accum,
+        per_device_train_batch_size=layout.micro_rows,
+        per_device_eval_batch_size=layout.micro_rows,
+        gradient_accumulation_steps=layout.passes,
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps,
         learning_rate=spec.lr,
@@ -535,7 +543,12 @@ def compute_choices(trainer: Any) -> dict[str, str]:
         why = "bf16 autocast: native bf16 matmuls" if native else "bf16 as the recipe asks (emulated here: slow)"
     else:
         why = "fp32 as the recipe asks" if native else "fp32: this CPU has no native bf16 matmuls (emulated: slower)"
-    return {"device": device, "isa": isa, "precision": "bf16" if bf16 else "fp32", "why": why, "attention": attention}
+    choices = {"device": device, "isa": isa, "precision": "bf16" if bf16 else "fp32", "why": why}
+    choices["attention"] = attention
+    micro = getattr(trainer, "micro_batching", None)
+    if micro is not None:
+        choices["micro_batch"] = micro.reason
+    return choices
 
 
 def write_log(trainer: Any, path: Path) -> None:
