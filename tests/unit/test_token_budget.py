@@ -25,7 +25,10 @@ def steps_of(plan: list[list[int]], passes: int) -> list[list[int]]:
     return [sorted(i for batch in plan[s : s + passes] for i in batch if i >= 0) for s in range(0, len(plan), passes)]
 
 
-@pytest.mark.parametrize(("n", "per_device", "accum", "pieces"), [(13, 4, 1, 2), (13, 4, 2, 3), (5, 8, 1, 4), (8, 3, 1, 5)])
+CASES = [(13, 4, 1, 2), (13, 4, 2, 3), (5, 8, 1, 4), (8, 3, 1, 5)]
+
+
+@pytest.mark.parametrize(("n", "per_device", "accum", "pieces"), CASES)
 def test_pieces_keep_every_step_and_fit_the_rows(n, per_device, accum, pieces):
     lengths = [(7 * i) % 11 + 1 for i in range(n)]
     whole = StepBatches(range(n), per_device, accum).plan()
@@ -116,7 +119,7 @@ def test_a_budget_trains_the_same_steps_as_whole_micro_batches(tmp_path, tiny_to
     """Same losses and weights (fp32, within float noise) with 4-row micro-batches or 1-2 row passes."""
     g = torch.Generator().manual_seed(0)
     examples = []
-    for i in range(12):
+    for _ in range(12):
         n = int(torch.randint(6, 30, (1,), generator=g))
         ids = torch.randint(3, 200, (n,), generator=g).tolist()
         examples.append(TokenizedExample(input_ids=ids, labels=[IGNORE] * 3 + ids[3:], truncated=False))
