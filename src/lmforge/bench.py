@@ -10,7 +10,9 @@ can be compared step by step. Each system runs in its own child process, so its 
   length (micro-batches of at most ``baseline_tokens`` padded tokens, with gradient accumulation);
 * ``trl``: TRL's ``SFTTrainer`` with its defaults (fp32 weights under bf16 autocast, activation
   checkpointing, batches padded to their longest row), on prompt/completion pairs, so the loss is
-  on the completion, as TRL does for such data;
+  on the completion, as TRL does for such data (``cpt`` workload: on the texts, with TRL's packing);
+* ``trl-fp32``: the same in fp32, what a careful user picks on a CPU without native bf16 (where
+  TRL's default bf16 autocast is emulated and many times slower);
 * ``lmforge``: lmforge's sft path, built by the same functions as ``lmforge run``;
 * ``lmforge-lowmem``: the same with activation checkpointing (``sft.gradient_checkpointing``).
 
@@ -41,7 +43,7 @@ from typing import Any
 from lmforge.hardware import machine_description
 from lmforge.rundir import atomic_write_text
 
-SYSTEMS = ("baseline", "trl", "lmforge", "lmforge-lowmem")
+SYSTEMS = ("baseline", "trl", "trl-fp32", "lmforge", "lmforge-lowmem")
 """Systems ``lmforge bench`` knows, in table order."""
 
 
@@ -56,7 +58,11 @@ class BenchSettings:
     model: str | None = None
     """Model reference instead of the recipe's ``model.ref``."""
     seq_len: int = 1024
-    """Longest example (longer ones are truncated); the baseline pads every example to it."""
+    """Longest example (longer ones are truncated); the baseline pads every example to it. With the
+    ``cpt`` workload: the length of every packed row."""
+    workload: str = "sft"
+    """``sft``: the chat examples the recipe's sft trains on; ``cpt``: continued pretraining on rows of
+    exactly ``seq_len`` tokens packed from the recipe's documents (cycled until there are enough)."""
     steps: int = 12
     """Optimizer steps per system, warm-up included."""
     warmup: int = 2
@@ -170,8 +176,11 @@ def _run_worker(settings: BenchSettings, system: str, seq_len: int, out_dir: Pat
 
 
 def _ratios(result: BenchResult, results: list[BenchResult]) -> tuple[str, str]:
-    peers = {p.system: p for p in results if p.seq_len == result.seq_len and not p.error}
+    """Speed against the baseline and against the faster of ``trl`` / ``trl-fp32`` at the same length."""
+    peers: dict[str, Any] = {p.system: p for p in results if p.seq_len == result.seq_len and not p.error}
     cells = []
+    trls = [p for name, p in peers.items() if name.startswith("trl") and p.tokens_per_s > 0]
+    peers["trl"] = max(trls, key=lambda p: p.tokens_per_s) if trls else None  # the faster TRL set-up
     for name in ("baseline", "trl"):
         peer = peers.get(name)
         ok = peer is not None and peer.tokens_per_s > 0 and not result.error

@@ -107,8 +107,8 @@ def worker(config: dict[str, Any]) -> BenchResult:
     torch.manual_seed(setup["recipe"].seed)
     if system == "baseline":
         trainer, notes = _baseline(setup, settings)
-    elif system == "trl":
-        trainer, notes = _trl(setup, settings)
+    elif system in ("trl", "trl-fp32"):
+        trainer, notes = _trl(setup, settings, fp32=system == "trl-fp32")
     else:
         trainer, notes = _lmforge(setup, settings)
     meter = StepMeter(settings.warmup)
@@ -172,6 +172,8 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
     model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = prepare_records(recipe.data, recipe.seed).splits
+    if settings.workload == "cpt":
+        return _cpt_setup(settings, recipe, model_dir, tokenizer, splits)
     records = [r for r in sft_records(recipe, splits) if r["kind"] == "chat"]
     if not records:
         raise ValueError(f"the recipe's sft.splits {recipe.sft.splits} hold no chat records (splits: {sorted(splits)})")
@@ -193,16 +195,49 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
     }
 
 
+def _cpt_setup(settings: BenchSettings, recipe: Any, model_dir: Any, tokenizer: Any, splits: dict[str, Any]) -> dict:
+    """The ``cpt`` workload: rows of exactly ``seq_len`` tokens packed from the recipe's text records
+    (documents restart their positions inside a row, as the cpt stage packs them), the texts cycled
+    until every step has its rows."""
+    from lmforge.train.tokenize import pack_texts
+
+    texts = [r["text"] for records in splits.values() for r in records if r["kind"] == "text"]
+    if not texts:
+        raise ValueError(
+            f"the cpt workload needs text records (documents); the recipe's splits {sorted(splits)} hold none"
+        )
+    needed = settings.steps * settings.batch_size
+    cycle = list(texts)
+    rows, _ = pack_texts(tokenizer, cycle, settings.seq_len)
+    while len(rows) <= needed:  # the last row of a stream is short: keep one spare
+        cycle += texts
+        rows, _ = pack_texts(tokenizer, cycle, settings.seq_len)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return {
+        "recipe": recipe,
+        "model_dir": model_dir,
+        "tokenizer": tokenizer,
+        "texts": cycle,
+        "examples": rows[:needed],
+        "heldout": [],
+        "pad_id": pad_id,
+    }
+
+
 def sft_records(recipe: Any, splits: dict[str, list[Any]]) -> list[Any]:
     """The records of every split the recipe's sft trains on (``sft.splits``), what the bench must time.
 
     Splits of the data stage come from ``splits``; the others (``raft`` from the index stage, ``synth``)
-    from the recipe's run directory, which must then hold that stage's finished output.
+    from the recipe's run directory when that stage has finished there; a RAFT split not written yet is
+    previewed as ``lmforge plan`` does (:func:`lmforge.rag.raft.preview_raft_split`: the same examples
+    and lengths, BM25 distractors).
 
     Raises:
-        ValueError: a split no stage of the run has written yet, with the command that writes it.
+        ValueError: a split no stage of the run has written yet and none can preview, with the command
+            that writes it.
     """
     from lmforge.errors import StageError
+    from lmforge.rag.raft import preview_raft_split
     from lmforge.records import read_records
     from lmforge.rundir import split_path
 
@@ -214,6 +249,11 @@ def sft_records(recipe: Any, splits: dict[str, list[Any]]) -> list[Any]:
         try:
             path = split_path(recipe.run_path(), name, needed_by="bench")
         except StageError:
+            preview = preview_raft_split(recipe, splits) if name == recipe.index.raft.split else None
+            if preview is not None:
+                print(f"bench: {preview[1]}")
+                records += preview[0]
+                continue
             raise ValueError(
                 f"the recipe's sft trains on the split {name!r}, which a later stage writes (index for raft, synth "
                 f"for synth) and {recipe.run_path()} does not hold yet; run the recipe up to that stage first "
@@ -335,6 +375,10 @@ def _baseline(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]
     model = get_peft_model(model, _lora_config(spec))
     rows = []
     for example in setup["examples"]:
+        if settings.workload == "cpt":  # full rows: plain causal LM on the concatenated texts
+            ids = example.input_ids
+            rows.append({"input_ids": ids, "attention_mask": [1] * len(ids), "labels": list(ids)})
+            continue
         n, pad = len(example.input_ids), settings.seq_len - len(example.input_ids)
         rows.append(
             {
@@ -348,14 +392,20 @@ def _baseline(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]
     return _in_order(trainer), f"fp32, padded to {settings.seq_len}, micro-batch {micro}"
 
 
-def _trl(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
-    """TRL's SFTTrainer with its defaults, on prompt/completion pairs (loss on the completion)."""
+def _trl(setup: dict[str, Any], settings: BenchSettings, fp32: bool = False) -> tuple[Any, str]:
+    """TRL's SFTTrainer with its defaults (``fp32``: but without bf16 autocast), on prompt/completion
+    pairs (loss on the completion), or for the ``cpt`` workload on the texts with TRL's packing."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     spec = setup["recipe"].sft
-    rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in setup["records"]]
-    args = SFTConfig(**_common_args(settings, spec, settings.batch_size), max_length=settings.seq_len)
+    extra: dict[str, Any] = {"bf16": False} if fp32 else {}
+    if settings.workload == "cpt":
+        rows = [{"text": text} for text in setup["texts"]]
+        extra["packing"] = True
+    else:
+        rows = [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in setup["records"]]
+    args = SFTConfig(**_common_args(settings, spec, settings.batch_size), max_length=settings.seq_len, **extra)
     trainer = SFTTrainer(
         model=str(setup["model_dir"]),
         args=args,
@@ -363,10 +413,12 @@ def _trl(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
         processing_class=setup["tokenizer"],
         peft_config=_lora_config(spec),
     )
-    if len(trainer.train_dataset) != len(rows):
+    if settings.workload != "cpt" and len(trainer.train_dataset) != len(rows):
         raise RuntimeError(f"TRL kept {len(trainer.train_dataset)} of {len(rows)} examples; the bench needs all")
     checkpointing = "activation checkpointing" if args.gradient_checkpointing else "no checkpointing"
-    return _in_order(trainer), f"TRL defaults: {'bf16 autocast' if args.bf16 else 'fp32'}, {checkpointing}"
+    packing = f", TRL packing ({args.packing_strategy})" if settings.workload == "cpt" else ""
+    what = "TRL defaults but fp32" if fp32 else "TRL defaults"
+    return _in_order(trainer), f"{what}: {'bf16 autocast' if args.bf16 else 'fp32'}, {checkpointing}{packing}"
 
 
 def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
@@ -385,11 +437,17 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     spec = recipe.sft
     examples, eval_examples = setup["examples"], setup["heldout"]
     bf16 = use_bf16(spec.precision)
+    cpt = settings.workload == "cpt"
     micro = stage_micro_batching(spec, setup["model_dir"], [len(e.input_ids) for e in examples], bf16, spec.packing)
     _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], micro.rows, spec.packing)
     model = build_causal_model(setup["model_dir"], spec, longest, spec.attention, recipe, rows=micro.rows)
     collate = pack_batch if spec.packing else partial(pad_batch, pad_id=setup["pad_id"])
     dataset = ExampleDataset(examples)
+    if cpt:  # the cpt stage's rows and collator
+        from lmforge.train.cpt import RowDataset
+        from lmforge.train.fast import collate_rows
+
+        dataset, collate = RowDataset(examples), partial(collate_rows, pad_id=setup["pad_id"])
     trainer = build_trainer(
         model=model,
         spec=spec,
@@ -406,7 +464,7 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     )
     parts = [
         "bf16 autocast, bf16 frozen weights" if bf16 else "fp32",
-        "packed rows" if spec.packing else "length-grouped",
+        "packed documents (cpt rows)" if cpt else "packed rows" if spec.packing else "length-grouped",
         f"{model.config._attn_implementation} attention",
     ]
     if micro.rows < spec.batch_size:

@@ -349,9 +349,16 @@ def bench(
     steps: Annotated[int, typer.Option(min=2, help="Optimizer steps per system, warm-up included.")] = 12,
     warmup: Annotated[int, typer.Option(min=0, help="First steps left out of the timing.")] = 2,
     batch_size: Annotated[int, typer.Option(min=1, help="Examples per optimizer step, for every system.")] = 8,
-    systems: Annotated[str, typer.Option(help="Comma-separated: baseline, trl, lmforge, lmforge-lowmem.")] = (
-        "baseline,trl,lmforge,lmforge-lowmem"
-    ),
+    systems: Annotated[
+        str, typer.Option(help="Comma-separated: baseline, trl, trl-fp32, lmforge, lmforge-lowmem.")
+    ] = "baseline,trl,lmforge,lmforge-lowmem",
+    workload: Annotated[
+        str,
+        typer.Option(
+            help="sft: the chat examples the recipe's sft trains on (RAFT rows included); cpt: rows of --seq-len "
+            "tokens packed from the recipe's documents."
+        ),
+    ] = "sft",
     out: Annotated[Path, typer.Option(help="Folder for bench.json, bench.md and the workers' logs.")] = Path(
         "bench-results"
     ),
@@ -367,12 +374,15 @@ def bench(
         expected = ", ".join(SYSTEMS)
         err_console.print(f"[bold red]error:[/bold red] --systems: got {systems!r}; expected some of {expected}")
         raise typer.Exit(2)
+    if workload not in ("sft", "cpt"):
+        err_console.print(f"[bold red]error:[/bold red] --workload: got {workload!r}; expected sft or cpt")
+        raise typer.Exit(2)
     if warmup >= steps:
         err_console.print(f"[bold red]error:[/bold red] --warmup {warmup} must be below --steps {steps}")
         raise typer.Exit(2)
     import importlib.util
 
-    if "trl" in chosen and importlib.util.find_spec("trl") is None:
+    if any(s.startswith("trl") for s in chosen) and importlib.util.find_spec("trl") is None:
         err_console.print(
             "[bold red]error:[/bold red] the trl system needs TRL: pip install 'lmforge[bench]' (or leave trl out of "
             "--systems)"
@@ -386,6 +396,7 @@ def bench(
         warmup=warmup,
         batch_size=batch_size,
         peak_tflops=peak_tflops,
+        workload=workload,
     )
     try:
         _load(recipe, set_, None) if recipe else None  # a bad recipe fails here, before any worker starts

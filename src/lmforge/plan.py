@@ -52,8 +52,8 @@ EFFICIENCY = {"bf16": 0.05, "fp32": 0.30}
 """*Measured*: share of the peak matmul FLOP/s the sft path reaches (``lmforge bench``), per precision."""
 CHECKPOINTING_TIME = 1.3
 """*Measured*: step time with activation checkpointing over the step time without."""
-LOSS_CHUNK_ROWS = 64
-"""Rows of logits the chunked cross-entropy holds at once (``fast.chunked_cross_entropy``)."""
+LOSS_CHUNK_ROWS = {"bf16": 64, "fp32": 256}
+"""Rows of logits the chunked cross-entropy holds at once (``fast.loss_chunk_rows``)."""
 
 
 @dataclass
@@ -201,7 +201,8 @@ def estimate_memory(
         "weights": weights / MB,
         "gradients + AdamW": trainable * 12 / MB,
         "activations": kept / MB,
-        "loss": 3 * LOSS_CHUNK_ROWS * shape.vocab * 4 / MB + batches.micro_batch_tokens * shape.hidden * 8 / MB,
+        "loss": 3 * LOSS_CHUNK_ROWS["bf16" if bf16 else "fp32"] * shape.vocab * 4 / MB
+        + batches.micro_batch_tokens * shape.hidden * 8 / MB,
     }
     if not lora:  # the chunked loss accumulates the output head's fp32 gradient during the forward pass
         memory["loss"] += shape.vocab * shape.hidden * 4 / MB
@@ -400,41 +401,15 @@ def _not_estimated(stage: str, spec: Any) -> StagePlan:
 def _future_splits(recipe: Any, splits: dict[str, list[dict[str, Any]]]) -> dict[str, str]:
     """Add to ``splits`` what later stages will write and that training stages read; returns a note per split.
 
-    Today: the index stage's RAFT split, built from the documents and the source split as the stage
-    builds it (:func:`lmforge.rag.raft.preview_raft_records`), with BM25 distractors in place of the
-    hybrid search: the same examples, passages per prompt and lengths, other distractors.
+    Today: the index stage's RAFT split (:func:`lmforge.rag.raft.preview_raft_split`).
     """
-    index = recipe.index
-    if "index" not in recipe.stages or not index.raft.enabled or index.raft.split in splits:
+    from lmforge.rag.raft import preview_raft_split
+
+    preview = preview_raft_split(recipe, splits)
+    if preview is None:
         return {}
-    from lmforge.rag.raft import preview_raft_records
-
-    documents = [r for name in index.documents for r in splits.get(name, []) if r["kind"] == "text"]
-    records = [r for r in splits.get(index.raft.source_split, []) if r["kind"] == "chat"]
-    count_tokens, budget, how = _chunk_tokenizer(index)
-    built, stats = preview_raft_records(documents, records, index, recipe.seed, count_tokens, budget)
-    splits[index.raft.split] = built
-    skipped = "; ".join(f"{n} skipped: {why}" for why, n in stats["skipped"].items())
-    note = (
-        f"{index.raft.split} (written later by the index stage, estimated now{how}): {stats['examples']} examples "
-        f"from {stats['questions']} questions of {index.raft.source_split!r}, {stats['without_gold']} without the gold "
-        "passage"
-    )
-    return {index.raft.split: note + (f"; {skipped}" if skipped else "")}
-
-
-def _chunk_tokenizer(index: Any) -> tuple[Any, int, str]:
-    """How the index stage counts chunk tokens: its embedding model's tokenizer, else words (noted)."""
-    from lmforge.errors import ModelError
-    from lmforge.rag.chunk import count_words
-
-    try:
-        from lmforge.rag.embed import load_embedder
-
-        embedder = load_embedder(index.embedding.model)
-    except (ModelError, ImportError) as exc:
-        return count_words, index.chunk.max_tokens, f"; chunks counted in words: {exc}"
-    return embedder.count_tokens, min(index.chunk.max_tokens, embedder.max_tokens - 2), ""
+    splits[recipe.index.raft.split] = preview[0]
+    return {recipe.index.raft.split: preview[1]}
 
 
 def _splits(recipe: Any) -> dict[str, list[dict[str, Any]]]:

@@ -55,7 +55,30 @@ def test_bench_cli_refuses_unknown_systems(tmp_path):
     completed = bench_cli("--systems", "lmforge,unsloth", "--out", str(tmp_path))
     assert completed.returncode == 2
     message = " ".join(completed.stderr.split())  # rich wraps long lines
-    assert "unsloth" in message and "baseline, trl, lmforge, lmforge-lowmem" in message
+    assert "unsloth" in message and "baseline, trl, trl-fp32, lmforge, lmforge-lowmem" in message
+
+
+def test_bench_cpt_workload_trains_packed_document_rows(tmp_path, bench_recipe):
+    """--workload cpt: every system trains on full rows of --seq-len tokens packed from the documents;
+    trl-fp32 is TRL without its bf16 default; the TRL ratio is against the faster TRL set-up."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(3):
+        (docs / f"doc{i}.md").write_text(f"# Rule {i}\n\n" + f"Berth {i} costs {i + 2} crowns a day. " * 12, "utf-8")
+    text = bench_recipe.read_text(encoding="utf-8").replace(
+        "split: test}]", "split: test}, {path: docs, split: documents}]"
+    )
+    bench_recipe.write_text(text, encoding="utf-8")
+    out = tmp_path / "out"
+    args = ["--recipe", str(bench_recipe), "--workload", "cpt", "--seq-len", "64", "--steps", "3", "--warmup", "1"]
+    completed = bench_cli(*args, "--batch-size", "2", "--systems", "baseline,trl-fp32,lmforge", "--out", str(out))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    results = {r["system"]: r for r in json.loads((out / "bench.json").read_text())["results"]}
+    assert all(r["error"] is None and r["tokens_per_s"] > 0 for r in results.values()), results
+    assert results["baseline"]["tokens"] == results["lmforge"]["tokens"] == 2 * 2 * 64  # two timed steps, full rows
+    assert "TRL defaults but fp32: fp32" in results["trl-fp32"]["notes"] and "packing" in results["trl-fp32"]["notes"]
+    assert "packed documents (cpt rows)" in results["lmforge"]["notes"]
+    assert "x |" in (out / "bench.md").read_text().splitlines()[-4]  # lmforge's row has a ratio to TRL
 
 
 @pytest.mark.slow
@@ -81,8 +104,15 @@ def test_bench_reads_every_split_the_recipes_sft_trains_on(rag_recipe):
 
     recipe = load_recipe(rag_recipe)
     splits = prepare_records(recipe.data, recipe.seed).splits
-    with pytest.raises(ValueError, match=r"split 'raft', which a later stage writes .*stages=\[data,index\]"):
-        sft_records(recipe, splits)
+    previewed = sft_records(recipe, splits)  # before the index stage: RAFT rows previewed as plan does
     index = run_recipe(recipe, only=["data", "index"])["index"]
     records = sft_records(recipe, splits)
     assert len(records) == len(splits["train"]) + index.metrics["raft"]["examples"] > len(splits["train"])
+    assert len(previewed) == len(records)
+    assert (
+        sum(r["meta"]["raft"]["gold"] for r in previewed[len(splits["train"]) :]) == index.metrics["raft"]["with_gold"]
+    )
+
+    synth = load_recipe(rag_recipe, ["sft.splits=[train, synth]"])
+    with pytest.raises(ValueError, match=r"split 'synth', which a later stage writes"):
+        sft_records(synth, splits)

@@ -164,6 +164,40 @@ def preview_raft_records(
     return build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, seed)
 
 
+def preview_raft_split(recipe: Any, splits: dict[str, list[Record]]) -> tuple[list[Record], str] | None:
+    """The RAFT split a recipe's index stage will write, previewed from ``splits`` (the data stage's) with
+    :func:`preview_raft_records`, and a note saying what it holds; None when the recipe writes none or
+    ``splits`` already has it."""
+    index = recipe.index
+    if "index" not in recipe.stages or not index.raft.enabled or index.raft.split in splits:
+        return None
+    documents = [r for name in index.documents for r in splits.get(name, []) if r["kind"] == "text"]
+    records = [r for r in splits.get(index.raft.source_split, []) if r["kind"] == "chat"]
+    count_tokens, budget, how = _chunk_tokenizer(index)
+    built, stats = preview_raft_records(documents, records, index, recipe.seed, count_tokens, budget)
+    skipped = "; ".join(f"{n} skipped: {why}" for why, n in stats["skipped"].items())
+    note = (
+        f"{index.raft.split} (written later by the index stage, estimated now with BM25 distractors{how}): "
+        f"{stats['examples']} examples from {stats['questions']} questions of {index.raft.source_split!r}, "
+        f"{stats['without_gold']} without the gold passage"
+    )
+    return built, note + (f"; {skipped}" if skipped else "")
+
+
+def _chunk_tokenizer(index: IndexSpec) -> tuple[Any, int, str]:
+    """How the index stage counts chunk tokens: its embedding model's tokenizer, else words (noted)."""
+    from lmforge.errors import ModelError
+    from lmforge.rag.chunk import count_words
+
+    try:
+        from lmforge.rag.embed import load_embedder
+
+        embedder = load_embedder(index.embedding.model)
+    except (ModelError, ImportError) as exc:
+        return count_words, index.chunk.max_tokens, f"; chunks counted in words: {exc}"
+    return embedder.count_tokens, min(index.chunk.max_tokens, embedder.max_tokens - 2), ""
+
+
 def bm25_rank(chunks: list[Chunk], queries: list[str], depth: int, k1: float = 1.2, b: float = 0.75) -> list[list[int]]:
     """Indices of the ``depth`` best chunks per query by Okapi BM25 over lower-cased word tokens."""
     import math
