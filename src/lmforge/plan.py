@@ -103,11 +103,15 @@ class ModelShape:
     def block_matmul_params(self) -> int:
         return sum(i * o for i, o in self.linear_shapes().values())
 
-    def lora_params(self, rank: int, targets: list[str] | str = "all-linear") -> int:
-        """Trainable parameters of a LoRA adapter of this rank on ``targets``."""
+    def lora_params(self, rank: int, targets: list[str] | str = "all-linear", top_layers: int | None = None) -> int:
+        """Trainable parameters of a LoRA adapter of this rank on ``targets`` (in the last ``top_layers`` blocks)."""
         shapes = self.linear_shapes()
         chosen = shapes if targets == "all-linear" else {k: v for k, v in shapes.items() if k in targets}
-        return self.layers * sum(rank * (i + o) for i, o in chosen.values())
+        return self.adapted_layers(top_layers) * sum(rank * (i + o) for i, o in chosen.values())
+
+    def adapted_layers(self, top_layers: int | None) -> int:
+        """Blocks an adapter on the last ``top_layers`` blocks covers (every block when None)."""
+        return self.layers if top_layers is None else min(self.layers, top_layers)
 
 
 @dataclass
@@ -180,7 +184,8 @@ def estimate_memory(
     lora = spec.method == "lora"
     frozen_bytes = 2 if (lora and bf16) else 4
     rank = spec.lora.r if lora else None
-    trainable = shape.lora_params(spec.lora.r, spec.lora.target_modules) if lora else shape.params
+    top = spec.lora.top_layers if lora else None
+    trainable = shape.lora_params(spec.lora.r, spec.lora.target_modules, top) if lora else shape.params
     weights = shape.params * frozen_bytes + (trainable * 4 if lora else 0)
     per_token_layer = activation_bytes_per_token_layer(shape.hidden, shape.intermediate, bf16, rank) * ACTIVATION_SCALE
     width = 2 if bf16 else 4
@@ -193,8 +198,8 @@ def estimate_memory(
     per_layer = batches.micro_batch_tokens * per_token_layer + scores
     if spec.gradient_checkpointing:
         kept = batches.micro_batch_tokens * shape.hidden * width * shape.layers + CHECKPOINTED_LAYERS * per_layer
-    else:
-        kept = per_layer * shape.layers
+    else:  # blocks below the adapted ones keep nothing for the backward pass
+        kept = per_layer * shape.adapted_layers(top)
     kept += transient
     memory = {
         "process": PROCESS_MB if hardware_device == "cpu" else 0.0,
@@ -218,11 +223,14 @@ def loading_peak_mb(shape: ModelShape, spec: Any, bf16: bool) -> float:
 
 
 def flops_per_token(shape: ModelShape, spec: Any) -> float:
-    """4 N + 2 T, as ``lmforge bench`` counts model FLOPs (N: block matmul weights, T: trainable ones)."""
+    """4 N + 2 T, as ``lmforge bench`` counts model FLOPs (N: block matmul weights, T: trainable ones);
+    with LoRA on the last blocks only, the backward pass (2 N of the 4) covers only those blocks."""
     n = shape.layers * shape.block_matmul_params()
     if spec.method == "lora":
-        lora = shape.lora_params(spec.lora.r, spec.lora.target_modules)
-        return 4 * (n + lora) + 2 * lora
+        top = spec.lora.top_layers
+        lora = shape.lora_params(spec.lora.r, spec.lora.target_modules, top)
+        backward = 2 * n * shape.adapted_layers(top) / shape.layers
+        return 2 * n + backward + 4 * lora + 2 * lora
     return 6.0 * n
 
 

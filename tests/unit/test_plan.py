@@ -54,6 +54,30 @@ def test_lora_parameter_count_matches_peft(tiny_model_dir):
         assert shape.lora_params(4, targets) == trainable
 
 
+def test_an_adapter_on_the_top_layers_stops_the_backward_pass_below_them(tiny_model_dir):
+    """lora.top_layers: adapters in the last blocks only; the blocks below keep nothing for the backward
+    pass, and plan counts the smaller adapter, the shorter backward pass and the fewer activations."""
+    from transformers import AutoModelForCausalLM
+
+    from lmforge.config import SFTSpec
+    from lmforge.plan import flops_per_token
+    from lmforge.train.lora import add_lora
+
+    config = json.loads((tiny_model_dir / "config.json").read_text())
+    layers = config["num_hidden_layers"]
+    spec = SFTSpec(lora={"r": 4, "top_layers": 1})
+    model = add_lora(AutoModelForCausalLM.from_pretrained(tiny_model_dir), spec, "CAUSAL_LM")
+    adapted = {n.split(".layers.")[1].split(".")[0] for n, _ in model.named_parameters() if "lora_A" in n}
+    assert adapted == {str(layers - 1)}
+    out = model(input_ids=torch.tensor([[1, 2, 3, 4]]), output_hidden_states=True)
+    assert not out.hidden_states[layers - 1].requires_grad  # the input of the last block: no graph below
+    assert out.logits.requires_grad
+    shape = ModelShape.from_config(config)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert shape.lora_params(4, "all-linear", 1) == trainable
+    assert flops_per_token(shape, spec) < flops_per_token(shape, SFTSpec(lora={"r": 4}))
+
+
 def _hardware(available_mb: float) -> Hardware:
     return Hardware("cpu", 2, 2.1, True, 4.3e12, 24_000.0, available_mb, "test CPU")
 

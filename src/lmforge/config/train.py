@@ -29,6 +29,9 @@ class LoraSpec(Strict):
     use_dora: bool = False
     """DoRA (weight-decomposed LoRA): also learns a magnitude per output feature. Often closer to full
     fine-tuning at the same rank; each step is slower."""
+    top_layers: int | None = Field(None, ge=1)
+    """Adapt only the last N transformer blocks (default: every block). The backward pass then stops
+    below them: with a third of SmolLM2's 30 blocks left out a LoRA step computes about 17% less."""
     train_embeddings: bool = False
     """Also train the input embeddings and the output head in full (saved with the adapter): for a domain
     with many unseen words. Adds vocab x hidden trainable weights (twice that when they are not tied)."""

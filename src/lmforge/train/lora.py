@@ -14,17 +14,33 @@ def add_lora(model: Any, spec: TrainSpec, task_type: str | None) -> Any:
     if spec.quantization != "none":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.gradient_checkpointing)
     modules_to_save = embedding_module_names(model) if spec.lora.train_embeddings else None
+    layers, targets = None, spec.lora.target_modules
+    if spec.lora.top_layers is not None:
+        total = int(model.config.num_hidden_layers)
+        layers = list(range(max(0, total - spec.lora.top_layers), total))
+        if targets == "all-linear":  # PEFT takes a layer range with module names only
+            targets = linear_module_names(model)
     config = LoraConfig(
+        layers_to_transform=layers,
         r=spec.lora.r,
         lora_alpha=spec.lora.alpha,
         lora_dropout=spec.lora.dropout,
-        target_modules=spec.lora.target_modules,
+        target_modules=targets,
         use_dora=spec.lora.use_dora,
         modules_to_save=modules_to_save,
         ensure_weight_tying=bool(modules_to_save),
         task_type=task_type,
     )
     return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """Names (last part) of the linear layers inside the transformer blocks: what ``all-linear`` adapts."""
+    import torch
+
+    head = model.get_output_embeddings()
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and m is not head}
+    return sorted(names)
 
 
 def embedding_module_names(model: Any) -> list[str]:
