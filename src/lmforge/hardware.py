@@ -161,6 +161,26 @@ def memory_mb() -> tuple[float | None, float | None]:
     return total, available
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's peak-RSS count afresh (Linux: ``/proc/self/clear_refs``); False where unsupported."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5", encoding="ascii")
+    except OSError:
+        return False
+    return True
+
+
+def peak_rss_mb() -> float | None:
+    """This process's peak RSS since the last :func:`reset_peak_rss` (``VmHWM``), in MB; None where unknown."""
+    try:
+        for line in Path("/proc/self/status").read_text(encoding="ascii").splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 def release_free_memory() -> bool:
     """Hand memory that Python and torch have freed back to the operating system; True if any went back.
 

@@ -329,12 +329,16 @@ def load_causal_lm(
 
 
 def load_for_inference(
-    model_path: str | Path, adapter_path: str | Path | None = None, trust_remote_code: bool = False
+    model_path: str | Path,
+    adapter_path: str | Path | None = None,
+    trust_remote_code: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a model (and optionally a LoRA adapter merged into it) with its tokenizer, in eval mode.
 
     The tokenizer comes from the adapter folder when there is one: that is the chat template the
-    adapter was trained with.
+    adapter was trained with. The adapter is merged in fp32, then the model is cast to ``dtype``
+    (default fp32).
     """
     model = load_causal_lm(model_path, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(adapter_path or model_path, trust_remote_code=trust_remote_code)
@@ -342,6 +346,8 @@ def load_for_inference(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(adapter_path)).merge_and_unload()
+    if dtype is not None:
+        model = model.to(dtype)
     model.eval()
     return model, tokenizer
 

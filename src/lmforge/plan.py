@@ -52,6 +52,8 @@ EFFICIENCY = {"bf16": 0.05, "fp32": 0.30}
 """*Measured*: share of the peak matmul FLOP/s the sft path reaches (``lmforge bench``), per precision."""
 CHECKPOINTING_TIME = 1.3
 """*Measured*: step time with activation checkpointing over the step time without."""
+LONG_RUN_SECONDS = 2 * 3600
+"""A stage planned to take longer than this gets a warning."""
 LOSS_CHUNK_ROWS = {"bf16": 64, "fp32": 256}
 """Rows of logits the chunked cross-entropy holds at once (``fast.loss_chunk_rows``)."""
 
@@ -273,6 +275,11 @@ def plan_stage(
     elif hardware.available_mb is not None and peak > 0.8 * hardware.available_mb:
         plan.warnings.append(
             f"{stage} needs about {peak / 1024:.1f} GiB of the {hardware.available_mb / 1024:.1f} GiB available: tight"
+        )
+    if plan.seconds is not None and plan.seconds > LONG_RUN_SECONDS:
+        plan.warnings.append(
+            f"{stage} will take about {_duration(plan.seconds)} here ({batches.computed_tokens:,} tokens to compute); "
+            f"fewer {stage}.epochs, a shorter {stage}.max_length, lora.top_layers or a smaller model cut it"
         )
     return plan
 

@@ -84,3 +84,25 @@ def test_a_token_budget_cuts_long_micro_batches_and_the_manifest_says_so(tiny_re
     metrics = run_recipe(recipe)["sft"].metrics
     why = metrics["compute"]["micro_batch"]
     assert why.startswith("micro_batch_tokens: 16 (recipe)") and "micro-batches of <= 1 per step" in why
+    assert 100 < metrics["peak_rss_mb"] < 8000  # the stage's own peak (VmHWM reset when it starts)
+
+
+def test_eval_answers_in_bf16_when_asked(tiny_recipe, monkeypatch):
+    """eval.precision: bf16 loads the variants' weights in bf16 (fp32 stays the default)."""
+    import torch
+
+    from lmforge.evaluate import compare
+
+    loaded: list[torch.dtype] = []
+    original = compare.load_variant
+
+    def spy(variant, trust_remote_code=False, dtype=None):
+        model, tokenizer = original(variant, trust_remote_code, dtype)
+        loaded.append(next(model.parameters()).dtype)
+        return model, tokenizer
+
+    monkeypatch.setattr(compare, "load_variant", spy)
+    assert compare.eval_dtype("fp32") is None and compare.eval_dtype("bf16") == torch.bfloat16
+    recipe = load_recipe(tiny_recipe, ["stages=[data,eval]", "eval.precision=bf16"])
+    run_recipe(recipe)
+    assert loaded == [torch.bfloat16]

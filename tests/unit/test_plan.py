@@ -106,8 +106,9 @@ def test_warns_when_the_peak_does_not_fit():
     spec = SFTSpec(batch_size=64, max_length=2048)
     plan = plan_stage("sft", shape, spec, batches, _hardware(available_mb=8_000), bf16=True, kernel="sdpa")
     assert plan.peak_mb > 8_000
-    assert len(plan.warnings) == 1 and "will not fit" in plan.warnings[0]
+    assert len(plan.warnings) == 2 and "will not fit" in plan.warnings[0]
     assert "sft.gradient_checkpointing: true" in plan.warnings[0]
+    assert plan.seconds > 2 * 3600 and "sft will take about" in plan.warnings[1] and " h here" in plan.warnings[1]
     roomy = plan_stage("sft", shape, SFTSpec(), Batches(8 * 90, 90, 8, 10**5, 500), _hardware(20_000), True, "eager")
     assert roomy.warnings == [] and roomy.seconds and roomy.seconds > 0
 

@@ -153,6 +153,15 @@ def answer_all(
     return outputs, seconds
 
 
+def eval_dtype(precision: str) -> Any:
+    """The weights' dtype for ``eval.precision`` (None: fp32)."""
+    import torch
+
+    from lmforge.train.trainer import use_bf16
+
+    return torch.bfloat16 if use_bf16(precision) else None
+
+
 def answer_sets(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> dict[str, list[Any]]:
     """One variant's outputs per set: replies (generate), choice scores (choice) or (nll, tokens)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -160,7 +169,7 @@ def answer_sets(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> d
     from lmforge.evaluate.likelihood import build_pairs, continuation_logprobs, item_outputs
 
     spec = recipe.eval
-    model, tokenizer = load_variant(variant, recipe.model.trust_remote_code)
+    model, tokenizer = load_variant(variant, recipe.model.trust_remote_code, eval_dtype(spec.precision))
     outputs: dict[str, list[Any]] = {}
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(TextColumn(f"eval: {variant.name:<10}" + " {task.description}"), *columns, transient=True) as bar:

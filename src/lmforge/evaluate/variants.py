@@ -39,8 +39,8 @@ class Variant:
     """What identifies its weights (for the stage fingerprint)."""
 
 
-def load_variant(variant: Variant, trust_remote_code: bool = False) -> tuple[Any, Any]:
-    """(model, tokenizer) of a variant, in eval mode, with its adapter merged in.
+def load_variant(variant: Variant, trust_remote_code: bool = False, dtype: Any = None) -> tuple[Any, Any]:
+    """(model, tokenizer) of a variant, in eval mode, with its adapter merged in, cast to ``dtype`` (default fp32).
 
     The tokenizer (and chat template) comes from the adapter folder when it has one, as lmforge's
     sft stage saves it; an adapter trained elsewhere often ships none, and then the model's is used.
@@ -49,11 +49,12 @@ def load_variant(variant: Variant, trust_remote_code: bool = False) -> tuple[Any
 
     adapter = variant.adapter_dir
     if adapter is None or (adapter / "tokenizer_config.json").is_file():
-        return load_for_inference(variant.model_dir, adapter, trust_remote_code)
+        return load_for_inference(variant.model_dir, adapter, trust_remote_code, dtype)
     from peft import PeftModel
 
     model = load_causal_lm(variant.model_dir, trust_remote_code=trust_remote_code)
     model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    model = model.to(dtype) if dtype is not None else model
     model.eval()
     return model, load_tokenizer(variant.model_dir, trust_remote_code=trust_remote_code)
 

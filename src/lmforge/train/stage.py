@@ -18,6 +18,7 @@ from typing import Any
 from lmforge.config import CPTSpec, MLMSpec, Recipe, Seq2SeqSpec, SFTSpec
 from lmforge.distributed import leader_decides
 from lmforge.errors import StageError
+from lmforge.hardware import reset_peak_rss
 from lmforge.models import load_tokenizer, resolve_model
 from lmforge.records import Record, read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, remove_tree, split_path
@@ -77,6 +78,7 @@ class TrainingStage:
         """
         # Decided by the leader before it rewrites the manifest, so every process resumes (or not) alike.
         resuming = leader_decides(self.stage.can_resume(fingerprint))
+        reset_peak_rss()  # the stage's manifest reports its own peak (metrics.peak_rss_mb)
         self.stage.start(fingerprint, self.config, inputs)
         clear_stale(self.stage, resuming, *stale)
         return resuming

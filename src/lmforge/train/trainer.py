@@ -24,7 +24,7 @@ from lmforge import distributed
 from lmforge.config import DistributedSpec, TrainSpec
 from lmforge.distributed import all_reduce_sum
 from lmforge.errors import ConfigError, Problem, StageError
-from lmforge.hardware import MB, usable_cores
+from lmforge.hardware import MB, peak_rss_mb, usable_cores
 from lmforge.models import cpu_supports_bf16
 from lmforge.rundir import StageDir, atomic_write_text, remove_tree, split_path, stage_folder
 from lmforge.train.batches import (
@@ -508,6 +508,7 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
         "seconds": round(seconds, 1),
         "precision": "bf16" if trainer.args.bf16 else "fp32",
         "threads": _torch_threads(),
+        "peak_rss_mb": peak_rss_mb(),
     }
     layout = getattr(trainer, "layout", None)
     if layout is not None and layout.world.distributed:
