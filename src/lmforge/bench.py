@@ -21,10 +21,11 @@ steps are not timed), peak RSS of the process, the mean training loss of the las
 answer-only loss on held-out questions after training (computed the same way for every system) and
 the model FLOP utilisation.
 
-MFU = tokens/s x (4 N + 2 T) / peak. N counts the weights of the matmuls inside the transformer
-blocks (LoRA matrices included; embeddings and the output head excluded), T the trainable ones among
-them: a token costs 2 N FLOPs forward, 2 N backward for the input gradients and 2 T for the weight
-gradients (6 N for full fine-tuning). Attention scores, the output head and recomputation under
+MFU = tokens/s x (2 N + 2 N' + 2 T) / peak. N counts the weights of the matmuls inside the transformer
+blocks (LoRA matrices included; embeddings and the output head excluded), N' those of the blocks the
+backward pass goes through (all of them, unless ``lora.top_layers`` adapts only the last ones), T the
+trainable ones: a token costs 2 N FLOPs forward, 2 N' backward for the input gradients and 2 T for
+the weight gradients (6 N for full fine-tuning). Attention scores, the output head and recomputation under
 activation checkpointing are not credited, so the figure is conservative. The peak is the CPU's bf16
 matmul peak for every system: physical cores x nominal GHz x 1024 FLOP/cycle with AMX (128 with
 avx512_bf16 only; the fp32 FMA peak without either); on a GPU, pass ``--peak-tflops``.
@@ -151,7 +152,8 @@ FOOTER = (
     "tokens/s: median over the timed steps of a step's non-padding tokens / its wall time (bench.json also has "
     "the mean over the whole timed window). MFU = tokens/s x (4N + 2T) / the CPU's peak FLOP/s in the precision "
     "it trains in (bf16 on AMX / avx512_bf16, else fp32 FMA; bench.json: machine.peak_precision); "
-    "N: weights of the matmuls in the transformer blocks (LoRA included), T: the trainable ones among them."
+    "N: weights of the matmuls in the transformer blocks (LoRA included), T: the trainable ones among them "
+    "(the formula is 2N + 2N' + 2T where the backward pass skips blocks below the adapter, N' the blocks it reaches)."
 )
 
 

@@ -284,14 +284,22 @@ def bench_order(lengths: list[int], count: int, seed: int) -> list[int]:
 
 
 def flops_per_token(model: Any) -> float:
-    """4 N + 2 T: the matmul weights N in the transformer blocks, T the trainable ones (see the module docstring)."""
-    total = trainable = 0
+    """2 N + 2 N' + 2 T: the matmul weights N in the transformer blocks (forward), N' those of the blocks
+    the backward pass goes through (from the lowest block with a trained weight up: all of them unless
+    ``lora.top_layers``), T the trainable ones (see the module docstring)."""
+    import re
+
+    weights: list[tuple[int, int, bool]] = []  # (block, size, trainable)
     for name, param in model.named_parameters():
         if param.dim() != 2 or "embed" in name or "lm_head" in name:
             continue
-        total += param.numel()
-        trainable += param.numel() if param.requires_grad else 0
-    return float(4 * total + 2 * trainable)
+        block = re.search(r"\.layers\.(\d+)\.", name)
+        weights.append((int(block.group(1)) if block else 0, param.numel(), param.requires_grad))
+    lowest = min((b for b, _, trained in weights if trained), default=0)
+    total = sum(n for _, n, _ in weights)
+    backward = sum(n for b, n, _ in weights if b >= lowest)
+    trainable = sum(n for _, n, trained in weights if trained)
+    return float(2 * total + 2 * backward + 2 * trainable)
 
 
 def heldout_loss(model: Any, examples: list[Any], pad_id: int) -> float:
@@ -340,15 +348,33 @@ def _common_args(settings: BenchSettings, spec: Any, micro_batch: int) -> dict[s
     }
 
 
-def _lora_config(spec: Any) -> Any:
+def _lora_config(spec: Any, model_dir: Any) -> Any:
+    """The recipe's adapter for PEFT, as lmforge's sft sets it up (``lora.top_layers`` included)."""
+    import json
+    from pathlib import Path
+
     from peft import LoraConfig
 
     lora = spec.lora
+    layers, targets = None, lora.target_modules
+    if lora.top_layers is not None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        from lmforge.train.lora import linear_module_names
+
+        total = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
+        layers = list(range(max(0, total - lora.top_layers), total))
+        if targets == "all-linear":
+            with torch.device("meta"):
+                skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)))
+            targets = linear_module_names(skeleton)
     return LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
-        target_modules=lora.target_modules,
+        target_modules=targets,
+        layers_to_transform=layers,
         task_type="CAUSAL_LM",
     )
 
@@ -372,7 +398,7 @@ def _baseline(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]
     while micro > 1 and (micro * settings.seq_len > settings.baseline_tokens or settings.batch_size % micro):
         micro -= 1
     model = AutoModelForCausalLM.from_pretrained(str(setup["model_dir"]), dtype=torch.float32, use_safetensors=True)
-    model = get_peft_model(model, _lora_config(spec))
+    model = get_peft_model(model, _lora_config(spec, setup["model_dir"]))
     rows = []
     for example in setup["examples"]:
         if settings.workload == "cpt":  # full rows: plain causal LM on the concatenated texts
@@ -411,7 +437,7 @@ def _trl(setup: dict[str, Any], settings: BenchSettings, fp32: bool = False) -> 
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=setup["tokenizer"],
-        peft_config=_lora_config(spec),
+        peft_config=_lora_config(spec, setup["model_dir"]),
     )
     if settings.workload != "cpt" and len(trainer.train_dataset) != len(rows):
         raise RuntimeError(f"TRL kept {len(trainer.train_dataset)} of {len(rows)} examples; the bench needs all")
