@@ -1,6 +1,8 @@
 """Hand-checked questions on six public licenses (Debian's /usr/share/common-licenses); every answer
 occurs verbatim in its source document. Writes qa/train.jsonl and qa/test.jsonl (held-out wordings)."""
 
+# ruff: noqa: E501  (one fact per line reads best)
+
 import json
 from pathlib import Path
 

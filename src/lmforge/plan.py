@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from lmforge.hardware import MB, cpu_ghz, cpu_name, cpu_peak_flops, memory_mb, usable_cores
+from lmforge.hardware import MB, cpu_ghz, cpu_isa, cpu_name, cpu_peak_flops, memory_mb, usable_cores
 from lmforge.train.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, micro_batching
 from lmforge.train.trainer import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 
@@ -48,8 +48,11 @@ CHECKPOINTED_LAYERS = 4
 being recomputed, its gradients and what the allocator holds back), beyond every layer's input."""
 LOAD_OVERHEAD_MB = 0.0
 """*Measured*: extra memory while loading, beyond the mapped file and the converted weights."""
-EFFICIENCY = {"bf16": 0.05, "fp32": 0.30}
-"""*Measured*: share of the peak matmul FLOP/s the sft path reaches (``lmforge bench``), per precision."""
+EFFICIENCY = {"amx": 0.05, "avx512_bf16": 0.30, "fp32": 0.30}
+"""*Measured*: share of the peak matmul FLOP/s the sft path reaches (``lmforge bench``): bf16 on an AMX
+Xeon (short rows, 2026-11-22), bf16 on a Zen 5 with avx512_bf16 (RAFT rows of 500-920 tokens,
+2026-12-02; 33% on the demo's short rows), fp32 against ``cores x GHz x 64`` (AMX Xeon; 32% on the
+Zen 5 capped to AVX2)."""
 CHECKPOINTING_TIME = 1.3
 """*Measured*: step time with activation checkpointing over the step time without."""
 LONG_RUN_SECONDS = 2 * 3600
@@ -128,6 +131,8 @@ class Hardware:
     total_mb: float | None
     available_mb: float | None
     name: str = ""
+    isa: str = "amx"
+    """The CPU's matmul instruction set (``lmforge.hardware.cpu_isa``): which calibration the time uses."""
 
     @classmethod
     def detect(cls) -> Hardware:
@@ -140,8 +145,8 @@ class Hardware:
             name = torch.cuda.get_device_name()
             return cls("cuda", usable_cores(), cpu_ghz(), True, 0.0, total / MB, free / MB, name)
         total, available = memory_mb()
-        name = cpu_name()
-        return cls("cpu", usable_cores(), cpu_ghz(), cpu_supports_bf16(), cpu_peak_flops(), total, available, name)
+        name, isa = cpu_name(), cpu_isa()
+        return cls("cpu", usable_cores(), cpu_ghz(), cpu_supports_bf16(), cpu_peak_flops(), total, available, name, isa)
 
 
 @dataclass
@@ -240,7 +245,8 @@ def estimate_seconds(shape: ModelShape, spec: Any, batches: Batches, hardware: H
     """Training time: computed tokens x FLOPs per token / achieved FLOP/s (None where uncalibrated)."""
     if hardware.device != "cpu" or hardware.peak_flops <= 0:
         return None
-    efficiency = EFFICIENCY["bf16" if bf16 and hardware.bf16 else "fp32"]
+    native_bf16 = bf16 and hardware.bf16
+    efficiency = EFFICIENCY[("amx" if hardware.isa == "amx" else "avx512_bf16") if native_bf16 else "fp32"]
     peak = hardware.peak_flops if bf16 and hardware.bf16 else hardware.cores * hardware.ghz * 1e9 * 64
     seconds = batches.computed_tokens * flops_per_token(shape, spec) / (peak * efficiency)
     return seconds * (CHECKPOINTING_TIME if spec.gradient_checkpointing else 1.0)

@@ -91,7 +91,7 @@ class EvalSpec(Strict):
     """Questions generated (or continuations scored) together; generation is left-padded and greedy."""
     precision: Literal["fp32", "bf16", "auto"] = "fp32"
     """Weights while answering: ``fp32`` (the same answers on every CPU), ``bf16`` (generation about
-    2.5x faster on a CPU with native bf16 matmuls; greedy answers can differ from fp32's on a few
+    3x faster on a CPU with native bf16 matmuls; greedy answers can differ from fp32's on a few
     questions), ``auto``: bf16 on CUDA and on CPUs with AMX / avx512_bf16, else fp32."""
     max_length: int = Field(1024, ge=16)
     """Token window for perplexity; longer texts are scored in consecutive windows."""
