@@ -82,6 +82,7 @@ def test_the_recipe_key_takes_a_number_auto_or_off():
     assert SFTSpec().micro_batch_tokens == "auto"
     assert SFTSpec(micro_batch_tokens=4096).micro_batch_tokens == 4096
     assert SFTSpec(micro_batch_tokens="off").micro_batch_tokens == "off"
+    assert SFTSpec(micro_batch_tokens=False).micro_batch_tokens == "off"  # YAML's bare `off`
     with pytest.raises(ValueError, match="micro_batch_tokens"):
         SFTSpec(micro_batch_tokens="lots")
     with pytest.raises(ValueError, match="micro_batch_tokens"):

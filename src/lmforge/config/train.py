@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from lmforge.config.base import Strict, resolve_path
 
@@ -37,7 +37,14 @@ class LoraSpec(Strict):
     with many unseen words. Adds vocab x hidden trainable weights (twice that when they are not tied)."""
 
 
-MicroBatchTokens = Annotated[int, Field(ge=16)] | Literal["auto", "off"]
+def _yaml_off(value: Any) -> Any:
+    """YAML reads a bare ``off`` as false (``no``/``false`` too): take it as ``off``; true as ``auto``."""
+    if value is False:
+        return "off"
+    return "auto" if value is True else value
+
+
+MicroBatchTokens = Annotated[Annotated[int, Field(ge=16)] | Literal["auto", "off"], BeforeValidator(_yaml_off)]
 """Token budget of one forward/backward pass: a number, ``auto`` (from free memory) or ``off``."""
 
 TrainOptimizer = Literal["adamw", "adamw_8bit", "paged_adamw_8bit", "paged_adamw_32bit", "adafactor", "sgd"]
