@@ -178,6 +178,8 @@ def test_sft_on_two_processes_matches_one(tmp_path, tiny_model_dir, method, pack
         "per_device_batch": 2,
         "grad_accum": 1,
         "global_batch": 4,
+        "passes_per_step": 1,
+        "rows_per_pass": 2,
     }
     assert manifest["metrics"]["threads"] == 1  # two processes on two cores
     assert json.loads((one / "sft" / "manifest.json").read_text())["world_size"] == 1
