@@ -34,7 +34,7 @@ def test_a_few_lora_steps_lower_the_loss_and_change_the_adapter(tmp_path):
 
     weights = load_file(sft_dir / "adapter" / "adapter_model.safetensors")
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
-    assert len(lora_b) == 30 * 7  # every linear layer of the 30 decoder blocks
+    assert len(lora_b) == 20 * 7  # every linear layer of the last 20 of 30 blocks (the demo's lora.top_layers)
     assert all(torch.count_nonzero(t) > 0 for t in lora_b)
     manifest = json.loads((sft_dir / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["metrics"]["steps"] == 8

@@ -99,6 +99,7 @@ def test_run_bench_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
     fake = {
         "baseline": _result("baseline", 256, 100.0),
         "trl": _result("trl", 256, 400.0),
+        "trl-fp32": _result("trl-fp32", 256, 600.0),
         "lmforge": _result("lmforge", 256, 800.0),
         "lmforge-lowmem": _result("lmforge-lowmem", 256, 0.0, error="Traceback ...\nMemoryError"),
     }
@@ -111,10 +112,12 @@ def test_run_bench_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
     assert [r["system"] for r in document["results"]] == 2 * list(bench.SYSTEMS)
     table = (tmp_path / "bench.md").read_text()
     rows = [line for line in table.splitlines() if line.startswith("| 256")]
-    assert len(rows) == 4 and len([line for line in table.splitlines() if line.startswith("| 512")]) == 4
-    assert "| 256 | lmforge | 800 | 8.00x | 2.00x |" in rows[2]
-    assert "| 256 | baseline | 100 | 1.00x | 0.25x |" in rows[0]
-    assert "failed" in rows[3] and "MemoryError" in rows[3]
+    assert len(rows) == 5 and len([line for line in table.splitlines() if line.startswith("| 512")]) == 5
+    # "vs TRL" is against the faster TRL set-up (here trl-fp32 at 600 tokens/s)
+    assert "| 256 | lmforge | 800 | 8.00x | 1.33x |" in rows[3]
+    assert "| 256 | baseline | 100 | 1.00x | 0.17x |" in rows[0]
+    assert "| 256 | trl | 400 | 4.00x | 0.67x |" in rows[1]
+    assert "failed" in rows[4] and "MemoryError" in rows[4]
     assert "MFU = tokens/s x (4N + 2T)" in table
 
 
