@@ -207,11 +207,10 @@ def _cpt_setup(settings: BenchSettings, recipe: Any, model_dir: Any, tokenizer: 
             f"the cpt workload needs text records (documents); the recipe's splits {sorted(splits)} hold none"
         )
     needed = settings.steps * settings.batch_size
-    cycle = list(texts)
+    tokens = pack_texts(tokenizer, texts, settings.seq_len)[1]["tokens"]
+    # Fewest copies whose stream holds more than `needed` rows (its last row is short: one spare).
+    cycle = texts * (needed * settings.seq_len // tokens + 1)
     rows, _ = pack_texts(tokenizer, cycle, settings.seq_len)
-    while len(rows) <= needed:  # the last row of a stream is short: keep one spare
-        cycle += texts
-        rows, _ = pack_texts(tokenizer, cycle, settings.seq_len)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return {
         "recipe": recipe,
@@ -361,10 +360,10 @@ def _lora_config(spec: Any, model_dir: Any) -> Any:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from lmforge.train.lora import linear_module_names
+        from lmforge.train.lora import linear_module_names, top_layer_indices
 
         total = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
-        layers = list(range(max(0, total - lora.top_layers), total))
+        layers = top_layer_indices(total, lora.top_layers)
         if targets == "all-linear":
             with torch.device("meta"):
                 skeleton = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(str(model_dir)))

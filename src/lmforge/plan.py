@@ -313,11 +313,11 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
     hardware = Hardware.detect()
     model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     checkpoint = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
-    shape = ModelShape.from_config(json.loads((model_dir / "config.json").read_text(encoding="utf-8")), checkpoint)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    shape = ModelShape.from_config(config, checkpoint)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = _splits(recipe)
     future_notes = _future_splits(recipe, splits)
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     plans = []
     for stage in ("cpt", "sft"):
         if stage not in recipe.stages:

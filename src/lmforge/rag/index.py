@@ -27,7 +27,7 @@ from lmforge.errors import StageError
 from lmforge.rag.chunk import Chunk, chunk_records, document_key
 from lmforge.rag.embed import Embedder, load_embedder
 from lmforge.rag.quality import gold_document, retrieval_scores
-from lmforge.rag.raft import build_raft_records
+from lmforge.rag.raft import build_raft_records, last_questions, raft_search_depth
 from lmforge.rag.retrieve import MODES, LanceRetriever, load_reranker
 from lmforge.rag.store import LanceStore, SyncReport
 from lmforge.records import Record, read_records
@@ -93,7 +93,7 @@ def run(recipe: Recipe) -> IndexResult:
         records = list(read_records(path))
         ranked = _evaluate(name, records, retriever, reranked, spec, depth, quality)
         if spec.mode not in ranked:
-            ranked[spec.mode] = served.search(_questions(records), depth, spec.mode)
+            ranked[spec.mode] = served.search(last_questions(records), depth, spec.mode)
         rows = [{"id": r["id"], "passages": p[: spec.top_k]} for r, p in zip(records, ranked[spec.mode], strict=True)]
         outputs["retrieved"][name] = str(stage.path("retrieved", f"{name}.jsonl"))
         atomic_write_jsonl(outputs["retrieved"][name], rows)
@@ -101,7 +101,7 @@ def run(recipe: Recipe) -> IndexResult:
     raft_stats = None
     if raft_path is not None:
         records = [r for r in read_records(raft_path) if r["kind"] == "chat"]
-        retrieved = served.search(_questions(records), max(2 * spec.raft.max_distractors + 4, spec.top_k), spec.mode)
+        retrieved = served.search(last_questions(records), raft_search_depth(spec), spec.mode)
         raft_records, raft_stats = build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed)
         if not raft_records:
             raise StageError(
@@ -180,15 +180,6 @@ EMBED_BATCH = 256
 """Texts per unit of embedding work (what one process embeds at a time under a launcher)."""
 
 
-def _questions(records: list[Record]) -> list[str]:
-    """The last user turn of each chat record (empty for records without one)."""
-    questions = []
-    for record in records:
-        users = [m["content"] for m in record.get("messages", []) if m["role"] == "user"]
-        questions.append(users[-1] if users else "")
-    return questions
-
-
 def _evaluate(
     name: str,
     records: list[Record],
@@ -202,7 +193,7 @@ def _evaluate(
 
     Returns the passages per mode (``hybrid+rerank`` keyed as the configured mode when reranking).
     """
-    questions = _questions(records)
+    questions = last_questions(records)
     targets = [gold_document(record.get("meta"), spec.gold_key) for record in records]
     scored = [i for i, target in enumerate(targets) if target and questions[i]]
     ranked: dict[str, list[list[dict[str, Any]]]] = {}

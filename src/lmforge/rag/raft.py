@@ -144,6 +144,20 @@ def _as_passage(chunk: Chunk) -> dict[str, Any]:
     return {"id": chunk.id, "source": chunk.source(), "text": chunk.text, "score": 0.0}
 
 
+def raft_search_depth(spec: IndexSpec) -> int:
+    """Passages retrieved per question to draw RAFT distractors from (the pool keeps twice the most used)."""
+    return max(2 * spec.raft.max_distractors + 4, spec.top_k)
+
+
+def last_questions(records: list[Record]) -> list[str]:
+    """The last user turn of each chat record (empty for records without one)."""
+    questions = []
+    for record in records:
+        users = [m["content"] for m in record.get("messages", []) if m["role"] == "user"]
+        questions.append(users[-1] if users else "")
+    return questions
+
+
 def preview_raft_records(
     documents: list[Record], records: list[Record], spec: IndexSpec, seed: int, count_tokens: Any, budget: int
 ) -> tuple[list[Record], dict[str, Any]]:
@@ -155,11 +169,7 @@ def preview_raft_records(
     number, passages per prompt and lengths match the stage's while which distractors appear may differ.
     """
     chunks = chunk_records(documents, budget, spec.chunk.overlap, count_tokens)
-    depth = max(2 * spec.raft.max_distractors + 4, spec.top_k)
-    questions = [
-        next((m["content"] for m in reversed(r.get("messages", [])) if m["role"] == "user"), "") for r in records
-    ]
-    ranked = bm25_rank(chunks, questions, depth)
+    ranked = bm25_rank(chunks, last_questions(records), raft_search_depth(spec))
     retrieved = [[_as_passage(chunks[i]) for i in ranking] for ranking in ranked]
     return build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, seed)
 

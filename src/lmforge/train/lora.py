@@ -16,8 +16,7 @@ def add_lora(model: Any, spec: TrainSpec, task_type: str | None) -> Any:
     modules_to_save = embedding_module_names(model) if spec.lora.train_embeddings else None
     layers, targets = None, spec.lora.target_modules
     if spec.lora.top_layers is not None:
-        total = int(model.config.num_hidden_layers)
-        layers = list(range(max(0, total - spec.lora.top_layers), total))
+        layers = top_layer_indices(int(model.config.num_hidden_layers), spec.lora.top_layers)
         if targets == "all-linear":  # PEFT takes a layer range with module names only
             targets = linear_module_names(model)
     config = LoraConfig(
@@ -32,6 +31,11 @@ def add_lora(model: Any, spec: TrainSpec, task_type: str | None) -> Any:
         task_type=task_type,
     )
     return get_peft_model(model, config, autocast_adapter_dtype=True)
+
+
+def top_layer_indices(total: int, top: int) -> list[int]:
+    """Indices of the last ``top`` of ``total`` blocks (PEFT's ``layers_to_transform``)."""
+    return list(range(max(0, total - top), total))
 
 
 def linear_module_names(model: Any) -> list[str]:
