@@ -65,7 +65,7 @@ def test_the_budget_cuts_rows_to_fit_and_says_why():
 
 def test_auto_follows_free_memory_and_the_cap(monkeypatch):
     per_token = budget.activation_bytes_per_token(SMOLLM2, False, 32)
-    assert 1.2e6 < per_token < 1.6e6  # ~1.4 MB per token in fp32 over SmolLM2's 30 layers
+    assert 1.5e6 < per_token < 2.0e6  # ~1.75 MB per token in fp32 over SmolLM2's 30 layers, heap slack included
     monkeypatch.setattr(budget, "free_memory_mb", lambda: 4096.0)
     small, why = budget.token_budget("auto", SMOLLM2, False, 32)
     assert small == int(1024 * budget.MB / per_token) and "4.0 GiB free" in why
