@@ -18,8 +18,8 @@ hardware:
 Peak RSS = process + max(loading, training). Time = computed tokens (padding included) x FLOPs per
 token / (peak FLOP/s x the efficiency this path reaches), the FLOPs counted as in ``lmforge bench``.
 The constants marked *measured* were fitted to peak RSS and throughput measured on the development
-machines (2-core Xeon with AMX, 2-core Zen 5 with avx512_bf16; torch 2.13 CPU); docs/PERFORMANCE.md ("Planning") lists the
-measurements and ``benchmarks/plan_calibration.py`` repeats them.
+machines (2-core Xeon with AMX, 2-core Zen 5 with avx512_bf16; torch 2.13 CPU); docs/PERFORMANCE.md
+("Planning") lists the measurements and ``benchmarks/plan_calibration.py`` repeats them.
 """
 
 from __future__ import annotations

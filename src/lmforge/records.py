@@ -271,6 +271,11 @@ def context_messages(messages: list[Message], passages: list[dict[str, Any]]) ->
     return copied
 
 
+def invented_citation(reply: str, passages_shown: int) -> bool:
+    """Whether ``reply`` cites a passage number ``[n]`` its prompt did not hold (any, with no passages)."""
+    return any(not 1 <= int(match.group(1)) <= passages_shown for match in CITATION.finditer(reply))
+
+
 def cited_passages(reply: str, passages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The passages a reply cites as ``[n]`` (numbers as given by :func:`context_messages`), in citation order."""
     cited: list[dict[str, Any]] = []

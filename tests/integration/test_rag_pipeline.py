@@ -143,8 +143,9 @@ def test_default_eval_variants_add_retrieval_when_the_recipe_indexes(rag_recipe:
     from lmforge.evaluate.variants import variant_specs
 
     with_index = load_recipe(rag_recipe, ["eval.variants=[]"])
-    assert [v.name for v in variant_specs(with_index)] == ["base", "base+rag", "tuned", "tuned+rag"]
-    assert [v.rag for v in variant_specs(with_index)] == [False, True, False, True]
+    assert [v.name for v in variant_specs(with_index)] == ["base", "base+rag", "tuned", "tuned+rag", "tuned+routed"]
+    assert [v.rag for v in variant_specs(with_index)] == [False, True, False, True, True]
+    assert [v.route for v in variant_specs(with_index)] == [False, False, False, False, True]
     without = load_recipe(rag_recipe, ["eval.variants=[]", "stages=[data, sft, eval]", "sft.splits=[train]"])
     assert [v.name for v in variant_specs(without)] == ["base", "tuned"]
 
@@ -165,7 +166,9 @@ def test_a_plain_qa_file_with_a_source_column_makes_raft_examples(tmp_path: Path
         encoding="utf-8",
     )
     metrics = run_recipe(load_recipe(recipe))["index"].metrics
-    assert metrics["raft"]["examples"] == len(FACTS) and metrics["raft"]["skipped"] == {}
+    # One RAFT example per question; no closed-book copies, as sft.splits (default [train]) holds the questions.
+    assert metrics["raft"]["examples"] == len(FACTS) and metrics["raft"]["closed_book"] == 0
+    assert metrics["raft"]["skipped"] == {}
     raft = [json.loads(line) for line in (tmp_path / "runs" / "plain" / "index" / "splits" / "raft.jsonl").open()]
     cited = [r for r in raft if r["meta"]["raft"]["gold"]]
     assert cited and all(r["messages"][-1]["content"].startswith("According to [") for r in cited)

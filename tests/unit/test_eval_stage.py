@@ -260,9 +260,9 @@ def test_rows_record_cited_passages_and_the_report_shows_them():
     ]
     eval_set = EvalSet("test", task, [item], {"q1": passages})
     outputs = {"base": {"test": ["65 years."]}, "base+rag": {"test": ["It is 64 years [1]."]}}
-    rows = score_rows([eval_set], ["base", "base+rag"], outputs, ["base+rag"])
-    assert rows[0]["answers"]["base+rag"]["cited"] == ["art-15#0"] and "cited" not in rows[0]["answers"]["base"]
     variants = [Variant("base", Path("."), None), Variant("base+rag", Path("."), None, rag=True)]
+    rows = score_rows([eval_set], variants, outputs)
+    assert rows[0]["answers"]["base+rag"]["cited"] == ["art-15#0"] and "cited" not in rows[0]["answers"]["base"]
     summary = summarize(rows, [eval_set], variants, resamples=0)
     html = render_report(summary, rows, {}, {"model": {"ref": "m"}}, "r")
     assert html.count("cited by base+rag") == 1 and "art-15.md:1 · Article 15" in html
@@ -317,3 +317,58 @@ def test_report_draws_train_and_eval_loss_of_every_training_stage(tmp_path):
     assert html.count('class="chart loss-chart"') == 2
     assert html.count('<polyline class="curve"') == 4  # train and eval loss, per stage
     assert "eval loss (last 1.500)" in html and "train loss (last 1.000)" in html
+
+
+def test_invented_citations_and_routing_are_scored_per_variant():
+    from lmforge.evaluate.compare import score_rows
+
+    task = task_for("qa")
+    items = [
+        Item("test", f"q{i}", f"question {i}", [{"role": "user", "content": f"question {i}"}], "64 years")
+        for i in range(3)
+    ]
+    passage = {"id": "art-15#0", "source": {"path": "art-15.md", "line": 1}, "text": "64 years."}
+    # q0 and q1 are about the documents (relevance above the threshold), q2 is a general question.
+    relevance = {"q0": 0.7, "q1": 0.5, "q2": 0.1}
+    eval_set = EvalSet("test", task, items, {f"q{i}": [passage] for i in range(3)}, relevance, 0.4)
+    variants = [
+        Variant("base", Path("."), None),
+        Variant("tuned+rag", Path("."), None, rag=True),
+        Variant("tuned+routed", Path("."), None, rag=True, route=True),
+    ]
+    outputs = {
+        "base": {"test": ["According to [1], 64 years.", "64 years.", "Rome."]},  # [1] with no passage: invented
+        "tuned+rag": {"test": ["64 years [1].", "64 years [2].", "Rome [1]."]},  # one passage shown: [2] invented
+        "tuned+routed": {"test": ["64 years [1].", "64 years.", "Rome [1]."]},  # q2 got no passage: [1] invented
+    }
+    rows = score_rows([eval_set], variants, outputs)
+    invented = {v.name: [row["answers"][v.name]["invented_citation"] for row in rows] for v in variants}
+    assert invented == {
+        "base": [True, False, False],
+        "tuned+rag": [False, True, False],
+        "tuned+routed": [False, False, True],
+    }
+    assert [row["answers"]["tuned+routed"]["retrieved"] for row in rows] == [True, True, False]
+    assert rows[2]["answers"]["tuned+routed"]["cited"] == []
+    assert rows[2]["answers"]["tuned+rag"]["cited"] == ["art-15#0"]
+    assert eval_set.shown(variants[2], "q2") == [] and eval_set.shown(variants[1], "q2") == [passage]
+    summary = summarize(rows, [eval_set], variants, resamples=0)["sets"]["test"]
+    assert summary["base"]["invented_citations"] == 1 and summary["tuned+routed"]["retrieved"] == 2
+    assert "retrieved" not in summary["tuned+rag"]
+
+
+def test_route_calibration_separates_domain_from_general_questions():
+    from lmforge.rag.route import calibrate, routed, split_questions
+    from lmforge.records import chat_record
+
+    calibration = calibrate([0.62, 0.55, 0.48, 0.70], [0.12, 0.30, 0.51, 0.20])
+    # Between 0.30 and 0.48 every in-domain question retrieves and one general one (0.51) does too; any
+    # higher threshold loses an in-domain question for at most that one general question; ties go low.
+    assert calibration["threshold"] == pytest.approx(0.39) and calibration["balanced_accuracy"] == 0.875
+    assert calibration["in_domain_retrieving"] == 4 and calibration["general_retrieving"] == 1
+    assert calibrate([0.5], []) is None
+    assert routed([{"id": "a"}], 0.3, 0.5) == [] and routed([{"id": "a"}], 0.6, 0.5) == [{"id": "a"}]
+    messages = [{"role": "user", "content": "Age?"}, {"role": "assistant", "content": "64."}]
+    domain = chat_record(messages, {"path": "qa.jsonl", "line": 1}, None, {"source": "art-1"})
+    general = chat_record(messages, {"path": "qa.jsonl", "line": 2}, None, {})
+    assert split_questions([domain, general, domain], "article") == (["Age?", "Age?"], ["Age?"])

@@ -2,12 +2,19 @@
 
 import pytest
 
-from lmforge.config import RaftSpec
+from lmforge.config import RaftSpec, Recipe
 from lmforge.rag.chunk import Chunk
 from lmforge.rag.quality import first_hit, from_document, retrieval_scores
-from lmforge.rag.raft import ABSTAIN, build_raft_records, cited_answer, quote_around
+from lmforge.rag.raft import ABSTAIN, build_raft_records, cited_answer, closed_book_copies, quote_around
 from lmforge.rag.retrieve import rrf_fuse
-from lmforge.records import CONTEXT_INSTRUCTION, chat_record, cited_passages, context_messages, validate_record
+from lmforge.records import (
+    CITATION,
+    CONTEXT_INSTRUCTION,
+    chat_record,
+    cited_passages,
+    context_messages,
+    validate_record,
+)
 
 
 def test_rrf_fusion_order_and_scores_on_a_constructed_example():
@@ -114,7 +121,8 @@ def test_raft_examples_hold_gold_and_distractors_and_quote_the_gold_passage():
     # Retrieval put the gold passage second; distractors must come from the other documents.
     retrieved = [[passages[1], passages[0], passages[2], passages[3]]]
     out, stats = build_raft_records([record], retrieved, chunks, spec, gold_key="article", seed=0)
-    assert stats == {"questions": 1, "examples": 20, "with_gold": 20, "without_gold": 0, "skipped": {}}
+    expected = {"questions": 1, "examples": 20, "with_gold": 20, "without_gold": 0, "closed_book": 0, "skipped": {}}
+    assert stats == expected
     counts = set()
     for example in out:
         validate_record(example)
@@ -155,3 +163,41 @@ def test_raft_skips_records_without_gold_or_answer_and_says_why():
     assert out == []
     no_document = "no meta.article (nor source, document, doc) naming its document"
     assert stats["skipped"] == {no_document: 1, "answer not found in its document's chunks": 1}
+
+
+def test_closed_book_copies_answer_plainly_and_never_cite():
+    chunks, passages, record = raft_fixture()
+    spec = RaftSpec(enabled=True, no_gold_share=0.3, examples_per_question=10)
+    out, stats = build_raft_records([record], [passages], chunks, spec, "article", seed=2, closed_book=True)
+    assert stats["closed_book"] == 1 and stats["examples"] == 11
+    assert stats["with_gold"] + stats["without_gold"] == 10
+    closed = [r for r in out if r["meta"]["raft"].get("closed_book")]
+    assert len(closed) == 1 and closed[0]["messages"] == record["messages"]  # the question as written
+    for example in out:
+        reply = example["messages"][-1]["content"]
+        shown = example["meta"]["raft"]["passages"]
+        # A reply cites [n] only when its prompt holds the gold passage; without passages, never.
+        assert bool(CITATION.search(reply)) == ("art-1.md#0" in shown)
+        if not shown:
+            assert "Passages:" not in example["messages"][-2]["content"]
+
+
+def test_closed_book_default_follows_what_sft_trains_on():
+    def recipe(splits, closed_book=None):
+        raft = {"enabled": True, "source_split": "qa", "closed_book": closed_book}
+        data = {"sources": [{"path": "qa.jsonl", "split": "qa"}]}
+        stages = ["data", "index", "sft"]
+        return Recipe.model_validate(
+            {
+                "name": "r",
+                "stages": stages,
+                "model": {"ref": "m"},
+                "data": data,
+                "index": {"raft": raft},
+                "sft": {"splits": splits},
+            }
+        )
+
+    assert closed_book_copies(recipe(["train", "raft"])) is True  # qa seen only through RAFT: add it plain
+    assert closed_book_copies(recipe(["qa", "raft"])) is False  # sft trains on qa itself already
+    assert closed_book_copies(recipe(["train", "raft"], closed_book=False)) is False

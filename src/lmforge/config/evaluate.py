@@ -31,6 +31,16 @@ class VariantSpec(Strict):
     """A LoRA adapter folder applied on top of ``model`` (relative to the recipe)."""
     rag: bool = False
     """Answer with retrieved passages in the prompt (needs the ``index`` stage of this run)."""
+    route: bool = False
+    """With ``rag``: give the passages only to questions whose relevance to the index reaches the
+    threshold the index stage calibrated (``lmforge.rag.route``); other questions are asked plainly."""
+
+    @field_validator("route")
+    @classmethod
+    def _route_needs_rag(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and not info.data.get("rag", False):
+            raise ValueError("route: true decides when to retrieve, so it needs rag: true")
+        return value
 
     @field_validator("run")
     @classmethod

@@ -68,6 +68,10 @@ class RaftSpec(Strict):
     """Examples built per question (each with its own draw of passages)."""
     quote_words: int = Field(16, ge=4)
     """Longest quote from the gold passage in an answer, in words around the answer."""
+    closed_book: bool | None = None
+    """Also write each question of ``source_split`` without passages, answered plainly (no citation), so
+    the tuned model knows the facts without retrieval and never cites a passage it was not given.
+    Unset: on, unless ``sft.splits`` already holds ``source_split`` (the copies would repeat it)."""
 
     @field_validator("max_distractors")
     @classmethod

@@ -22,7 +22,7 @@ intervals, paired differences to base, regressions) -> save. Outputs in ``runs/<
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,17 @@ from lmforge.errors import StageError
 from lmforge.evaluate.scores import format_delta, format_score
 from lmforge.evaluate.stats import paired_difference, score_interval
 from lmforge.evaluate.tasks import Item, Task, task_for
-from lmforge.evaluate.variants import Variant, load_variant, rag_prompts, resolve_variants, retrieved_passages
+from lmforge.evaluate.variants import (
+    Variant,
+    load_variant,
+    rag_prompts,
+    resolve_variants,
+    retrieved_passages,
+    route_threshold,
+)
 from lmforge.models import generate_replies
-from lmforge.records import read_records
+from lmforge.rag.route import routed
+from lmforge.records import invented_citation, read_records
 from lmforge.redact import redact_values
 from lmforge.rundir import (
     StageDir,
@@ -56,6 +64,17 @@ class EvalSet:
     items: list[Item]
     passages: dict[str, list[dict[str, Any]]] | None = None
     """Retrieved passages per record id, when a variant uses retrieval."""
+    relevance: dict[str, float] = field(default_factory=dict)
+    """Each question's relevance to the index (cosine to the nearest chunk), for routed variants."""
+    route_threshold: float | None = None
+    """The index's routing threshold, when a variant routes."""
+
+    def shown(self, variant: Variant, item_id: str) -> list[dict[str, Any]]:
+        """The passages ``variant``'s prompt holds for the question ``item_id`` (none without retrieval)."""
+        if not variant.rag or self.passages is None:
+            return []
+        passages = self.passages.get(item_id, [])
+        return routed(passages, self.relevance.get(item_id), self.route_threshold) if variant.route else passages
 
 
 @dataclass
@@ -65,8 +84,10 @@ class EvalResult:
     report_path: Path | None = None
 
 
-def load_sets(recipe: Recipe, with_passages: bool) -> list[EvalSet]:
-    """Every configured set as task items (at most ``eval.limit`` each)."""
+def load_sets(recipe: Recipe, with_passages: bool, routed_variants: bool = False) -> list[EvalSet]:
+    """Every configured set as task items (at most ``eval.limit`` each), with the retrieved passages
+    (and the routing threshold) when a variant needs them."""
+    threshold = route_threshold(recipe.run_path(), "eval (a routed variant)") if routed_variants else None
     eval_sets = []
     for set_name in recipe.eval.sets:
         path = split_path(recipe.run_path(), set_name, needed_by="eval")
@@ -75,16 +96,21 @@ def load_sets(recipe: Recipe, with_passages: bool) -> list[EvalSet]:
         items = task.items(set_name, records, path)
         if not items:
             raise StageError(f"the eval set {set_name!r} ({path}) is empty; nothing to evaluate")
-        passages = None
+        passages, relevance = None, {}
         if with_passages and task.mode != "perplexity":
-            passages = retrieved_passages(recipe.run_path(), set_name, needed_by="eval (a rag variant)")
+            passages, relevance = retrieved_passages(recipe.run_path(), set_name, needed_by="eval (a rag variant)")
             missing = [item.id for item in items if item.id not in passages]
             if missing:
                 raise StageError(
                     f"no retrieved passages for {len(missing)} question(s) of the set {set_name!r}, e.g. {missing[0]}; "
                     "the index stage's retrieved file is older than the data: re-run the index stage"
                 )
-        eval_sets.append(EvalSet(set_name, task, items, passages))
+            if threshold is not None and any(item.id not in relevance for item in items):
+                raise StageError(
+                    f"the index stage's retrieved file for {set_name!r} has no relevance scores (written by an older "
+                    "lmforge); re-run the index stage for routed variants"
+                )
+        eval_sets.append(EvalSet(set_name, task, items, passages, relevance, threshold))
     return eval_sets
 
 
@@ -94,7 +120,7 @@ def run(recipe: Recipe) -> EvalResult:
     run_path = recipe.run_path()
     stage = StageDir.open(run_path, "eval")
     variants = resolve_variants(recipe)
-    eval_sets = load_sets(recipe, with_passages=any(v.rag for v in variants))
+    eval_sets = load_sets(recipe, any(v.rag for v in variants), any(v.route for v in variants))
     # ``examples`` only changes what is printed: not part of the fingerprint.
     settings = redact_values(spec.model_dump(mode="json", exclude={"examples"}))  # a judge URL's credentials
     config = {"eval": settings, "model": recipe.model.model_dump(mode="json"), "seed": recipe.seed}
@@ -109,7 +135,7 @@ def run(recipe: Recipe) -> EvalResult:
     outputs, seconds = answer_all(variants, eval_sets, recipe, stage)
     if not is_leader():  # the answers were generated together and gathered; scoring and writing are the leader's
         return EvalResult({}, False, None)
-    rows = score_rows(eval_sets, [v.name for v in variants], outputs, [v.name for v in variants if v.rag])
+    rows = score_rows(eval_sets, variants, outputs)
     if spec.judge is not None:
         from lmforge.evaluate.judge import judge_rows
 
@@ -214,7 +240,8 @@ def answers_key(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> s
     questions = [(s.name, s.task.name, [item.id for item in s.items]) for s in eval_sets]
     settings = [spec.max_new_tokens, spec.batch_size, spec.max_length, recipe.model.trust_remote_code]
     versions = {name: version for name, version in library_versions().items() if name in ("torch", "transformers")}
-    return fingerprint_data([variant.identity, variant.rag, questions, settings, versions])
+    routing = [variant.route, [s.route_threshold for s in eval_sets]] if variant.route else []
+    return fingerprint_data([variant.identity, variant.rag, questions, settings, versions, *routing])
 
 
 def cached_answers(stage: StageDir, name: str, key: str) -> dict[str, list[Any]] | None:
@@ -240,24 +267,31 @@ def _prompts(eval_set: EvalSet, variant: Variant) -> list[list[dict[str, str]]]:
     if not variant.rag or eval_set.passages is None:
         return prompts
     ids = [item.id for item in eval_set.items]
-    return rag_prompts(prompts, ids, eval_set.passages, where=f"variant {variant.name!r}, set {eval_set.name!r}")
+    shown = {item_id: eval_set.shown(variant, item_id) for item_id in ids}
+    return rag_prompts(prompts, ids, shown, where=f"variant {variant.name!r}, set {eval_set.name!r}")
 
 
 # ---------------------------------------------------------------- scoring and statistics
 
 
 def score_rows(
-    eval_sets: list[EvalSet],
-    variant_names: list[str],
-    outputs: dict[str, dict[str, list[Any]]],
-    rag_names: list[str] | None = None,
+    eval_sets: list[EvalSet], variants: list[Variant], outputs: dict[str, dict[str, list[Any]]]
 ) -> list[dict[str, Any]]:
     """One row per question with every variant's answer and scores; with retrieval, the passages
-    and, per ``rag`` variant, the ids of the passages its reply cites (``[n]``)."""
+    and, per ``rag`` variant, the ids of the passages its reply cites (``[n]``) and whether a routed
+    variant retrieved. A reply that cites a passage number its prompt did not hold (any number when
+    the prompt held no passages) is marked ``invented_citation``."""
     rows = []
     for eval_set in eval_sets:
         for index, item in enumerate(eval_set.items):
-            answers = {name: eval_set.task.score(item, outputs[name][eval_set.name][index]) for name in variant_names}
+            answers = {v.name: eval_set.task.score(item, outputs[v.name][eval_set.name][index]) for v in variants}
+            for variant in variants:
+                reply = answers[variant.name].get("reply")
+                if isinstance(reply, str):
+                    shown = eval_set.shown(variant, item.id)
+                    answers[variant.name]["invented_citation"] = invented_citation(reply, len(shown))
+                    if variant.route:
+                        answers[variant.name]["retrieved"] = bool(shown)
             row: dict[str, Any] = {
                 "set": eval_set.name,
                 "task": eval_set.task.name,
@@ -268,8 +302,9 @@ def score_rows(
             }
             if eval_set.passages is not None:
                 row["passages"] = eval_set.passages.get(item.id, [])
-                for name in rag_names or []:
-                    answers[name]["cited"] = _cited_ids(answers[name].get("reply", ""), row["passages"])
+                for variant in [v for v in variants if v.rag]:
+                    shown = eval_set.shown(variant, item.id)
+                    answers[variant.name]["cited"] = _cited_ids(answers[variant.name].get("reply", ""), shown)
             rows.append(row)
     return rows
 
@@ -316,6 +351,10 @@ def summarize(
             sample = task.sample(scores)
             entry = {key: _rounded(value) for key, value in task.aggregate(eval_set.items, scores).items()}
             entry.update(n=len(scores), score=_rounded(sample.value()))
+            if any("invented_citation" in score for score in scores):
+                entry["invented_citations"] = sum(bool(score.get("invented_citation")) for score in scores)
+            if any("retrieved" in score for score in scores):
+                entry["retrieved"] = sum(bool(score.get("retrieved")) for score in scores)
             entry["ci"] = [_rounded(x) for x in score_interval(sample, resamples, confidence, seed)]
             if name != "base":
                 diff = paired_difference(sample, base_sample, resamples, confidence, seed)
@@ -419,10 +458,23 @@ def render_table(summary: dict[str, Any], rows: list[dict[str, Any]] | None = No
             else:
                 cells.append("")
             table.add_row(*cells, end_section=position == len(variants) - 1)
-    parts: list[Any] = [table]
+    parts: list[Any] = [table, *_citation_lines(summary)]
     if rows and examples:
         parts += _example_tables(summary, rows, examples)
     return Group(*parts)
+
+
+def _citation_lines(summary: dict[str, Any]) -> list[str]:
+    """Per set: replies citing a passage their prompt did not hold, and how often routed variants retrieved."""
+    lines = []
+    for set_name, scores in summary["sets"].items():
+        invented = [f"{name} {e['invented_citations']}" for name, e in scores.items() if "invented_citations" in e]
+        routes = [f"{name} {e['retrieved']}/{e['n']}" for name, e in scores.items() if "retrieved" in e]
+        if any(e.get("invented_citations") for e in scores.values()):
+            lines.append(f"{set_name}: invented citations ([n] not in the prompt): {', '.join(invented)}")
+        if routes:
+            lines.append(f"{set_name}: routed retrieval used passages for {', '.join(routes)} questions")
+    return lines
 
 
 def _interval(metric: str, interval: list[float] | None) -> str:

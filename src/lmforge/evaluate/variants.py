@@ -2,7 +2,8 @@
 
 The base model is always a variant. Without ``eval.variants`` the list is ``base`` plus ``tuned``
 (this run's sft result) when the run has an sft stage, and ``base+rag`` / ``tuned+rag`` when it
-has an index stage. A ``rag: true`` variant answers with the
+has an index stage, and with both ``tuned+routed`` (retrieval only for the questions the index
+covers, :mod:`lmforge.rag.route`). A ``rag: true`` variant answers with the
 passages the ``index`` stage retrieved for each question: the agreed hand-off is the file
 ``runs/<run>/index/retrieved/<split>.jsonl``, one line per record of the split::
 
@@ -33,6 +34,8 @@ class Variant:
     model_dir: Path
     adapter_dir: Path | None
     rag: bool = False
+    route: bool = False
+    """With ``rag``: passages only for questions whose relevance reaches the index's routing threshold."""
     label: str = ""
     """What it is, for people: ``smollm2-135m-instruct + runs/demo/sft/adapter``."""
     identity: dict[str, Any] = field(default_factory=dict)
@@ -73,6 +76,7 @@ def variant_specs(recipe: Recipe) -> list[VariantSpec]:
             specs.append(VariantSpec(name="tuned", model="tuned"))
         if has_sft and has_index:
             specs.append(VariantSpec(name="tuned+rag", model="tuned", rag=True))
+            specs.append(VariantSpec(name="tuned+routed", model="tuned", rag=True, route=True))
         return specs
     if not any(spec.name == "base" for spec in specs):
         specs.insert(0, VariantSpec(name="base", model="base"))
@@ -109,8 +113,10 @@ def _resolve(spec: VariantSpec, recipe: Recipe, base_dir: Path) -> Variant:
     if spec.rag:
         index = require_done(recipe.run_path(), "index", needed_by=f"eval (variant {spec.name!r})")
         identity["index"] = index.fingerprint
-        label += " + retrieval"
-    return Variant(spec.name, model_dir, adapter_dir, spec.rag, label, identity)
+        label += " + routed retrieval" if spec.route else " + retrieval"
+        if spec.route:
+            identity["route"] = index.manifest.get("outputs", {}).get("route")
+    return Variant(spec.name, model_dir, adapter_dir, spec.rag, spec.route, label, identity)
 
 
 def _run_folder(run: str, recipe: Recipe) -> Path:
@@ -121,8 +127,11 @@ def _run_folder(run: str, recipe: Recipe) -> Path:
 # ---------------------------------------------------------------- retrieval hand-off
 
 
-def retrieved_passages(run_path: Path, set_name: str, needed_by: str) -> dict[str, list[dict[str, Any]]]:
-    """Passages the index stage retrieved for each record of a split, keyed by record id."""
+def retrieved_passages(
+    run_path: Path, set_name: str, needed_by: str
+) -> tuple[dict[str, list[dict[str, Any]]], dict[str, float]]:
+    """Passages the index stage retrieved for each record of a split, and each question's relevance
+    (routing), keyed by record id."""
     index = require_done(run_path, "index", needed_by=needed_by)
     path = index.path("retrieved", f"{set_name}.jsonl")
     if not path.is_file():
@@ -131,11 +140,27 @@ def retrieved_passages(run_path: Path, set_name: str, needed_by: str) -> dict[st
             f"did not write; make the index stage retrieve for the eval sets"
         )
     passages: dict[str, list[dict[str, Any]]] = {}
+    relevance: dict[str, float] = {}
     for number, row in read_json_lines(path):
         if not isinstance(row, dict) or not isinstance(row.get("passages"), list) or "id" not in row:
             raise DataError('expected {"id": <record id>, "passages": [...]}', path=str(path), line=number)
         passages[str(row["id"])] = row["passages"]
-    return passages
+        if isinstance(row.get("relevance"), (int, float)):
+            relevance[str(row["id"])] = float(row["relevance"])
+    return passages, relevance
+
+
+def route_threshold(run_path: Path, needed_by: str) -> float:
+    """The routing threshold the index stage calibrated (its manifest's ``outputs.route``)."""
+    index = require_done(run_path, "index", needed_by=needed_by)
+    route = index.manifest.get("outputs", {}).get("route")
+    if not route:
+        raise StageError(
+            f"{needed_by} needs the index stage's routing threshold, which it could not calibrate: none of the "
+            "training questions names a source document (meta.<gold_key>, or a source/document/doc column); "
+            "re-run the index stage after adding one, or drop route: true"
+        )
+    return float(route["threshold"])
 
 
 def rag_prompts(

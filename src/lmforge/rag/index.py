@@ -6,9 +6,11 @@ new and changed documents only, retrieve, score retrieval) -> save. Outputs in `
 * ``lancedb/``: the chunk table with vectors and its BM25 index (see :mod:`lmforge.rag.store`);
 * ``chunks.jsonl``: every chunk with its source (path, line, heading), for inspection;
 * ``retrieved/<split>.jsonl``: for every record of each retrieval set,
-  ``{"id": <record id>, "passages": [{"id", "source", "text", "score"}, ...]}`` (the eval stage's input);
+  ``{"id": <record id>, "passages": [{"id", "source", "text", "score"}, ...], "relevance": <cosine>}``
+  (the eval stage's input; ``relevance`` decides routed variants, see :mod:`lmforge.rag.route`);
 * ``retrieval_eval.json``: recall@k and MRR per set and mode (bm25, dense, hybrid);
-* ``splits/<raft split>.jsonl``: RAFT training examples when ``index.raft.enabled``.
+* ``splits/<raft split>.jsonl``: RAFT training examples when ``index.raft.enabled``;
+* the manifest's ``outputs.route``: the routing threshold calibrated on the training questions.
 """
 
 from __future__ import annotations
@@ -27,8 +29,9 @@ from lmforge.errors import StageError
 from lmforge.rag.chunk import Chunk, chunk_records, document_key
 from lmforge.rag.embed import Embedder, load_embedder
 from lmforge.rag.quality import gold_document, retrieval_scores
-from lmforge.rag.raft import build_raft_records, last_questions, raft_search_depth
+from lmforge.rag.raft import build_raft_records, closed_book_copies, last_questions, raft_search_depth
 from lmforge.rag.retrieve import MODES, LanceRetriever, load_reranker
+from lmforge.rag.route import GENERAL_SOURCE, calibrate, general_questions, relevance, split_questions
 from lmforge.rag.store import LanceStore, SyncReport
 from lmforge.records import Record, read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
@@ -58,6 +61,8 @@ def run(recipe: Recipe) -> IndexResult:
     set_paths = {name: split_path(run_path, name, needed_by="index") for name in sets}
     raft_path = split_path(run_path, spec.raft.source_split, needed_by="index") if spec.raft.enabled else None
     config = {"index": spec.model_dump(mode="json"), "sets": sets, "seed": recipe.seed}
+    if spec.raft.enabled:
+        config["raft_closed_book"] = closed_book_copies(recipe)  # follows sft.splits when unset
     inputs = {"data": StageDir.open(run_path, "data").fingerprint}
     fingerprint = fingerprint_data([config, inputs])
     if stage.is_done(fingerprint):
@@ -94,7 +99,11 @@ def run(recipe: Recipe) -> IndexResult:
         ranked = _evaluate(name, records, retriever, reranked, spec, depth, quality)
         if spec.mode not in ranked:
             ranked[spec.mode] = served.search(last_questions(records), depth, spec.mode)
-        rows = [{"id": r["id"], "passages": p[: spec.top_k]} for r, p in zip(records, ranked[spec.mode], strict=True)]
+        scores = relevance(retriever, last_questions(records))
+        rows = [
+            {"id": r["id"], "passages": p[: spec.top_k], "relevance": score}
+            for r, p, score in zip(records, ranked[spec.mode], scores, strict=True)
+        ]
         outputs["retrieved"][name] = str(stage.path("retrieved", f"{name}.jsonl"))
         atomic_write_jsonl(outputs["retrieved"][name], rows)
 
@@ -102,8 +111,10 @@ def run(recipe: Recipe) -> IndexResult:
     if raft_path is not None:
         records = [r for r in read_records(raft_path) if r["kind"] == "chat"]
         retrieved = served.search(last_questions(records), raft_search_depth(spec), spec.mode)
-        raft_records, raft_stats = build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed)
-        if not raft_records:
+        raft_records, raft_stats = build_raft_records(
+            records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed, closed_book_copies(recipe)
+        )
+        if raft_stats["examples"] == raft_stats["closed_book"]:  # no example with passages
             raise StageError(
                 f"RAFT built no example from the split {spec.raft.source_split!r} ({raft_stats['skipped']}); its chat "
                 f"records need meta.{spec.gold_key} (or a source / document / doc column) naming a document of "
@@ -112,12 +123,15 @@ def run(recipe: Recipe) -> IndexResult:
         outputs["splits"][spec.raft.split] = str(stage.path("splits", f"{spec.raft.split}.jsonl"))
         atomic_write_jsonl(outputs["splits"][spec.raft.split], raft_records)
 
+    outputs["route"] = _calibrate_route(recipe, retriever, sets)
+
     outputs["chunks"] = str(stage.path("chunks.jsonl"))
     atomic_write_jsonl(outputs["chunks"], ({"id": c.id, "source": c.source(), "text": c.text} for c in chunks))
     outputs["retrieval_eval"] = str(stage.path("retrieval_eval.json"))
     atomic_write_json(outputs["retrieval_eval"], quality)
     outputs["domain"] = _main_domain(documents)
     metrics = _metrics(report, len(chunks), index_seconds, quality, raft_stats)
+    metrics["route"] = outputs["route"]
     stage.finish(metrics, outputs=outputs)
     return IndexResult(metrics=metrics, skipped=False)
 
@@ -210,6 +224,20 @@ def _evaluate(
     if reranked is not None:
         ranked[spec.mode] = ranked.pop("rerank")
     return ranked
+
+
+def _calibrate_route(recipe: Recipe, retriever: LanceRetriever, retrieval_sets: list[str]) -> dict[str, Any] | None:
+    """The routing threshold (:mod:`lmforge.rag.route`), calibrated on the questions of the data stage's
+    splits that are neither evaluated nor indexed; None when none of them names a source document."""
+    written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
+    left_out = {*recipe.eval.sets, *recipe.index.documents, *retrieval_sets}
+    records = [r for name, path in written.items() if name not in left_out for r in read_records(path)]
+    in_domain, general = split_questions(records, recipe.index.gold_key)
+    source = "the recipe's questions without a source document"
+    if in_domain and not general:
+        general, source = general_questions(), f"lmforge's general prompts ({GENERAL_SOURCE})"
+    calibration = calibrate(relevance(retriever, in_domain), relevance(retriever, general))
+    return None if calibration is None else {**calibration, "general_from": source}
 
 
 def _main_domain(documents: list[Record]) -> str | None:

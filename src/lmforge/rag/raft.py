@@ -14,6 +14,10 @@ In a share of examples (``no_gold_share``, 20% by default) the gold passage is l
 is then the record's answer with no citation (the model must fall back on what it learned, as in
 RAFT) or, with ``no_gold_answer: abstain``, a statement that the passages do not answer.
 
+With ``closed_book`` (on by default, see :func:`closed_book_copies`) every question also appears
+without passages, answered plainly: the model learns the facts themselves (the ``tuned`` variant
+answers without retrieval) and learns that a reply cites a passage only when one was given.
+
 After Zhang et al., "RAFT: Adapting Language Model to Domain Specific RAG" (2024).
 """
 
@@ -81,20 +85,31 @@ def build_raft_records(
     spec: RaftSpec,
     gold_key: str,
     seed: int,
+    closed_book: bool = False,
 ) -> tuple[list[Record], dict[str, Any]]:
     """RAFT examples for ``records`` (``retrieved[i]``: passages retrieved for record i's question, best first).
+
+    Args:
+        closed_book: also add every chat record as it is (no passages, its plain answer), marked
+            ``meta.raft.closed_book``.
 
     Returns:
         The new chat records (meta keeps the source record's and adds ``raft``: whether the gold
         passage is in the prompt and the passage ids), and counts (examples, with/without gold,
-        questions skipped per reason).
+        closed-book copies, questions skipped per reason).
     """
     by_document: dict[str, list[Chunk]] = {}
     out: list[Record] = []
     skipped: Counter[str] = Counter()
     with_gold = 0
+    closed = 0
     for record, passages in zip(records, retrieved, strict=True):
         meta = record.get("meta") or {}
+        if closed_book and record["kind"] == "chat" and any(m["role"] == "assistant" for m in record["messages"]):
+            raft_meta = {"gold": False, "passages": [], "closed_book": True}
+            plain = chat_record(record["messages"], record["source"], record.get("domain"), {**meta, "raft": raft_meta})
+            out.append(plain)
+            closed += 1
         target = gold_document(meta, gold_key)
         if record["kind"] != "chat" or not target:
             skipped[f"no meta.{gold_key} (nor source, document, doc) naming its document"] += 1
@@ -134,10 +149,21 @@ def build_raft_records(
         "questions": len(records),
         "examples": len(out),
         "with_gold": with_gold,
-        "without_gold": len(out) - with_gold,
+        "without_gold": len(out) - with_gold - closed,
+        "closed_book": closed,
         "skipped": dict(skipped),
     }
     return out, stats
+
+
+def closed_book_copies(recipe: Any) -> bool:
+    """Whether the RAFT split also holds the plain questions: ``index.raft.closed_book``, else on unless
+    ``sft.splits`` holds the RAFT source split itself (whichever stages this run selects, so the split
+    written does not depend on ``--set stages=...``)."""
+    raft = recipe.index.raft
+    if raft.closed_book is not None:
+        return raft.closed_book
+    return raft.source_split not in recipe.sft.splits
 
 
 def _as_passage(chunk: Chunk) -> dict[str, Any]:
@@ -159,7 +185,13 @@ def last_questions(records: list[Record]) -> list[str]:
 
 
 def preview_raft_records(
-    documents: list[Record], records: list[Record], spec: IndexSpec, seed: int, count_tokens: Any, budget: int
+    documents: list[Record],
+    records: list[Record],
+    spec: IndexSpec,
+    seed: int,
+    count_tokens: Any,
+    budget: int,
+    closed_book: bool = False,
 ) -> tuple[list[Record], dict[str, Any]]:
     """The RAFT examples the index stage would build, before any index exists (for ``lmforge plan``).
 
@@ -171,7 +203,7 @@ def preview_raft_records(
     chunks = chunk_records(documents, budget, spec.chunk.overlap, count_tokens)
     ranked = bm25_rank(chunks, last_questions(records), raft_search_depth(spec))
     retrieved = [[_as_passage(chunks[i]) for i in ranking] for ranking in ranked]
-    return build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, seed)
+    return build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, seed, closed_book)
 
 
 def preview_raft_split(recipe: Any, splits: dict[str, list[Record]]) -> tuple[list[Record], str] | None:
@@ -184,12 +216,14 @@ def preview_raft_split(recipe: Any, splits: dict[str, list[Record]]) -> tuple[li
     documents = [r for name in index.documents for r in splits.get(name, []) if r["kind"] == "text"]
     records = [r for r in splits.get(index.raft.source_split, []) if r["kind"] == "chat"]
     count_tokens, budget, how = _chunk_tokenizer(index)
-    built, stats = preview_raft_records(documents, records, index, recipe.seed, count_tokens, budget)
+    closed_book = closed_book_copies(recipe)
+    built, stats = preview_raft_records(documents, records, index, recipe.seed, count_tokens, budget, closed_book)
     skipped = "; ".join(f"{n} skipped: {why}" for why, n in stats["skipped"].items())
     note = (
         f"{index.raft.split} (written later by the index stage, estimated now with BM25 distractors{how}): "
         f"{stats['examples']} examples from {stats['questions']} questions of {index.raft.source_split!r}, "
         f"{stats['without_gold']} without the gold passage"
+        + (f", {stats['closed_book']} closed-book (no passages)" if closed_book else "")
     )
     return built, note + (f"; {skipped}" if skipped else "")
 
