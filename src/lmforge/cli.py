@@ -313,6 +313,10 @@ def ask(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply in tokens.")] = 128,
     base: Annotated[bool, typer.Option("--base", help="Answer with the base model, not the tuned one.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the answer and passages as JSON.")] = False,
+    route: Annotated[
+        bool,
+        typer.Option(help="No passages for questions far from every chunk (the index's threshold)."),
+    ] = True,
 ) -> None:
     """Answer a question from a run's documents: retrieve passages, answer with them, cite them."""
     import json
@@ -324,13 +328,21 @@ def ask(
 
     _check_rag_mode("--mode", mode)
     try:
-        answer = answer_question(Path(run), question, k=k, mode=mode, max_new_tokens=max_new_tokens, use_base=base)
+        answer = answer_question(
+            Path(run), question, k=k, mode=mode, max_new_tokens=max_new_tokens, use_base=base, route=route
+        )
     except LmforgeError as exc:
         _fail(exc)
     if as_json:
         console.out(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2), highlight=False)
         return
     console.print(f"[bold]{answer.model}>[/bold] {escape(answer.reply)}", highlight=False)
+    if not answer.passages and answer.threshold is not None:
+        console.print(
+            f"[dim]no passages: the question is outside the documents (relevance {answer.relevance:.2f} "
+            f"< {answer.threshold:.2f}; --no-route retrieves anyway)[/dim]"
+        )
+        return
     console.print("[dim]passages (✔ cited):[/dim]")
     for number, passage in enumerate(answer.passages, start=1):
         mark = "[green]✔[/green]" if passage in answer.cited else " "

@@ -42,7 +42,9 @@ def test_demo_rag_index_meets_the_recall_target(tmp_path: Path):
         lines = (tmp_path / "demo-rag" / "index" / "retrieved" / f"{name}.jsonl").read_text().splitlines()
         rows[name] = [json.loads(line) for line in lines]
     assert len(rows["test"]) == 124 and all(len(row["passages"]) == 3 for row in rows["test"])
-    share = {name: sum(r["relevance"] >= route["threshold"] for r in found) / len(found) for name, found in rows.items()}
+    share = {
+        name: sum(r["relevance"] >= route["threshold"] for r in found) / len(found) for name, found in rows.items()
+    }
     assert share["test"] >= 0.9 and share["docs_only"] >= 0.9 and share["known"] <= 0.1, share
 
     again = CliRunner().invoke(app, ["run", str(recipe), "--run-dir", str(tmp_path), "--set", "stages=[data, index]"])

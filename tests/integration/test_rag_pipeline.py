@@ -134,6 +134,15 @@ def test_changed_document_is_re_embedded_alone_and_ask_cites(rag_recipe: Path):
     assert answer["passages"][0]["source"]["path"] == "docs/speed.md"
     assert "4 knots" in answer["passages"][0]["text"]
     assert set(answer["cited"]) <= {p["id"] for p in answer["passages"]}
+    assert answer["relevance"] >= answer["threshold"]
+
+    # A question the documents do not cover is answered without passages, unless --no-route.
+    general = "How many strings does a violin have?"  # not among the calibration prompts
+    routed = CliRunner().invoke(app, ["ask", str(run), general, "--json"])
+    off = json.loads(routed.stdout[routed.stdout.index("{") :])
+    assert off["passages"] == [] and off["cited"] == [] and off["relevance"] < off["threshold"]
+    forced = CliRunner().invoke(app, ["ask", str(run), general, "--json", "--no-route"])
+    assert len(json.loads(forced.stdout[forced.stdout.index("{") :])["passages"]) == 2
 
     missing = CliRunner().invoke(app, ["ask", str(rag_recipe.parent / "nope"), "q"])
     assert missing.exit_code != 0 and "not a run directory" in missing.output

@@ -68,6 +68,11 @@ class RaftSpec(Strict):
     """Examples built per question (each with its own draw of passages)."""
     quote_words: int = Field(16, ge=4)
     """Longest quote from the gold passage in an answer, in words around the answer."""
+    cloze_per_chunk: int = Field(0, ge=0)
+    """Fill-in-the-blank questions cut from each indexed chunk (a date, a counted number or a name of
+    one of its sentences blanked out; the reply is the sentence), added to ``source_split``'s
+    questions, so every document is read in training, not only the ones users asked about
+    (``lmforge.rag.cloze``). 0: none."""
     closed_book: bool | None = None
     """Also write each question of ``source_split`` without passages, answered plainly (no citation), so
     the tuned model knows the facts without retrieval and never cites a passage it was not given.

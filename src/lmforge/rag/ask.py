@@ -9,6 +9,7 @@ from typing import Any
 from lmforge.errors import StageError
 from lmforge.models import generate_replies, load_for_inference, resolve_model
 from lmforge.rag.retrieve import Mode, Passage, open_retriever
+from lmforge.rag.route import relevance, routed
 from lmforge.records import Message, cited_passages, context_messages
 from lmforge.rundir import read_json, trained_model
 
@@ -23,6 +24,10 @@ class Answer:
     """Which model answered: ``tuned`` (the run's sft stage) or ``base``."""
     passages: list[Passage]
     cited: list[Passage] = field(default_factory=list)
+    relevance: float | None = None
+    """The question's similarity to the nearest chunk (routing), when the index calibrated a threshold."""
+    threshold: float | None = None
+    """The index's routing threshold; below it the question was answered without passages."""
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -31,6 +36,8 @@ class Answer:
             "model": self.model,
             "passages": self.passages,
             "cited": [p["id"] for p in self.cited],
+            "relevance": self.relevance,
+            "threshold": self.threshold,
         }
 
 
@@ -42,13 +49,15 @@ def ask(
     max_new_tokens: int = 128,
     use_base: bool = False,
     system: str | None = None,
+    route: bool = True,
 ) -> Answer:
     """Answer ``question`` with passages retrieved from the run's index.
 
     The prompt is built by :func:`lmforge.records.context_messages` (as in evaluation and RAFT
     training), under the system prompt of the indexed documents' domain from the run's recipe
     unless ``system`` is given. The run's tuned model answers when its sft stage has finished
-    (``use_base`` forces the base model).
+    (``use_base`` forces the base model). With ``route`` (and a threshold calibrated by the index
+    stage, :mod:`lmforge.rag.route`) a question the documents do not cover is answered without passages.
     """
     run_path = Path(run_path)
     if not (run_path / "recipe.json").is_file():
@@ -57,6 +66,10 @@ def ask(
     retriever, manifest = open_retriever(run_path, needed_by="ask")
     spec = manifest["config"]["index"]
     passages = retriever.search([question], k or spec["top_k"], mode or spec["mode"])[0]
+    calibrated = (manifest["outputs"].get("route") or {}).get("threshold")
+    threshold = calibrated if route else None
+    score = relevance(retriever, [question])[0] if threshold is not None else None
+    passages = routed(passages, score, threshold)
     if system is None:
         system = recipe["data"].get("system_prompts", {}).get(manifest["outputs"].get("domain") or "")
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
@@ -76,6 +89,8 @@ def ask(
         model="tuned" if tuned is not None else "base",
         passages=passages,
         cited=cited_passages(reply, passages),
+        relevance=score,
+        threshold=threshold,
     )
 
 

@@ -16,7 +16,6 @@ new and changed documents only, retrieve, score retrieval) -> save. Outputs in `
 from __future__ import annotations
 
 import time
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,14 @@ from lmforge.errors import StageError
 from lmforge.rag.chunk import Chunk, chunk_records, document_key
 from lmforge.rag.embed import Embedder, load_embedder
 from lmforge.rag.quality import gold_document, retrieval_scores
-from lmforge.rag.raft import build_raft_records, closed_book_copies, last_questions, raft_search_depth
+from lmforge.rag.raft import (
+    build_raft_records,
+    closed_book_copies,
+    last_questions,
+    main_domain,
+    raft_cloze,
+    raft_search_depth,
+)
 from lmforge.rag.retrieve import MODES, LanceRetriever, load_reranker
 from lmforge.rag.route import GENERAL_SOURCE, calibrate, general_questions, relevance, split_questions
 from lmforge.rag.store import LanceStore, SyncReport
@@ -110,6 +116,7 @@ def run(recipe: Recipe) -> IndexResult:
     raft_stats = None
     if raft_path is not None:
         records = [r for r in read_records(raft_path) if r["kind"] == "chat"]
+        records += raft_cloze(chunks, spec, recipe, main_domain(documents))
         retrieved = served.search(last_questions(records), raft_search_depth(spec), spec.mode)
         raft_records, raft_stats = build_raft_records(
             records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed, closed_book_copies(recipe)
@@ -129,7 +136,7 @@ def run(recipe: Recipe) -> IndexResult:
     atomic_write_jsonl(outputs["chunks"], ({"id": c.id, "source": c.source(), "text": c.text} for c in chunks))
     outputs["retrieval_eval"] = str(stage.path("retrieval_eval.json"))
     atomic_write_json(outputs["retrieval_eval"], quality)
-    outputs["domain"] = _main_domain(documents)
+    outputs["domain"] = main_domain(documents)
     metrics = _metrics(report, len(chunks), index_seconds, quality, raft_stats)
     metrics["route"] = outputs["route"]
     stage.finish(metrics, outputs=outputs)
@@ -238,12 +245,6 @@ def _calibrate_route(recipe: Recipe, retriever: LanceRetriever, retrieval_sets: 
         general, source = general_questions(), f"lmforge's general prompts ({GENERAL_SOURCE})"
     calibration = calibrate(relevance(retriever, in_domain), relevance(retriever, general))
     return None if calibration is None else {**calibration, "general_from": source}
-
-
-def _main_domain(documents: list[Record]) -> str | None:
-    """The most common domain of the indexed documents (``ask`` uses its system prompt)."""
-    domains = Counter(record.get("domain") for record in documents if record.get("domain"))
-    return domains.most_common(1)[0][0] if domains else None
 
 
 def _metrics(

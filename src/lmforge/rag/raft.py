@@ -29,7 +29,9 @@ from collections import Counter
 from typing import Any
 
 from lmforge.config import IndexSpec, RaftSpec
+from lmforge.data.clean import with_system_prompt
 from lmforge.rag.chunk import Chunk, chunk_records
+from lmforge.rag.cloze import cloze_records
 from lmforge.rag.quality import from_document, gold_document
 from lmforge.records import Record, chat_record, context_messages
 
@@ -156,6 +158,21 @@ def build_raft_records(
     return out, stats
 
 
+def main_domain(documents: list[Record]) -> str | None:
+    """The most common domain of the indexed documents (``ask`` uses its system prompt)."""
+    domains = Counter(record.get("domain") for record in documents if record.get("domain"))
+    return domains.most_common(1)[0][0] if domains else None
+
+
+def raft_cloze(chunks: list[Chunk], spec: IndexSpec, recipe: Any, domain: str | None) -> list[Record]:
+    """The fill-in-the-blank questions (``raft.cloze_per_chunk``) to build RAFT examples from, with the
+    domain's system prompt like the recipe's own questions."""
+    if not spec.raft.cloze_per_chunk:
+        return []
+    cloze = cloze_records(chunks, spec.raft.cloze_per_chunk, recipe.seed, domain)
+    return [with_system_prompt(record, recipe.data.system_prompts) for record in cloze]
+
+
 def closed_book_copies(recipe: Any) -> bool:
     """Whether the RAFT split also holds the plain questions: ``index.raft.closed_book``, else on unless
     ``sft.splits`` holds the RAFT source split itself (whichever stages this run selects, so the split
@@ -187,11 +204,9 @@ def last_questions(records: list[Record]) -> list[str]:
 def preview_raft_records(
     documents: list[Record],
     records: list[Record],
-    spec: IndexSpec,
-    seed: int,
+    recipe: Any,
     count_tokens: Any,
     budget: int,
-    closed_book: bool = False,
 ) -> tuple[list[Record], dict[str, Any]]:
     """The RAFT examples the index stage would build, before any index exists (for ``lmforge plan``).
 
@@ -200,10 +215,13 @@ def preview_raft_records(
     distractors come from a plain BM25 ranking instead of the stage's hybrid search, so the examples'
     number, passages per prompt and lengths match the stage's while which distractors appear may differ.
     """
+    spec = recipe.index
     chunks = chunk_records(documents, budget, spec.chunk.overlap, count_tokens)
+    records = records + raft_cloze(chunks, spec, recipe, main_domain(documents))
     ranked = bm25_rank(chunks, last_questions(records), raft_search_depth(spec))
     retrieved = [[_as_passage(chunks[i]) for i in ranking] for ranking in ranked]
-    return build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, seed, closed_book)
+    closed_book = closed_book_copies(recipe)
+    return build_raft_records(records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed, closed_book)
 
 
 def preview_raft_split(recipe: Any, splits: dict[str, list[Record]]) -> tuple[list[Record], str] | None:
@@ -216,14 +234,13 @@ def preview_raft_split(recipe: Any, splits: dict[str, list[Record]]) -> tuple[li
     documents = [r for name in index.documents for r in splits.get(name, []) if r["kind"] == "text"]
     records = [r for r in splits.get(index.raft.source_split, []) if r["kind"] == "chat"]
     count_tokens, budget, how = _chunk_tokenizer(index)
-    closed_book = closed_book_copies(recipe)
-    built, stats = preview_raft_records(documents, records, index, recipe.seed, count_tokens, budget, closed_book)
+    built, stats = preview_raft_records(documents, records, recipe, count_tokens, budget)
     skipped = "; ".join(f"{n} skipped: {why}" for why, n in stats["skipped"].items())
     note = (
         f"{index.raft.split} (written later by the index stage, estimated now with BM25 distractors{how}): "
         f"{stats['examples']} examples from {stats['questions']} questions of {index.raft.source_split!r}, "
         f"{stats['without_gold']} without the gold passage"
-        + (f", {stats['closed_book']} closed-book (no passages)" if closed_book else "")
+        + (f", {stats['closed_book']} closed-book (no passages)" if stats["closed_book"] else "")
     )
     return built, note + (f"; {skipped}" if skipped else "")
 
