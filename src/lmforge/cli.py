@@ -115,6 +115,17 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.
     except LmforgeError as exc:
         _fail(exc)
     console.print(f"[green]✔[/green] {recipe} is valid: run {loaded.name!r}, stages {', '.join(loaded.stages)}")
+    if "index" in loaded.stages and loaded.index.raft.enabled:
+        from rich.markup import escape
+
+        from lmforge.plan import future_split_notes
+
+        try:  # what RAFT will build from these data (read in memory, nothing written)
+            notes = future_split_notes(loaded)
+        except LmforgeError as exc:
+            _fail(exc)
+        for note in notes.values():
+            console.print(f"  {escape(note)}", highlight=False)
 
 
 @app.command("eval")

@@ -433,6 +433,12 @@ def _future_splits(recipe: Any, splits: dict[str, list[dict[str, Any]]]) -> dict
     return {recipe.index.raft.split: preview[1]}
 
 
+def future_split_notes(recipe: Any) -> dict[str, str]:
+    """What later stages will write (the RAFT split: examples, questions skipped and why), from the
+    recipe's data, before anything runs (``lmforge validate``)."""
+    return _future_splits(recipe, _splits(recipe))
+
+
 def _splits(recipe: Any) -> dict[str, list[dict[str, Any]]]:
     """Split name -> records: the data stage's output when it has run, else prepared in memory (nothing written)."""
     from lmforge.records import read_records

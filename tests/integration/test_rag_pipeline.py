@@ -174,6 +174,11 @@ def test_a_plain_qa_file_with_a_source_column_makes_raft_examples(tmp_path: Path
         "index: {top_k: 2, raft: {enabled: true, min_distractors: 1, max_distractors: 1}}\n",
         encoding="utf-8",
     )
+    # validate says what RAFT will build before anything runs (the data read in memory).
+    checked = CliRunner().invoke(app, ["validate", str(recipe)])
+    assert checked.exit_code == 0, checked.output
+    assert f"{len(FACTS)} examples from {len(FACTS)} questions of 'train'" in " ".join(checked.output.split())
+    assert not (tmp_path / "runs").exists()
     metrics = run_recipe(load_recipe(recipe))["index"].metrics
     # One RAFT example per question; no closed-book copies, as sft.splits (default [train]) holds the questions.
     assert metrics["raft"]["examples"] == len(FACTS) and metrics["raft"]["closed_book"] == 0
