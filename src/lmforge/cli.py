@@ -235,6 +235,9 @@ def serve(
     rag_mode: Annotated[
         str | None, typer.Option(help="With --rag: bm25, dense or hybrid (default: the run's index.mode).")
     ] = None,
+    rag_route: Annotated[
+        bool, typer.Option(help="With --rag: no passages for questions far from every chunk (the index's threshold).")
+    ] = True,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
@@ -262,6 +265,7 @@ def serve(
         rag_default=rag_default,
         rag_top_k=rag_top_k,
         rag_mode=rag_mode,
+        rag_route=rag_route,
         allowed_hosts=list(allowed_host or []),
         allowed_origins=list(allowed_origin or []),
     )

@@ -98,10 +98,11 @@ class FakeRetriever:
     def __init__(self):
         self.queries: list[str] = []
 
-    def search(self, queries: list[str], k: int) -> list[list[dict]]:
+    def search(self, queries: list[str], k: int, mode: str = "hybrid") -> list[list[dict]]:
         self.queries.extend(queries)
         passage = {"id": "p1", "text": "Article 15: the retirement age is 64.", "source": {"path": "art-15.md"}}
-        return [[{**passage, "score": 1.0}][:k] for _ in queries]
+        # Dense scores: a question mentioning retirement is close to the passage, others are not.
+        return [[{**passage, "score": 0.8 if "etirement" in q else 0.1}][:k] for q in queries]
 
 
 def test_rag_hook_puts_passages_in_the_prompt_and_returns_citations(tiny_model_dir):
@@ -120,6 +121,28 @@ def test_rag_hook_puts_passages_in_the_prompt_and_returns_citations(tiny_model_d
         assert retriever.queries == ["Retirement age?"]
         assert cited["citations"][0]["source"] == {"path": "art-15.md"} and cited["citations"][0]["index"] == 1
         assert cited["usage"]["prompt_tokens"] > plain["usage"]["prompt_tokens"]
+
+
+def test_rag_requests_are_routed_by_the_runs_threshold(tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from lmforge.serve.server import ServeSettings, build_app, load_models
+
+    models = load_models(str(tiny_model_dir), name="tiny")
+    retriever = FakeRetriever()
+    app = build_app(models, ServeSettings(rag_route_threshold=0.5), retriever=retriever)
+    with TestClient(app) as client:
+
+        def ask(question: str, **extra) -> dict:
+            body = {"model": "tiny", "messages": [{"role": "user", "content": question}], "max_tokens": 2, "rag": True}
+            return client.post("/v1/chat/completions", json={**body, **extra}).json()
+
+        assert ask("Retirement age?")["citations"][0]["id"] == "p1"  # relevance 0.8 >= 0.5
+        assert ask("Capital of Italy?")["citations"] == []  # relevance 0.1: answered without passages
+    unrouted = build_app(models, ServeSettings(rag_route_threshold=0.5, rag_route=False), retriever=retriever)
+    with TestClient(unrouted) as client:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "Capital of Italy?"}], "max_tokens": 2}
+        assert client.post("/v1/chat/completions", json={**body, "rag": True}).json()["citations"][0]["id"] == "p1"
 
 
 def test_serve_cli_passes_rag_top_k_and_mode_and_refuses_unknown_modes(monkeypatch, tmp_path):
@@ -146,7 +169,7 @@ def test_run_index_settings_fill_in_only_what_the_command_line_left_unset(tmp_pa
 
     index = StageDir.open(tmp_path, "index")
     index.start("fp", {"index": {"top_k": 3, "mode": "hybrid"}}, {})
-    index.finish({})
+    index.finish({}, outputs={"route": {"threshold": 0.42}})
     chosen = ServeSettings(rag_top_k=7)
     _index_settings(str(tmp_path), chosen)
-    assert (chosen.rag_top_k, chosen.rag_mode) == (7, "hybrid")
+    assert (chosen.rag_top_k, chosen.rag_mode, chosen.rag_route_threshold) == (7, "hybrid", 0.42)

@@ -34,7 +34,7 @@ def relevance(retriever: Any, questions: list[str]) -> list[float]:
     asked = [i for i, q in enumerate(questions) if q.strip()]
     if not asked:
         return scores
-    for i, passages in zip(asked, retriever.search([questions[i] for i in asked], 1, "dense"), strict=True):
+    for i, passages in zip(asked, retriever.search([questions[i] for i in asked], 1, mode="dense"), strict=True):
         scores[i] = round(float(passages[0]["score"]), 6) if passages else 0.0
     return scores
 

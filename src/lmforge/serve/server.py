@@ -81,6 +81,12 @@ class ServeSettings:
     """Passages per request (None: the served run's ``index.top_k``, as in its evaluation; else 4)."""
     rag_mode: str | None = None
     """``bm25``, ``dense`` or ``hybrid`` (None: the served run's ``index.mode``; else the retriever's default)."""
+    rag_route: bool = True
+    """Give no passages to a question whose relevance (cosine to the nearest chunk) is below the served
+    run's routing threshold (``lmforge.rag.route``); such a reply has empty ``citations``."""
+    rag_route_threshold: float | None = None
+    """The threshold (None: the served run's index's, when it calibrated one; without one, every
+    ``rag`` request retrieves)."""
     allowed_hosts: list[str] = field(default_factory=list)
     """More ``Host`` header values to accept (``name`` or ``name:port``; ``*``: any), see :class:`AccessPolicy`."""
     allowed_origins: list[str] = field(default_factory=list)
@@ -90,8 +96,9 @@ class ServeSettings:
 class Retriever(Protocol):
     """What the server needs from a retrieval index: the shape of ``lmforge.rag.retrieve.Retriever``."""
 
-    def search(self, queries: list[str], k: int) -> list[list[dict[str, Any]]]:
-        """The ``k`` best passages for each query, best first; each has ``id``, ``source``, ``text``, ``score``."""
+    def search(self, queries: list[str], k: int, mode: str = "hybrid") -> list[list[dict[str, Any]]]:
+        """The ``k`` best passages for each query, best first; each has ``id``, ``source``, ``text``, ``score``
+        (routing asks ``mode="dense"``, whose score is the cosine similarity)."""
         ...
 
 
@@ -426,6 +433,12 @@ def _augment(
             param="rag",
         )
     query = next((m["content"] for m in reversed(messages) if m["role"] == "user"), "")
+    threshold = settings.rag_route_threshold if settings.rag_route else None
+    if threshold is not None:
+        from lmforge.rag.route import relevance
+
+        if relevance(retriever, [query])[0] < threshold:  # outside the documents: answer plainly
+            return messages, []
     mode = {"mode": settings.rag_mode} if settings.rag_mode else {}
     passages = retriever.search([query], settings.rag_top_k or DEFAULT_RAG_TOP_K, **mode)[0]
     citations = [{"index": i + 1, **p} for i, p in enumerate(passages)]
@@ -446,6 +459,9 @@ def _index_settings(target: str, settings: ServeSettings) -> None:
     spec = index.manifest.get("config", {}).get("index", {}) if index.status == "done" else {}
     settings.rag_top_k = settings.rag_top_k or spec.get("top_k")
     settings.rag_mode = settings.rag_mode or spec.get("mode")
+    route = index.manifest.get("outputs", {}).get("route") if index.status == "done" else None
+    if settings.rag_route_threshold is None and route:
+        settings.rag_route_threshold = float(route["threshold"])
 
 
 def check_binding(settings: ServeSettings) -> str | None:
