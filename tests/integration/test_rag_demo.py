@@ -60,6 +60,12 @@ def test_demo_rag_tuned_with_retrieval_beats_base_with_retrieval(tmp_path: Path)
     for name in ("test", "docs_only"):
         scores = summary["sets"][name]
         assert scores["tuned+rag"]["accuracy"] > scores["base+rag"]["accuracy"], scores
+    # The closed-book copies: the tuned model knows trained facts without passages and never cites
+    # a passage it was not given; routing keeps general questions out of retrieval.
+    assert summary["sets"]["test"]["tuned"]["accuracy"] >= 0.2, summary["sets"]["test"]
+    for name, scores in summary["sets"].items():
+        assert scores["tuned"]["invented_citations"] == 0, (name, scores["tuned"])
+    assert summary["sets"]["known"]["tuned+routed"]["accuracy"] >= 0.95, summary["sets"]["known"]
     asked = CliRunner().invoke(
         app, ["ask", str(tmp_path / "demo-rag"), "How many years of contributions give a right to a pension?", "--json"]
     )
