@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lmforge.hardware import MB, cpu_ghz, cpu_isa, cpu_name, cpu_peak_flops, memory_mb, usable_cores
-from lmforge.train.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, micro_batching
+from lmforge.train.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, backward_config, micro_batching
 from lmforge.train.trainer import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 
 # ---------------------------------------------------------------- constants (see the module docstring)
@@ -332,7 +332,7 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
                 spec.batch_size,
                 lengths,
                 spec.packing,
-                config,
+                backward_config(config, spec),
                 bf16,
                 rank,
                 hardware.available_mb,
@@ -342,10 +342,11 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
         else:
             lengths = _text_lengths(splits, spec.splits, tokenizer)
             rows_total = max(1, math.ceil(sum(lengths) / spec.max_length))
+            kept = backward_config(config, spec)
+            rows_of = [spec.max_length] * rows_total
             micro = micro_batching(
-                spec.micro_batch_tokens, spec.batch_size, [spec.max_length] * rows_total, False, config, bf16, rank,
-                hardware.available_mb,
-            )  # fmt: skip
+                spec.micro_batch_tokens, spec.batch_size, rows_of, False, kept, bf16, rank, hardware.available_mb
+            )
             batches = cpt_batches(sum(lengths), spec, micro.rows)
             rows, longest = micro.rows, spec.max_length
         # What the stage picks: by its longest (packed or padded) row and the eager scores of its largest micro-batch.

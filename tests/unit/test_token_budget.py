@@ -134,3 +134,16 @@ def test_a_budget_trains_the_same_steps_as_whole_micro_batches(tmp_path, tiny_to
     for name, weight in whole_weights.items():
         torch.testing.assert_close(cut_weights[name], weight, atol=5e-5, rtol=1e-4)  # Adam: lr-sized steps
     assert trainer.layout.as_manifest()["passes_per_step"] == 2
+
+
+def test_the_budget_counts_only_the_blocks_that_keep_activations():
+    lora = SFTSpec(lora={"r": 32, "top_layers": 20})
+    assert budget.backward_config(SMOLLM2, lora)["num_hidden_layers"] == 20
+    assert budget.backward_config(SMOLLM2, SFTSpec())["num_hidden_layers"] == SMOLLM2["num_hidden_layers"]
+    checkpointed = SFTSpec(lora={"r": 32, "top_layers": 20}, gradient_checkpointing=True)
+    assert budget.backward_config(SMOLLM2, checkpointed) is SMOLLM2
+    whole = budget.token_budget(100_000, SMOLLM2, False, 32)[0]
+    assert whole == 100_000  # a number is taken as it is; auto scales with the kept blocks:
+    every = budget.token_budget("auto", SMOLLM2, False, 32, free_mb=64 * 1024.0)[0]
+    top = budget.token_budget("auto", budget.backward_config(SMOLLM2, lora), False, 32, free_mb=64 * 1024.0)[0]
+    assert abs(top / every - 30 / 20) < 0.01

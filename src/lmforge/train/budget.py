@@ -130,6 +130,15 @@ def micro_batching(
     return MicroBatching(budget, rows, reason)
 
 
+def backward_config(config: dict[str, Any], spec: Any) -> dict[str, Any]:
+    """``config`` with ``num_hidden_layers`` cut to the blocks that keep activations for the backward pass:
+    with ``lora.top_layers`` (and no activation checkpointing) the blocks below the adapted ones keep none."""
+    top = spec.lora.top_layers if spec.method == "lora" else None
+    if not top or getattr(spec, "gradient_checkpointing", False):
+        return config
+    return {**config, "num_hidden_layers": min(top, config["num_hidden_layers"])}
+
+
 def stage_micro_batching(
     spec: Any, base_dir: Any, lengths: list[int], bf16: bool, packing: bool = False
 ) -> MicroBatching:
@@ -137,7 +146,7 @@ def stage_micro_batching(
     import json
     from pathlib import Path
 
-    config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
+    config = backward_config(json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8")), spec)
     rank = spec.lora.r if spec.method == "lora" else None
     setting = getattr(spec, "micro_batch_tokens", "off")
     return micro_batching(setting, spec.batch_size, lengths, packing, config, bf16, rank)
