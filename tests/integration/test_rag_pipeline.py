@@ -126,6 +126,9 @@ def test_changed_document_is_re_embedded_alone_and_ask_cites(rag_recipe: Path):
     assert not changed["index"].skipped
     metrics = StageDir.open(run, "index").manifest["metrics"]
     assert (metrics["embedded_documents"], metrics["reused_documents"], metrics["embedded_chunks"]) == (1, 4, 1)
+    from lmforge.rag.retrieve import open_retriever
+
+    assert open_retriever(run)[0].keyword_weight == recipe.index.keyword_weight == 2.0  # ask and serve fuse alike
 
     result = CliRunner().invoke(app, ["ask", str(run), "How fast may boats go inside the breakwater?", "--json"])
     assert result.exit_code == 0, result.output

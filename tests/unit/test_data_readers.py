@@ -363,6 +363,89 @@ def test_scanned_pdf_is_rejected_with_an_ocr_hint_not_crashed_on(tmp_path):
     assert only_stats(prepare(garbage))["rejected"] == {"unreadable file": 1}
 
 
+def make_layout_pdf(path: Path, pages: list[list[tuple[int, str]]]) -> Path:
+    """A PDF whose pages hold ``(font size, line)`` pairs top-down, each page with a running header and a
+    page number at its foot, as typeset manuals have."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    for i, lines in enumerate(pages):
+        resources = "/MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
+        objects.append(f"<< /Type /Page /Parent 2 0 R {resources} /Contents {5 + 2 * i} 0 R >>".encode())
+        shown, y = ["BT /F1 9 Tf 72 760 Td (The Kestrian Code, annotated) Tj ET"], 720
+        for size, line in lines:
+            shown.append(f"BT /F1 {size} Tf 72 {y} Td ({line}) Tj ET")
+            y -= size + 14
+        shown.append(f"BT /F1 9 Tf 300 40 Td (Page {i + 1}) Tj ET")
+        stream = "\n".join(shown).encode("latin-1")
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    path.write_bytes(out)
+    return path
+
+
+LAYOUT_PAGES = [
+    [(20, "Article 1"), (11, "The fund pays old-age pensions."), (20, "Article 2"), (11, "Appeals go to the board.")],
+    [(20, "Article 3"), (11, "Sickness benefit starts on day four.")],
+    [(20, "Article 4"), (11, "The board meets every month.")],
+]
+
+
+@pytest.mark.parametrize("reader", ["pdfium", "pymupdf4llm"])
+def test_pdf_running_headers_and_page_numbers_are_dropped(tmp_path, reader):
+    got = records(prepare(make_layout_pdf(tmp_path / "code.pdf", LAYOUT_PAGES), pdf_reader=reader))
+    text = "\n".join(r["text"] for r in got)
+    assert "Kestrian Code, annotated" not in text and "Page 2" not in text
+    for line in ("The fund pays old-age pensions.", "Appeals go to the board.", "The board meets every month."):
+        assert line in text
+
+
+def test_the_layout_pdf_reader_finds_headings_and_sections_within_a_page(tmp_path):
+    from lmforge.rag.chunk import document_key
+
+    got = records(prepare(make_layout_pdf(tmp_path / "code.pdf", LAYOUT_PAGES), pdf_reader="pymupdf4llm"))
+    headings = [r["source"].get("heading") for r in got]
+    assert headings == ["Article 1", "Article 2", "Article 3", "Article 4"]
+    assert [r["source"]["page"] for r in got] == [1, 1, 2, 3]
+    assert "Appeals go to the board." in got[1]["text"] and "pensions" not in got[1]["text"]
+    assert len({document_key(r) for r in got}) == len(got)  # two sections of page 1: two index documents
+    plain = records(prepare(make_layout_pdf(tmp_path / "plain.pdf", LAYOUT_PAGES)))  # pdfium: a page each
+    assert [r["source"]["page"] for r in plain] == [1, 2, 3] and "heading" not in plain[0]["source"]
+
+
+def test_running_lines_need_most_pages_and_only_leave_the_page_edges():
+    from lmforge.data.documents import without_running_lines
+
+    pages = [f"Manual v2\nArticle {n}\nBody {n} says Manual v2 matters.\nPage {n} of 4" for n in range(1, 5)]
+    kept = without_running_lines(pages)
+    assert kept[0] == "Article 1\nBody 1 says Manual v2 matters."  # numbered headings differ: kept
+    assert without_running_lines(pages[:2]) == pages[:2]  # two pages: nothing is "running" yet
+    once = ["Preface\nText a.", "Chapter\nText b.", "Index\nText c."]
+    assert without_running_lines(once) == once
+
+
+def test_the_layout_pdf_reader_must_be_installed_to_be_chosen(monkeypatch):
+    import importlib.util
+
+    from pydantic import ValidationError
+
+    from lmforge.config import SourceSpec
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pymupdf4llm" else real(name, *a))
+    with pytest.raises(ValidationError, match=r"lmforge\[pdf\]"):
+        SourceSpec.model_validate({"path": "a.pdf", "pdf_reader": "pymupdf4llm"})
+
+
 def test_docx_headings_paragraphs_and_tables(tmp_path):
     import docx
 

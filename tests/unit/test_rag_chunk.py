@@ -61,7 +61,8 @@ def test_section_records_offset_lines_and_carry_page_and_heading():
     chunks = chunk_document(record, max_tokens=3, overlap=0)
     assert [(c.line, c.text) for c in chunks] == [(40, "First paragraph here."), (42, "Second one.")]
     assert all(c.page == 3 and c.heading == "Chapter 9" for c in chunks)
-    assert chunks[0].id == "a.pdf:p3#0" and chunks[0].source()["page"] == 3
+    assert chunks[0].id == "a.pdf:p3:40#0" and chunks[0].source()["page"] == 3  # one of the page's sections
+    assert document_key(text_record("x", {"path": "a.pdf", "page": 3})) == "a.pdf:p3"
     assert document_key(text_record("x", {"path": "b.md", "line": 12})) == "b.md:12"
     assert document_key(text_record("x", {"path": "b.md", "line": 1})) == "b.md"
 

@@ -32,6 +32,16 @@ def test_rrf_fusion_order_and_scores_on_a_constructed_example():
     assert [doc for doc, _ in rrf_fuse(rankings, k_rrf=1)][:3] == ["x", "z", "y"]  # 1/2 > 1/4 + 1/5
 
 
+def test_a_weighted_ranking_counts_more_in_the_fusion():
+    dense, bm25 = ["a", "b", "c"], ["c", "d", "a"]
+    assert [doc for doc, _ in rrf_fuse([dense, bm25])][:2] == ["a", "c"]  # a tie (1/61 + 1/63 each): a seen first
+    weighted = rrf_fuse([dense, bm25], weights=[1.0, 2.0])
+    assert [doc for doc, _ in weighted][:2] == ["c", "a"]  # c: 1/63 + 2/61 beats a: 1/61 + 2/63
+    assert dict(weighted)["d"] == pytest.approx(2 / 62)
+    with pytest.raises(ValueError):
+        rrf_fuse([dense, bm25], weights=[1.0])
+
+
 def test_rrf_ties_keep_first_seen_order():
     fused = rrf_fuse([["a", "b"], ["b", "a"]])
     assert [doc for doc, _ in fused] == ["a", "b"] and fused[0][1] == fused[1][1]

@@ -33,6 +33,11 @@ PAIR = {"question": "What is the retirement age?", "answer": "It is 64 years."}
             '{"pairs": [{"question": "What is the retirement age?", "answer": "It is 64 years."}, {"question": "Who pa',
             "truncated reply closed",
         ),
+        ("{'pairs': [{'question': 'What is the retirement age?', 'answer': 'It is 64 years.'}]}", "json-repair"),
+        (
+            '{"pairs": [\n  // one pair\n  {"question": "What is the retirement age?" "answer": "It is 64 years."}]}',
+            "json-repair",
+        ),
     ],
 )
 def test_replies_are_repaired_into_valid_pairs(reply, repair):
@@ -48,7 +53,7 @@ def test_replies_are_repaired_into_valid_pairs(reply, repair):
         ("I cannot help with that.", "no JSON"),
         ('{"pairs": []}', "non-empty list"),
         ('{"pairs": [{"question": "Q?", "answer": ""}]}', "answer must be a non-empty string"),
-        ('{"pairs": [{"question": "Q?" "answer": "A"}]}', "not valid JSON"),
+        ('{"pairs": "none"}', "non-empty list"),
     ],
 )
 def test_unusable_replies_say_why(reply, reason):

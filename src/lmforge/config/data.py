@@ -79,8 +79,21 @@ class SourceSpec(Strict):
     unit: Literal["section", "line", "document"] = "section"
     """How documents become records: ``section`` (split at headings, PDF by page, then chunked to
     ``data.chunk_chars``), ``line`` (one record per non-empty line) or ``document`` (one record per file)."""
+    pdf_reader: Literal["pdfium", "pymupdf4llm"] = "pdfium"
+    """How PDFs are read. ``pdfium``: each page's text layer as one paragraph (outline entries as headings);
+    ``pymupdf4llm``: headings from font sizes, paragraphs, lists and tables as Markdown (the optional extra
+    ``lmforge[pdf]``; PyMuPDF is AGPL-3.0 licensed). See docs/RAG.md for the comparison."""
     dataset_split: str | None = None
     """Split to read from a hub dataset or a saved ``DatasetDict`` (default: its only split, or ``train``)."""
+
+    @field_validator("pdf_reader")
+    @classmethod
+    def _reader_installed(cls, value: str) -> str:
+        import importlib.util
+
+        if value == "pymupdf4llm" and importlib.util.find_spec("pymupdf4llm") is None:
+            raise ValueError("pdf_reader 'pymupdf4llm' needs the package: pip install 'lmforge[pdf]'")
+        return value
 
     @field_validator("path")
     @classmethod

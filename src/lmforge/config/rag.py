@@ -106,7 +106,11 @@ class IndexSpec(Strict):
     candidates: int = Field(20, ge=1)
     """Passages taken from each of BM25 and dense search before fusion."""
     rrf_k: int = Field(60, ge=1)
-    """Reciprocal rank fusion constant: score = sum of 1 / (rrf_k + rank)."""
+    """Reciprocal rank fusion constant: score = sum of weight / (rrf_k + rank)."""
+    keyword_weight: float = Field(2.0, gt=0)
+    """Weight of the BM25 ranking in the hybrid fusion (the dense ranking counts 1). 2 put the passage holding
+    the answer first more often on three real domains (software manuals, licences, a PDF spec: 65% -> 76%
+    of 84 questions); 1 suits paraphrased questions, as in the demo (docs/RAG.md, retrieval modes)."""
     rerank: RerankSpec = RerankSpec()
     """Optional reranking."""
     gold_key: str = "article"

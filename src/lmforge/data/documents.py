@@ -6,7 +6,8 @@ or page for PDF). :func:`split_blocks` then makes the units that become ``text``
 Headings are written Markdown-style (``## Title``) whatever the input, so every section reads alike.
 
 Locations: ``line`` is the 1-based source line for Markdown, text and HTML, the paragraph number
-for DOCX and the line within the page for PDF with ``unit: line``; ``page`` is 1-based; ``heading``
+for DOCX and the line within the page for PDF with ``unit: line`` (and, read with ``pymupdf4llm``, the
+line of the page's Markdown); ``page`` is 1-based; ``heading``
 is the path of headings above the section (``Chapter 2 > Article 12``).
 """
 
@@ -51,8 +52,8 @@ class Block:
     """Plain heading text (headings only)."""
 
 
-def read_blocks(file: Path, encoding: str, report: FileReport) -> list[Block]:
-    """Read one document into blocks.
+def read_blocks(file: Path, encoding: str, report: FileReport, pdf_reader: str = "pdfium") -> list[Block]:
+    """Read one document into blocks; PDFs with ``pdf_reader`` (``pdfium`` or ``pymupdf4llm``).
 
     Raises:
         UnreadableFile: the file is damaged, encrypted, or holds no text (a scanned PDF).
@@ -60,7 +61,7 @@ def read_blocks(file: Path, encoding: str, report: FileReport) -> list[Block]:
     suffix = file.suffix.lower()
     if suffix == ".pdf":
         report.kind = "pdf"
-        return _pdf_blocks(file, report)
+        return _pdf_layout_blocks(file, report) if pdf_reader == "pymupdf4llm" else _pdf_blocks(file, report)
     if suffix == ".docx":
         report.kind = "docx"
         return _docx_blocks(file)
@@ -204,17 +205,52 @@ def _pdf_blocks(file: Path, report: FileReport) -> list[Block]:
     return blocks
 
 
+def _pdf_layout_blocks(file: Path, report: FileReport) -> list[Block]:
+    """Headings (from font sizes), paragraphs, lists and tables of each page, by pymupdf4llm's Markdown."""
+    import pymupdf4llm  # the optional extra lmforge[pdf]; the recipe check names it when missing
+
+    try:
+        pages = pymupdf4llm.to_markdown(str(file), page_chunks=True, show_progress=False)
+    except Exception as exc:  # MuPDF reports a damaged or encrypted file in several exception types
+        raise UnreadableFile("unreadable file", f"not a readable PDF ({type(exc).__name__}: {exc})") from None
+    blocks: list[Block] = []
+    empty: list[int] = []
+    texts = without_running_lines([without_surrogates(page.get("text") or "") for page in pages])
+    for number, text in enumerate(texts, start=1):
+        found = _markdown_blocks(text)
+        if not any(b.level == 0 for b in found):
+            empty.append(number)
+        for block in found:
+            block.page = number  # block.line: the line in the page's Markdown
+            if block.level:  # "## **2.1. Title**": the emphasis is layout, not part of the title
+                block.title = re.sub(r"[*_`]+", "", block.title).strip()
+                block.text = f"{'#' * block.level} {block.title}"
+            if block.text.strip("#* _"):
+                blocks.append(block)
+    if not any(b.level == 0 for b in blocks):
+        raise UnreadableFile(
+            "no text layer",
+            f"none of its {len(pages)} pages has text (a scanned PDF?); run OCR first, e.g. `ocrmypdf in.pdf out.pdf`",
+        )
+    if empty:
+        report.warnings.append(f"pages without a text layer (scanned?): {empty[:50]}")
+    return blocks
+
+
 def _pdf_pages(pdf: Any) -> tuple[list[Block], list[int]]:
     """The blocks of an open PDF's pages (an outline title above its page's text), and the pages without text."""
     titles = _pdf_outline(pdf)
     blocks: list[Block] = []
     empty: list[int] = []
+    texts = []
     for index in range(len(pdf)):
         page = pdf[index]
         textpage = page.get_textpage()
-        text = without_surrogates(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n").strip()
+        texts.append(without_surrogates(textpage.get_text_range()).replace("\r\n", "\n").replace("\r", "\n"))
         textpage.close()
         page.close()
+    for index, text in enumerate(without_running_lines(texts)):
+        text = text.strip()
         if not text:
             empty.append(index + 1)
             continue
@@ -222,6 +258,42 @@ def _pdf_pages(pdf: Any) -> tuple[list[Block], list[int]]:
             blocks.append(Block(f"# {titles[index]}", page=index + 1, level=1, title=titles[index]))
         blocks.append(Block(text, page=index + 1))
     return blocks, empty
+
+
+PAGE_NUMBER = re.compile(
+    r"[\W_]*(?:page|p\.|pg\.?|seite|p\u00e1gina|pagina)?\s*\d+(?:\s*(?:/|of|de|von)\s*\d+)?[\W_]*", re.I
+)
+"""A line that only numbers its page: ``7``, ``- 7 -``, ``Page 7 of 12``, ``7/12``."""
+
+
+def without_running_lines(pages: list[str], edge: int = 2) -> list[str]:
+    """Page texts without their running headers and footers: lines among the first or last ``edge`` non-empty
+    lines of a page that recur verbatim at the edge of at least half the pages (three at least), and page
+    numbers there. Left in, each page's header would become a tiny passage that matches every question."""
+    if len(pages) < 3:
+        return pages
+
+    def key(line: str) -> str:
+        plain = " ".join(line.split()).strip("*_ ")
+        return "<page number>" if PAGE_NUMBER.fullmatch(plain) else plain
+
+    def edges(lines: list[str]) -> list[int]:
+        filled = [i for i, line in enumerate(lines) if line.strip()]
+        return sorted(set(filled[:edge] + filled[-edge:]))
+
+    split = [page.split("\n") for page in pages]
+    counts: dict[str, int] = {}
+    for lines in split:
+        for found in {key(lines[i]) for i in edges(lines)}:
+            counts[found] = counts.get(found, 0) + 1
+    running = {found for found, n in counts.items() if found and n >= max(3, len(pages) // 2)}
+    if not running:
+        return pages
+    kept = []
+    for lines in split:
+        drop = {i for i in edges(lines) if key(lines[i]) in running}
+        kept.append("\n".join(line for i, line in enumerate(lines) if i not in drop))
+    return kept
 
 
 def _pdf_outline(pdf: Any) -> dict[int, str]:

@@ -108,7 +108,7 @@ def _read_local(
     elif suffix == ".parquet":
         yield from _read_parquet(file, shown)
     elif suffix in documents.DOCUMENT_SUFFIXES:
-        blocks = documents.read_blocks(file, spec.encoding, report)
+        blocks = documents.read_blocks(file, spec.encoding, report, spec.pdf_reader)
         for text, where in documents.split_blocks(blocks, spec.unit, chunk_chars):
             yield RawItem({"path": shown, **where}, value=text)
     else:

@@ -70,11 +70,13 @@ class _Unit:
 
 
 def document_key(record: Record) -> str:
-    """Identity of a document record: its path, plus its line or page when it is a section of a file."""
+    """Identity of a document record: its path, plus its page and line, or line, when it is a section of a file."""
     source = record["source"]
     key = source["path"]
     if source.get("page") is not None:
         key += f":p{source['page']}"
+        if source.get("line") is not None:  # one of several sections or lines of the page
+            key += f":{source['line']}"
     elif source.get("line") not in (None, 1):
         key += f":{source['line']}"
     return key

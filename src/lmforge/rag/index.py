@@ -91,11 +91,13 @@ def run(recipe: Recipe) -> IndexResult:
         return IndexResult(metrics={}, skipped=False)
     index_seconds = time.perf_counter() - started
 
-    retriever = LanceRetriever(store, embedder, spec.candidates, spec.rrf_k)
+    retriever = LanceRetriever(store, embedder, spec.candidates, spec.rrf_k, keyword_weight=spec.keyword_weight)
     reranked = None
     if spec.rerank.model:
         reranker = load_reranker(spec.rerank.model, _device())
-        reranked = LanceRetriever(store, embedder, spec.candidates, spec.rrf_k, reranker, spec.rerank.candidates)
+        reranked = LanceRetriever(
+            store, embedder, spec.candidates, spec.rrf_k, reranker, spec.rerank.candidates, spec.keyword_weight
+        )
     served = reranked or retriever
     depth = max([spec.top_k, *spec.eval_k])
     outputs: dict[str, Any] = {"store": str(stage.path("lancedb")), "retrieved": {}, "splits": {}}

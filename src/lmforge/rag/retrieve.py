@@ -37,20 +37,21 @@ class Retriever(Protocol):
         ...
 
 
-def rrf_fuse(rankings: list[list[str]], k_rrf: int = 60) -> list[tuple[str, float]]:
-    """Reciprocal rank fusion: ``score(d) = sum over rankings of 1 / (k_rrf + rank(d))`` (rank from 1).
+def rrf_fuse(rankings: list[list[str]], k_rrf: int = 60, weights: list[float] | None = None) -> list[tuple[str, float]]:
+    """Reciprocal rank fusion: ``score(d) = sum over rankings of weight / (k_rrf + rank(d))`` (rank from 1).
 
     A document high in several rankings beats one at the top of a single ranking; ``k_rrf`` damps
-    the weight of the first places (60 is the value of Cormack et al., 2009). Ties keep the order
-    in which the documents were first seen, so the result is deterministic.
+    the weight of the first places (60 is the value of Cormack et al., 2009); ``weights`` (default: 1
+    each) let one ranking count more. Ties keep the order in which the documents were first seen, so the
+    result is deterministic.
 
     Returns:
         (document id, fused score) pairs, best first.
     """
     scores: dict[str, float] = {}
-    for ranking in rankings:
+    for ranking, weight in zip(rankings, weights or [1.0] * len(rankings), strict=True):
         for rank, doc_id in enumerate(ranking, start=1):
-            scores[doc_id] = scores.get(doc_id, 0.0) + 1.0 / (k_rrf + rank)
+            scores[doc_id] = scores.get(doc_id, 0.0) + weight / (k_rrf + rank)
     first_seen = {doc_id: i for i, doc_id in enumerate(scores)}
     return sorted(scores.items(), key=lambda item: (-item[1], first_seen[item[0]]))
 
@@ -73,6 +74,8 @@ class LanceRetriever:
     k_rrf: int = 60
     reranker: Any = None
     rerank_candidates: int = 20
+    keyword_weight: float = 1.0
+    """Weight of the BM25 ranking in the fusion (the dense one counts 1)."""
     _query_vectors: dict[str, Any] = field(default_factory=dict, repr=False)
     """Embeddings of recent queries (at most ``QUERY_CACHE_SIZE``), oldest first."""
 
@@ -110,7 +113,8 @@ class LanceRetriever:
         dense = self.store.dense(vector, self.candidates)
         keyword = self.store.keyword(query, self.candidates)
         rows = {row["id"]: row for row in keyword + dense}
-        fused = rrf_fuse([[r["id"] for r in dense], [r["id"] for r in keyword]], self.k_rrf)
+        rankings = [[r["id"] for r in dense], [r["id"] for r in keyword]]
+        fused = rrf_fuse(rankings, self.k_rrf, [1.0, self.keyword_weight])
         return [{**rows[doc_id], "score": score} for doc_id, score in fused[:depth]]
 
 
@@ -162,6 +166,7 @@ def open_retriever(run_path: str | Path, needed_by: str = "ask") -> tuple[LanceR
         k_rrf=spec["rrf_k"],
         reranker=reranker,
         rerank_candidates=spec["rerank"]["candidates"],
+        keyword_weight=spec.get("keyword_weight", 1.0),  # indexes built before the setting fused 1:1
     )
     return retriever, stage.manifest
 
