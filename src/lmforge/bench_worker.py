@@ -149,6 +149,7 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
     from lmforge.config import load_recipe, shipped_recipe
     from lmforge.data.prepare import prepare_records
     from lmforge.models import load_tokenizer, resolve_model
+    from lmforge.train import schedule
     from lmforge.train.templates import install_template
     from lmforge.train.tokenize import tokenize_records
 
@@ -170,6 +171,9 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
         overrides.append(f"model.ref={settings.model}")
     recipe = load_recipe(settings.recipe or shipped_recipe("demo"), overrides)
     model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
+    # Every system runs sft.max_steps steps, so only `lr: auto` matters here; it is the stage's own value.
+    sft = schedule.resolved(recipe.sft, settings.steps * settings.batch_size, schedule.model_parameters(model_dir))
+    recipe = recipe.model_copy(update={"sft": sft})
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = prepare_records(recipe.data, recipe.seed).splits
     if settings.workload == "cpt":

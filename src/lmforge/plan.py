@@ -31,6 +31,7 @@ from typing import Any
 
 from lmforge.hardware import MB, cpu_ghz, cpu_isa, cpu_name, cpu_peak_flops, memory_mb, usable_cores
 from lmforge.train.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, backward_config, micro_batching
+from lmforge.train.schedule import auto_epochs
 from lmforge.train.trainer import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 
 # ---------------------------------------------------------------- constants (see the module docstring)
@@ -400,7 +401,8 @@ def _steps_and_epochs(examples: int, spec: Any) -> tuple[int, float]:
     per_step = spec.batch_size * spec.grad_accum
     if spec.max_steps > 0:
         return spec.max_steps, spec.max_steps * per_step / max(examples, 1)
-    return math.ceil(examples / per_step * spec.epochs), spec.epochs
+    epochs = auto_epochs(examples) if spec.epochs == "auto" else spec.epochs
+    return math.ceil(examples / per_step * epochs), epochs
 
 
 def _chunks(items: list[int], size: int) -> list[list[int]]:

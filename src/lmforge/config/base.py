@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.resources
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,30 @@ def resolve_path(value: str, base_dir: Path) -> Path:
         return inside
     path = Path(value).expanduser()
     return path if path.is_absolute() else (base_dir / path)
+
+
+_UNION_BRANCH = re.compile(r"^(constrained-|literal\[|function-|lax-|strict-|(int|float|str|bool)$)")
+"""A part of a pydantic error location that names a branch of a union (``sft.lr.constrained-float``)."""
+
+
+def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel]) -> list[Problem]:
+    """:func:`describe_error` for each error, with the errors of the branches of one union (a number or
+    ``auto``) merged into one problem at the key: ``got 0; expected greater than 0 or 'auto'``."""
+    grouped: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for err in errors:
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and _UNION_BRANCH.match(p)))
+        grouped.setdefault(loc, []).append({**err, "loc": loc})
+    problems = []
+    for group in grouped.values():
+        described = [describe_error(err, root) for err in group]
+        first = described[0]
+        if len(described) == 1 or not first.message.startswith("got "):
+            problems += described[:1] if len(described) > 1 else described
+            continue
+        got = first.message.split("; ", 1)[0]
+        wanted = [d.message.split("; ", 1)[-1].removeprefix("expected ") for d in described]
+        problems.append(Problem(first.where, f"{got}; expected {' or '.join(dict.fromkeys(wanted))}"))
+    return problems
 
 
 def describe_error(err: dict[str, Any], root: type[BaseModel]) -> Problem:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator
 
-from lmforge.config.base import Strict, describe_error
+from lmforge.config.base import Strict, describe_errors
 from lmforge.config.data import DataSpec
 from lmforge.config.distributed import DistributedSpec
 from lmforge.config.evaluate import EvalSpec
@@ -150,7 +150,7 @@ def validate_recipe(
     try:
         recipe = Recipe.model_validate(raw, context={"base_dir": str(base_dir)})
     except ValidationError as exc:
-        problems += [describe_error(err, Recipe) for err in exc.errors()]
+        problems += describe_errors(exc.errors(), Recipe)
         recipe = None
     if problems:
         raise ConfigError(source, problems)

@@ -139,6 +139,13 @@ class DistillSpec(Strict):
 class SFTSpec(TrainSpec):
     """The ``sft`` stage: supervised fine-tuning on ``chat`` records (optionally distilling a teacher)."""
 
+    epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    """Passes over the training splits; ``auto``: 3, more for a split under 200 examples so that training sees
+    600 examples at least (10 passes at most): a few dozen questions need the steps (lmforge.train.schedule)."""
+    lr: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
+    """Peak learning rate; ``auto``: 1e-3 for LoRA on a model under 1B parameters (measured on SmolLM2-135M:
+    2e-4 left small real QA sets unlearnt), 2e-4 for LoRA on larger models and for full training."""
+
     batch_size: int = Field(8, ge=1)
     """Examples per micro-batch (right-padded and length-grouped, or packed into one row)."""
     max_length: int = Field(1024, ge=16)
