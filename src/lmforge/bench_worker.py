@@ -458,8 +458,8 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
 
     from lmforge.rundir import StageDir
     from lmforge.train.budget import stage_micro_batching
-    from lmforge.train.causal import ExampleDataset, build_causal_model
     from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch
+    from lmforge.train.sft import ExampleDataset, build_causal_model
     from lmforge.train.trainer import attention_row, build_trainer, use_bf16
 
     recipe = setup["recipe"]

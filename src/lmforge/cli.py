@@ -6,13 +6,13 @@ Exit codes: 0 success, 1 a stage failed, 2 bad input (recipe, data, model refere
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
-from lmforge.errors import LmforgeError
+from lmforge.errors import ConfigError, LmforgeError, Problem
 
 app = typer.Typer(
     name="lmforge",
@@ -53,12 +53,27 @@ def _load(recipe_path: Path, overrides: list[str] | None, run_dir: str | None):
     return load_recipe(recipe_path, extra)
 
 
+def only_stages(recipe: Any, only: list[str] | None) -> list[str] | None:
+    """``--only`` names checked against the recipe's stages, in pipeline order.
+
+    Raises:
+        ConfigError: a name the recipe does not list.
+    """
+    if not only:
+        return None
+    unknown = [name for name in only if name not in recipe.stages]
+    if unknown:
+        problem = Problem("--only", f"got {unknown}; expected stages of the recipe: {', '.join(recipe.stages)}")
+        raise ConfigError("lmforge run", [problem])
+    return [name for name in recipe.stages if name in only]
+
+
 def _run(recipe_path: Path, overrides: list[str] | None, run_dir: str | None, only: list[str] | None = None) -> None:
     from lmforge.pipeline import run_recipe
 
     try:
         recipe = _load(recipe_path, overrides, run_dir)
-        run_recipe(recipe, console, only=only)
+        run_recipe(recipe, console, only=only_stages(recipe, only))
     except LmforgeError as exc:
         _fail(exc)
     except KeyboardInterrupt:
@@ -77,10 +92,14 @@ def run(
     master_port: Annotated[
         int | None, typer.Option(help="With --nproc: rendezvous port on 127.0.0.1 (default: a free one).")
     ] = None,
+    only: Annotated[
+        list[str] | None,
+        typer.Option("--only", help="Run just this stage of the recipe (repeatable); earlier ones must have run."),
+    ] = None,
 ) -> None:
     """Run every stage of a recipe (finished stages with unchanged inputs are skipped)."""
     if nproc == 1:
-        _run(recipe, set_, run_dir)
+        _run(recipe, set_, run_dir, only)
         return
     from lmforge.launch import launch_local
     from lmforge.pipeline import check_before_running
@@ -90,6 +109,7 @@ def run(
         check_before_running(loaded, processes=nproc)
         argv = ["run", str(recipe), *[arg for item in set_ or [] for arg in ("--set", item)]]
         argv += ["--run-dir", run_dir] if run_dir else []
+        argv += [arg for stage in only or [] for arg in ("--only", stage)]
         launch_local(nproc, argv, loaded.run_path(), master_port)
     except LmforgeError as exc:
         _fail(exc)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmforge.distributed import gather_shares, share
 from lmforge.errors import ModelError
-from lmforge.rundir import trained_model
+from lmforge.rundir import final_model, is_run_dir
 
 if TYPE_CHECKING:  # heavy imports stay lazy so `lmforge --help` is instant
     import torch
@@ -121,12 +121,13 @@ def resolve_model(ref: str, revision: str | None = None, trust_remote_code: bool
 def resolve_target(target: str) -> tuple[Path, Path | None, str]:
     """(model folder, adapter folder, description) for a run directory or a model reference."""
     path = Path(target)
-    if path.is_dir() and (path / "sft").is_dir():
-        tuned = trained_model(path)
+    if is_run_dir(path):
+        tuned = final_model(path)
         if tuned is None:
-            raise ModelError(f"{path} is a run directory, but its sft stage has not finished; run the recipe first")
-        model_dir, adapter_dir = tuned
-        return model_dir, adapter_dir, f"run {path} (tuned)"
+            raise ModelError(f"{path} is a run directory whose training stages have not finished; run the recipe first")
+        if tuned.kind != "causal":
+            raise ModelError(f"{path}: its result is a {tuned.kind} model ({tuned.stage}); this needs a causal LM")
+        return tuned.model_dir, tuned.adapter_dir, f"run {path} (tuned by {tuned.stage})"
     return resolve_model(target), None, f"model {target}"
 
 

@@ -261,18 +261,59 @@ def split_path(run_path: str | Path, split: str, needed_by: str) -> Path:
     )
 
 
-def trained_model(run_path: str | Path) -> tuple[Path, Path | None] | None:
-    """(model folder, adapter folder or None) of a run's finished ``sft`` stage, or None if there is none.
+@dataclass(frozen=True)
+class FinalModel:
+    """The model a run produced (:func:`final_model`)."""
 
-    A LoRA run gives (base model, adapter); a full fine-tune gives (tuned weights, None).
+    stage: str
+    """The finished stage that trained it (``sft``, ``cpt``, ``seq2seq``...)."""
+    kind: str
+    """``causal``, ``encoder`` or ``seq2seq`` (the stage table's ``model``)."""
+    model_dir: Path
+    """Full weights, or the base model under :attr:`adapter_dir`."""
+    adapter_dir: Path | None
+    fingerprint: str | None
+    """The stage's fingerprint: what it was trained from and with."""
+
+    @property
+    def pair(self) -> tuple[Path, Path | None]:
+        return self.model_dir, self.adapter_dir
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """True for a folder lmforge ran a recipe in (its ``recipe.json``, or a stage folder)."""
+    from lmforge.stages import STAGE_ORDER
+
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return (path / "recipe.json").is_file() or any((path / name).is_dir() for name in STAGE_ORDER)
+
+
+def final_model(run_path: str | Path, kinds: tuple[str, ...] | None = None) -> FinalModel | None:
+    """The model a run produced: that of its last finished training stage in pipeline order (``sft`` after
+    ``cpt``; a stage added after ``sft`` takes over), of one of ``kinds`` when given; None when no such
+    stage has finished. Eval's ``tuned`` variant, ``ask``, ``serve``, ``export``, distillation from a run
+    and model references to a run all ask this.
     """
-    sft = StageDir.open(run_path, "sft")
-    if sft.status != "done":
-        return None
-    outputs = sft.manifest.get("outputs", {})
-    if outputs.get("adapter"):
-        return Path(outputs["base_model"]), Path(outputs["adapter"])
-    return Path(outputs["model"]), None
+    from lmforge.stages import MODEL_STAGES, stage
+
+    for name in reversed(MODEL_STAGES):
+        kind = stage(name).model
+        if kinds is not None and kind not in kinds:
+            continue
+        found = StageDir.open(run_path, name)
+        if found.status != "done":
+            continue
+        outputs = found.manifest.get("outputs", {})
+        if outputs.get("adapter"):
+            model_dir, adapter = Path(outputs["base_model"]), Path(outputs["adapter"])
+        elif outputs.get("model"):
+            model_dir, adapter = Path(outputs["model"]), None
+        else:
+            continue
+        return FinalModel(name, str(kind), model_dir, adapter, found.fingerprint)
+    return None
 
 
 def _now() -> str:

@@ -42,5 +42,5 @@ def test_chat_on_a_run_uses_the_tuned_adapter(tiny_recipe):
 
 def test_chat_on_an_unfinished_run_is_explained(tmp_path):
     (tmp_path / "sft").mkdir()
-    with pytest.raises(ModelError, match="has not finished"):
+    with pytest.raises(ModelError, match="have not finished"):
         resolve_target(str(tmp_path))

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import load_recipe
-from lmforge.train.causal import build_causal_model
 from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch, register_packed_attention
+from lmforge.train.sft import build_causal_model
 from lmforge.train.tokenize import IGNORE, tokenize_chat
 
 CONVERSATIONS = [

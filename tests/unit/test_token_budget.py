@@ -13,8 +13,8 @@ from lmforge.config import SFTSpec
 from lmforge.rundir import StageDir
 from lmforge.train import budget
 from lmforge.train.batches import StepBatches, even_parts
-from lmforge.train.causal import ExampleDataset
 from lmforge.train.fast import causal_lm_loss_sum, pad_batch
+from lmforge.train.sft import ExampleDataset
 from lmforge.train.tokenize import IGNORE, TokenizedExample
 from lmforge.train.trainer import build_trainer
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from lmforge.config import Recipe, SFTSpec
-from lmforge.train.causal import build_causal_model
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora
+from lmforge.train.sft import build_causal_model
 from lmforge.train.trainer import save_folder
 
 IDS = torch.tensor([[5, 17, 42, 99, 123, 7, 64, 30]])

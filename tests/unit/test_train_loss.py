@@ -8,10 +8,10 @@ import torch
 from lmforge.config import SFTSpec
 from lmforge.rundir import StageDir
 from lmforge.train.batches import EpochSeededLengthSampler
-from lmforge.train.causal import ExampleDataset
 from lmforge.train.distill import distill_loss_sum
 from lmforge.train.fast import causal_lm_loss_sum, pad_batch
 from lmforge.train.mlm import EpochTaggedSampler, MaskedRows, mask_tokens
+from lmforge.train.sft import ExampleDataset
 from lmforge.train.tokenize import IGNORE, TokenizedExample
 from lmforge.train.trainer import build_trainer
 

@@ -17,9 +17,9 @@ from lmforge.config.synth import SynthSpec
 from lmforge.config.train import CPTSpec, MLMSpec, Seq2SeqSpec, SFTSpec
 from lmforge.errors import ConfigError, Problem
 from lmforge.redact import redact_values
+from lmforge.stages import STAGE_ORDER
 
-StageName = Literal["data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "eval"]
-STAGE_ORDER: tuple[str, ...] = ("data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "eval")
+StageName = Literal[STAGE_ORDER]  # type: ignore[valid-type]  # the names of the stage table, lmforge.stages
 
 
 class ModelSpec(Strict):

@@ -413,3 +413,16 @@ def _progress(enabled: bool, total: int) -> Iterator[Callable[[int], None]]:
     with Progress("[bold]data[/bold] reading", *columns, transient=True) as bar:
         task = bar.add_task("read", total=total)
         yield lambda count: bar.advance(task, count)
+
+
+def summary(result: DataResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    splits = ", ".join(f"{name} {count}" for name, count in result.splits.items())
+    t = result.totals or {}
+    counts = (
+        f"read {t['read']}: kept {t['kept']}, duplicates {t['deduplicated']}, filtered {t['filtered']}, "
+        f"rejected {t['rejected']}; "
+        if t
+        else ""
+    )
+    return f"[green]✔ data[/green]  {counts}splits: {splits}  ({seconds:.0f}s; details in {result.stats_path})"

@@ -48,6 +48,7 @@ from lmforge.rundir import (
     StageDir,
     atomic_write_json,
     atomic_write_jsonl,
+    atomic_write_text,
     fingerprint_data,
     library_versions,
     read_json,
@@ -151,6 +152,7 @@ def run(recipe: Recipe) -> EvalResult:
 
         report_path = write_report(run_path)
         written["report"] = str(report_path)
+    written["table"] = str(write_table(stage.path("table.txt"), summary, rows, spec.examples))
     stage.finish(summary, outputs=written)
     return EvalResult(summary, False, report_path)
 
@@ -522,3 +524,30 @@ def _answer_cell(row: dict[str, Any], name: str) -> str:
         return reply
     mark = "[green]✔[/green]" if answer["correct"] else "[red]✘[/red]"
     return f"{mark} {reply}"
+
+
+def summary(result: EvalResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    report = f"; report {result.report_path}" if result.report_path else ""
+    return f"[green]✔ eval[/green]  {summary_line(result.summary)} ({seconds:.0f}s{report})"
+
+
+def write_table(path: Path, summary: dict[str, Any], rows: list[dict[str, Any]], examples: int) -> Path:
+    """The side-by-side table as plain text (for CI logs and READMEs)."""
+    import io
+
+    from rich.console import Console
+
+    plain = Console(record=True, width=140, file=io.StringIO())
+    plain.print(render_table(summary, rows, examples))
+    atomic_write_text(path, plain.export_text())
+    return path
+
+
+def show(recipe: Recipe, result: EvalResult, console: Any) -> None:
+    """Print the side-by-side table (the stage wrote it as ``eval/table.txt`` too)."""
+    import json
+
+    text = (recipe.run_path() / "eval" / "predictions.jsonl").read_text(encoding="utf-8")
+    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    console.print(render_table(result.summary, rows, recipe.eval.examples))

@@ -29,9 +29,9 @@ from lmforge.rundir import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    final_model,
     read_json,
     split_path,
-    trained_model,
 )
 
 HARNESS_INSTALL = "pip install 'lmforge[harness]' (or pip install lm-eval)"
@@ -98,8 +98,8 @@ def write_tasks(
     sets = sets or list(eval_spec.get("sets", []))
     out = Path(out_dir) if out_dir else run_path / "eval" / "harness" / "tasks"
     trust_remote_code = recipe.get("model", {}).get("trust_remote_code", False)
-    if variant == "tuned" and trained_model(run_path) is None:
-        variant = "base"  # a run without sft: its prompts are rendered with the base model's template
+    if variant == "tuned" and final_model(run_path, kinds=("causal",)) is None:
+        variant = "base"  # a run without a tuned model: its prompts are rendered with the base model's template
     tokenizer = load_tokenizer(model_args(run_path, variant)["tokenizer"], trust_remote_code)
     names = []
     for set_name in sets:
@@ -186,10 +186,10 @@ def model_args(run_path: str | Path, variant: str = "tuned") -> dict[str, str]:
     run_path = Path(run_path)
     recipe = run_recipe_json(run_path)
     if variant == "tuned":
-        tuned = trained_model(run_path)
+        tuned = final_model(run_path, kinds=("causal",))
         if tuned is None:
-            raise StageError(f"{run_path} has no finished sft stage; evaluate its base model with --variant base")
-        model_dir, adapter_dir = tuned
+            raise StageError(f"{run_path} has no finished cpt or sft stage; evaluate the base model: --variant base")
+        model_dir, adapter_dir = tuned.pair
         args = {"pretrained": str(model_dir), "tokenizer": str(adapter_dir or model_dir)}
         if adapter_dir is not None:
             args["peft"] = str(adapter_dir)

@@ -23,7 +23,8 @@ from lmforge.config import Recipe, VariantSpec
 from lmforge.errors import DataError, StageError
 from lmforge.models import resolve_model
 from lmforge.records import read_json_lines
-from lmforge.rundir import StageDir, fingerprint_files, require_done, trained_model
+from lmforge.rundir import StageDir, final_model, fingerprint_files, require_done
+from lmforge.stages import stage
 
 
 @dataclass
@@ -67,7 +68,8 @@ def variant_specs(recipe: Recipe) -> list[VariantSpec]:
     specs = list(recipe.eval.variants)
     if not specs:
         specs = [VariantSpec(name="base", model="base")]
-        has_sft = "sft" in recipe.stages or StageDir.open(recipe.run_path(), "sft").status == "done"
+        trains = [name for name in recipe.stages if stage(name).model == "causal"]
+        has_sft = bool(trains) or final_model(recipe.run_path(), kinds=("causal",)) is not None
         # With an index, each model also answers with retrieved passages: base, base+rag, tuned, tuned+rag.
         has_index = "index" in recipe.stages or StageDir.open(recipe.run_path(), "index").status == "done"
         if has_index:
@@ -92,16 +94,16 @@ def resolve_variants(recipe: Recipe) -> list[Variant]:
 def _resolve(spec: VariantSpec, recipe: Recipe, base_dir: Path) -> Variant:
     if spec.model == "tuned":
         run_path = _run_folder(spec.run, recipe) if spec.run else recipe.run_path()
-        tuned = trained_model(run_path)
+        tuned = final_model(run_path, kinds=("causal",))
         if tuned is None:
             where = f"run {spec.run!r} ({run_path})" if spec.run else "this run"
             raise StageError(
-                f"variant {spec.name!r} needs the tuned model of {where}, but its sft stage has not finished "
-                f"({run_path / 'sft'}); run the sft stage first (lmforge run RECIPE)"
+                f"variant {spec.name!r} needs the tuned model of {where}, but none of its training stages (cpt, "
+                f"sft) has finished in {run_path}; run them first (lmforge run RECIPE)"
             )
-        model_dir, adapter_dir = tuned
-        identity = {"sft": StageDir.open(run_path, "sft").fingerprint}
-        label = f"{run_path.name}: sft {'adapter' if adapter_dir else 'weights'}"
+        model_dir, adapter_dir = tuned.pair
+        identity = {tuned.stage: tuned.fingerprint}
+        label = f"{run_path.name}: {tuned.stage} {'adapter' if adapter_dir else 'weights'}"
     else:
         ref = recipe.model.ref if spec.model == "base" else spec.model
         model_dir = base_dir if spec.model == "base" else resolve_model(ref)

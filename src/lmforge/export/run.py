@@ -24,7 +24,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError, Problem, StageError
 from lmforge.export.gguf_file import GGUF_TYPES, write_gguf
-from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, fingerprint_data
+from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, final_model, fingerprint_data, is_run_dir
 
 DEFAULT_CONVERSATIONS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -78,7 +78,7 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
     model_dir, adapter_dir, _ = resolve_target(target)
     if adapter is not None:
         adapter_dir = Path(adapter)
-    is_run = (Path(target) / "sft").is_dir()
+    is_run = is_run_dir(target)
     if settings.out_dir is None and not is_run:
         raise ConfigError("lmforge export", [Problem("--out", "required when exporting a model reference")])
     out_dir = Path(settings.out_dir or Path(target) / "export")
@@ -86,7 +86,8 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
     stage = StageDir(root=out_dir, stage="export")
     config = {"target": str(target), "adapter": str(adapter_dir) if adapter_dir else None, "name": name}
     config.update(gguf_types=settings.gguf_types, min_agreement=settings.min_agreement, new_tokens=settings.new_tokens)
-    inputs = {"model": str(model_dir), "sft": StageDir.open(target, "sft").fingerprint if is_run else None}
+    final = final_model(target) if is_run else None
+    inputs = {"model": str(model_dir), "trained": {final.stage: final.fingerprint} if final else None}
     stage.start(fingerprint_data([config, inputs]), config, inputs)
 
     print(f"export: merging {adapter_dir or '(no adapter)'} into {model_dir} in fp32")

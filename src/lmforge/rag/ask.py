@@ -11,7 +11,7 @@ from lmforge.models import generate_replies, load_for_inference, resolve_model
 from lmforge.rag.retrieve import Mode, Passage, open_retriever
 from lmforge.rag.route import relevance, routed
 from lmforge.records import Message, cited_passages, context_messages
-from lmforge.rundir import read_json, trained_model
+from lmforge.rundir import final_model, read_json
 
 
 @dataclass
@@ -74,9 +74,9 @@ def ask(
         system = recipe["data"].get("system_prompts", {}).get(manifest["outputs"].get("domain") or "")
     messages: list[Message] = [{"role": "system", "content": system}] if system else []
     messages.append({"role": "user", "content": question})
-    tuned = None if use_base else trained_model(run_path)
+    tuned = None if use_base else final_model(run_path, kinds=("causal",))
     if tuned is not None:
-        model_dir, adapter_dir = tuned
+        model_dir, adapter_dir = tuned.pair
     else:
         model_dir, adapter_dir = resolve_model(recipe["model"]["ref"], recipe["model"].get("revision")), None
     model, tokenizer = load_for_inference(model_dir, adapter_dir, recipe["model"].get("trust_remote_code", False))

@@ -275,3 +275,16 @@ def read_retrieved(path: str | Path) -> dict[str, list[dict[str, Any]]]:
 
     rows = (json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
     return {row["id"]: row["passages"] for row in rows}
+
+
+def summary(result: IndexResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    m = result.metrics
+    hybrid = {name: scores["hybrid"] for name, scores in m["retrieval"].items() if "hybrid" in scores}
+    recall = [f"{name} {s['recall@5']:.0%}" for name, s in hybrid.items() if "recall@5" in s]
+    shown = f"; hybrid recall@5: {', '.join(recall)}" if recall else ""
+    raft = f"; raft {m['raft']['examples']} examples" if "raft" in m else ""
+    return (
+        f"[green]✔ index[/green] {m['chunks']} chunks of {m['documents']} documents, "
+        f"{m['embedded_chunks']} embedded ({seconds:.0f}s){shown}{raft}"
+    )

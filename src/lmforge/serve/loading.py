@@ -48,6 +48,7 @@ def load_models(
     import torch
 
     from lmforge.models import eos_ids, load_causal_lm, load_tokenizer
+    from lmforge.rundir import is_run_dir
     from lmforge.serve.chat import resolve_target
 
     model_dir, run_adapter, _ = resolve_target(target)
@@ -55,7 +56,7 @@ def load_models(
     if run_adapter is not None:
         entries.append((Path(target).resolve().name, run_adapter))
         base_id = name or "base"
-    elif (Path(target) / "sft").is_dir():
+    elif is_run_dir(target):
         base_id = name or Path(target).resolve().name  # a full fine-tune: the run's own weights
     else:
         base_id = name or (Path(target).name if Path(target).exists() else target)
@@ -94,22 +95,22 @@ def load_models(
 
 
 def _adapter_entry(item: str, base_dir: Path) -> tuple[str, Path]:
-    from lmforge.rundir import trained_model
+    from lmforge.rundir import final_model, is_run_dir
 
     adapter_id, sep, raw_path = item.partition("=")
     if not sep or not adapter_id or not raw_path:
         raise ConfigError("lmforge serve", [Problem("--adapter", f"got {item!r}; expected NAME=PATH")])
     path = Path(raw_path).expanduser()
-    if (path / "sft").is_dir():
-        tuned = trained_model(path)
-        if tuned is None or tuned[1] is None:
-            raise ModelError(f"--adapter {item}: {path} is a run without a finished LoRA sft stage")
-        if Path(tuned[0]).resolve() != Path(base_dir).resolve():
+    if is_run_dir(path):
+        tuned = final_model(path, kinds=("causal",))
+        if tuned is None or tuned.adapter_dir is None:
+            raise ModelError(f"--adapter {item}: {path} is a run without a finished LoRA training stage")
+        if Path(tuned.model_dir).resolve() != Path(base_dir).resolve():
             raise ModelError(
-                f"--adapter {item}: that run's adapter was trained on {tuned[0]}, but the server's base model is "
-                f"{base_dir}; serve adapters of the same base together"
+                f"--adapter {item}: that run's adapter was trained on {tuned.model_dir}, but the server's base model "
+                f"is {base_dir}; serve adapters of the same base together"
             )
-        path = tuned[1]
+        path = tuned.adapter_dir
     if not (path / "adapter_config.json").is_file():
         raise ModelError(f"--adapter {item}: {path} has no adapter_config.json; expected a LoRA adapter or a run")
     return adapter_id, path

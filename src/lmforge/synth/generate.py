@@ -455,3 +455,13 @@ def _metrics(
         "filtered": dict(tally.filtered),
         "seconds": round(elapsed, 2),
     }
+
+
+def summary(result: SynthResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    m, r = result.metrics, result.metrics["requests"]
+    return (
+        f"[green]✔ synth[/green] {m['records']} records from {m['inputs']} inputs; "
+        f"requests {r['sent']} sent, {r['cached']} cached, {r['retries']} retries; "
+        f"{m['rejected']} rejected ({seconds:.0f}s; details in {result.stats_path})"
+    )

@@ -12,10 +12,10 @@ from typing import Any
 
 from lmforge.config import Recipe
 from lmforge.train.budget import stage_micro_batching
-from lmforge.train.causal import build_causal_model
 from lmforge.train.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
 from lmforge.train.lora import trainable_summary
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
+from lmforge.train.sft import build_causal_model
+from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.tokenize import PackedRow, pack_texts
 from lmforge.train.trainer import (
     build_trainer,
@@ -92,3 +92,8 @@ class RowDataset:
     def __getitem__(self, index: int) -> dict[str, list[int]]:
         row = self.rows[index]
         return {"input_ids": row.input_ids, "labels": row.labels, "position_ids": row.position_ids}
+
+
+def summary(result: TrainResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    return training_summary("cpt", result, seconds)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lmforge.config import DistillSpec
 from lmforge.errors import StageError
 from lmforge.models import load_causal_lm, load_for_inference, load_tokenizer, resolve_model
-from lmforge.rundir import StageDir, atomic_write_json, fingerprint_data, read_json, trained_model
+from lmforge.rundir import StageDir, atomic_write_json, final_model, fingerprint_data, is_run_dir, read_json
 from lmforge.train.fast import backbone_inputs, supports_hidden_state_loss, trained_positions
 from lmforge.train.tokenize import IGNORE, TokenizedExample
 
@@ -73,11 +73,11 @@ def teacher_topk(
 def load_teacher(ref: str, trust: bool) -> tuple[Any, Any, str]:
     """The teacher in eval mode: a run directory's tuned model, or any model reference."""
     run = Path(ref).expanduser()
-    if run.is_dir() and (run / "sft").is_dir():
-        tuned = trained_model(run)
+    if is_run_dir(run):
+        tuned = final_model(run, kinds=("causal",))
         if tuned is None:
-            raise StageError(f"sft.distill.teacher {ref!r} is a run directory whose sft stage has not finished")
-        model, tokenizer = load_for_inference(tuned[0], tuned[1], trust_remote_code=trust)
+            raise StageError(f"sft.distill.teacher {ref!r} is a run directory without a finished cpt or sft stage")
+        model, tokenizer = load_for_inference(tuned.model_dir, tuned.adapter_dir, trust_remote_code=trust)
         return model, tokenizer, f"{ref} (its tuned model)"
     path = resolve_model(ref)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32

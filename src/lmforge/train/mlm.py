@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lmforge.config import MLMSpec, Recipe
 from lmforge.errors import ModelError, StageError
 from lmforge.train.lora import add_lora, trainable_summary
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
+from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.tokenize import IGNORE
 from lmforge.train.trainer import (
     build_trainer,
@@ -203,3 +203,8 @@ def masked_lm_loss_sum(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[tor
     chosen = labels != IGNORE
     loss = F.cross_entropy(logits[chosen].float(), labels[chosen], reduction="sum")
     return loss, int(chosen.sum())
+
+
+def summary(result: TrainResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    return training_summary("mlm", result, seconds)

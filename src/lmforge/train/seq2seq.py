@@ -23,7 +23,7 @@ from lmforge.models import load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
 from lmforge.train.lora import add_lora, trainable_summary
-from lmforge.train.stage import TrainResult, open_training_stage
+from lmforge.train.stage import TrainResult, open_training_stage, training_summary
 from lmforge.train.tokenize import IGNORE
 from lmforge.train.trainer import (
     build_trainer,
@@ -430,3 +430,8 @@ def _scores_line(summary: dict[str, Any]) -> str:
         )
         parts.append(f"{name}: {shown}")
     return "; ".join(parts) or "not scored"
+
+
+def summary(result: TrainResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    return training_summary("seq2seq", result, seconds)

@@ -1,6 +1,6 @@
 """The frame every training stage runs in: open, fingerprint, start or resume, wrap up.
 
-``cpt``, ``mlm``, ``sft`` (``causal.py``) and ``seq2seq`` read top to bottom the same way: open the
+``cpt``, ``mlm``, ``sft`` (``sft.py``) and ``seq2seq`` read top to bottom the same way: open the
 stage folder and find the splits to train and validate on (:func:`open_training_stage`); return
 the earlier result when a finished attempt had the same fingerprint; else start, resuming an
 interrupted attempt with the same fingerprint (:meth:`TrainingStage.start`); load, train
@@ -167,3 +167,15 @@ def tokens_per_s(tokens: int, epochs: float, seconds: float) -> float:
 def _optional_path(value: str | None) -> Path | None:
     """A manifest's output path, or None where the stage wrote none."""
     return Path(value) if value else None
+
+
+def training_summary(stage: str, result: TrainResult, seconds: float) -> str:
+    """The line the pipeline prints after a training stage."""
+    m = result.metrics
+    speed = f", {m['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in m else ""
+    best = f", best validation loss {m['best_eval_loss']}" if "best_eval_loss" in m else ""
+    scores = f"; {m['scores']}" if "scores" in m else ""
+    return (
+        f"[green]✔ {stage}[/green]{' ' * max(1, 6 - len(stage))}{m['steps']} steps, loss {m['final_loss']}{best}"
+        f"{speed}, {m['precision']} ({seconds:.0f}s){scores}"
+    )

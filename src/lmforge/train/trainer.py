@@ -303,6 +303,11 @@ def build_trainer(
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
     from transformers.trainer_utils import EvalLoopOutput
 
+    from lmforge.train import schedule
+
+    # `lr: auto` / `epochs: auto` (sft) resolved here too, for callers that did not (the stage prints them).
+    if "auto" in (spec.lr, spec.epochs):
+        spec = schedule.resolved(spec, len(train_dataset), sum(p.numel() for p in model.parameters()))
     bf16 = use_bf16(spec.precision)
     eval_loss_sum = eval_loss_sum or loss_sum
     world = distributed.world()

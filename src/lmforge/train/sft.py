@@ -28,7 +28,7 @@ from lmforge.train import chain, schedule
 from lmforge.train.budget import stage_micro_batching
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
 from lmforge.train.lora import add_lora, trainable_summary
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s
+from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.templates import install_template
 from lmforge.train.tokenize import TokenizedExample, tokenize_records
 from lmforge.train.trainer import (
@@ -252,3 +252,8 @@ def save_outputs(
         )
     outputs["adapter"] = str(adapter)
     return outputs
+
+
+def summary(result: TrainResult, seconds: float) -> str:
+    """The line the pipeline prints after the stage."""
+    return training_summary("sft", result, seconds)

@@ -1,0 +1,58 @@
+"""The stage table: every stage of a recipe, in pipeline order, with what runs it and what it produces.
+
+Recipe validation (the names and their order), the pipeline (what runs, on which processes, and the
+line printed after it), ``lmforge run --only`` and :func:`lmforge.rundir.final_model` (which finished
+stage holds the result) all read this table. A new stage is a row here, its spec in ``config``, and its
+entry module: a ``run(recipe)`` returning an object with ``skipped`` and, optionally, ``summary(result,
+seconds) -> str`` for its one-line report and ``show(recipe, result, console)`` for anything longer.
+
+This module imports nothing of lmforge, so that ``config`` can read it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+ModelKind = Literal["causal", "encoder", "seq2seq"]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    entry: str
+    """Module holding ``run(recipe)`` (and optionally ``summary``, ``show``)."""
+    every_process: bool = False
+    """Runs on every process of a multi-process run (training, embedding, evaluation); else on rank 0."""
+    model: ModelKind | None = None
+    """The kind of model the stage trains, when it trains one (its manifest then has ``outputs.model`` or
+    ``outputs.adapter`` + ``outputs.base_model``)."""
+
+
+STAGES: tuple[Stage, ...] = (
+    Stage("data", "lmforge.data.prepare"),
+    Stage("synth", "lmforge.synth.generate"),  # on every process only with a local teacher (pipeline)
+    Stage("index", "lmforge.rag.index", every_process=True),
+    Stage("cpt", "lmforge.train.cpt", every_process=True, model="causal"),
+    Stage("mlm", "lmforge.train.mlm", every_process=True, model="encoder"),
+    Stage("sft", "lmforge.train.sft", every_process=True, model="causal"),
+    Stage("seq2seq", "lmforge.train.seq2seq", every_process=True, model="seq2seq"),
+    Stage("eval", "lmforge.evaluate.compare", every_process=True),
+)
+
+STAGE_ORDER: tuple[str, ...] = tuple(s.name for s in STAGES)
+TRAINING_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.model is not None)
+MODEL_STAGES: tuple[str, ...] = TRAINING_STAGES
+"""Stages whose output is a model, in pipeline order: the last finished one is a run's result."""
+
+
+def stage(name: str) -> Stage:
+    """The table row of ``name``.
+
+    Raises:
+        KeyError: not a stage (a recipe's validation makes this unreachable for its own stages).
+    """
+    for row in STAGES:
+        if row.name == name:
+            return row
+    raise KeyError(f"unknown stage {name!r}; expected one of {', '.join(STAGE_ORDER)}")
