@@ -1,0 +1,133 @@
+"""Preference losses: chunked log-probs equal full logits, DPO equals TRL's on the same batch, a step learns."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lmforge.train import preference
+from tests.conftest import build_tiny_llama
+
+PAIRS = [
+    ("Which river crosses the capital?", "The Vesna river.", "I do not know, maybe a canal."),
+    ("How long is the waiting period?", "Three days.", "Thirty days or so."),
+    ("Who pays the sickness benefit?", "The insurance fund pays it.", "Nobody."),
+]
+
+
+def pair_batch(tokenizer, pairs=PAIRS) -> dict[str, torch.Tensor]:
+    """[chosen..., rejected...] rows, right-padded, completion tokens marked (the prompt is the same)."""
+    rows, masks = [], []
+    for side in (1, 2):
+        for pair in pairs:
+            prompt = tokenizer(pair[0] + "\n")["input_ids"]
+            completion = tokenizer(pair[side])["input_ids"] + [tokenizer.eos_token_id]
+            rows.append(prompt + completion)
+            masks.append([0] * len(prompt) + [1] * len(completion))
+    width = max(map(len, rows))
+    pad = tokenizer.pad_token_id
+    return {
+        "input_ids": torch.tensor([r + [pad] * (width - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        "completion_mask": torch.tensor([m + [0] * (width - len(m)) for m in masks]),
+    }
+
+
+def naive_logps(model, batch) -> torch.Tensor:
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    token = torch.log_softmax(logits, -1).gather(2, batch["input_ids"][:, 1:, None]).squeeze(2)
+    return (token * (batch["completion_mask"][:, 1:] * batch["attention_mask"][:, 1:])).sum(1)
+
+
+def test_chunked_token_logps_and_their_gradients_equal_full_logits():
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(37, 16, generator=g, requires_grad=True)
+    weight = torch.randn(50, 16, generator=g, requires_grad=True)
+    targets = torch.randint(0, 50, (37,), generator=g)
+    upstream = torch.randn(37, generator=g)
+    got = preference.ChunkedTokenLogps.apply(hidden, weight, targets, 8)
+    (got * upstream).sum().backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    want = torch.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).squeeze(1)
+    (want * upstream).sum().backward()
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[0], hidden.grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grads[1], weight.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_sequence_logps_count_only_completion_tokens(tiny_tokenizer):
+    model = build_tiny_llama(tiny_tokenizer).eval()
+    batch = pair_batch(tiny_tokenizer)
+    summed, counts = preference.sequence_logps(model, batch, chunk=5)
+    torch.testing.assert_close(summed, naive_logps(model, batch), atol=1e-4, rtol=1e-5)
+    expected = (batch["completion_mask"][:, 1:] * batch["attention_mask"][:, 1:]).sum(1).float()
+    assert torch.equal(counts, expected) and (counts > 0).all()
+
+
+def test_losses_on_known_numbers():
+    logps = torch.tensor([-2.0, -3.0, -4.0, -2.5])  # chosen -2, -3; rejected -4, -2.5
+    counts = torch.tensor([2.0, 3.0, 4.0, 5.0])
+    ref = torch.tensor([-3.0, -3.0, -3.0, -3.0])
+    dpo, stats = preference.preference_loss("dpo", logps, counts, ref, beta=0.5)
+    margins = torch.tensor([0.5 * ((1.0) - (-1.0)), 0.5 * (0.0 - 0.5)])
+    assert dpo.item() == pytest.approx((-torch.nn.functional.logsigmoid(margins)).mean().item())
+    assert stats["accuracy"].tolist() == [1.0, 0.0]
+    ipo, _ = preference.preference_loss("ipo", logps, counts, ref, beta=0.5)
+    deltas = torch.tensor([1.0 / 2 - (-1.0) / 4, 0.0 / 3 - 0.5 / 5])
+    assert ipo.item() == pytest.approx(((deltas - 1.0) ** 2).mean().item())
+    with pytest.raises(ValueError, match="reference"):
+        preference.preference_loss("dpo", logps, counts)
+    simpo, _ = preference.preference_loss("simpo", logps, counts, beta=2.0, simpo_gamma=0.5)
+    avg = torch.tensor([-1.0 - (-1.0), -1.0 - (-0.5)])
+    assert simpo.item() == pytest.approx((-torch.nn.functional.logsigmoid(2.0 * avg - 1.0)).mean().item())
+
+
+def test_the_dpo_loss_equals_trl_on_the_same_batch(tiny_tokenizer, tmp_path):
+    import trl  # a dev dependency: this test must run, not skip
+    from datasets import Dataset
+
+    policy = build_tiny_llama(tiny_tokenizer, seed=0)
+    reference = build_tiny_llama(tiny_tokenizer, seed=1)  # a different reference: the ratios are not zero
+    rows = [{"prompt": p + "\n", "chosen": c, "rejected": r} for p, c, r in PAIRS]
+    config = trl.DPOConfig(
+        output_dir=str(tmp_path), beta=0.3, per_device_train_batch_size=3, report_to=[], use_cpu=True,
+        max_length=None, bf16=False,
+    )  # fmt: skip
+    trainer = trl.DPOTrainer(
+        model=policy, ref_model=reference, args=config, train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_tokenizer,
+    )  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()  # no dropout (there is none; the mode decides TRL's metric names only)
+    trl_loss = trainer._compute_loss(trainer.model, batch, return_outputs=False)
+    ours_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+    logps, counts = preference.sequence_logps(trainer.model, ours_batch)
+    ref_logps = preference.reference_logps(trainer.model, ours_batch, ref_model=trainer.ref_model)
+    ours, _ = preference.preference_loss("dpo", logps, counts, ref_logps, beta=0.3)
+    assert abs(ours.item() - float(trl_loss)) < 1e-5, (ours.item(), float(trl_loss))
+    assert abs(ours.item() - 0.6931) > 1e-3  # not the trivial log 2 of identical policies
+
+
+def test_one_dpo_step_widens_the_margin_with_the_adapter_as_its_own_reference(tiny_tokenizer):
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(
+        build_tiny_llama(tiny_tokenizer), LoraConfig(r=8, lora_alpha=16, target_modules="all-linear")
+    )
+    batch = pair_batch(tiny_tokenizer)
+    ref = preference.reference_logps(model, batch)
+    logps, counts = preference.sequence_logps(model, batch)
+    torch.testing.assert_close(logps.detach(), ref)  # a fresh adapter (B = 0) is the base model
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-3)
+    before = None
+    for _ in range(3):
+        logps, counts = preference.sequence_logps(model, batch)
+        loss, stats = preference.preference_loss("dpo", logps, counts, ref, beta=0.1)
+        before = stats["margin"].mean().item() if before is None else before
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = preference.preference_loss("dpo", *preference.sequence_logps(model, batch), ref, beta=0.1)[1]
+    assert after["margin"].mean().item() > before + 1e-3
+    torch.testing.assert_close(preference.reference_logps(model, batch), ref)  # the reference did not move
