@@ -43,6 +43,20 @@ def qa(question: str, answer: str) -> str:
     return json.dumps({"question": question, "answer": answer}, ensure_ascii=False)
 
 
+def pdf_file(objects: list[bytes]) -> bytes:
+    """A PDF file of numbered ``objects`` (the first is the catalog), with its cross-reference table."""
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return out
+
+
 def make_pdf(path: Path, pages: list[str | None]) -> Path:
     """A minimal valid PDF: one page per entry, with the text in Helvetica, or None for a page that only
     holds a drawn rectangle (what a scanned page looks like to a text extractor: no text layer)."""
@@ -60,16 +74,7 @@ def make_pdf(path: Path, pages: list[str | None]) -> Path:
             shown = " T* ".join(f"({ln}) Tj" for ln in lines)
             stream = f"BT /F1 12 Tf 72 720 Td 16 TL {shown} ET".encode("latin-1")
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    out = b"%PDF-1.4\n"
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    path.write_bytes(out)
+    path.write_bytes(pdf_file(objects))
     return path
 
 
@@ -380,16 +385,7 @@ def make_layout_pdf(path: Path, pages: list[list[tuple[int, str]]]) -> Path:
         shown.append(f"BT /F1 9 Tf 300 40 Td (Page {i + 1}) Tj ET")
         stream = "\n".join(shown).encode("latin-1")
         objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    out = b"%PDF-1.4\n"
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    path.write_bytes(out)
+    path.write_bytes(pdf_file(objects))
     return path
 
 

@@ -195,10 +195,19 @@ def _pdf_blocks(file: Path, report: FileReport) -> list[Block]:
         raise UnreadableFile("unreadable file", f"a damaged PDF ({type(exc).__name__}: {exc})") from None
     finally:
         pdf.close()
+    return _with_text(blocks, len(empty), empty, report)
+
+
+def _with_text(blocks: list[Block], pages: int, empty: list[int], report: FileReport) -> list[Block]:
+    """``blocks``, once a PDF is known to have a text layer; pages without one are reported.
+
+    Raises:
+        UnreadableFile: no page has text (a scanned PDF).
+    """
     if not any(b.level == 0 for b in blocks):
         raise UnreadableFile(
             "no text layer",
-            f"none of its {len(empty)} pages has text (a scanned PDF?); run OCR first, e.g. `ocrmypdf in.pdf out.pdf`",
+            f"none of its {pages} pages has text (a scanned PDF?); run OCR first, e.g. `ocrmypdf in.pdf out.pdf`",
         )
     if empty:
         report.warnings.append(f"pages without a text layer (scanned?): {empty[:50]}")
@@ -227,14 +236,7 @@ def _pdf_layout_blocks(file: Path, report: FileReport) -> list[Block]:
                 block.text = f"{'#' * block.level} {block.title}"
             if block.text.strip("#* _"):
                 blocks.append(block)
-    if not any(b.level == 0 for b in blocks):
-        raise UnreadableFile(
-            "no text layer",
-            f"none of its {len(pages)} pages has text (a scanned PDF?); run OCR first, e.g. `ocrmypdf in.pdf out.pdf`",
-        )
-    if empty:
-        report.warnings.append(f"pages without a text layer (scanned?): {empty[:50]}")
-    return blocks
+    return _with_text(blocks, len(pages), empty, report)
 
 
 def _pdf_pages(pdf: Any) -> tuple[list[Block], list[int]]:
