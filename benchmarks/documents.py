@@ -14,7 +14,8 @@ headings are shown for them).
 
 ``chunkers`` prepares the documents of ``recipes/demo-rag.yaml`` and the two real domains in
 ``benchmarks/realdocs``, cuts them with each chunker at the same token budget (the embedder's tokens),
-indexes each with the same hybrid retrieval and asks the held-out questions: *answer recall@k* is the
+indexes each with the recipe's hybrid retrieval (and lmforge's chunks also with BM25:dense fused 1:1, BM25
+alone and dense alone) and asks the held-out questions: *answer recall@k* is the
 share of questions whose gold answer is written in one of the first k passages; *document recall@k*
 the share with a passage of the gold document.
 
@@ -240,7 +241,9 @@ def candidate_chunkers(documents: list[dict[str, Any]], embedder: Any, budget: i
     return made
 
 
-def answer_recall(chunks: list[Any], embedder: Any, questions: list[dict[str, Any]], mode: str, where: Path) -> dict:
+def answer_recall(
+    chunks: list[Any], embedder: Any, questions: list[dict[str, Any]], mode: str, where: Path, keyword_weight: float
+) -> dict:
     """Answer recall@1/3/5 and document recall@1 of ``mode`` retrieval over ``chunks``."""
     from lmforge.rag.quality import first_hit, gold_document
     from lmforge.rag.retrieve import LanceRetriever
@@ -248,7 +251,8 @@ def answer_recall(chunks: list[Any], embedder: Any, questions: list[dict[str, An
 
     store = LanceStore(where)
     store.sync(chunks, {c.doc_key: "x" for c in chunks}, embedder.embed)
-    ranked = LanceRetriever(store, embedder).search([r["messages"][-2]["content"] for r in questions], 5, mode)
+    retriever = LanceRetriever(store, embedder, keyword_weight=keyword_weight)
+    ranked = retriever.search([r["messages"][-2]["content"] for r in questions], 5, mode)
     answers = [letters(gold_answer(r)) for r in questions]
     row: dict[str, Any] = {}
     for k in (1, 3, 5):
@@ -291,12 +295,15 @@ def chunkers(args: argparse.Namespace) -> dict[str, Any]:
                 chunks = make()
                 seconds = time.perf_counter() - started
                 tokens = sum(embedder.count_tokens(c.text) for c in chunks) / max(1, len(chunks))
-                for mode in ("hybrid", "bm25", "dense") if name == "lmforge" else (recipe.index.mode,):
+                weight = recipe.index.keyword_weight
+                modes = list(dict.fromkeys([("hybrid", weight), ("hybrid", 1.0), ("bm25", 0), ("dense", 0)]))
+                for mode, w in modes if name == "lmforge" else modes[:1]:
                     row: dict[str, Any] = {"chunks": len(chunks), "seconds": round(seconds, 2)}
                     row["mean_tokens"] = round(tokens, 1)
-                    row |= answer_recall(chunks, embedder, questions, mode, work / f"store-{len(results)}")
-                    results[f"{domain} | {name} | {mode}"] = row
-                    print(f"  {name:34s} {mode:6s} {row}")
+                    row |= answer_recall(chunks, embedder, questions, mode, work / f"store-{len(results)}", w)
+                    shown = f"{mode} {w:g}:1" if mode == "hybrid" else mode
+                    results[f"{domain} | {name} | {shown}"] = row
+                    print(f"  {name:34s} {shown:10s} {row}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return results
