@@ -158,3 +158,44 @@ def test_readme_format_examples_are_detected_as_documented():
         assert formats.row_format(row) == name
         if name != "canonical":  # the README elides the canonical id
             assert record_problem(formats.to_record(row, name, None, SRC, None)) is None
+
+
+def test_preference_rows_keep_the_chosen_conversation_and_the_rejected_answer():
+    plain = convert({"prompt": "Who pays?", "chosen": "The Fund.", "rejected": "Nobody."})
+    assert plain["messages"][-2:] == chat(("user", "Who pays?"), ("assistant", "The Fund."))
+    assert plain["meta"]["rejected"] == "Nobody."
+    listed = convert(
+        {
+            "prompt": [{"role": "user", "content": "Who pays?"}],
+            "chosen": [{"role": "assistant", "content": "The Fund."}],
+            "rejected": [{"role": "assistant", "content": "Nobody."}],
+        }
+    )
+    assert listed["messages"] == plain["messages"] and listed["meta"]["rejected"] == "Nobody."
+    user = {"role": "user", "content": "Who pays?"}
+    implicit = {"chosen": [user, {"role": "assistant", "content": "The Fund."}]}
+    implicit["rejected"] = [user, {"role": "assistant", "content": "Nobody."}]
+    assert formats.row_format(implicit) == "preference_implicit"
+    assert convert(implicit)["id"] == plain["id"]  # the same pair, whatever its layout
+    other = convert({"prompt": "Who pays?", "chosen": "The Fund.", "rejected": "The state."})
+    assert other["id"] != plain["id"]  # pairs that share a chosen answer are not duplicates
+    implicit["rejected"] = [{"role": "user", "content": "Who else?"}, {"role": "assistant", "content": "No."}]
+    with pytest.raises(formats.Rejected, match="different turns"):
+        convert(implicit)
+
+
+def test_kto_rows_need_a_true_or_false_label():
+    row = {"prompt": "Who pays?", "completion": "Nobody.", "label": False}
+    assert formats.row_format(row) == "kto" and convert(row)["meta"]["label"] is False
+    classed = {"prompt": "Review: great!", "completion": " positive", "label": "positive"}
+    assert formats.row_format(classed) == "prompt_completion"  # some other label: a plain pair
+    with pytest.raises(formats.Rejected, match="true or false"):
+        formats.to_record(classed, "kto", None, SRC, None)
+
+
+def test_near_duplicate_text_tells_pairs_apart_by_their_rejected_answer():
+    from lmforge.data.clean import content_text
+
+    first = convert({"prompt": "Who pays?", "chosen": "The Fund.", "rejected": "Nobody."})
+    second = convert({"prompt": "Who pays?", "chosen": "The Fund.", "rejected": "The state."})
+    assert content_text(first) != content_text(second) and content_text(first).endswith("Nobody.")

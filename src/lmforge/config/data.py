@@ -22,6 +22,9 @@ DataFormat = Literal[
     "qa",
     "prompt_response",
     "prompt_completion",
+    "preference",
+    "preference_implicit",
+    "kto",
     "text",
     "columns",
 ]

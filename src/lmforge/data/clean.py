@@ -80,10 +80,13 @@ def with_system_prompt(record: Record, system_prompts: dict[str, str]) -> Record
 
 
 def content_text(record: Record, with_system: bool = True) -> str:
-    """The words of a record: its text, or its messages' contents joined by newlines."""
+    """The words of a record: its text, or its messages' contents joined by newlines (and a preference
+    pair's rejected answer, so pairs that differ only there are not near-duplicates)."""
     if record["kind"] == "text":
         return record["text"]
-    return "\n".join(m["content"] for m in record["messages"] if with_system or m["role"] != "system")
+    words = "\n".join(m["content"] for m in record["messages"] if with_system or m["role"] != "system")
+    rejected = (record.get("meta") or {}).get("rejected")
+    return f"{words}\n{rejected}" if isinstance(rejected, str) else words
 
 
 def letter_ratio(text: str) -> float:

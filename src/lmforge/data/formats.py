@@ -12,6 +12,9 @@ alpaca              ``{"instruction", "input"?, "output", "system"?}``          
 qa                  ``{"question", "answer"}``                                      chat
 prompt_response     ``{"prompt", "response"}``                                      chat
 prompt_completion   ``{"prompt", "completion"}`` (strings or message lists)         chat
+preference          ``{"prompt", "chosen", "rejected"}`` (strings or message lists)  chat
+preference_implicit ``{"chosen", "rejected"}``: whole conversations, same prompt turns  chat
+kto                 ``{"prompt", "completion", "label"}`` (label true or false)      chat
 text                ``{"text"}``, or a document section                             text
 columns             any row, through the source's explicit ``columns`` mapping      either
 ==================  ==============================================================  ========
@@ -20,6 +23,10 @@ columns             any row, through the source's explicit ``columns`` mapping  
 not fit its file's format is rejected with the field it lacks. Field names match case-insensitively;
 ``meta`` (an object) and ``domain`` (a string) are carried over when a row has them, and a ``source``,
 ``document`` or ``doc`` column (a string naming the row's document) goes into ``meta``.
+
+Preference rows become chat records too: the prompt turns and the *chosen* answer as the conversation
+(what sft trains on), the rejected answer as ``meta.rejected`` (a string) and a KTO row's verdict as
+``meta.label``; a pair's id covers its rejected answer, so pairs that share a chosen answer stay apart.
 """
 
 from __future__ import annotations
@@ -39,6 +46,9 @@ MAX_DEPTH = 100
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 FORMAT_KEYS: dict[str, tuple[str, ...]] = {
+    "preference": ("prompt", "chosen", "rejected"),
+    "preference_implicit": ("chosen", "rejected"),
+    "kto": ("prompt", "completion", "label"),
     "messages": ("messages",),
     "sharegpt": ("conversations",),
     "alpaca": ("instruction", "output"),
@@ -85,9 +95,11 @@ def row_format(row: dict[str, Any]) -> str | None:
     """The format one row matches, or None."""
     if "kind" in row and "id" in row:
         return "canonical"
-    keys = {str(k).lower() for k in row}
+    lowered = {str(k).lower(): v for k, v in row.items()}
     for fmt, needed in FORMAT_KEYS.items():
-        if all(key in keys for key in needed):
+        if fmt == "kto" and not isinstance(lowered.get("label"), bool):
+            continue  # a prompt/completion row with some other label (a class name) is a plain pair
+        if all(key in lowered for key in needed):
             return fmt
     return None
 
@@ -145,9 +157,41 @@ def _converted(value: dict[str, Any], fmt: str, columns: ColumnMap | None, sourc
     elif fmt in ("prompt_response", "prompt_completion"):
         answer_key = "response" if fmt == "prompt_response" else "completion"
         messages = _prompt_answer(row, answer_key)
+    elif fmt in ("preference", "preference_implicit"):
+        messages, rejected = _preference(row, fmt == "preference")
+        record = chat_record(messages, source, domain, {**(meta or {}), "rejected": rejected})
+        record["id"] = record_id("chat", [messages, rejected])
+        return record
+    elif fmt == "kto":
+        messages = _prompt_answer(row, "completion")
+        label = row.get("label")
+        if not isinstance(label, bool):
+            raise Rejected("wrong type", f"'label' must be true or false (is the completion desirable?), got {label!r}")
+        meta = {**(meta or {}), "label": label}
     else:
         raise Rejected("unknown format", fmt)
     return chat_record(messages, source, domain, meta)
+
+
+def _preference(row: dict[str, Any], has_prompt: bool) -> tuple[list[Message], str]:
+    """(prompt turns + chosen answer, rejected answer) of a preference row.
+
+    With a ``prompt`` the answers are strings or message lists (their last assistant turn counts);
+    without, ``chosen`` and ``rejected`` are whole conversations that must share their prompt turns.
+    """
+    chosen, rejected = _field(row, "chosen"), _field(row, "rejected")
+    if has_prompt:
+        messages = _prompt_answer({**row, "completion": chosen}, "completion")
+        other = _prompt_answer({**row, "completion": rejected}, "completion")
+    elif not isinstance(chosen, list) or not isinstance(rejected, list):
+        raise Rejected("wrong type", "without a 'prompt', 'chosen' and 'rejected' must be message lists")
+    else:
+        messages, other = _messages(chosen, "role", "content"), _messages(rejected, "role", "content")
+        if messages[:-1] != other[:-1]:
+            raise Rejected("invalid conversation", "'chosen' and 'rejected' start with different turns")
+    if messages[-1]["role"] != "assistant" or other[-1]["role"] != "assistant":
+        raise Rejected("invalid conversation", "'chosen' and 'rejected' must end with an assistant turn")
+    return messages, other[-1]["content"]
 
 
 def _checked_meta(meta: dict[str, Any], name: str) -> dict[str, Any]:
