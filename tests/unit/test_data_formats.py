@@ -177,6 +177,7 @@ def test_preference_rows_keep_the_chosen_conversation_and_the_rejected_answer():
     implicit["rejected"] = [user, {"role": "assistant", "content": "Nobody."}]
     assert formats.row_format(implicit) == "preference_implicit"
     assert convert(implicit)["id"] == plain["id"]  # the same pair, whatever its layout
+    assert convert(dict(plain))["id"] == plain["id"]  # read back as a canonical record
     other = convert({"prompt": "Who pays?", "chosen": "The Fund.", "rejected": "The state."})
     assert other["id"] != plain["id"]  # pairs that share a chosen answer are not duplicates
     implicit["rejected"] = [{"role": "user", "content": "Who else?"}, {"role": "assistant", "content": "No."}]

@@ -279,6 +279,9 @@ def _canonical(value: dict[str, Any], domain: str | None) -> Record:
     record["domain"] = record.get("domain") or domain
     # ids are content hashes: one given by another tool is replaced, so equal content dedups as equal
     record["id"] = record_id(record["kind"], record["text"] if record["kind"] == "text" else record["messages"])
+    rejected = (record.get("meta") or {}).get("rejected")
+    if record["kind"] == "chat" and isinstance(rejected, str):  # a preference pair, as _converted ids it
+        record["id"] = record_id("chat", [record["messages"], rejected])
     return record  # type: ignore[return-value]
 
 
