@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import build_tiny_llama
 
 from lmforge.train import preference
-from tests.conftest import build_tiny_llama
 
 PAIRS = [
     ("Which river crosses the capital?", "The Vesna river.", "I do not know, maybe a canal."),
