@@ -268,16 +268,33 @@ PAGE_NUMBER = re.compile(
 """A line that only numbers its page: ``7``, ``- 7 -``, ``Page 7 of 12``, ``7/12``."""
 
 
+_NUMBERED = re.compile(r"(\d{1,4})\s+(\S.*)|(.*\S)\s+(\d{1,4})")
+"""A line that starts or ends with a number: ``Chapter 4: Function reference 9``, ``8 Introduction``."""
+
+
 def without_running_lines(pages: list[str], edge: int = 2) -> list[str]:
-    """Page texts without their running headers and footers: lines among the first or last ``edge`` non-empty
-    lines of a page that recur verbatim at the edge of at least half the pages (three at least), and page
-    numbers there. Left in, each page's header would become a tiny passage that matches every question."""
+    """Page texts without their running headers and footers, among the first and last ``edge`` non-empty lines
+    of each page: a line that recurs verbatim there on at least half the pages (three at least), a page
+    number, and a line that carries the page's number (``Chapter 4: Function reference 9``: the same two or
+    more words, and a number that grows with the page, on three pages or more). Left in, each page's header would
+    become a tiny passage that matches every question, or be printed into a sentence across a page break."""
     if len(pages) < 3:
         return pages
 
-    def key(line: str) -> str:
-        plain = " ".join(line.split()).strip("*_ ")
-        return "<page number>" if PAGE_NUMBER.fullmatch(plain) else plain
+    def plain(line: str) -> str:
+        return " ".join(line.split()).strip("*_ ")
+
+    def keys(line: str, page: int) -> tuple[str, ...]:
+        text = plain(line)
+        if PAGE_NUMBER.fullmatch(text):
+            return ("<page number>",)
+        numbered = _NUMBERED.fullmatch(text)
+        if numbered is None:
+            return (text,)
+        number, words = (numbered[1], numbered[2]) if numbered[1] else (numbered[4], numbered[3])
+        if len(words.split()) < 2:  # "Article 5" atop page 5: a heading that happens to follow the pages
+            return (text,)
+        return text, f"{words} <page {page - int(number)}>"  # the same words at the same page offset
 
     def edges(lines: list[str]) -> list[int]:
         filled = [i for i, line in enumerate(lines) if line.strip()]
@@ -285,15 +302,19 @@ def without_running_lines(pages: list[str], edge: int = 2) -> list[str]:
 
     split = [page.split("\n") for page in pages]
     counts: dict[str, int] = {}
-    for lines in split:
-        for found in {key(lines[i]) for i in edges(lines)}:
+    for page, lines in enumerate(split):
+        for found in {k for i in edges(lines) for k in keys(lines[i], page)}:
             counts[found] = counts.get(found, 0) + 1
-    running = {found for found, n in counts.items() if found and n >= max(3, len(pages) // 2)}
+    running = {
+        found
+        for found, n in counts.items()
+        if found and (n >= max(3, len(pages) // 2) or (found.endswith(">") and "<page " in found and n >= 3))
+    }
     if not running:
         return pages
     kept = []
-    for lines in split:
-        drop = {i for i in edges(lines) if key(lines[i]) in running}
+    for page, lines in enumerate(split):
+        drop = {i for i in edges(lines) if running.intersection(keys(lines[i], page))}
         kept.append("\n".join(line for i, line in enumerate(lines) if i not in drop))
     return kept
 
