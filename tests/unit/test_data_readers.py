@@ -430,6 +430,9 @@ def test_running_lines_need_most_pages_and_only_leave_the_page_edges():
     # A header that carries the page number (texinfo manuals), on the pages of one chapter only.
     pages = ["Preface\nBody a.", *[f"Chapter 2: Setup {n + 5}\nBody {n}.\nMore {n}." for n in range(1, 5)]]
     assert without_running_lines(pages)[1:] == [f"Body {n}.\nMore {n}." for n in range(1, 5)]
+    # ... or prints it on a line of its own, above the number.
+    pages = ["Preface\nBody a.", "Intro\nBody b.", *[f"Chapter 2: Setup\n{n}\nBody {n}.\nMore {n}." for n in range(3)]]
+    assert without_running_lines(pages)[2:] == [f"Body {n}.\nMore {n}." for n in range(3)]
 
 
 def test_the_layout_pdf_reader_must_be_installed_to_be_chosen(monkeypatch):

@@ -275,8 +275,10 @@ _NUMBERED = re.compile(r"(\d{1,4})\s+(\S.*)|(.*\S)\s+(\d{1,4})")
 def without_running_lines(pages: list[str], edge: int = 2) -> list[str]:
     """Page texts without their running headers and footers, among the first and last ``edge`` non-empty lines
     of each page: a line that recurs verbatim there on at least half the pages (three at least), a page
-    number, and a line that carries the page's number (``Chapter 4: Function reference 9``: the same two or
-    more words, and a number that grows with the page, on three pages or more). Left in, each page's header would
+    number, a line that carries the page's number (``Chapter 4: Function reference 9``: the same two or
+    more words, and a number that grows with the page, on three pages or more), and a first or last line of
+    three words or more found first or last on three pages (a chapter's running title on that chapter's
+    pages). Left in, each page's header would
     become a tiny passage that matches every question, or be printed into a sentence across a page break."""
     if len(pages) < 3:
         return pages
@@ -300,16 +302,23 @@ def without_running_lines(pages: list[str], edge: int = 2) -> list[str]:
         filled = [i for i, line in enumerate(lines) if line.strip()]
         return sorted(set(filled[:edge] + filled[-edge:]))
 
+    def outermost(lines: list[str]) -> set[str]:
+        """The first and last non-empty lines, when they have three words or more (a chapter's running title)."""
+        filled = [plain(line) for line in lines if line.strip()]
+        return {f"<outer> {line}" for line in filled[:1] + filled[-1:] if len(line.split()) >= 3}
+
     split = [page.split("\n") for page in pages]
     counts: dict[str, int] = {}
     for page, lines in enumerate(split):
-        for found in {k for i in edges(lines) for k in keys(lines[i], page)}:
+        for found in {k for i in edges(lines) for k in keys(lines[i], page)} | outermost(lines):
             counts[found] = counts.get(found, 0) + 1
     running = {
         found
         for found, n in counts.items()
         if found and (n >= max(3, len(pages) // 2) or (found.endswith(">") and "<page " in found and n >= 3))
     }
+    outer = "<outer> "
+    running |= {found.removeprefix(outer) for found, n in counts.items() if found.startswith(outer) and n >= 3}
     if not running:
         return pages
     kept = []
