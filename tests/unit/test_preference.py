@@ -131,3 +131,24 @@ def test_one_dpo_step_widens_the_margin_with_the_adapter_as_its_own_reference(ti
     after = preference.preference_loss("dpo", *preference.sequence_logps(model, batch), ref, beta=0.1)[1]
     assert after["margin"].mean().item() > before + 1e-3
     torch.testing.assert_close(preference.reference_logps(model, batch), ref)  # the reference did not move
+
+
+def test_kto_pushes_desirable_completions_up_and_the_others_down_against_the_kl_baseline():
+    logps = torch.tensor([-2.0, -5.0, -3.0], requires_grad=True)
+    ref = torch.tensor([-3.0, -4.0, -3.0])
+    desirable = torch.tensor([True, False, True])
+    kl_logps, kl_ref = torch.tensor([-6.0, -7.0]), torch.tensor([-6.5, -7.5])  # KL = 0.5
+    loss, stats = preference.kto_loss(logps, ref, desirable, kl_logps, kl_ref, beta=0.2, undesirable_weight=2.0)
+    assert stats["kl"].item() == pytest.approx(0.5)
+
+    def sig(x: float) -> float:
+        return torch.sigmoid(torch.tensor(x)).item()
+
+    # desirable, ratio 1: 1 - sig(0.2 (1 - 0.5)); undesirable (weight 2), ratio -1: 2 (1 - sig(0.2 (0.5 + 1)));
+    # desirable, ratio 0: 1 - sig(0.2 (0 - 0.5))
+    expected = (1 - sig(0.1)) + 2 * (1 - sig(0.3)) + (1 - sig(-0.1))
+    assert loss.item() == pytest.approx(expected / 3, rel=1e-6)
+    loss.backward()
+    assert logps.grad[0] < 0 and logps.grad[2] < 0 and logps.grad[1] > 0  # descent raises 0 and 2, lowers 1
+    negative = preference.kto_loss(logps, ref, desirable, kl_ref, kl_logps)[1]["kl"]
+    assert negative.item() == 0.0  # the baseline is clamped at zero

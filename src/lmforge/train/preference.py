@@ -17,7 +17,11 @@ against TRL's ``DPOTrainer`` on the same batch):
 - ``orpo``: ``NLL(chosen) - beta * log sigmoid(log odds(c / |c|) - log odds(r / |r|))``, no reference
   (Hong et al., 2024);
 
-where ``c``, ``r`` are the summed log-probabilities of the chosen and rejected completions.
+where ``c``, ``r`` are the summed log-probabilities of the chosen and rejected completions; and, for
+unpaired completions labelled desirable or not, :func:`kto_loss` (Ethayarajh et al., 2024; TRL's
+``KTOTrainer``): ``1 - sigmoid(beta * (ratio - KL))`` for a desirable one, ``1 - sigmoid(beta * (KL -
+ratio))`` for an undesirable one, where ``KL`` is the batch's mean policy/reference log-ratio on
+mismatched completions, clamped at 0 and not differentiated.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch.nn.functional as F
 from lmforge.train.fast import backbone_inputs, loss_chunk_rows, supports_hidden_state_loss
 
 PreferenceLoss = Literal["dpo", "ipo", "simpo", "orpo"]
+"""Paired losses of :func:`preference_loss`; KTO (unpaired) is :func:`kto_loss`."""
 REFERENCE_FREE = ("simpo", "orpo")
 
 
@@ -162,3 +167,28 @@ def preference_loss(
             losses = (margin - 1 / (2 * beta)) ** 2
     stats = {"margin": margin.detach(), "accuracy": (margin.detach() > 0).float()}
     return losses.mean(), stats
+
+
+def kto_loss(
+    logps: torch.Tensor,
+    ref_logps: torch.Tensor,
+    desirable: torch.Tensor,
+    kl_logps: torch.Tensor,
+    kl_ref_logps: torch.Tensor,
+    beta: float = 0.1,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Mean KTO loss over a batch of unpaired completions.
+
+    Args:
+        logps, ref_logps: summed completion log-probabilities under the policy and the reference.
+        desirable: bool per completion (a KTO row's ``label``, ``meta.label`` in lmforge's records).
+        kl_logps, kl_ref_logps: the same for mismatched prompt/completion pairs (each prompt with another
+            row's completion), whose mean log-ratio is the reference point ``KL``.
+    """
+    kl = (kl_logps - kl_ref_logps).mean().detach().clamp(min=0)
+    ratio = logps - ref_logps
+    losses = torch.where(desirable, 1 - torch.sigmoid(beta * (ratio - kl)), 1 - torch.sigmoid(beta * (kl - ratio)))
+    weights = torch.where(desirable, desirable_weight, undesirable_weight).to(losses.dtype)
+    return (weights * losses).mean(), {"kl": kl, "reward": (beta * ratio).detach()}
