@@ -93,19 +93,23 @@ def json_safe(value: Any) -> Any:
     return str(value)
 
 
+def content_id(record: Record) -> str:
+    """A record's id from its content: its text, or its messages and, for a preference pair, its rejected
+    answer (``meta.rejected``), so that pairs sharing a chosen answer are different records."""
+    if record["kind"] == "text":
+        return record_id("text", record["text"])
+    rejected = (record.get("meta") or {}).get("rejected")
+    return record_id("chat", [record["messages"], rejected] if isinstance(rejected, str) else record["messages"])
+
+
 def chat_record(
     messages: list[Message], source: Source, domain: str | None = None, meta: dict[str, Any] | None = None
 ) -> Record:
-    """Build a ``chat`` record with its content id."""
-    record: Record = {
-        "id": record_id("chat", messages),
-        "source": source,
-        "domain": domain,
-        "kind": "chat",
-        "messages": messages,
-    }
+    """Build a ``chat`` record with its content id (:func:`content_id`)."""
+    record: Record = {"id": "", "source": source, "domain": domain, "kind": "chat", "messages": messages}
     if meta:
         record["meta"] = json_safe(meta)
+    record["id"] = content_id(record)
     return record
 
 

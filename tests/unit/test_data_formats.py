@@ -200,3 +200,18 @@ def test_near_duplicate_text_tells_pairs_apart_by_their_rejected_answer():
     first = convert({"prompt": "Who pays?", "chosen": "The Fund.", "rejected": "Nobody."})
     second = convert({"prompt": "Who pays?", "chosen": "The Fund.", "rejected": "The state."})
     assert content_text(first) != content_text(second) and content_text(first).endswith("Nobody.")
+
+
+def test_the_data_stage_keeps_pairs_that_share_a_chosen_answer(tmp_path):
+    """Adding a system prompt rebuilds each record; the pair id must survive it (exact dedup runs after)."""
+    from lmforge.config import DataSpec
+    from lmforge.data.prepare import prepare_records
+
+    rows = [{"prompt": "Who pays?", "chosen": "The Fund.", "rejected": r} for r in ("Nobody.", "The state.")]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    spec = {"sources": [{"path": str(path), "domain": "x"}], "system_prompts": {"x": "Be brief."}}
+    prepared = prepare_records(DataSpec.model_validate(spec), seed=0)
+    kept = prepared.splits["train"]
+    assert sorted(r["meta"]["rejected"] for r in kept) == ["Nobody.", "The state."]
+    assert all(r["messages"][0] == {"role": "system", "content": "Be brief."} for r in kept)

@@ -38,7 +38,7 @@ from decimal import Decimal
 from typing import Any
 
 from lmforge.config import ColumnMap
-from lmforge.records import Message, Record, chat_record, json_safe, record_id, record_problem, text_record
+from lmforge.records import Message, Record, chat_record, content_id, json_safe, record_problem, text_record
 
 DETECT_ROWS = 50
 MAX_DEPTH = 100
@@ -159,9 +159,7 @@ def _converted(value: dict[str, Any], fmt: str, columns: ColumnMap | None, sourc
         messages = _prompt_answer(row, answer_key)
     elif fmt in ("preference", "preference_implicit"):
         messages, rejected = _preference(row, fmt == "preference")
-        record = chat_record(messages, source, domain, {**(meta or {}), "rejected": rejected})
-        record["id"] = record_id("chat", [messages, rejected])
-        return record
+        meta = {**(meta or {}), "rejected": rejected}
     elif fmt == "kto":
         messages = _prompt_answer(row, "completion")
         label = row.get("label")
@@ -278,10 +276,7 @@ def _canonical(value: dict[str, Any], domain: str | None) -> Record:
         record["meta"] = json_safe(record["meta"])
     record["domain"] = record.get("domain") or domain
     # ids are content hashes: one given by another tool is replaced, so equal content dedups as equal
-    record["id"] = record_id(record["kind"], record["text"] if record["kind"] == "text" else record["messages"])
-    rejected = (record.get("meta") or {}).get("rejected")
-    if record["kind"] == "chat" and isinstance(rejected, str):  # a preference pair, as _converted ids it
-        record["id"] = record_id("chat", [record["messages"], rejected])
+    record["id"] = content_id(record)  # type: ignore[arg-type]
     return record  # type: ignore[return-value]
 
 
