@@ -66,7 +66,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
             results[stage] = result
             if distributed.is_leader():
                 console.print(_one_line(stage, result, time.perf_counter() - started))
-                show = getattr(importlib.import_module(stages.stage(stage).entry), "show", None)
+                show = getattr(_entry(stage), "show", None)
                 if show is not None:
                     show(recipe, result, console)
         distributed.wait_for_all()
@@ -100,8 +100,13 @@ def _quiet_unless_leader() -> Iterator[None]:
         yield
 
 
+def _entry(stage: str) -> Any:
+    """The module that runs ``stage`` (the stage table's ``entry``), imported on first use."""
+    return importlib.import_module(stages.stage(stage).entry)
+
+
 def _run_stage(stage: str, recipe: Recipe) -> Any:
-    return importlib.import_module(stages.stage(stage).entry).run(recipe)
+    return _entry(stage).run(recipe)
 
 
 def _record_failure(stage_dir: StageDir, before: dict[str, Any], exc: Exception) -> None:
@@ -118,5 +123,5 @@ def _one_line(stage: str, result: Any, seconds: float) -> str:
     """A one-line summary of a finished (or skipped) stage: the stage module's ``summary`` when it has one."""
     if getattr(result, "skipped", False):
         return f"[dim]✔ {stage:<5} unchanged since the last run: skipped[/dim]"
-    summary = getattr(importlib.import_module(stages.stage(stage).entry), "summary", None)
+    summary = getattr(_entry(stage), "summary", None)
     return summary(result, seconds) if summary is not None else f"✔ {stage} ({seconds:.0f}s)"

@@ -43,8 +43,16 @@ def qa(question: str, answer: str) -> str:
     return json.dumps({"question": question, "answer": answer}, ensure_ascii=False)
 
 
-def pdf_file(objects: list[bytes]) -> bytes:
-    """A PDF file of numbered ``objects`` (the first is the catalog), with its cross-reference table."""
+def pdf_file(streams: list[bytes]) -> bytes:
+    """A PDF file with one page per content stream (Helvetica as font ``F1``), with its cross-reference table."""
+    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
+    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(streams)))
+    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(streams)} >>".encode())
+    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    for i, stream in enumerate(streams):
+        resources = "/MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
+        objects.append(f"<< /Type /Page /Parent 2 0 R {resources} /Contents {5 + 2 * i} 0 R >>".encode())
+        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
     out = b"%PDF-1.4\n"
     offsets = []
     for number, body in enumerate(objects, start=1):
@@ -60,21 +68,16 @@ def pdf_file(objects: list[bytes]) -> bytes:
 def make_pdf(path: Path, pages: list[str | None]) -> Path:
     """A minimal valid PDF: one page per entry, with the text in Helvetica, or None for a page that only
     holds a drawn rectangle (what a scanned page looks like to a text extractor: no text layer)."""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    for i, text in enumerate(pages):
-        resources = "/MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
-        objects.append(f"<< /Type /Page /Parent 2 0 R {resources} /Contents {5 + 2 * i} 0 R >>".encode())
+    streams = []
+    for text in pages:
         if text is None:
             stream = b"0.5 g 72 72 400 600 re f"
         else:
             lines = [ln.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for ln in text.split("\n")]
             shown = " T* ".join(f"({ln}) Tj" for ln in lines)
             stream = f"BT /F1 12 Tf 72 720 Td 16 TL {shown} ET".encode("latin-1")
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    path.write_bytes(pdf_file(objects))
+        streams.append(stream)
+    path.write_bytes(pdf_file(streams))
     return path
 
 
@@ -371,21 +374,16 @@ def test_scanned_pdf_is_rejected_with_an_ocr_hint_not_crashed_on(tmp_path):
 def make_layout_pdf(path: Path, pages: list[list[tuple[int, str]]]) -> Path:
     """A PDF whose pages hold ``(font size, line)`` pairs top-down, each page with a running header and a
     page number at its foot, as typeset manuals have."""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(pages)))
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(pages)} >>".encode())
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
+    streams = []
     for i, lines in enumerate(pages):
-        resources = "/MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
-        objects.append(f"<< /Type /Page /Parent 2 0 R {resources} /Contents {5 + 2 * i} 0 R >>".encode())
         shown, y = ["BT /F1 9 Tf 72 760 Td (The Kestrian Code, annotated) Tj ET"], 720
         for size, line in lines:
             shown.append(f"BT /F1 {size} Tf 72 {y} Td ({line}) Tj ET")
             y -= size + 14
         shown.append(f"BT /F1 9 Tf 300 40 Td (Page {i + 1}) Tj ET")
         stream = "\n".join(shown).encode("latin-1")
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    path.write_bytes(pdf_file(objects))
+        streams.append(stream)
+    path.write_bytes(pdf_file(streams))
     return path
 
 
@@ -430,6 +428,9 @@ def test_running_lines_need_most_pages_and_only_leave_the_page_edges():
     # A header that carries the page number (texinfo manuals), on the pages of one chapter only.
     pages = ["Preface\nBody a.", *[f"Chapter 2: Setup {n + 5}\nBody {n}.\nMore {n}." for n in range(1, 5)]]
     assert without_running_lines(pages)[1:] == [f"Body {n}.\nMore {n}." for n in range(1, 5)]
+    # ... also when the printed number equals the page's index (no offset).
+    pages = [f"Chapter 3: Use {n}\nBody {n}." for n in range(4)]
+    assert without_running_lines(pages) == [f"Body {n}." for n in range(4)]
     # ... or prints it on a line of its own, above the number.
     pages = ["Preface\nBody a.", "Intro\nBody b.", *[f"Chapter 2: Setup\n{n}\nBody {n}.\nMore {n}." for n in range(3)]]
     assert without_running_lines(pages)[2:] == [f"Body {n}.\nMore {n}." for n in range(3)]

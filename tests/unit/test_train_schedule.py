@@ -42,3 +42,25 @@ def test_a_bad_lr_is_refused_naming_auto(bad):
 
     with pytest.raises(ValidationError, match="auto"):
         SFTSpec(lr=bad)
+
+
+def test_build_trainer_resolves_auto_for_the_split_and_model(tiny_tokenizer, tmp_path, capsys):
+    from functools import partial
+
+    from conftest import build_tiny_llama
+
+    from lmforge.rundir import StageDir
+    from lmforge.train.fast import causal_lm_loss_sum, pad_batch
+    from lmforge.train.sft import ExampleDataset
+    from lmforge.train.tokenize import TokenizedExample
+    from lmforge.train.trainer import build_trainer
+
+    examples = [TokenizedExample([5, 6, 7, 8], [-100, 6, 7, 8], False) for _ in range(40)]
+    trainer = build_trainer(
+        model=build_tiny_llama(tiny_tokenizer), spec=SFTSpec(method="full", precision="fp32", report_to=[]), seed=0,
+        stage=StageDir.open(tmp_path, "sft"), label="sft", train_dataset=ExampleDataset(examples), eval_dataset=None,
+        collator=partial(pad_batch, pad_id=0), loss_sum=causal_lm_loss_sum,
+    )  # fmt: skip
+    assert trainer.args.learning_rate == schedule.LR  # full training keeps 2e-4 whatever the size
+    assert trainer.args.num_train_epochs == schedule.auto_epochs(40) == 10.0
+    assert "sft: lr 0.0002, 10 epochs over 40 examples (auto" in capsys.readouterr().out

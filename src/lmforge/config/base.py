@@ -72,7 +72,7 @@ def describe_errors(errors: list[dict[str, Any]], root: type[BaseModel]) -> list
         described = [describe_error(err, root) for err in group]
         first = described[0]
         if len(described) == 1 or not first.message.startswith("got "):
-            problems += described[:1] if len(described) > 1 else described
+            problems.append(first)
             continue
         got = first.message.split("; ", 1)[0]
         wanted = [d.message.split("; ", 1)[-1].removeprefix("expected ") for d in described]

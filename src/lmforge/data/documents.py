@@ -278,47 +278,47 @@ def without_running_lines(pages: list[str], edge: int = 2) -> list[str]:
     number, a line that carries the page's number (``Chapter 4: Function reference 9``: the same two or
     more words, and a number that grows with the page, on three pages or more), and a first or last line of
     three words or more found first or last on three pages (a chapter's running title on that chapter's
-    pages). Left in, each page's header would
-    become a tiny passage that matches every question, or be printed into a sentence across a page break."""
+    pages). Left in, each page's header would become a tiny passage that matches every question, or be
+    printed into a sentence across a page break."""
     if len(pages) < 3:
         return pages
 
     def plain(line: str) -> str:
         return " ".join(line.split()).strip("*_ ")
 
-    def keys(line: str, page: int) -> tuple[str, ...]:
+    def keys(line: str, page: int) -> list[tuple[Any, ...]]:
+        """What a line counts as: ``("line", text)``, ``("page number",)``, ``("numbered", words, offset)``."""
         text = plain(line)
         if PAGE_NUMBER.fullmatch(text):
-            return ("<page number>",)
+            return [("page number",)]
         numbered = _NUMBERED.fullmatch(text)
         if numbered is None:
-            return (text,)
+            return [("line", text)]
         number, words = (numbered[1], numbered[2]) if numbered[1] else (numbered[4], numbered[3])
         if len(words.split()) < 2:  # "Article 5" atop page 5: a heading that happens to follow the pages
-            return (text,)
-        return text, f"{words} <page {page - int(number)}>"  # the same words at the same page offset
+            return [("line", text)]
+        return [("line", text), ("numbered", words, page - int(number))]  # same words, same page offset
 
     def edges(lines: list[str]) -> list[int]:
         filled = [i for i, line in enumerate(lines) if line.strip()]
         return sorted(set(filled[:edge] + filled[-edge:]))
 
-    def outermost(lines: list[str]) -> set[str]:
+    def outermost(lines: list[str]) -> set[tuple[Any, ...]]:
         """The first and last non-empty lines, when they have three words or more (a chapter's running title)."""
         filled = [plain(line) for line in lines if line.strip()]
-        return {f"<outer> {line}" for line in filled[:1] + filled[-1:] if len(line.split()) >= 3}
+        return {("outer", line) for line in filled[:1] + filled[-1:] if len(line.split()) >= 3}
 
     split = [page.split("\n") for page in pages]
-    counts: dict[str, int] = {}
+    counts: dict[tuple[Any, ...], int] = {}
     for page, lines in enumerate(split):
         for found in {k for i in edges(lines) for k in keys(lines[i], page)} | outermost(lines):
             counts[found] = counts.get(found, 0) + 1
+    pages_needed = {"line": max(3, len(pages) // 2), "page number": max(3, len(pages) // 2), "numbered": 3, "outer": 3}
     running = {
-        found
+        ("line", found[1]) if found[0] == "outer" else found  # a running title is dropped at any page edge
         for found, n in counts.items()
-        if found and (n >= max(3, len(pages) // 2) or (found.endswith(">") and "<page " in found and n >= 3))
+        if found != ("line", "") and n >= pages_needed[found[0]]
     }
-    outer = "<outer> "
-    running |= {found.removeprefix(outer) for found, n in counts.items() if found.startswith(outer) and n >= 3}
     if not running:
         return pages
     kept = []

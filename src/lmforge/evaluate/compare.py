@@ -42,7 +42,7 @@ from lmforge.evaluate.variants import (
 )
 from lmforge.models import generate_replies
 from lmforge.rag.route import routed
-from lmforge.records import invented_citation, read_records
+from lmforge.records import invented_citation, read_json_lines, read_records
 from lmforge.redact import redact_values
 from lmforge.rundir import (
     StageDir,
@@ -546,8 +546,5 @@ def write_table(path: Path, summary: dict[str, Any], rows: list[dict[str, Any]],
 
 def show(recipe: Recipe, result: EvalResult, console: Any) -> None:
     """Print the side-by-side table (the stage wrote it as ``eval/table.txt`` too)."""
-    import json
-
-    text = (recipe.run_path() / "eval" / "predictions.jsonl").read_text(encoding="utf-8")
-    rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    rows = [row for _, row in read_json_lines(recipe.run_path() / "eval" / "predictions.jsonl")]
     console.print(render_table(result.summary, rows, recipe.eval.examples))

@@ -24,7 +24,7 @@ from lmforge.errors import StageError
 from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
-from lmforge.train import chain, schedule
+from lmforge.train import chain
 from lmforge.train.budget import stage_micro_batching
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
 from lmforge.train.lora import add_lora, trainable_summary
@@ -75,9 +75,6 @@ def run(recipe: Recipe) -> TrainResult:
 
     if start.how == "cpt-merge":
         start.base_dir = chain.merged_base(start, stage.path("base"), recipe.model.trust_remote_code)
-    spec = schedule.resolved(spec, len(examples), schedule.model_parameters(start.base_dir))
-    if "auto" in (recipe.sft.lr, recipe.sft.epochs):
-        print(f"sft: lr {spec.lr:g}, {spec.epochs:g} epochs over {len(examples)} examples (auto, see docs/TRAINING.md)")
     fold_in = start.cpt_adapter if start.how == "cpt-stack" else None
     seed_everything(recipe.seed)
     # `attention: auto` picks the kernel by the longest row trained on (a packed row holds a whole
@@ -122,12 +119,13 @@ def run(recipe: Recipe) -> TrainResult:
 
     outputs = save_outputs(model, tokenizer, spec, stage, start)
     metrics = training_metrics(trainer, result, seconds)
-    epochs_run = metrics["epochs"] or spec.epochs
+    chosen = trainer.args  # `lr: auto` / `epochs: auto` are resolved by build_trainer
+    epochs_run = metrics["epochs"] or chosen.num_train_epochs
     metrics.update(token_counts)
     metrics["trainable_tokens_per_s"] = tokens_per_s(token_counts["trainable_tokens"], epochs_run, seconds)
     metrics["tokens_per_s"] = tokens_per_s(token_counts["tokens"], epochs_run, seconds)
     metrics["template"] = spec.template
-    metrics["lr"], metrics["epochs_planned"] = spec.lr, spec.epochs
+    metrics["lr"], metrics["epochs_planned"] = chosen.learning_rate, chosen.num_train_epochs
     if default_domain is not None:
         metrics["default_domain"] = default_domain
     setup.wrap_up(trainer)

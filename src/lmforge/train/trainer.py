@@ -305,9 +305,10 @@ def build_trainer(
 
     from lmforge.train import schedule
 
-    # `lr: auto` / `epochs: auto` (sft) resolved here too, for callers that did not (the stage prints them).
-    if "auto" in (spec.lr, spec.epochs):
-        spec = schedule.resolved(spec, len(train_dataset), sum(p.numel() for p in model.parameters()))
+    if "auto" in (spec.lr, spec.epochs):  # sft's defaults, resolved for this split and model (train/schedule.py)
+        spec = schedule.resolved(spec, len(train_dataset), schedule.config_parameters(model.config.to_dict()))
+        shown = f"lr {spec.lr:g}, {spec.epochs:g} epochs over {len(train_dataset)} examples"
+        print(f"{label}: {shown} (auto, see docs/TRAINING.md)")
     bf16 = use_bf16(spec.precision)
     eval_loss_sum = eval_loss_sum or loss_sum
     world = distributed.world()
