@@ -296,9 +296,9 @@ def final_model(run_path: str | Path, kinds: tuple[str, ...] | None = None) -> F
     stage has finished. Eval's ``tuned`` variant, ``ask``, ``serve``, ``export``, distillation from a run
     and model references to a run all ask this.
     """
-    from lmforge.stages import MODEL_STAGES, stage
+    from lmforge.stages import TRAINING_STAGES, stage
 
-    for name in reversed(MODEL_STAGES):
+    for name in reversed(TRAINING_STAGES):
         kind = stage(name).model
         if kinds is not None and kind not in kinds:
             continue

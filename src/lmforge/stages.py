@@ -42,7 +42,6 @@ STAGES: tuple[Stage, ...] = (
 
 STAGE_ORDER: tuple[str, ...] = tuple(s.name for s in STAGES)
 TRAINING_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.model is not None)
-MODEL_STAGES: tuple[str, ...] = TRAINING_STAGES
 """Stages whose output is a model, in pipeline order: the last finished one is a run's result."""
 
 
