@@ -290,17 +290,20 @@ def is_run_dir(path: str | Path) -> bool:
     return (path / "recipe.json").is_file() or any((path / name).is_dir() for name in STAGE_ORDER)
 
 
-def final_model(run_path: str | Path, kinds: tuple[str, ...] | None = None) -> FinalModel | None:
+def final_model(
+    run_path: str | Path, kinds: tuple[str, ...] | None = None, stages: tuple[str, ...] | None = None
+) -> FinalModel | None:
     """The model a run produced: that of its last finished training stage in pipeline order (``sft`` after
-    ``cpt``; a stage added after ``sft`` takes over), of one of ``kinds`` when given; None when no such
-    stage has finished. Eval's ``tuned`` variant, ``ask``, ``serve``, ``export``, distillation from a run
-    and model references to a run all ask this.
+    ``cpt``, ``dpo`` after ``sft``), of one of ``kinds`` and ``stages`` when given (dpo asks for the stages
+    before it: what it starts from; an eval variant may name one stage); None when no such stage has
+    finished. Eval's ``tuned`` variant, ``ask``, ``serve``, ``export``, distillation from a run and model
+    references to a run all ask this.
     """
     from lmforge.stages import TRAINING_STAGES, stage
 
     for name in reversed(TRAINING_STAGES):
         kind = stage(name).model
-        if kinds is not None and kind not in kinds:
+        if (kinds is not None and kind not in kinds) or (stages is not None and name not in stages):
             continue
         found = StageDir.open(run_path, name)
         if found.status != "done":

@@ -70,15 +70,16 @@ def test_losses_on_known_numbers():
     counts = torch.tensor([2.0, 3.0, 4.0, 5.0])
     ref = torch.tensor([-3.0, -3.0, -3.0, -3.0])
     dpo, stats = preference.preference_loss("dpo", logps, counts, ref, beta=0.5)
+    dpo = dpo.mean()
     margins = torch.tensor([0.5 * ((1.0) - (-1.0)), 0.5 * (0.0 - 0.5)])
     assert dpo.item() == pytest.approx((-torch.nn.functional.logsigmoid(margins)).mean().item())
     assert stats["accuracy"].tolist() == [1.0, 0.0]
-    ipo, _ = preference.preference_loss("ipo", logps, counts, ref, beta=0.5)
+    ipo = preference.preference_loss("ipo", logps, counts, ref, beta=0.5)[0].mean()
     deltas = torch.tensor([1.0 / 2 - (-1.0) / 4, 0.0 / 3 - 0.5 / 5])
     assert ipo.item() == pytest.approx(((deltas - 1.0) ** 2).mean().item())
     with pytest.raises(ValueError, match="reference"):
         preference.preference_loss("dpo", logps, counts)
-    simpo, _ = preference.preference_loss("simpo", logps, counts, beta=2.0, simpo_gamma=0.5)
+    simpo = preference.preference_loss("simpo", logps, counts, beta=2.0, simpo_gamma=0.5)[0].mean()
     avg = torch.tensor([-1.0 - (-1.0), -1.0 - (-0.5)])
     assert simpo.item() == pytest.approx((-torch.nn.functional.logsigmoid(2.0 * avg - 1.0)).mean().item())
 
@@ -104,7 +105,7 @@ def test_the_dpo_loss_equals_trl_on_the_same_batch(tiny_tokenizer, tmp_path):
     ours_batch = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
     logps, counts = preference.sequence_logps(trainer.model, ours_batch)
     ref_logps = preference.reference_logps(trainer.model, ours_batch, ref_model=trainer.ref_model)
-    ours, _ = preference.preference_loss("dpo", logps, counts, ref_logps, beta=0.3)
+    ours = preference.preference_loss("dpo", logps, counts, ref_logps, beta=0.3)[0].mean()
     assert abs(ours.item() - float(trl_loss)) < 1e-5, (ours.item(), float(trl_loss))
     assert abs(ours.item() - 0.6931) > 1e-3  # not the trivial log 2 of identical policies
 
@@ -123,7 +124,8 @@ def test_one_dpo_step_widens_the_margin_with_the_adapter_as_its_own_reference(ti
     before = None
     for _ in range(3):
         logps, counts = preference.sequence_logps(model, batch)
-        loss, stats = preference.preference_loss("dpo", logps, counts, ref, beta=0.1)
+        losses, stats = preference.preference_loss("dpo", logps, counts, ref, beta=0.1)
+        loss = losses.mean()
         before = stats["margin"].mean().item() if before is None else before
         optimizer.zero_grad()
         loss.backward()
@@ -138,7 +140,8 @@ def test_kto_pushes_desirable_completions_up_and_the_others_down_against_the_kl_
     ref = torch.tensor([-3.0, -4.0, -3.0])
     desirable = torch.tensor([True, False, True])
     kl_logps, kl_ref = torch.tensor([-6.0, -7.0]), torch.tensor([-6.5, -7.5])  # KL = 0.5
-    loss, stats = preference.kto_loss(logps, ref, desirable, kl_logps, kl_ref, beta=0.2, undesirable_weight=2.0)
+    losses, stats = preference.kto_loss(logps, ref, desirable, kl_logps, kl_ref, beta=0.2, undesirable_weight=2.0)
+    loss = losses.mean()
     assert stats["kl"].item() == pytest.approx(0.5)
 
     def sig(x: float) -> float:

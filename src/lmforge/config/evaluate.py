@@ -23,10 +23,13 @@ class VariantSpec(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
     """Column name in tables and the report, e.g. ``tuned+rag``. ``base`` is the base model."""
     model: str = "tuned"
-    """``tuned`` (this run's sft result, or the one of ``run``), ``base`` (the recipe's model) or any
-    model reference (alias, local folder, ``.gguf`` file, hub id)."""
+    """``tuned`` (the result of this run's last training stage, or of ``run``'s), ``base`` (the recipe's
+    model) or any model reference (alias, local folder, ``.gguf`` file, hub id)."""
     run: str | None = None
-    """Another run whose sft result to use: a run name under the same ``run_dir`` or a run folder."""
+    """Another run whose result to use: a run name under the same ``run_dir`` or a run folder."""
+    stage: str | None = None
+    """With ``model: tuned``: the model of this training stage rather than the run's last one, e.g.
+    ``sft`` in a run that continues with ``dpo`` (to measure what dpo added)."""
     adapter: str | None = None
     """A LoRA adapter folder applied on top of ``model`` (relative to the recipe)."""
     rag: bool = False
@@ -48,6 +51,20 @@ class VariantSpec(Strict):
         if value is not None and info.data.get("model", "tuned") != "tuned":
             model = info.data["model"]
             raise ValueError(f"give either 'run' (its tuned model) or 'model', not both; got model {model!r}")
+        return value
+
+    @field_validator("stage")
+    @classmethod
+    def _stage_trains(cls, value: str | None, info: ValidationInfo) -> str | None:
+        from lmforge.stages import TRAINING_STAGES
+
+        if value is None:
+            return value
+        if info.data.get("model", "tuned") != "tuned":
+            model = info.data["model"]
+            raise ValueError(f"'stage' picks a training stage's model, so it needs model 'tuned', not {model!r}")
+        if value not in TRAINING_STAGES:
+            raise ValueError(f"got {value!r}; expected a training stage: {', '.join(TRAINING_STAGES)}")
         return value
 
     @field_validator("adapter")

@@ -1,7 +1,8 @@
 """Variants: the models an evaluation compares, and the retrieved passages a ``rag`` variant reads.
 
 The base model is always a variant. Without ``eval.variants`` the list is ``base`` plus ``tuned``
-(this run's sft result) when the run has an sft stage, and ``base+rag`` / ``tuned+rag`` when it
+(the result of the run's last training stage) when the run trains a causal LM — and ``sft`` too when
+another fine-tuning stage follows sft (``dpo``) —, and ``base+rag`` / ``tuned+rag`` (``sft+rag``) when it
 has an index stage, and with both ``tuned+routed`` (retrieval only for the questions the index
 covers, :mod:`lmforge.rag.route`). A ``rag: true`` variant answers with the
 passages the ``index`` stage retrieved for each question: the agreed hand-off is the file
@@ -74,9 +75,15 @@ def variant_specs(recipe: Recipe) -> list[VariantSpec]:
         has_index = "index" in recipe.stages or StageDir.open(recipe.run_path(), "index").status == "done"
         if has_index:
             specs.append(VariantSpec(name="base+rag", model="base", rag=True))
+        # A fine-tuning stage followed by another one (sft, then dpo) is compared too: what did the next add?
+        earlier = [name for name in trains if name != "cpt"][:-1]
         if has_sft:
+            for name in earlier:
+                specs.append(VariantSpec(name=name, model="tuned", stage=name))
             specs.append(VariantSpec(name="tuned", model="tuned"))
         if has_sft and has_index:
+            for name in earlier:
+                specs.append(VariantSpec(name=f"{name}+rag", model="tuned", stage=name, rag=True))
             specs.append(VariantSpec(name="tuned+rag", model="tuned", rag=True))
             specs.append(VariantSpec(name="tuned+routed", model="tuned", rag=True, route=True))
         return specs
@@ -94,12 +101,13 @@ def resolve_variants(recipe: Recipe) -> list[Variant]:
 def _resolve(spec: VariantSpec, recipe: Recipe, base_dir: Path) -> Variant:
     if spec.model == "tuned":
         run_path = _run_folder(spec.run, recipe) if spec.run else recipe.run_path()
-        tuned = final_model(run_path, kinds=("causal",))
+        tuned = final_model(run_path, kinds=("causal",), stages=(spec.stage,) if spec.stage else None)
         if tuned is None:
             where = f"run {spec.run!r} ({run_path})" if spec.run else "this run"
+            which = f"its {spec.stage} stage has not" if spec.stage else "none of its training stages has"
             raise StageError(
-                f"variant {spec.name!r} needs the tuned model of {where}, but none of its training stages (cpt, "
-                f"sft) has finished in {run_path}; run them first (lmforge run RECIPE)"
+                f"variant {spec.name!r} needs the tuned model of {where}, but {which} finished in {run_path}; "
+                "run the recipe first (lmforge run RECIPE)"
             )
         model_dir, adapter_dir = tuned.pair
         identity = {tuned.stage: tuned.fingerprint}

@@ -102,14 +102,22 @@ def _check_stackable(recipe: Recipe, adapter: Path) -> None:
 
 def merged_base(start: StartingPoint, target: Path, trust_remote_code: bool) -> Path:
     """``chain: merge``: fold the cpt adapter into the base weights (fp32) and save them to ``target`` once."""
+    assert start.cpt_adapter is not None
+    return merge_adapter(start.base_dir, start.cpt_adapter, target, trust_remote_code)
+
+
+def merge_adapter(base_dir: Path, adapter: Path, target: Path, trust_remote_code: bool) -> Path:
+    """Fold ``adapter`` into the weights of ``base_dir`` (fp32) and save them, with the adapter's tokenizer,
+    to ``target``, once: a later stage trains a fresh adapter on the result (sft after cpt, dpo after sft)."""
     if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
         return target  # written by an earlier, interrupted attempt with the same fingerprint
     import torch
     from peft import PeftModel
 
-    base = load_causal_lm(start.base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(start.cpt_adapter)).merge_and_unload()
-    tokenizer = load_tokenizer(start.cpt_adapter, trust_remote_code=trust_remote_code)
+    base = load_causal_lm(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
+    tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code)
     return save_folder(target, merged, tokenizer)
 
 

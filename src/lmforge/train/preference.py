@@ -138,8 +138,9 @@ def preference_loss(
     beta: float = 0.1,
     simpo_gamma: float = 0.5,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean loss over the pairs of a batch laid out ``[chosen..., rejected...]``, and per-pair statistics
-    (``margin``: the chosen minus rejected reward, ``accuracy``: margin > 0)."""
+    """Each pair's loss for a batch laid out ``[chosen..., rejected...]``, and per-pair statistics
+    (``margin``: the chosen minus rejected reward, ``accuracy``: margin > 0). The caller reduces (the
+    stage sums and divides by the pairs of the whole optimizer step)."""
     chosen, rejected = logps.chunk(2)
     n_chosen, n_rejected = counts.clamp(min=1.0).chunk(2)
     if kind in REFERENCE_FREE:
@@ -166,7 +167,7 @@ def preference_loss(
             margin = chosen_ratio / n_chosen - rejected_ratio / n_rejected
             losses = (margin - 1 / (2 * beta)) ** 2
     stats = {"margin": margin.detach(), "accuracy": (margin.detach() > 0).float()}
-    return losses.mean(), stats
+    return losses, stats
 
 
 def kto_loss(
@@ -179,7 +180,7 @@ def kto_loss(
     desirable_weight: float = 1.0,
     undesirable_weight: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Mean KTO loss over a batch of unpaired completions.
+    """The KTO loss of each completion of a batch of unpaired ones (weighted; the caller reduces).
 
     Args:
         logps, ref_logps: summed completion log-probabilities under the policy and the reference.
@@ -191,4 +192,4 @@ def kto_loss(
     ratio = logps - ref_logps
     losses = torch.where(desirable, 1 - torch.sigmoid(beta * (ratio - kl)), 1 - torch.sigmoid(beta * (kl - ratio)))
     weights = torch.where(desirable, desirable_weight, undesirable_weight).to(losses.dtype)
-    return (weights * losses).mean(), {"kl": kl, "reward": (beta * ratio).detach()}
+    return weights * losses, {"kl": kl, "reward": (beta * ratio).detach()}

@@ -65,6 +65,10 @@ def run(recipe: Recipe) -> TrainResult:
     print(f"sft: {start.description}; training data {shown_paths}")
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=recipe.model.trust_remote_code)
     records = [r for path in train_paths for r in read_records(path) if r["kind"] == "chat"]
+    undesirable = [r for r in records if (r.get("meta") or {}).get("label") is False]
+    if undesirable:  # KTO rows whose completion is marked bad: for dpo's kto loss, never imitated
+        records = [r for r in records if (r.get("meta") or {}).get("label") is not False]
+        print(f"sft: left out {len(undesirable)} completion(s) labelled undesirable (KTO rows, for the dpo stage)")
     if not records:
         raise StageError(f"the split(s) {spec.splits} ({shown_paths}) hold no chat records to fine-tune on")
     default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)

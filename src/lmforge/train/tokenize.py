@@ -67,9 +67,12 @@ def tokenize_chat(
     max_length: int,
     train_on_inputs: bool = False,
     template_kwargs: dict[str, Any] | None = None,
+    last_turn_only: bool = False,
 ) -> TokenizedExample:
-    """Token ids and labels for one conversation; labels are IGNORE outside assistant turns."""
+    """Token ids and labels for one conversation; labels are IGNORE outside assistant turns (outside the
+    last one with ``last_turn_only``: a preference pair's completion, earlier turns being its prompt)."""
     text, spans = assistant_spans(tokenizer, messages, template_kwargs)
+    spans = spans[-1:] if last_turn_only else spans
     # The template already holds the special tokens (BOS, turn markers); don't add them twice.
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids: list[int] = encoded["input_ids"]

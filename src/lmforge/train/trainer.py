@@ -40,7 +40,10 @@ from lmforge.train.layout import ProcessLayout, process_layout
 from lmforge.train.progress import progress_callback, tensorboard_callback
 
 LossSum = Callable[[Any, dict[str, Any]], tuple[Any, int]]
-"""``(model, batch) -> (summed loss tensor, trained positions)``."""
+"""``(model, batch) -> (summed loss tensor, trained positions)``. A loss that also has a ``drain()``
+method returning ``{name: value}`` (e.g. preference tuning's reward margin and accuracy, averaged since
+the last call) gets those logged next to the loss, and next to the validation loss for ``eval_loss_sum``
+(give the two different objects, so the validation passes do not mix into the training figures)."""
 
 _BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
 _BNB_OPTIMIZERS["paged_adamw_32bit"] = "paged_adamw_32bit"
@@ -285,6 +288,7 @@ def build_trainer(
     loss_shifts_labels: bool = False,
     distributed_spec: DistributedSpec | None = None,
     micro_batching: MicroBatching | None = None,
+    lengths: list[int] | None = None,
 ) -> Any:
     """An HF Trainer whose loss is ``loss_sum`` normalised over each optimizer step's trained positions.
 
@@ -298,6 +302,8 @@ def build_trainer(
             matters only when the launcher started several processes.
         micro_batching: rows per forward/backward pass under the stage's token budget
             (:func:`lmforge.train.budget.micro_batching`); None: ``batch_size`` rows.
+        lengths: each training example's length for length grouping and token budgets; default: the
+            length of its ``input_ids`` (a preference pair passes the longer of its two completions).
     """
     import torch
     from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
@@ -329,6 +335,11 @@ def build_trainer(
                 # so each process's share is scaled back up by their number.
                 loss = loss * self.accelerator.num_processes / num_items_in_batch
             return (loss, None) if return_outputs else loss
+
+        def log(self, logs, *args, **kwargs):
+            if "loss" in logs and hasattr(loss_sum, "drain"):
+                logs = {**logs, **loss_sum.drain()}
+            return super().log(logs, *args, **kwargs)
 
         def get_train_dataloader(self):
             return self._step_loader(self.train_dataset, train_batches, self.data_collator)
@@ -371,6 +382,8 @@ def build_trainer(
                     samples += 0 if n == 0 and is_filler(inputs) else int(inputs["input_ids"].shape[0])
             total, count, samples = all_reduce_sum([total, count, samples])
             metrics = {f"{prefix}_loss": total / max(count, 1)}
+            if hasattr(eval_loss_sum, "drain"):
+                metrics.update({f"{prefix}_{name}": value for name, value in eval_loss_sum.drain().items()})
             return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(samples))
 
     configure_threads(layout.spec.threads_per_process)
@@ -379,8 +392,7 @@ def build_trainer(
     has_eval = eval_dataset is not None
     args = training_arguments(spec, seed, stage, has_eval, bf16, sampling, layout)
     order = train_sampler
-    lengths = None
-    if sampling == "group_by_length" or layout.pieces > 1:
+    if lengths is None and (sampling == "group_by_length" or layout.pieces > 1):
         lengths = [len(train_dataset[i]["input_ids"]) for i in range(len(train_dataset))]
     if order is None and sampling == "group_by_length":
         order = EpochSeededLengthSampler(lengths, layout.per_device * layout.accum * world.size, seed)
