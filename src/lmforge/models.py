@@ -369,13 +369,53 @@ def generate_replies(
     ``data_parallel``, inside a stage that every process of a launched job runs together, each
     process answers every N-th batch and all get every reply (the same ones as one process).
     """
+    found = _replies(model, tokenizer, conversations, max_new_tokens, batch_size, on_batch, data_parallel, {})
+    return [replies[0] for replies in found]
+
+
+def sample_replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    samples: int,
+    temperature: float,
+    top_p: float = 1.0,
+    max_new_tokens: int = 48,
+    batch_size: int = 16,
+    seed: int = 0,
+    on_batch: Any = None,
+    data_parallel: bool = False,
+) -> list[list[str]]:
+    """``samples`` sampled replies per conversation (batched like :func:`generate_replies`), reproducible
+    for a ``seed`` on one machine. Under a launcher each process samples its share of the batches."""
+    import torch
+
+    from lmforge.distributed import world
+
+    torch.manual_seed(seed * 1_000_003 + world().rank)
+    sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_return_sequences": samples}
+    return _replies(model, tokenizer, conversations, max_new_tokens, batch_size, on_batch, data_parallel, sampling)
+
+
+def _replies(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    conversations: list[list[dict[str, str]]],
+    max_new_tokens: int,
+    batch_size: int,
+    on_batch: Any,
+    data_parallel: bool,
+    sampling: dict[str, Any],
+) -> list[list[str]]:
+    """Every conversation's replies (one greedy one without ``sampling``, else ``num_return_sequences``)."""
     import torch
 
     prompts = [
         tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations
     ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    replies: list[str] = [""] * len(prompts)
+    per_prompt = sampling.get("num_return_sequences", 1)
+    replies: list[list[str]] = [[] for _ in prompts]
     previous_side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     stop_ids = eos_ids(model, tokenizer)
@@ -392,21 +432,21 @@ def generate_replies(
                 output = model.generate(
                     **encoded,
                     max_new_tokens=max_new_tokens,
-                    do_sample=False,
                     eos_token_id=stop_ids,
                     pad_token_id=tokenizer.pad_token_id,
+                    **{"do_sample": False, **sampling},
                 )
             new_tokens = output[:, encoded["input_ids"].shape[1] :]
-            for index, tokens in zip(batch, new_tokens, strict=True):
-                replies[index] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+            for row, tokens in enumerate(new_tokens):  # a prompt's sequences are consecutive rows
+                replies[batch[row // per_prompt]].append(tokenizer.decode(tokens, skip_special_tokens=True).strip())
             if on_batch is not None:
                 on_batch(len(batch))
     finally:
         tokenizer.padding_side = previous_side
     if data_parallel:
         mine = [(index, replies[index]) for batch in batches for index in batch]
-        for index, reply in gather_shares(mine):
-            replies[index] = reply
+        for index, found in gather_shares(mine):
+            replies[index] = found
     return replies
 
 
