@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Recipe
+from lmforge.distributed import leader_decides
 from lmforge.errors import StageError
 from lmforge.models import load_causal_lm, load_tokenizer, resolve_model
-from lmforge.rundir import require_done
-from lmforge.train.trainer import save_folder
+from lmforge.rundir import require_done, stage_folder
 
 
 @dataclass
@@ -108,17 +108,23 @@ def merged_base(start: StartingPoint, target: Path, trust_remote_code: bool) -> 
 
 def merge_adapter(base_dir: Path, adapter: Path, target: Path, trust_remote_code: bool) -> Path:
     """Fold ``adapter`` into the weights of ``base_dir`` (fp32) and save them, with the adapter's tokenizer,
-    to ``target``, once: a later stage trains a fresh adapter on the result (sft after cpt, dpo after sft)."""
-    if (target / "config.json").is_file() and any(target.glob("*.safetensors")):
+    to ``target``, once: a later stage trains a fresh adapter on the result (sft after cpt, dpo after sft).
+    In a job of several processes the leader merges and saves while the others wait."""
+    complete = (target / "config.json").is_file() and any(target.glob("*.safetensors"))
+    if leader_decides(complete):
         return target  # written by an earlier, interrupted attempt with the same fingerprint
-    import torch
-    from peft import PeftModel
 
-    base = load_causal_lm(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-    tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
-    tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code)
-    return save_folder(target, merged, tokenizer)
+    def merge_into(staging: Path) -> None:
+        import torch
+        from peft import PeftModel
+
+        base = load_causal_lm(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
+        merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+        tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
+        merged.save_pretrained(staging)
+        load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code).save_pretrained(staging)
+
+    return stage_folder(target, merge_into)
 
 
 def fold_in_adapter(model: Any, adapter: Path) -> Any:
