@@ -37,6 +37,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("mlm", "lmforge.train.mlm", every_process=True, model="encoder"),
     Stage("sft", "lmforge.train.sft", every_process=True, model="causal"),
     Stage("seq2seq", "lmforge.train.seq2seq", every_process=True, model="seq2seq"),
+    Stage("dpo", "lmforge.train.dpo", every_process=True, model="causal"),
     Stage("eval", "lmforge.evaluate.compare", every_process=True),
 )
 

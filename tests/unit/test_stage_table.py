@@ -23,9 +23,9 @@ def test_every_row_names_a_module_with_run_and_summary():
         module = importlib.import_module(row.entry)
         assert callable(module.run) and callable(module.summary), row.name
     assert stages.stage("sft").entry == "lmforge.train.sft" and stages.stage("sft").model == "causal"
-    assert set(SPLIT_STAGES) == {"index", "cpt", "mlm", "sft", "seq2seq", "eval"}
+    assert set(SPLIT_STAGES) == {"index", "cpt", "mlm", "sft", "seq2seq", "dpo", "eval"}
     with pytest.raises(KeyError, match="expected one of"):
-        stages.stage("dpo")
+        stages.stage("polish")
 
 
 def test_the_recipe_refuses_names_and_orders_the_table_does_not_have(tmp_path):

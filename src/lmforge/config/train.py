@@ -1,5 +1,5 @@
 """Recipe models of the training stages: shared :class:`TrainSpec`, LoRA, distillation, and the
-``sft``, ``cpt``, ``mlm`` and ``seq2seq`` stage specs."""
+``sft``, ``cpt``, ``mlm``, ``seq2seq`` and ``dpo`` stage specs."""
 
 # Mutable field defaults are safe here: pydantic copies them per instance; ruff only sees that
 # when the BaseModel subclass is defined in the same file, and Strict lives in base.py.
@@ -257,3 +257,62 @@ class Seq2SeqSpec(TrainSpec):
         if not resolved.is_file():
             raise ValueError(f"JSON schema file not found: {str(resolved)!r}; give a .json file or an inline mapping")
         return str(resolved)
+
+
+class PairsSpec(Strict):
+    """``dpo.build``: preference pairs made from the starting model's own answers to training questions."""
+
+    splits: list[str] = Field(["train"], min_length=1)
+    """Splits whose chat records are asked. Only records with a short gold answer (``meta.answer``, as QA
+    sets carry) are used: a sampled answer is judged by whether it contains it; the others are counted."""
+    samples: int = Field(4, ge=1, le=32)
+    """Answers sampled per question, besides the greedy one."""
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    """Sampling temperature (higher: more varied, more wrong answers to learn from)."""
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Longest sampled answer."""
+    batch_size: int = Field(16, ge=1)
+    """Questions generated together."""
+    chosen: Literal["gold", "sample"] = "gold"
+    """The preferred answer: the record's own (gold) answer, or (``sample``) a sampled answer that contains
+    the gold one when there is one (on-policy text), else the gold answer."""
+    limit: int | None = Field(None, ge=1)
+    """Ask at most this many questions (quick checks)."""
+
+
+class DPOSpec(TrainSpec):
+    """The ``dpo`` stage: preference tuning after sft (DPO, IPO, ORPO, SimPO or KTO) on pairs of answers."""
+
+    loss: Literal["dpo", "ipo", "orpo", "simpo", "kto"] = "dpo"
+    """``dpo`` (Rafailov et al.), ``ipo`` (Azar et al.), ``orpo`` (Hong et al.; no reference, keeps an sft term),
+    ``simpo`` (Meng et al.; no reference, length-normalised) or ``kto`` (Ethayarajh et al.; unpaired completions
+    labelled desirable or not: a pair counts as one of each)."""
+    beta: float = Field(0.1, gt=0.0)
+    """Strength of the preference term: how far the policy may move from the reference (dpo, ipo, kto), the
+    reward scale (simpo), the weight of the odds-ratio term (orpo)."""
+    simpo_gamma: float = Field(0.5, ge=0.0)
+    """SimPO's target margin, as a fraction of beta."""
+    desirable_weight: float = Field(1.0, gt=0.0)
+    """KTO: weight of desirable completions (raise it when they are fewer than the undesirable ones)."""
+    undesirable_weight: float = Field(1.0, gt=0.0)
+    """KTO: weight of undesirable completions."""
+    epochs: float = Field(2.0, gt=0)
+    """Passes over the pairs."""
+    lr: float = Field(5e-5, gt=0)
+    """Peak learning rate (preference tuning moves less than sft: 5e-5 for LoRA; for full training 5e-7
+    is the usual order)."""
+    batch_size: int = Field(4, ge=1)
+    """Pairs per micro-batch (each pair is two rows: its chosen and its rejected completion)."""
+    max_length: int = Field(1024, ge=16)
+    """Longest prompt + completion in tokens; longer rows are cut at the end (a pair left with no completion
+    token is dropped and counted)."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel (see ``sft.attention``)."""
+    splits: list[str] = Field(["train"], min_length=1)
+    """Splits whose preference records are trained on: chat records with ``meta.rejected`` (the formats
+    ``preference`` and ``preference_implicit``) or ``meta.label`` (``kto``); other records are ignored."""
+    build: PairsSpec | None = None
+    """Also make pairs from the starting model's answers to training questions (off when unset): the gold
+    answer is chosen, a wrong sampled answer rejected. Written to ``dpo/pairs.jsonl`` (split ``pairs``)."""
