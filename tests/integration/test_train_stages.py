@@ -212,7 +212,7 @@ seq2seq: {{epochs: 6, lr: 3.0e-3, batch_size: 8, max_input_length: 96, max_outpu
     assert losses[0] == pytest.approx(6.40876, abs=2e-3)
     summary = json.loads((run / "seq2seq" / "summary.json").read_text())
     scores = summary["test"]["tuned"]
-    assert scores["n"] == 6 and set(scores["exact_match"]) == {"claimant", "office", "benefit", "monthly_amount"}
+    assert scores["n"] == 6 and set(scores["fields"]) == {"claimant", "office", "benefit", "monthly_amount"}
     assert "base" in summary["test"]
     rows = (run / "seq2seq" / "predictions.jsonl").read_text().splitlines()
     assert len(rows) == 6 and set(json.loads(rows[0])["outputs"]) == {"tuned", "base"}

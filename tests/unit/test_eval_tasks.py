@@ -63,12 +63,12 @@ def test_extraction_fields_and_valid_json():
     full = task.score(items[0], 'Result: {"article": "15", "age": "64 Years"}')
     half = task.score(items[0], '{"article": 15, "age": "65 years"}')
     broken = task.score(items[0], "article 15, age 64")
-    assert full["correct"] and full["field_accuracy"] == 1.0
+    assert full["correct"] and full["field_accuracy"] == 1.0 and not full["valid_json"]  # prose around the object
     assert half["field_accuracy"] == 0.5 and not half["correct"] and half["valid_json"]
     assert not broken["valid_json"] and broken["field_accuracy"] == 0.0
     summary = task.aggregate(items[:1] * 3, [full, half, broken])
     assert summary["field_accuracy"] == pytest.approx(0.5)
-    assert summary["valid_json"] == pytest.approx(2 / 3)
+    assert summary["valid_json"] == pytest.approx(1 / 3)
     assert summary["fields"] == {"age": pytest.approx(1 / 3, abs=1e-4), "article": pytest.approx(2 / 3, abs=1e-4)}
 
 

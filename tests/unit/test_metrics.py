@@ -1,12 +1,12 @@
 import pytest
 
+from lmforge.evaluate.fields import field_matches, reply_object, score_reply, summarize
+from lmforge.evaluate.fields import find_object as parse_json_object
 from lmforge.evaluate.metrics import (
     contains_answer,
     corpus_bleu,
     exact_match,
-    field_matches,
     normalize_answer,
-    parse_json_object,
     rouge_l,
     sentence_bleu,
     token_f1,
@@ -132,3 +132,21 @@ def test_field_matches_normalises_values():
     assert field_matches(predicted, gold) == expected
     assert field_matches(None, {"a": 1}) == {"a": False}
     assert field_matches({}, {"a": 1}) == {"a": False}
+    got = field_matches({"n": 415.0, "s": "Orlesk  Branch"}, {"n": 415, "s": "orlesk branch"})
+    assert got == {"n": True, "s": True}
+
+
+def test_valid_json_means_the_reply_is_one_object_wherever_it_is_scored():
+    assert reply_object('  {"a": 1}\n') == ({"a": 1}, True)
+    assert reply_object('```json\n{"a": 1}\n```') == ({"a": 1}, True)
+    assert reply_object('Here: {"a": 1}') == ({"a": 1}, False)  # fields readable, format not valid
+    assert reply_object("[1, 2]") == (None, False) and reply_object("{broken") == (None, False)
+    scores = [score_reply('{"a": 1, "b": 2}', {"a": 1, "b": 2}), score_reply('So: {"a": 1}', {"a": 1, "b": 2})]
+    scores.append(score_reply("no object", {"a": 1, "b": 2}))
+    assert [s.valid_json for s in scores] == [True, False, False]
+    assert [s.all_fields for s in scores] == [True, False, False]
+    summary = summarize(scores)
+    assert summary["valid_json"] == pytest.approx(1 / 3, abs=1e-4)
+    assert summary["all_fields"] == pytest.approx(1 / 3, abs=1e-4)
+    assert summary["field_accuracy"] == pytest.approx(0.5, abs=1e-4)  # (1 + 0.5 + 0) / 3
+    assert summary["fields"] == {"a": pytest.approx(2 / 3, abs=1e-4), "b": pytest.approx(1 / 3, abs=1e-4)}

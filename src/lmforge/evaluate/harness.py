@@ -39,7 +39,8 @@ HARNESS_INSTALL = "pip install 'lmforge[harness]' (or pip install lm-eval)"
 # Scoring functions lm-eval calls for generated answers: lmforge's own metrics, so the numbers agree.
 UTILS_PY = '''"""Written by lmforge.evaluate.harness: lm-eval scores generated answers with lmforge's metrics."""
 
-from lmforge.evaluate.metrics import contains_answer, exact_match, field_matches, parse_json_object, rouge_l, token_f1
+from lmforge.evaluate.fields import score_reply
+from lmforge.evaluate.metrics import contains_answer, exact_match, rouge_l, token_f1
 
 
 def process_qa(doc, results):
@@ -56,12 +57,8 @@ def process_freeform(doc, results):
 
 
 def process_extraction(doc, results):
-    predicted = parse_json_object(results[0])
-    fields = field_matches(predicted, doc["fields"])
-    return {
-        "field_accuracy": sum(fields.values()) / max(len(fields), 1),
-        "valid_json": float(predicted is not None),
-    }
+    scored = score_reply(results[0], doc["fields"])
+    return {"field_accuracy": scored.field_accuracy, "valid_json": float(scored.valid_json)}
 '''
 
 METRICS = {

@@ -8,7 +8,6 @@ become "stra e"); BLEU is ``sacrebleu`` with its default ``13a`` tokenizer, on t
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from collections import Counter
@@ -120,50 +119,3 @@ def corpus_bleu(replies: Sequence[str], references: Sequence[str]) -> float:
     if not replies:
         return 0.0
     return float(sacrebleu.corpus_bleu(list(replies), [list(references)]).score)
-
-
-# ---------------------------------------------------------------- structured extraction
-
-_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
-
-
-def parse_json_object(text: str) -> dict[str, Any] | None:
-    """The JSON object a reply holds, or None when it holds none.
-
-    Accepts a bare object, one inside a Markdown code fence, or the first decodable ``{...}``
-    in surrounding prose ("Here you go: {...}").
-    """
-    candidates = [m.group(1) for m in _FENCE.finditer(text)] + [text]
-    decoder = json.JSONDecoder()
-    for candidate in candidates:
-        for start in [i for i, char in enumerate(candidate) if char == "{"]:
-            try:
-                value, _ = decoder.raw_decode(candidate[start:])
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict):
-                return value
-    return None
-
-
-def field_matches(predicted: dict[str, Any] | None, gold: dict[str, Any]) -> dict[str, bool]:
-    """Per gold field: does the predicted value equal it after normalisation?
-
-    Scalars are compared as normalised text (so 64 == "64" and "7.50" == 7.5); lists and objects
-    compare their normalised JSON. A missing field, or no object at all, is a miss.
-    """
-    result = {}
-    for key, expected in gold.items():
-        if predicted is None or key not in predicted:
-            result[key] = False
-        else:
-            result[key] = _field_text(predicted[key]) == _field_text(expected)
-    return result
-
-
-def _field_text(value: Any) -> str:
-    if isinstance(value, (dict, list)):
-        return normalize_answer(json.dumps(value, sort_keys=True, ensure_ascii=False))
-    if isinstance(value, bool) or value is None:
-        return json.dumps(value)
-    return normalize_answer(str(value))

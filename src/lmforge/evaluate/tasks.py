@@ -33,12 +33,11 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from lmforge.errors import DataError
+from lmforge.evaluate.fields import FieldScore, find_object, score_reply, summarize
 from lmforge.evaluate.metrics import (
     contains_answer,
     corpus_bleu,
     exact_match,
-    field_matches,
-    parse_json_object,
     rouge_l,
     sentence_bleu,
     token_f1,
@@ -235,7 +234,7 @@ class ExtractionTask:
         for line, record, prompt, answer, question in _chats(self.name, records, path):
             gold = record.get("meta", {}).get("answer", answer)
             if isinstance(gold, str):
-                gold = parse_json_object(gold)
+                gold = find_object(gold)
             if not isinstance(gold, dict) or not gold:
                 raise DataError(
                     "the 'extraction' task needs a gold JSON object with at least one field; "
@@ -249,27 +248,19 @@ class ExtractionTask:
         return items
 
     def score(self, item: Item, output: str) -> dict[str, Any]:
-        predicted = parse_json_object(output)
-        fields = field_matches(predicted, item.gold_fields or {})
+        scored = score_reply(output, item.gold_fields or {})
         return {
             "reply": output,
-            "valid_json": predicted is not None,
-            "fields": fields,
-            "field_accuracy": round(_mean([float(v) for v in fields.values()]), 4),
-            "correct": predicted is not None and all(fields.values()),
+            "valid_json": scored.valid_json,
+            "fields": scored.fields,
+            "field_accuracy": round(scored.field_accuracy, 4),
+            "correct": scored.all_fields,
         }
 
     def aggregate(self, items: list[Item], scores: list[dict[str, Any]]) -> dict[str, Any]:
-        per_field: dict[str, list[bool]] = {}
-        for score in scores:
-            for key, hit in score["fields"].items():
-                per_field.setdefault(key, []).append(hit)
-        return {
-            "field_accuracy": _mean([s["field_accuracy"] for s in scores]),
-            "valid_json": _mean([s["valid_json"] for s in scores]),
-            "all_fields": _mean([s["correct"] for s in scores]),
-            "fields": {key: round(_mean(hits), 4) for key, hits in sorted(per_field.items())},
-        }
+        shown = summarize([FieldScore(s["fields"], s["valid_json"], {} if s["correct"] else None) for s in scores])
+        shown["all_fields"] = _mean([s["correct"] for s in scores])
+        return {key: shown[key] for key in ("field_accuracy", "valid_json", "all_fields", "fields")}
 
     def sample(self, scores: list[dict[str, Any]]) -> Sample:
         return _mean_sample(scores, "field_accuracy")

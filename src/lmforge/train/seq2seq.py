@@ -368,57 +368,11 @@ def generate(model: Any, tokenizer: Any, inputs: list[str], spec: Seq2SeqSpec) -
 
 
 def score_extractions(expected: list[dict[str, Any]], outputs: list[str]) -> dict[str, Any]:
-    """Valid-JSON rate, exact match per field, all-fields match and field accuracy over ``expected``.
+    """Valid-JSON rate, match rate per field, all-fields and field accuracy over ``expected``: the scorer
+    eval's extraction task uses too (:mod:`lmforge.evaluate.fields`)."""
+    from lmforge.evaluate.fields import score_reply, summarize
 
-    An output counts as valid when it parses as one JSON object. A field matches when its value
-    equals the expected one: strings after collapsing whitespace (case kept), numbers by value
-    (3 == 3.0), anything else by JSON equality. A field missing from the output does not match.
-    """
-    fields = list(dict.fromkeys(key for item in expected for key in item))
-    hits = dict.fromkeys(fields, 0)
-    totals = dict.fromkeys(fields, 0)
-    valid = complete = 0
-    for want, text in zip(expected, outputs, strict=True):
-        got = parse_object(text)
-        valid += got is not None
-        all_match = True
-        for key, value in want.items():
-            totals[key] += 1
-            match = got is not None and key in got and values_match(got[key], value)
-            hits[key] += match
-            all_match &= match
-        complete += all_match and got is not None
-    n = len(expected)
-    per_field = {key: round(hits[key] / totals[key], 4) for key in fields if totals[key]}
-    return {
-        "n": n,
-        "valid_json": round(valid / n, 4) if n else 0.0,
-        "exact_match": per_field,
-        "all_fields": round(complete / n, 4) if n else 0.0,
-        "field_accuracy": round(sum(hits.values()) / max(sum(totals.values()), 1), 4),
-    }
-
-
-def parse_object(text: str) -> dict[str, Any] | None:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError:
-        return None
-    return value if isinstance(value, dict) else None
-
-
-def values_match(got: Any, want: Any) -> bool:
-    if isinstance(want, str) and isinstance(got, str):
-        return " ".join(got.split()) == " ".join(want.split())
-    numeric = (int, float)
-    if (
-        isinstance(want, numeric)
-        and isinstance(got, numeric)
-        and not isinstance(want, bool)
-        and not isinstance(got, bool)
-    ):
-        return float(got) == float(want)
-    return got == want
+    return summarize([score_reply(text, want) for want, text in zip(expected, outputs, strict=True)])
 
 
 def _scores_line(summary: dict[str, Any]) -> str:
