@@ -245,6 +245,9 @@ def serve(
     batch_wait_ms: Annotated[float, typer.Option(min=0, help="Wait for more requests before a batch.")] = 5.0,
     max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask.")] = 2048,
     max_request_bytes: Annotated[int, typer.Option(min=1024, help="Largest request body.")] = 1_000_000,
+    max_upload_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest uploaded document (extraction runs).")
+    ] = 20_000_000,
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     rag: Annotated[bool, typer.Option(help="Load the run's retrieval index (requests opt in with rag).")] = False,
@@ -267,7 +270,8 @@ def serve(
         typer.Option(help="Let this web origin call the server: scheme://host[:port] ('*': any). Repeatable."),
     ] = None,
 ) -> None:
-    """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API."""
+    """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API; a seq2seq run behind
+    /v1/extract (a document in, its fields as JSON out)."""
     from lmforge.serve.server import ServeSettings
     from lmforge.serve.server import serve as serve_models
 
@@ -280,6 +284,7 @@ def serve(
         batch_wait_ms=batch_wait_ms,
         max_tokens_limit=max_tokens_limit,
         max_request_bytes=max_request_bytes,
+        max_upload_bytes=max_upload_bytes,
         dtype=dtype,
         threads=threads,
         rag_default=rag_default,

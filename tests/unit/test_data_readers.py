@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import make_pdf, pdf_file
 
 from lmforge.config import DataSpec
 from lmforge.data.prepare import Prepared, prepare_records
@@ -41,44 +42,6 @@ def only_stats(prepared: Prepared) -> dict[str, Any]:
 
 def qa(question: str, answer: str) -> str:
     return json.dumps({"question": question, "answer": answer}, ensure_ascii=False)
-
-
-def pdf_file(streams: list[bytes]) -> bytes:
-    """A PDF file with one page per content stream (Helvetica as font ``F1``), with its cross-reference table."""
-    objects = [b"<< /Type /Catalog /Pages 2 0 R >>"]
-    kids = " ".join(f"{4 + 2 * i} 0 R" for i in range(len(streams)))
-    objects.append(f"<< /Type /Pages /Kids [{kids}] /Count {len(streams)} >>".encode())
-    objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
-    for i, stream in enumerate(streams):
-        resources = "/MediaBox [0 0 612 792] /Resources << /Font << /F1 3 0 R >> >>"
-        objects.append(f"<< /Type /Page /Parent 2 0 R {resources} /Contents {5 + 2 * i} 0 R >>".encode())
-        objects.append(b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream")
-    out = b"%PDF-1.4\n"
-    offsets = []
-    for number, body in enumerate(objects, start=1):
-        offsets.append(len(out))
-        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
-    xref = len(out)
-    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
-    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
-    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
-    return out
-
-
-def make_pdf(path: Path, pages: list[str | None]) -> Path:
-    """A minimal valid PDF: one page per entry, with the text in Helvetica, or None for a page that only
-    holds a drawn rectangle (what a scanned page looks like to a text extractor: no text layer)."""
-    streams = []
-    for text in pages:
-        if text is None:
-            stream = b"0.5 g 72 72 400 600 re f"
-        else:
-            lines = [ln.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for ln in text.split("\n")]
-            shown = " T* ".join(f"({ln}) Tj" for ln in lines)
-            stream = f"BT /F1 12 Tf 72 720 Td 16 TL {shown} ET".encode("latin-1")
-        streams.append(stream)
-    path.write_bytes(pdf_file(streams))
-    return path
 
 
 # ---------------------------------------------------------------- JSON Lines

@@ -1,4 +1,5 @@
-"""``lmforge serve``: a run's model (and any number of LoRA adapters on its base) behind an OpenAI-compatible API.
+"""``lmforge serve``: a run's model (and any number of LoRA adapters on its base) behind an OpenAI-compatible API;
+a seq2seq run behind an extraction endpoint instead (:mod:`lmforge.serve.extract`).
 
 Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/completions`` (both also streaming over
 server-sent events), ``GET /v1/models``, ``GET /health``. ``model`` in a request picks the base
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException
 
@@ -71,6 +72,8 @@ class ServeSettings:
     default_max_tokens: int = 512
     """``max_tokens`` of requests that do not set it (capped by the context window)."""
     max_request_bytes: int = 1_000_000
+    max_upload_bytes: int = 20_000_000
+    """Largest uploaded document for ``/v1/extract`` (a seq2seq run)."""
     dtype: str = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
     threads: int | None = None
@@ -105,6 +108,61 @@ class Retriever(Protocol):
 # ---------------------------------------------------------------- the app
 
 
+def base_app(
+    settings: ServeSettings, api_key: str | None, policy: AccessPolicy | None, lifespan: Any
+) -> tuple[FastAPI, Any, Any]:
+    """What every kind of server shares: the app with the network guard, request ids and the OpenAI error
+    shape; the API-key check as a dependency (``Depends(auth)`` on every route but ``/health``); and the
+    JSON body reader that enforces ``max_request_bytes``.
+
+    Returns:
+        ``(app, auth, read_json_body)``.
+    """
+    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    if policy is not None:
+        install_network_guard(app, policy)
+    app.add_middleware(RequestIds)  # added last, so outermost: every response carries x-request-id, 403s too
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+    @app.exception_handler(HTTPException)
+    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        message = f"{request.method} {request.url.path}: {exc.detail}"
+        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+
+    async def auth(request: Request) -> None:
+        if api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
+            reason = "no API key given" if not given else "the API key is wrong"
+            raise APIError(
+                401,
+                f"{reason}; send it as 'Authorization: Bearer <key>' (the server reads ${settings.api_key_env})",
+                code="invalid_api_key",
+            )
+
+    async def read_json_body(request: Request) -> Any:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
+            raise _too_large(int(declared), settings.max_request_bytes)
+        body = bytearray()
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > settings.max_request_bytes:
+                raise _too_large(len(body), settings.max_request_bytes)
+        try:
+            return json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
+
+    return app, auth, read_json_body
+
+
 def build_app(
     models: ModelSet,
     settings: ServeSettings,
@@ -112,7 +170,7 @@ def build_app(
     api_key: str | None = None,
     policy: AccessPolicy | None = None,
 ) -> Any:
-    """The FastAPI application; the engine starts and stops with the app's lifespan.
+    """The FastAPI application serving causal LMs; the engine starts and stops with the app's lifespan.
 
     Args:
         models: the base model and its adapters.
@@ -139,56 +197,30 @@ def build_app(
         yield
         engine.stop()
 
-    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app, auth, read_json_body = base_app(settings, api_key, policy, lifespan)
     app.state.engine = engine
-    if policy is not None:
-        install_network_guard(app, policy)
-    app.add_middleware(RequestIds)  # added last, so outermost: every response carries x-request-id, 403s too
+    app.include_router(chat_router(models, engine, settings, retriever, auth, read_json_body))
+    return app
 
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 429 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
+def chat_router(
+    models: ModelSet,
+    engine: Engine,
+    settings: ServeSettings,
+    retriever: Retriever | None,
+    auth: Any,
+    read_json_body: Any,
+) -> APIRouter:
+    """``/health``, ``/v1/models``, ``/v1/chat/completions`` and ``/v1/completions`` (all but health behind
+    ``auth``)."""
+    router = APIRouter()
 
-    def check_key(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
-            reason = "no API key given" if not given else "the API key is wrong"
-            raise APIError(
-                401,
-                f"{reason}; send it as 'Authorization: Bearer <key>' (the server reads ${settings.api_key_env})",
-                code="invalid_api_key",
-            )
-
-    async def read_body(request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
-            raise _too_large(int(declared), settings.max_request_bytes)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > settings.max_request_bytes:
-                raise _too_large(len(body), settings.max_request_bytes)
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-
-    @app.get("/health")
+    @router.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "models": list(models.served), "engine": engine.stats}
 
-    @app.get("/v1/models")
+    @router.get("/v1/models", dependencies=[Depends(auth)])
     async def list_models(request: Request) -> dict[str, Any]:
-        check_key(request)
         data = [
             {
                 "id": m.id,
@@ -201,10 +233,9 @@ def build_app(
         ]
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions")
+    @router.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(request: Request) -> Any:
-        check_key(request)
-        body = parse_request(ChatCompletionRequest, await read_body(request))
+        body = parse_request(ChatCompletionRequest, await read_json_body(request))
         served = _served(models, body.model)
         if not served.tokenizer.chat_template:
             raise APIError(400, f"model {body.model!r} has no chat template; use /v1/completions", param="model")
@@ -235,10 +266,9 @@ def build_app(
             reply["citations"] = citations
         return reply
 
-    @app.post("/v1/completions")
+    @router.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(request: Request) -> Any:
-        check_key(request)
-        body = parse_request(CompletionRequest, await read_body(request))
+        body = parse_request(CompletionRequest, await read_json_body(request))
         served = _served(models, body.model)
         prompt_ids = served.tokenizer(body.prompt)["input_ids"]
         job = _job(served, prompt_ids, body, models, settings, request.state.request_id)
@@ -258,7 +288,7 @@ def build_app(
             "usage": _usage(done),
         }
 
-    return app
+    return router
 
 
 def _too_large(size: int, limit: int) -> APIError:
@@ -499,19 +529,33 @@ def serve(
         import torch
 
         torch.set_num_threads(settings.threads)
-    if retriever is not None:
-        _index_settings(target, settings)
-    models = load_models(target, adapters, name, settings.dtype)
-    app = build_app(models, settings, retriever=retriever, api_key=api_key, policy=policy)
+    from lmforge.serve.extract import build_extraction_app, is_extraction_run, load_extractor
+
+    if is_extraction_run(target):  # a seq2seq run: documents in, fields out
+        if adapters or retriever is not None:
+            raise ConfigError(
+                "lmforge serve",
+                [Problem("--adapter/--rag", f"{target} is an extraction (seq2seq) run: it serves /v1/extract alone")],
+            )
+        extractor = load_extractor(target, name, settings.dtype)
+        app = build_extraction_app(extractor, settings, api_key=api_key, policy=policy)
+        print(f"serve: extraction model {extractor.model_id} ({len(extractor.schema.get('properties', {}))} fields)")
+        where = "/v1/extract"
+    else:
+        if retriever is not None:
+            _index_settings(target, settings)
+        models = load_models(target, adapters, name, settings.dtype)
+        app = build_app(models, settings, retriever=retriever, api_key=api_key, policy=policy)
+        print(f"serve: models {', '.join(models.served)}", flush=True)
+        where = "/v1"
     shown_host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    print(f"serve: models {', '.join(models.served)}", flush=True)
     if retriever is not None:
         top_k, mode = settings.rag_top_k or DEFAULT_RAG_TOP_K, settings.rag_mode or "the retriever's default"
         when = "every request" if settings.rag_default else 'requests with "rag": true'
         print(f"serve: retrieval for {when}: {top_k} passages, {mode} search", flush=True)
     print(f"serve: accepting {_describe(policy)}", flush=True)
     auth = f"API key required (${settings.api_key_env})" if api_key else "no API key"
-    print(f"serve: listening on http://{shown_host}:{settings.port}/v1 ({auth})", flush=True)
+    print(f"serve: listening on http://{shown_host}:{settings.port}{where} ({auth})", flush=True)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
 
 
