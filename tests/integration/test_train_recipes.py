@@ -55,6 +55,27 @@ def test_cpt_then_sft_recipe(tmp_path, tiny_model_dir):
     assert (run / "sft" / "base" / "config.json").is_file()
 
 
+def test_sft_then_dpo_recipe(tmp_path, tiny_model_dir):
+    run = run_cli(
+        "sft-then-dpo",
+        tmp_path,
+        f"model.ref={tiny_model_dir}",
+        "sft.max_steps=2",
+        "sft.precision=fp32",
+        "dpo.max_steps=2",
+        "dpo.precision=fp32",
+        "dpo.build.limit=12",
+        "dpo.build.max_new_tokens=6",
+        *TINY_EVAL,
+    )
+    done(run, "data", "sft", "dpo", "eval")
+    dpo = StageDir.open(run, "dpo").manifest
+    assert dpo["outputs"]["starts_from"] == "sft" and dpo["metrics"]["built"]["asked"] == 12
+    assert dpo["metrics"]["pairs"] == dpo["metrics"]["built"]["pairs"] > 0
+    summary = json.loads((run / "eval" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["variants"] == ["base", "sft", "tuned"]
+
+
 def test_extract_metadata_recipe(tmp_path):
     model_dir = save_model(*build_tiny_t5(), tmp_path / "t5")
     run = run_cli(
@@ -70,7 +91,7 @@ def test_extract_metadata_recipe(tmp_path):
     summary = json.loads((run / "seq2seq" / "summary.json").read_text())
     assert summary["test"]["tuned"]["n"] == 12 and summary["test"]["base"]["n"] == 12
     fields = {"reference", "claimant", "office", "benefit", "decision", "monthly_amount", "start_date"}
-    assert set(summary["test"]["tuned"]["exact_match"]) == fields
+    assert set(summary["test"]["tuned"]["fields"]) == fields
 
 
 def test_distill_recipe(tmp_path, tiny_model_dir):

@@ -285,7 +285,11 @@ def _built_pairs(
         return list(read_records(path)), counts
     records = [r for split in spec.splits for r in read_records(split_path(recipe.run_path(), split, "dpo.build"))]
     records = [r for r in records if r["kind"] == "chat" and not is_preference(r)]
-    model = load_causal_lm(start.base_dir, trust_remote_code=trust(recipe))
+    import torch
+
+    # Sampled in the training precision: bf16 where the CPU has native bf16 matmuls (about 3x fp32's speed).
+    dtype = torch.bfloat16 if use_bf16(recipe.dpo.precision) else torch.float32
+    model = load_causal_lm(start.base_dir, dtype=dtype, trust_remote_code=trust(recipe))
     model.eval()
     started = time.perf_counter()
     built = build_pairs(model, tokenizer, records, spec, recipe.seed)

@@ -22,6 +22,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
 from lmforge.config import PairsSpec
 from lmforge.evaluate.metrics import contains_answer
 from lmforge.models import generate_replies, sample_replies
@@ -53,9 +55,16 @@ def build_pairs(model: Any, tokenizer: Any, records: list[Record], spec: PairsSp
     asked = asked[: spec.limit] if spec.limit else asked
     counts["asked"] = len(asked)
     prompts = [prompt for _, prompt, _, _ in asked]
-    shared = {"max_new_tokens": spec.max_new_tokens, "batch_size": spec.batch_size, "data_parallel": True}
-    greedy = generate_replies(model, tokenizer, prompts, **shared)
-    sampled = sample_replies(model, tokenizer, prompts, spec.samples, spec.temperature, spec.top_p, seed=seed, **shared)
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(TextColumn("dpo: pairs {task.description}"), *columns, transient=True) as bar:
+        task = bar.add_task("greedy answers", total=len(prompts))
+        shared = {"max_new_tokens": spec.max_new_tokens, "batch_size": spec.batch_size, "data_parallel": True}
+        shared["on_batch"] = lambda n: bar.advance(task, n)
+        greedy = generate_replies(model, tokenizer, prompts, **shared)
+        bar.reset(task, total=len(prompts), description=f"{spec.samples} samples each")
+        sampled = sample_replies(
+            model, tokenizer, prompts, spec.samples, spec.temperature, spec.top_p, seed=seed, **shared
+        )
     pairs = []
     for (record, prompt, answer, aliases), first, others in zip(asked, greedy, sampled, strict=True):
         right = [reply for reply in [first, *others] if contains_answer(reply, answer, aliases)]
