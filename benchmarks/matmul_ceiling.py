@@ -12,7 +12,7 @@ load from other processes on a shared machine lowers the bound less than it lowe
     python benchmarks/matmul_ceiling.py --rows 4 --row-len 1024 --trained 1200   # cpt-style rows of 1024 tokens
     python benchmarks/matmul_ceiling.py --json ceiling.json
 
-The FLOP count per token is the bench's (4 N + 2 T, ``lmforge.plan.flops_per_token``), so the "MFU
+The FLOP count per token is the bench's (4 N + 2 T, ``lmforge.perf.plan.flops_per_token``), so the "MFU
 ceiling" printed here compares directly with the bench table's MFU column. Attention is counted dense
 over each row, as for unpacked rows.
 """
@@ -30,7 +30,7 @@ import torch
 from lmforge.config import SFTSpec
 from lmforge.hardware import cpu_peak_flops, usable_cores
 from lmforge.models import resolve_model
-from lmforge.plan import ModelShape, flops_per_token
+from lmforge.perf.plan import ModelShape, flops_per_token
 
 
 def step_matmuls(shape: ModelShape, rows: int, row_len: int, trained: int, rank: int) -> list[tuple[str, tuple]]:

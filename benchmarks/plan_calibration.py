@@ -2,7 +2,7 @@
 
 Each configuration runs ``lmforge run RECIPE --set stages=[data,sft] --set sft.max_steps=N ...`` in a
 child process (its own peak RSS, read with ``os.wait4``) and is planned in this process with the
-same overrides. The constants in ``lmforge/plan.py`` were fitted to this table; docs/PERFORMANCE.md
+same overrides. The constants in ``lmforge/perf/plan.py`` were fitted to this table; docs/PERFORMANCE.md
 ("Planning") has the measured numbers.
 
     python benchmarks/plan_calibration.py                      # the SmolLM2 configurations (minutes)
@@ -59,7 +59,7 @@ def measure(recipe: Path, overrides: list[str], steps: int) -> dict[str, float]:
 
 def predict(recipe: Path, overrides: list[str], steps: int) -> dict[str, float]:
     from lmforge.config import load_recipe
-    from lmforge.plan import plan_recipe
+    from lmforge.perf.plan import plan_recipe
 
     loaded = load_recipe(recipe, [*overrides, "stages=[data,sft]", f"sft.max_steps={steps}"])
     _, plans = plan_recipe(loaded)

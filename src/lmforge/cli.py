@@ -138,7 +138,7 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.
     if "index" in loaded.stages and loaded.index.raft.enabled:
         from rich.markup import escape
 
-        from lmforge.plan import future_split_notes
+        from lmforge.perf.plan import future_split_notes
 
         try:  # what RAFT will build from these data (read in memory, nothing written)
             notes = future_split_notes(loaded)
@@ -418,7 +418,7 @@ def bench(
     set_: SetOption = None,
 ) -> None:
     """Train the same LoRA SFT with the seed-style baseline, TRL and lmforge; compare speed, memory and loss."""
-    from lmforge.bench import SYSTEMS, BenchSettings, run_bench
+    from lmforge.perf.bench import SYSTEMS, BenchSettings, run_bench
 
     chosen = [s.strip() for s in systems.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SYSTEMS]
@@ -467,7 +467,7 @@ def plan(
     run_dir: RunDirOption = None,
 ) -> None:
     """Estimate peak memory and time of a recipe's training stages on this machine, before running them."""
-    from lmforge.plan import plan_recipe, render
+    from lmforge.perf.plan import plan_recipe, render
 
     try:
         loaded = _load(recipe, set_, run_dir)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.config import load_recipe, shipped_recipe
-from lmforge.plan import plan_recipe
+from lmforge.perf.plan import plan_recipe
 
 pytestmark = pytest.mark.integration
 

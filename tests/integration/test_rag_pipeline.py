@@ -203,7 +203,7 @@ def test_the_gold_document_falls_back_on_source_document_doc():
 
 def test_plan_previews_the_raft_split_before_the_index_exists(rag_recipe: Path):
     """plan builds the RAFT examples the index stage will write (BM25 distractors): same count, close lengths."""
-    from lmforge.plan import plan_recipe
+    from lmforge.perf.plan import plan_recipe
 
     recipe = load_recipe(rag_recipe, ["stages=[data, index, sft]"])
     _, before = plan_recipe(recipe)

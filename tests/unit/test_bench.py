@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from lmforge import bench, bench_worker
-from lmforge.bench import BenchResult, BenchSettings
+from lmforge.perf import bench, bench_worker
+from lmforge.perf.bench import BenchResult, BenchSettings
 
 
 @pytest.fixture(scope="module")
@@ -130,7 +130,7 @@ def test_matmul_ceiling_lists_the_matmuls_the_bench_formula_counts(tmp_path, tin
     import runpy
     import sys
 
-    from lmforge.plan import ModelShape
+    from lmforge.perf.plan import ModelShape
 
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "matmul_ceiling.py"
     ceiling = runpy.run_path(str(script))  # the functions, without running main

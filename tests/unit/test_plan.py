@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from lmforge.config import SFTSpec
-from lmforge.plan import (
+from lmforge.perf.plan import (
     Batches,
     Hardware,
     ModelShape,
@@ -61,7 +61,7 @@ def test_an_adapter_on_the_top_layers_stops_the_backward_pass_below_them(tiny_mo
     from transformers import AutoModelForCausalLM
 
     from lmforge.config import SFTSpec
-    from lmforge.plan import flops_per_token
+    from lmforge.perf.plan import flops_per_token
     from lmforge.train.lora import add_lora
 
     config = json.loads((tiny_model_dir / "config.json").read_text())
@@ -142,7 +142,7 @@ def test_plan_counts_splits_of_later_stages_and_warns_before_they_exist(tiny_rec
 
     from lmforge.config import load_recipe
     from lmforge.data.prepare import run as prepare
-    from lmforge.plan import plan_recipe
+    from lmforge.perf.plan import plan_recipe
     from lmforge.records import chat_record
     from lmforge.rundir import StageDir
 
@@ -182,7 +182,7 @@ def test_time_follows_the_calibration_of_the_cpus_instruction_set():
     """bf16 on avx512_bf16 (Zen 5) reaches a larger share of its peak than on AMX (measured by lmforge bench)."""
     from dataclasses import replace
 
-    from lmforge.plan import EFFICIENCY, estimate_seconds
+    from lmforge.perf.plan import EFFICIENCY, estimate_seconds
 
     shape = ModelShape.from_config(SMOLLM2)
     batches = Batches(8 * 90, 90, 8, 10**6, 5000)

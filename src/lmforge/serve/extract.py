@@ -32,6 +32,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from lmforge.errors import ModelError
+from lmforge.serve.app import base_app
 from lmforge.serve.protocol import APIError
 
 TEXT_TYPES = ("application/json",)
@@ -318,8 +319,6 @@ def _read_document(data: bytes, suffix: str, shown: str) -> str:
 
 def build_extraction_app(extractor: Extractor, settings: Any, api_key: str | None = None, policy: Any = None) -> Any:
     """The FastAPI app serving ``extractor``: the same middleware, limits and auth as the chat server."""
-    from lmforge.serve.server import base_app
-
     batcher = Batcher(extractor, settings.max_batch_size, settings.batch_wait_ms)
 
     @contextlib.asynccontextmanager

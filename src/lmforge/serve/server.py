@@ -25,7 +25,6 @@ evaluation and RAFT training (``records.context_messages``), and returned in ``c
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -38,17 +37,15 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.exceptions import HTTPException
+from fastapi.responses import StreamingResponse
 
 from lmforge.errors import ConfigError, Problem
+from lmforge.serve.app import base_app
 from lmforge.serve.engine import Engine, Event, GenerationRequest
 from lmforge.serve.loading import ModelSet, ServedModel, load_models
 from lmforge.serve.middleware import (
     LOOPBACK_NAMES,
     AccessPolicy,
-    RequestIds,
-    install_network_guard,
     internal_error,
 )
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
@@ -106,61 +103,6 @@ class Retriever(Protocol):
 
 
 # ---------------------------------------------------------------- the app
-
-
-def base_app(
-    settings: ServeSettings, api_key: str | None, policy: AccessPolicy | None, lifespan: Any
-) -> tuple[FastAPI, Any, Any]:
-    """What every kind of server shares: the app with the network guard, request ids and the OpenAI error
-    shape; the API-key check as a dependency (``Depends(auth)`` on every route but ``/health``); and the
-    JSON body reader that enforces ``max_request_bytes``.
-
-    Returns:
-        ``(app, auth, read_json_body)``.
-    """
-    app = FastAPI(title="lmforge", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    if policy is not None:
-        install_network_guard(app, policy)
-    app.add_middleware(RequestIds)  # added last, so outermost: every response carries x-request-id, 403s too
-
-    @app.exception_handler(APIError)
-    async def _api_error(request: Request, exc: APIError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if exc.status == 429 else None
-        return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
-
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        message = f"{request.method} {request.url.path}: {exc.detail}"
-        return JSONResponse(APIError(exc.status_code, message).body(), status_code=exc.status_code)
-
-    async def auth(request: Request) -> None:
-        if api_key is None:
-            return
-        header = request.headers.get("authorization", "")
-        given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
-        if not given or not hmac.compare_digest(given.encode(), api_key.encode()):
-            reason = "no API key given" if not given else "the API key is wrong"
-            raise APIError(
-                401,
-                f"{reason}; send it as 'Authorization: Bearer <key>' (the server reads ${settings.api_key_env})",
-                code="invalid_api_key",
-            )
-
-    async def read_json_body(request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
-            raise _too_large(int(declared), settings.max_request_bytes)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > settings.max_request_bytes:
-                raise _too_large(len(body), settings.max_request_bytes)
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
-
-    return app, auth, read_json_body
 
 
 def build_app(
@@ -289,10 +231,6 @@ def chat_router(
         }
 
     return router
-
-
-def _too_large(size: int, limit: int) -> APIError:
-    return APIError(413, f"request body of {size} bytes is over the limit of {limit} bytes", code="request_too_large")
 
 
 def _role(role: str) -> str:

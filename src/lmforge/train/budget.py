@@ -24,7 +24,7 @@ from lmforge.hardware import MB, memory_mb
 ACTIVATION_SCALE = 1.4
 """*Measured*: peak RSS over the counted activation bytes (glibc keeps freed blocks in its heap);
 fitted to ``benchmarks/plan_calibration.py`` and the licenses case on a Zen 5 (docs/PERFORMANCE.md,
-"Planning"); see ``lmforge.plan``."""
+"Planning"); see ``lmforge.perf.plan``."""
 AUTO_MEMORY_SHARE = 0.25
 """Share of the free memory ``micro_batch_tokens: auto`` lets one micro-batch's activations take."""
 AUTO_ACTIVATION_CAP_MB = 2048.0

@@ -165,7 +165,7 @@ def _run_worker(settings: BenchSettings, system: str, seq_len: int, out_dir: Pat
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     with open(log_path, "w", encoding="utf-8") as log:
         completed = subprocess.run(
-            [sys.executable, "-m", "lmforge.bench_worker", json.dumps(config)],
+            [sys.executable, "-m", "lmforge.perf.bench_worker", json.dumps(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             env=env,

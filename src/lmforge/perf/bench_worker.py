@@ -1,9 +1,9 @@
-"""The child process of ``lmforge bench``: one system trained and measured (``python -m lmforge.bench_worker``).
+"""The child process of ``lmforge bench``: one system trained and measured (``python -m lmforge.perf.bench_worker``).
 
-``lmforge.bench`` starts one worker per system and sequence length, so each process's peak RSS is its
+``lmforge.perf.bench`` starts one worker per system and sequence length, so each process's peak RSS is its
 own; the worker builds that system's trainer on the shared, pre-ordered micro-batches, times the
-optimizer steps with :class:`StepMeter`, and writes a :class:`~lmforge.bench.BenchResult` as JSON.
-What the systems are and how MFU is counted: the docstring of ``lmforge.bench``.
+optimizer steps with :class:`StepMeter`, and writes a :class:`~lmforge.perf.bench.BenchResult` as JSON.
+What the systems are and how MFU is counted: the docstring of ``lmforge.perf.bench``.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lmforge.bench import BenchResult, BenchSettings
 from lmforge.hardware import cpu_peak_flops
+from lmforge.perf.bench import BenchResult, BenchSettings
 from lmforge.rundir import atomic_write_text
 
 
@@ -505,7 +505,7 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     return trainer, ", ".join(parts)
 
 
-if __name__ == "__main__":  # child process: python -m lmforge.bench_worker '<json config>'
+if __name__ == "__main__":  # child process: python -m lmforge.perf.bench_worker '<json config>'
     job = json.loads(sys.argv[1])
     outcome = worker(job)
     atomic_write_text(Path(job["result"]), json.dumps(asdict(outcome), indent=2))
