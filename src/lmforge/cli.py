@@ -1,4 +1,5 @@
-"""The ``lmforge`` command line. Parses arguments, calls stage ``run()`` functions, maps errors to exit codes.
+"""The ``lmforge`` command line. Parses arguments, calls stage ``run()`` functions, maps errors to exit codes
+(in one place: :class:`_Commands`).
 
 Exit codes: 0 success, 1 a stage failed, 2 bad input (recipe, data, model reference), 130 interrupted.
 """
@@ -14,8 +15,21 @@ from typer.core import TyperGroup
 
 from lmforge.errors import ConfigError, LmforgeError, Problem
 
+
+class _Commands(TyperGroup):
+    """The one place where a command's lmforge error ends: ``error: ...`` on stderr, the error's exit code
+    (every sub-command, the ``data`` group's too, runs inside this group's ``invoke``)."""
+
+    def invoke(self, ctx: typer.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LmforgeError as exc:
+            _fail(exc)
+
+
 app = typer.Typer(
     name="lmforge",
+    cls=_Commands,
     help="Turn a base model and domain documents into a measured specialist, from one YAML recipe.",
     no_args_is_help=True,
     add_completion=False,
@@ -74,8 +88,6 @@ def _run(recipe_path: Path, overrides: list[str] | None, run_dir: str | None, on
     try:
         recipe = _load(recipe_path, overrides, run_dir)
         run_recipe(recipe, console, only=only_stages(recipe, only))
-    except LmforgeError as exc:
-        _fail(exc)
     except KeyboardInterrupt:
         err_console.print("interrupted; re-run the same command to resume")
         raise typer.Exit(130) from None
@@ -104,15 +116,12 @@ def run(
     from lmforge.launch import launch_local
     from lmforge.pipeline import check_before_running
 
-    try:
-        loaded = _load(recipe, set_, run_dir)  # a bad recipe fails here, once, before any process starts
-        check_before_running(loaded, processes=nproc)
-        argv = ["run", str(recipe), *[arg for item in set_ or [] for arg in ("--set", item)]]
-        argv += ["--run-dir", run_dir] if run_dir else []
-        argv += [arg for stage in only or [] for arg in ("--only", stage)]
-        launch_local(nproc, argv, loaded.run_path(), master_port)
-    except LmforgeError as exc:
-        _fail(exc)
+    loaded = _load(recipe, set_, run_dir)  # a bad recipe fails here, once, before any process starts
+    check_before_running(loaded, processes=nproc)
+    argv = ["run", str(recipe), *[arg for item in set_ or [] for arg in ("--set", item)]]
+    argv += ["--run-dir", run_dir] if run_dir else []
+    argv += [arg for stage in only or [] for arg in ("--only", stage)]
+    launch_local(nproc, argv, loaded.run_path(), master_port)
 
 
 @app.command()
@@ -120,30 +129,21 @@ def demo(set_: SetOption = None, run_dir: RunDirOption = None) -> None:
     """Run the shipped demo recipe: SmolLM2 learns an invented social security code, measured before and after."""
     from lmforge.config import shipped_recipe
 
-    try:
-        path = shipped_recipe("demo")
-    except LmforgeError as exc:
-        _fail(exc)
+    path = shipped_recipe("demo")
     _run(path, set_, run_dir)
 
 
 @app.command()
 def validate(recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.")], set_: SetOption = None) -> None:
     """Check a recipe (keys, types, files) without running anything."""
-    try:
-        loaded = _load(recipe, set_, None)
-    except LmforgeError as exc:
-        _fail(exc)
+    loaded = _load(recipe, set_, None)
     console.print(f"[green]✔[/green] {recipe} is valid: run {loaded.name!r}, stages {', '.join(loaded.stages)}")
     if "index" in loaded.stages and loaded.index.raft.enabled:
         from rich.markup import escape
 
         from lmforge.perf.plan import future_split_notes
 
-        try:  # what RAFT will build from these data (read in memory, nothing written)
-            notes = future_split_notes(loaded)
-        except LmforgeError as exc:
-            _fail(exc)
+        notes = future_split_notes(loaded)  # what RAFT will build from these data (read in memory)
         for note in notes.values():
             console.print(f"  {escape(note)}", highlight=False)
 
@@ -163,10 +163,7 @@ def report(run: Annotated[Path, typer.Argument(help="A run directory (runs/NAME)
     """Write a run's eval/report.html again from its eval results and training logs (no model needed)."""
     from lmforge.evaluate.report import write_report
 
-    try:
-        path = write_report(run)
-    except LmforgeError as exc:
-        _fail(exc)
+    path = write_report(run)
     console.print(f"[green]✔[/green] {path}")
 
 
@@ -182,17 +179,14 @@ def harness(
     """Evaluate a run's model with lm-evaluation-harness on the run's own sets (offline) and standard tasks."""
     from lmforge.evaluate.harness import command_line, run_harness
 
-    try:
-        metrics = run_harness(
-            run,
-            variant=variant,
-            sets=sets.split(",") if sets else None,
-            extra_tasks=tasks.split(",") if tasks else None,
-            limit=limit,
-            batch_size=batch_size,
-        )
-    except LmforgeError as exc:
-        _fail(exc)
+    metrics = run_harness(
+        run,
+        variant=variant,
+        sets=sets.split(",") if sets else None,
+        extra_tasks=tasks.split(",") if tasks else None,
+        limit=limit,
+        batch_size=batch_size,
+    )
     for task, scores in metrics.items():
         shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in scores.items())
         console.print(f"[green]✔[/green] {task}: {shown}", highlight=False)
@@ -216,18 +210,15 @@ def chat(
         console.out("")
         return console.input(f"[bold cyan]{prompt}[/bold cyan]")
 
-    try:
-        chat_loop(
-            target,
-            read=ask,
-            write=console.print,
-            on_token=show,
-            max_new_tokens=max_new_tokens,
-            temperature=temperature,
-            system=system,
-        )
-    except LmforgeError as exc:
-        _fail(exc)
+    chat_loop(
+        target,
+        read=ask,
+        write=console.print,
+        on_token=show,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        system=system,
+    )
 
 
 @app.command()
@@ -294,15 +285,12 @@ def serve(
         allowed_hosts=list(allowed_host or []),
         allowed_origins=list(allowed_origin or []),
     )
-    try:
-        retriever = None
-        if rag:
-            from lmforge.rag.retrieve import open_retriever
+    retriever = None
+    if rag:
+        from lmforge.rag.retrieve import open_retriever
 
-            retriever, _ = open_retriever(target, needed_by="serve --rag")
-        serve_models(target, settings, adapters=adapter, name=name, retriever=retriever)
-    except LmforgeError as exc:
-        _fail(exc)
+        retriever, _ = open_retriever(target, needed_by="serve --rag")
+    serve_models(target, settings, adapters=adapter, name=name, retriever=retriever)
 
 
 @app.command()
@@ -337,10 +325,7 @@ def export(
         min_agreement=min_agreement,
         parity=parity,
     )
-    try:
-        result = run_export(target, settings, adapter=adapter)
-    except LmforgeError as exc:
-        _fail(exc)
+    result = run_export(target, settings, adapter=adapter)
     console.print(f"[green]✔[/green] exported to {result.out_dir}")
 
 
@@ -367,12 +352,9 @@ def ask(
     from lmforge.rag.ask import format_source
 
     _check_rag_mode("--mode", mode)
-    try:
-        answer = answer_question(
-            Path(run), question, k=k, mode=mode, max_new_tokens=max_new_tokens, use_base=base, route=route
-        )
-    except LmforgeError as exc:
-        _fail(exc)
+    answer = answer_question(
+        Path(run), question, k=k, mode=mode, max_new_tokens=max_new_tokens, use_base=base, route=route
+    )
     if as_json:
         console.out(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2), highlight=False)
         return
@@ -450,11 +432,8 @@ def bench(
         peak_tflops=peak_tflops,
         workload=workload,
     )
-    try:
-        _load(recipe, set_, None) if recipe else None  # a bad recipe fails here, before any worker starts
-        results = run_bench(settings, seq_len or [1024], chosen, out, console)
-    except LmforgeError as exc:
-        _fail(exc)
+    _load(recipe, set_, None) if recipe else None  # a bad recipe fails here, before any worker starts
+    results = run_bench(settings, seq_len or [1024], chosen, out, console)
     console.print(f"[green]✔[/green] {out / 'bench.json'}, {out / 'bench.md'}")
     if any(r.error for r in results):
         raise typer.Exit(1)
@@ -469,11 +448,8 @@ def plan(
     """Estimate peak memory and time of a recipe's training stages on this machine, before running them."""
     from lmforge.perf.plan import plan_recipe, render
 
-    try:
-        loaded = _load(recipe, set_, run_dir)
-        hardware, plans = plan_recipe(loaded)
-    except LmforgeError as exc:
-        _fail(exc)
+    loaded = _load(recipe, set_, run_dir)
+    hardware, plans = plan_recipe(loaded)
     if not plans:
         console.print(f"{recipe}: no training stage to plan (stages: {', '.join(loaded.stages)})")
         return
@@ -528,34 +504,31 @@ def data_inspect(
     """Show detected formats, counts and token lengths of a recipe's data or of one path; writes nothing."""
     from lmforge.data import inspection
 
-    try:
-        is_recipe = target.suffix.lower() in (".yaml", ".yml")
-        recipe = _load(target, set_, None) if is_recipe else None
-        prepared, _ = inspection.inspect_data(target, recipe)
-        console.print(inspection.files_table(prepared))
-        tokenizer = _inspection_tokenizer(model or (recipe.model.ref if recipe else None))
-        console.print(inspection.splits_table(prepared, tokenizer))
-        if tokenizer is None:
-            console.print("[dim]token lengths: pass --model REF (a recipe uses its own model)[/dim]")
-        if show_labels and tokenizer is not None:
-            from lmforge.train.tokenize import tokenize_chat
+    is_recipe = target.suffix.lower() in (".yaml", ".yml")
+    recipe = _load(target, set_, None) if is_recipe else None
+    prepared, _ = inspection.inspect_data(target, recipe)
+    console.print(inspection.files_table(prepared))
+    tokenizer = _inspection_tokenizer(model or (recipe.model.ref if recipe else None))
+    console.print(inspection.splits_table(prepared, tokenizer))
+    if tokenizer is None:
+        console.print("[dim]token lengths: pass --model REF (a recipe uses its own model)[/dim]")
+    if show_labels and tokenizer is not None:
+        from lmforge.train.tokenize import tokenize_chat
 
-            on_inputs = bool(recipe and recipe.sft.train_on_inputs)
+        on_inputs = bool(recipe and recipe.sft.train_on_inputs)
 
-            def labels_for(tok, messages):
-                return tokenize_chat(tok, messages, max_length=1 << 30, train_on_inputs=on_inputs).labels
+        def labels_for(tok, messages):
+            return tokenize_chat(tok, messages, max_length=1 << 30, train_on_inputs=on_inputs).labels
 
-            split = "train" if "train" in prepared.splits else next(iter(prepared.splits), "")
-            examples = prepared.splits.get(split, [])
-            if recipe and recipe.sft.template != "chat":  # show the prompt format sft will train with
-                from lmforge.train.templates import install_template
+        split = "train" if "train" in prepared.splits else next(iter(prepared.splits), "")
+        examples = prepared.splits.get(split, [])
+        if recipe and recipe.sft.template != "chat":  # show the prompt format sft will train with
+            from lmforge.train.templates import install_template
 
-                chats = [r for r in examples if r.get("kind") == "chat"]
-                install_template(tokenizer, recipe.sft.template, chats, recipe.model.ref)
-            for panel in inspection.labelled_examples(examples, tokenizer, labels_for, show_labels):
-                console.print(panel)
-    except LmforgeError as exc:
-        _fail(exc)
+            chats = [r for r in examples if r.get("kind") == "chat"]
+            install_template(tokenizer, recipe.sft.template, chats, recipe.model.ref)
+        for panel in inspection.labelled_examples(examples, tokenizer, labels_for, show_labels):
+            console.print(panel)
 
 
 def _inspection_tokenizer(ref: str | None):
