@@ -114,3 +114,14 @@ def test_perplexity_items_and_ratio_of_sums():
 def test_generation_tasks_refuse_text_records():
     with pytest.raises(DataError, match="needs chat records"):
         task_for("qa").items("t", [text_record("plain text", SRC)], Path("s"))
+
+
+def test_a_task_is_a_module_found_by_its_file_name():
+    from lmforge.config.evaluate import eval_task_names
+    from lmforge.evaluate.tasks import available_tasks
+
+    assert available_tasks() == eval_task_names() == ["choice", "extraction", "freeform", "perplexity", "qa"]
+    for name in available_tasks():
+        assert task_for(name).name == name  # each module's TASK answers to its file name
+    with pytest.raises(ValueError, match="expected one of choice"):
+        task_for("essay")

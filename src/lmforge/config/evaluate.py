@@ -7,14 +7,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, field_validator
+from pydantic import AfterValidator, Field, ValidationInfo, field_validator
 
 from lmforge.config.base import Strict, resolve_path
 
-EvalTask = Literal["qa", "freeform", "extraction", "choice", "perplexity"]
-"""What an eval set measures and how (see ``lmforge.evaluate.tasks``)."""
+
+def eval_task_names() -> list[str]:
+    """The eval tasks: the module files of ``lmforge/evaluate/tasks/`` (listed, not imported: the recipe is
+    validated without loading the evaluation code)."""
+    folder = Path(__file__).resolve().parents[1] / "evaluate" / "tasks"
+    return sorted(p.stem for p in folder.glob("*.py") if not p.stem.startswith("_"))
+
+
+def _known_task(name: str) -> str:
+    if name not in eval_task_names():
+        raise ValueError(f"got {name!r}; expected one of {', '.join(eval_task_names())}")
+    return name
+
+
+EvalTask = Annotated[str, AfterValidator(_known_task)]
+"""What an eval set measures and how: the name of a module of ``lmforge/evaluate/tasks/`` (``qa``, ``freeform``,
+``extraction``, ``choice``, ``perplexity``; a new task is a new module there)."""
 
 
 class VariantSpec(Strict):
