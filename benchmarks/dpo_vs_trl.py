@@ -85,7 +85,7 @@ def run_trl(work: Path, settings: dict) -> dict:
 
     from lmforge.hardware import peak_rss_mb
     from lmforge.models import load_causal_lm, load_tokenizer, resolve_model
-    from lmforge.train.trainer import use_bf16
+    from lmforge.train.compute import use_bf16
 
     model_dir = resolve_model(settings["model"])
     tokenizer = load_tokenizer(model_dir)

@@ -20,7 +20,7 @@ def main() -> None:
     from lmforge.config import load_recipe, shipped_recipe
     from lmforge.data.prepare import prepare_records
     from lmforge.models import generate_replies, load_for_inference, resolve_model
-    from lmforge.train.trainer import configure_threads
+    from lmforge.train.compute import configure_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)

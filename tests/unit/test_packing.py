@@ -2,7 +2,7 @@
 
 ``sft.packing`` collates a micro-batch with ``fast.pack_batch`` (one row, ``position_ids`` restarting
 at every example, no 2-D attention mask) into the model built by ``causal.build_causal_model`` with
-the kernel ``trainer.attention_kernel`` picks. If attention crossed an example boundary, or a
+the kernel ``compute.attention_kernel`` picks. If attention crossed an example boundary, or a
 token were predicted from the previous example, the per-token losses and the gradients would differ.
 """
 

@@ -167,7 +167,7 @@ def test_plan_counts_splits_of_later_stages_and_warns_before_they_exist(tiny_rec
 
 def test_attention_is_judged_on_the_packed_row_not_on_max_length():
     """sft packs a micro-batch into one row: 16 examples of 100 tokens make a 1,600-token row."""
-    from lmforge.train.trainer import attention_kernel, attention_row
+    from lmforge.train.compute import attention_kernel, attention_row
 
     lengths = [100] * 40 + [60]
     assert attention_row(lengths, 16, packing=True) == (1, 1600)

@@ -62,29 +62,29 @@ def test_variants_train_the_right_weights_and_reload_exactly(tmp_path, tiny_mode
 
 
 def test_auto_attention_picks_eager_for_short_rows_and_sdpa_when_its_scores_are_large(tiny_model_dir, monkeypatch):
-    from lmforge.train import trainer
+    from lmforge.train import compute
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # demo sft: 16 rows of 95 tokens, 9 heads, 30 layers, bf16 -> 0.27 GB of scores; demo-rag: 385 tokens -> 4.5 GB
-    demo = trainer.eager_scores_bytes(16, 95, 9) * 30 / 2**20
-    rag = trainer.eager_scores_bytes(16, 385, 9) * 30 / 2**20
-    assert demo < trainer.EAGER_SCORES_BUDGET_MB < rag
-    assert trainer.attention_kernel("auto", 95, demo) == "eager"
-    assert trainer.attention_kernel("auto", 385, rag) == "sdpa"
-    assert trainer.attention_kernel("auto", 600, 0.0) == "sdpa"  # long rows: sdpa whatever the batch
-    assert trainer.attention_kernel("eager", 385, rag) == "eager"  # an explicit choice is kept
+    demo = compute.eager_scores_bytes(16, 95, 9) * 30 / 2**20
+    rag = compute.eager_scores_bytes(16, 385, 9) * 30 / 2**20
+    assert demo < compute.EAGER_SCORES_BUDGET_MB < rag
+    assert compute.attention_kernel("auto", 95, demo) == "eager"
+    assert compute.attention_kernel("auto", 385, rag) == "sdpa"
+    assert compute.attention_kernel("auto", 600, 0.0) == "sdpa"  # long rows: sdpa whatever the batch
+    assert compute.attention_kernel("eager", 385, rag) == "eager"  # an explicit choice is kept
     # batch 64 of the demo: 1.1 GB of scores -> sdpa; with activation checkpointing one layer's -> eager
-    b64 = trainer.eager_scores_mb(SFTSpec(precision="bf16"), 64, 95, 9, 30)
-    b64_ckpt = trainer.eager_scores_mb(SFTSpec(precision="bf16", gradient_checkpointing=True), 64, 95, 9, 30)
+    b64 = compute.eager_scores_mb(SFTSpec(precision="bf16"), 64, 95, 9, 30)
+    b64_ckpt = compute.eager_scores_mb(SFTSpec(precision="bf16", gradient_checkpointing=True), 64, 95, 9, 30)
     assert (
-        trainer.attention_kernel("auto", 95, b64) == "sdpa"
-        and trainer.attention_kernel("auto", 95, b64_ckpt) == "eager"
+        compute.attention_kernel("auto", 95, b64) == "sdpa"
+        and compute.attention_kernel("auto", 95, b64_ckpt) == "eager"
     )
 
     # build_causal_model counts the model's own heads and layers and the micro-batch rows
     recipe = recipe_for(tiny_model_dir)
     small = build_causal_model(tiny_model_dir, SFTSpec(batch_size=2, precision="fp32"), 64, "auto", recipe)
     assert small.config._attn_implementation == "eager"
-    monkeypatch.setattr(trainer, "EAGER_SCORES_BUDGET_MB", 1.0)  # 64 rows x 128 tokens of a tiny model: > 1 MB
+    monkeypatch.setattr(compute, "EAGER_SCORES_BUDGET_MB", 1.0)  # 64 rows x 128 tokens of a tiny model: > 1 MB
     large = build_causal_model(tiny_model_dir, SFTSpec(batch_size=64, precision="fp32"), 128, "auto", recipe)
     assert large.config._attn_implementation == "sdpa"

@@ -143,7 +143,7 @@ def test_masking_draws_per_row_and_never_masks_special_tokens():
 @pytest.mark.parametrize("bad", [{"optimizer": "paged_adamw_8bit"}, {"quantization": "4bit"}])
 def test_cuda_only_settings_fail_clearly_on_cpu(bad):
     from lmforge.errors import ConfigError
-    from lmforge.train.trainer import check_training_setup
+    from lmforge.train.compute import check_training_setup
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -96,7 +96,7 @@ def worker(config: dict[str, Any]) -> BenchResult:
     """Train one system and measure it (runs in a child process; see :func:`run_bench`)."""
     import torch
 
-    from lmforge.train.trainer import configure_threads
+    from lmforge.train.compute import configure_threads
 
     system = config["system"]
     settings = BenchSettings(**config["settings"])
@@ -458,9 +458,10 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
 
     from lmforge.rundir import StageDir
     from lmforge.train.budget import stage_micro_batching
+    from lmforge.train.compute import attention_row, use_bf16
     from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch
     from lmforge.train.sft import ExampleDataset, build_causal_model
-    from lmforge.train.trainer import attention_row, build_trainer, use_bf16
+    from lmforge.train.trainer import build_trainer
 
     recipe = setup["recipe"]
     spec = recipe.sft

@@ -31,8 +31,8 @@ from typing import Any
 
 from lmforge.hardware import MB, cpu_ghz, cpu_isa, cpu_name, cpu_peak_flops, memory_mb, usable_cores
 from lmforge.train.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, backward_config, micro_batching
+from lmforge.train.compute import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 from lmforge.train.schedule import auto_epochs
-from lmforge.train.trainer import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 
 # ---------------------------------------------------------------- constants (see the module docstring)
 

@@ -12,19 +12,13 @@ from typing import Any
 
 from lmforge.config import Recipe
 from lmforge.train.budget import stage_micro_batching
+from lmforge.train.compute import seed_everything, use_bf16
 from lmforge.train.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
 from lmforge.train.lora import trainable_summary
 from lmforge.train.sft import build_causal_model
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.tokenize import PackedRow, pack_texts
-from lmforge.train.trainer import (
-    build_trainer,
-    run_training,
-    save_folder,
-    seed_everything,
-    training_metrics,
-    use_bf16,
-)
+from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 
 def run(recipe: Recipe) -> TrainResult:

@@ -33,20 +33,13 @@ from lmforge.records import Message, Record, dumps_record, read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, final_model, fingerprint_data, read_json
 from lmforge.stages import STAGE_ORDER, TRAINING_STAGES, stage
 from lmforge.train import chain, preference
+from lmforge.train.compute import attention_row, seed_everything, use_bf16
 from lmforge.train.fast import disable_lean_lora, enable_lean_lora
 from lmforge.train.lora import trainable_summary
 from lmforge.train.stage import TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.templates import install_template, template_kwargs
 from lmforge.train.tokenize import IGNORE, TokenizedExample, tokenize_chat
-from lmforge.train.trainer import (
-    attention_row,
-    build_trainer,
-    run_training,
-    save_folder,
-    seed_everything,
-    training_metrics,
-    use_bf16,
-)
+from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 
 @dataclass

@@ -16,17 +16,11 @@ import torch.nn.functional as F
 
 from lmforge.config import MLMSpec, Recipe
 from lmforge.errors import ModelError, StageError
+from lmforge.train.compute import seed_everything, use_bf16
 from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.tokenize import IGNORE
-from lmforge.train.trainer import (
-    build_trainer,
-    run_training,
-    save_folder,
-    seed_everything,
-    training_metrics,
-    use_bf16,
-)
+from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 
 def run(recipe: Recipe) -> TrainResult:

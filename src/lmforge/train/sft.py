@@ -26,23 +26,20 @@ from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
 from lmforge.train import chain
 from lmforge.train.budget import stage_micro_batching
+from lmforge.train.compute import (
+    attention_kernel,
+    attention_row,
+    eager_scores_mb,
+    quantization_config,
+    seed_everything,
+    use_bf16,
+)
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
 from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.templates import install_template
 from lmforge.train.tokenize import TokenizedExample, tokenize_records
-from lmforge.train.trainer import (
-    attention_kernel,
-    attention_row,
-    build_trainer,
-    eager_scores_mb,
-    quantization_config,
-    run_training,
-    save_folder,
-    seed_everything,
-    training_metrics,
-    use_bf16,
-)
+from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 
 def run(recipe: Recipe) -> TrainResult:

@@ -22,7 +22,8 @@ from lmforge.hardware import reset_peak_rss
 from lmforge.models import load_tokenizer, resolve_model
 from lmforge.records import Record, read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, remove_tree, split_path
-from lmforge.train.trainer import check_training_setup, clear_stale, eval_split_path, write_log
+from lmforge.train.compute import check_training_setup
+from lmforge.train.trainer import clear_stale, eval_split_path, write_log
 
 StageSpec = CPTSpec | MLMSpec | SFTSpec | Seq2SeqSpec
 """The recipe section of a training stage."""

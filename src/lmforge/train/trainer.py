@@ -1,6 +1,8 @@
-"""What every training stage shares: the HF Trainer set up once, the way all of them need it.
+"""What every training stage shares: the HF Trainer set up once, the way all of them need it
+(:class:`lmforge.train.hf_trainer.SummedLossTrainer`, its overrides documented there; what a stage
+computes with, in ``compute.py``).
 
-Each stage (``cpt``, ``mlm``, ``sft``, ``seq2seq``) supplies a dataset, a collator and a function
+Each stage (``cpt``, ``mlm``, ``sft``, ``seq2seq``, ``dpo``) supplies a dataset, a collator and a function
 that returns the *summed* loss of a micro-batch and the number of trained positions in it. The
 Trainer divides by the number of trained positions of the whole optimizer step (all accumulated
 micro-batches together), so a step's loss is a per-token mean however the tokens fall into
@@ -14,7 +16,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,20 +23,23 @@ from typing import Any
 
 from lmforge import distributed
 from lmforge.config import DistributedSpec, TrainSpec
-from lmforge.distributed import all_reduce_sum
-from lmforge.errors import ConfigError, Problem, StageError
-from lmforge.hardware import MB, peak_rss_mb, usable_cores
-from lmforge.models import cpu_supports_bf16
+from lmforge.errors import StageError
+from lmforge.hardware import peak_rss_mb
 from lmforge.rundir import StageDir, atomic_write_text, remove_tree, split_path, stage_folder
 from lmforge.train.batches import (
     EpochSeededLengthSampler,
     StepBatches,
-    WithFillers,
-    blank_fillers,
-    call_loss,
-    is_filler,
 )
 from lmforge.train.budget import MicroBatching
+from lmforge.train.compute import (
+    BNB_OPTIMIZERS,
+    compile_blocks,
+    compile_seconds,
+    compute_choices,
+    configure_threads,
+    torch_threads,
+    use_bf16,
+)
 from lmforge.train.layout import ProcessLayout, process_layout
 from lmforge.train.progress import progress_callback, tensorboard_callback
 
@@ -45,130 +49,7 @@ method returning ``{name: value}`` (e.g. preference tuning's reward margin and a
 the last call) gets those logged next to the loss, and next to the validation loss for ``eval_loss_sum``
 (give the two different objects, so the validation passes do not mix into the training figures)."""
 
-_BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
-_BNB_OPTIMIZERS["paged_adamw_32bit"] = "paged_adamw_32bit"
-_OPTIMIZERS = {"adamw": "adamw_torch_fused", "adafactor": "adafactor", "sgd": "sgd", **_BNB_OPTIMIZERS}
-
-
-# ---------------------------------------------------------------- setup checks
-
-
-def check_training_setup(spec: TrainSpec, where: str, source: str) -> None:
-    """Refuse settings this machine cannot honour, all at once, before any model is loaded.
-
-    Raises:
-        ConfigError: CUDA-only features on a machine without CUDA, missing optional packages.
-    """
-    import torch
-
-    problems: list[Problem] = []
-    cuda = torch.cuda.is_available()
-    needs_bnb = spec.quantization != "none" or spec.optimizer in _BNB_OPTIMIZERS
-    if spec.quantization != "none" and not cuda:
-        problems.append(
-            Problem(
-                f"{where}.quantization",
-                f"got {spec.quantization!r}; bitsandbytes quantization (QLoRA) needs a CUDA GPU and none is "
-                f"visible here; set {where}.quantization: none (plain LoRA trains on CPU)",
-            )
-        )
-    if spec.optimizer in _BNB_OPTIMIZERS and not cuda:
-        problems.append(
-            Problem(
-                f"{where}.optimizer",
-                f"got {spec.optimizer!r}; 8-bit and paged optimizers (bitsandbytes) need a CUDA GPU and none is "
-                f"visible here; use adamw, adafactor or sgd",
-            )
-        )
-    if needs_bnb and cuda and importlib.util.find_spec("bitsandbytes") is None:
-        problems.append(Problem(where, "quantization / 8-bit optimizers need bitsandbytes: pip install bitsandbytes"))
-    for backend in spec.report_to:
-        if backend != "tensorboard" and importlib.util.find_spec(backend) is None:
-            problems.append(Problem(f"{where}.report_to", f"{backend!r} is not installed: pip install {backend}"))
-    if problems:
-        raise ConfigError(source, problems)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch before a model is built, so adapter initialisation is reproducible."""
-    from transformers import set_seed
-
-    set_seed(seed)
-
-
-def use_bf16(precision: str) -> bool:
-    """bf16 autocast: on request, or (auto) on CUDA and on CPUs with native bf16 matmuls."""
-    import torch
-
-    if precision == "auto":
-        return torch.cuda.is_available() or cpu_supports_bf16()
-    return precision == "bf16"
-
-
-EAGER_SCORES_BUDGET_MB = 1024.0
-"""Most memory ``attention: auto`` lets the eager kernel keep in attention scores on a CPU (MB)."""
-
-
-def eager_scores_bytes(rows: int, longest: int, heads: int, width: int = 2) -> float:
-    """Bytes eager attention keeps for the backward pass in one layer: the fp32 softmax output, its
-    copy in the compute dtype (``width`` bytes) and the mask, per head and token pair of a micro-batch."""
-    return float(rows * longest**2 * heads * (5 + width))
-
-
-def eager_scores_mb(spec: TrainSpec, rows: int, longest: int, heads: int, layers: int) -> float:
-    """MB of attention scores eager attention would hold for the backward pass of a micro-batch: every
-    layer's, or under activation checkpointing about one layer's (the layers are recomputed one by one)."""
-    width = 2 if use_bf16(spec.precision) else 4
-    kept_layers = 1 if spec.gradient_checkpointing else layers
-    return eager_scores_bytes(rows, longest, heads, width) * kept_layers / MB
-
-
-def attention_row(lengths: list[int], batch_size: int, packing: bool) -> tuple[int, int]:
-    """(rows, tokens per row) of the largest micro-batch attention sees, from the examples' lengths:
-    ``batch_size`` rows padded to the longest example, or — packed — one row that can hold the
-    ``batch_size`` longest examples together (judging by ``max_length`` alone underestimates it)."""
-    ordered = sorted(lengths, reverse=True)
-    if packing:
-        return 1, sum(ordered[:batch_size])
-    return min(batch_size, len(ordered)), ordered[0] if ordered else 0
-
-
-def attention_kernel(attention: str, longest: int, scores_mb: float = 0.0) -> str:
-    """The attention implementation to train with (``auto``: see ``SFTSpec.attention``).
-
-    ``longest`` is the longest row trained on; ``scores_mb`` what eager attention would keep over all
-    layers for the largest micro-batch (:func:`eager_scores_mb`).
-    """
-    import torch
-
-    if attention != "auto":
-        return attention
-    if torch.cuda.is_available():
-        return "sdpa"
-    # CPU: the eager kernel beat sdpa's flash backward on short rows, but it keeps the score matrices
-    # of every layer: on demo-rag (16 rows up to 385 tokens, 4.5 GB of scores) sdpa peaked at 8.5 GB
-    # against eager's 13.2 GB for 5% more time (docs/PERFORMANCE.md).
-    return "eager" if longest <= 512 and scores_mb <= EAGER_SCORES_BUDGET_MB else "sdpa"
-
-
-def quantization_config(spec: TrainSpec) -> Any:
-    """bitsandbytes settings for QLoRA (4-bit NF4, double quantization, bf16 compute) or 8-bit; None for none."""
-    if spec.quantization == "none":
-        return None
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    if spec.quantization == "8bit":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type="nf4",
-        bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=torch.bfloat16,
-        # Packed 4-bit weights stored as bf16 elements, so FSDP can shard them with the bf16 weights
-        # (the layout transformers and PEFT document for FSDP + QLoRA); the same bits otherwise.
-        bnb_4bit_quant_storage=torch.bfloat16,
-    )
+_OPTIMIZERS = {"adamw": "adamw_torch_fused", "adafactor": "adafactor", "sgd": "sgd", **BNB_OPTIMIZERS}
 
 
 def eval_split_path(run_path: Path, spec: TrainSpec, needed_by: str) -> Path | None:
@@ -185,86 +66,6 @@ def eval_split_path(run_path: Path, spec: TrainSpec, needed_by: str) -> Path | N
             "set data.val_fraction (e.g. 0.1) or name one with eval_split"
         )
     return None
-
-
-# ---------------------------------------------------------------- threads and compilation
-
-
-def configure_threads(per_process: int | None = None) -> int:
-    """One torch thread per usable physical core, unless the user chose a number; returns the count.
-
-    With several processes on this machine (``LOCAL_WORLD_SIZE``), each gets its share of the cores
-    (at least one), so processes x threads never oversubscribe them; ``per_process`` overrides that.
-
-    A choice is OMP_NUM_THREADS / MKL_NUM_THREADS in the environment, or ``torch.set_num_threads``
-    to something other than torch's default. Usable cores are the physical ones in this process's
-    CPU affinity, capped by a cgroup CPU quota (containers): torch's default counts every core of
-    the host, and more threads than cores makes every parallel region wait for a parked thread.
-    """
-    import torch
-
-    current = torch.get_num_threads()
-    if per_process is not None:
-        torch.set_num_threads(per_process)
-        return per_process
-    local = distributed.world().local_size
-    if (os.environ.get("OMP_NUM_THREADS") or os.environ.get("MKL_NUM_THREADS")) and local == 1:
-        return current
-    if current not in _default_thread_counts() and local == 1:
-        return current  # set by the user in this process
-    wanted = max(1, usable_cores() // local)
-    if wanted != current:
-        torch.set_num_threads(wanted)
-    return wanted
-
-
-def _default_thread_counts() -> set[int]:
-    """Thread counts torch may pick by itself (its default follows the host's cores)."""
-    counts = {os.cpu_count() or 1}
-    try:
-        import psutil
-
-        counts.add(psutil.cpu_count(logical=False) or 1)
-    except ImportError:
-        pass
-    return counts
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return torch.get_num_threads()
-
-
-def compile_blocks(model: Any, label: str, backend: str = "inductor") -> int:
-    """``torch.compile`` every block of the model's main stack of layers in place; returns how many.
-
-    Blocks are compiled one by one rather than the whole model: the stages call the backbone and the
-    loss directly, and identical blocks share one compiled graph, so compile time does not grow with
-    depth. Compilation happens at the first step; :func:`compile_seconds` reports its cost.
-    """
-    import torch
-
-    stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
-    stacks = [m for m in stacks if len({type(block) for block in m}) == 1]
-    if not stacks:
-        print(f"{label}: warning: compile is on but no stack of identical layers was found; training uncompiled")
-        return 0
-    blocks = max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()))
-    torch._dynamo.utils.clear_compilation_metrics()
-    for block in blocks:
-        block.compile(backend=backend)
-    print(f"{label}: torch.compile on {len(blocks)} {type(blocks[0]).__name__} blocks (compiled at the first step)")
-    return len(blocks)
-
-
-def compile_seconds() -> float:
-    """Seconds spent compiling (dynamo, AOT autograd, inductor) since :func:`compile_blocks`."""
-    from torch._dynamo.utils import get_compilation_metrics
-
-    metrics = get_compilation_metrics()
-    total_us = sum((m.duration_us or 0) + (m.backward_cumulative_compile_time_us or 0) for m in metrics)
-    return round(total_us / 1e6, 1)
 
 
 # ---------------------------------------------------------------- the Trainer
@@ -305,11 +106,10 @@ def build_trainer(
         lengths: each training example's length for length grouping and token budgets; default: the
             length of its ``input_ids`` (a preference pair passes the longer of its two completions).
     """
-    import torch
-    from transformers import EarlyStoppingCallback, PrinterCallback, Trainer
-    from transformers.trainer_utils import EvalLoopOutput
+    from transformers import EarlyStoppingCallback, PrinterCallback
 
     from lmforge.train import schedule
+    from lmforge.train.hf_trainer import SummedLossTrainer
 
     if "auto" in (spec.lr, spec.epochs):  # sft's defaults, resolved for this split and model (train/schedule.py)
         spec = schedule.resolved(spec, len(train_dataset), schedule.config_parameters(model.config.to_dict()))
@@ -320,71 +120,6 @@ def build_trainer(
     world = distributed.world()
     micro_rows = micro_batching.rows if micro_batching is not None else None
     layout = process_layout(spec, distributed_spec or DistributedSpec(), world, micro_rows=micro_rows)
-
-    class SummedLossTrainer(Trainer):
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            # Autocast is set here because the stages call backbones directly, not model.forward.
-            device = inputs["input_ids"].device.type
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-                loss, count = call_loss(model, loss_sum, inputs)
-            if num_items_in_batch is None:
-                loss = loss / max(count, 1)
-            else:
-                # num_items_in_batch counts the trained positions of the whole step on every process
-                # (average_tokens_across_devices); DDP/FSDP/DeepSpeed average gradients over processes,
-                # so each process's share is scaled back up by their number.
-                loss = loss * self.accelerator.num_processes / num_items_in_batch
-            return (loss, None) if return_outputs else loss
-
-        def log(self, logs, *args, **kwargs):
-            if "loss" in logs and hasattr(loss_sum, "drain"):
-                logs = {**logs, **loss_sum.drain()}
-            return super().log(logs, *args, **kwargs)
-
-        def get_train_dataloader(self):
-            return self._step_loader(self.train_dataset, train_batches, self.data_collator)
-
-        def get_eval_dataloader(self, eval_dataset=None):
-            dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-            order = range(len(dataset))
-            batches = StepBatches(order, self.args.per_device_eval_batch_size, 1, world.rank, world.size)
-            return self._step_loader(dataset, batches, eval_collator or self.data_collator)
-
-        def _step_loader(self, dataset, batches, collate):
-            from torch.utils.data import DataLoader
-
-            collate = blank_fillers(collate)
-            loader = DataLoader(WithFillers(dataset), batch_sampler=batches, collate_fn=collate, num_workers=0)
-            prepared = self.accelerator.prepare(loader)
-            # The batches are already this process's share: make accelerate's sharding wrapper a passthrough.
-            wrapper = getattr(prepared, "batch_sampler", None)
-            if wrapper is not None and getattr(wrapper, "batch_sampler", None) is batches:
-                wrapper.num_processes, wrapper.process_index = 1, 0
-            return prepared
-
-        def _run_epoch(self, model, epoch, *args, **kwargs):
-            train_batches.set_epoch(epoch)  # before the epoch's batches are drawn, also when resuming
-            return super()._run_epoch(model, epoch, *args, **kwargs)
-
-        def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None, **kw):
-            # A per-token mean over the whole split and every process (the stock loop averages per-batch means).
-            prefix = kw.get("metric_key_prefix", "eval")
-            model = self._wrap_model(self.model, training=False, dataloader=dataloader)
-            model.eval()
-            total, count, samples = 0.0, 0, 0
-            with torch.no_grad():
-                for inputs in dataloader:
-                    inputs = self._prepare_inputs(inputs)
-                    device = inputs["input_ids"].device.type
-                    with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
-                        loss, n = call_loss(model, eval_loss_sum, inputs)
-                    total, count = total + float(loss), count + n
-                    samples += 0 if n == 0 and is_filler(inputs) else int(inputs["input_ids"].shape[0])
-            total, count, samples = all_reduce_sum([total, count, samples])
-            metrics = {f"{prefix}_loss": total / max(count, 1)}
-            if hasattr(eval_loss_sum, "drain"):
-                metrics.update({f"{prefix}_{name}": value for name, value in eval_loss_sum.drain().items()})
-            return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=int(samples))
 
     configure_threads(layout.spec.threads_per_process)
     if spec.compile:
@@ -415,6 +150,12 @@ def build_trainer(
         eval_dataset=eval_dataset,
         data_collator=collator,
         callbacks=callbacks,
+        loss_sum=loss_sum,
+        eval_loss_sum=eval_loss_sum,
+        eval_collator=eval_collator,
+        train_batches=train_batches,
+        bf16=bf16,
+        world=world,
     )
     trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
     trainer.layout = layout
@@ -525,7 +266,7 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
         "epochs": round(float(state.epoch or 0.0), 3),
         "seconds": round(seconds, 1),
         "precision": "bf16" if trainer.args.bf16 else "fp32",
-        "threads": _torch_threads(),
+        "threads": torch_threads(),
         "peak_rss_mb": peak_rss_mb(),
     }
     layout = getattr(trainer, "layout", None)
@@ -542,32 +283,6 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
         planned = state.max_steps
         metrics["stopped_early"] = bool(planned and state.global_step < planned)
     return metrics
-
-
-def compute_choices(trainer: Any) -> dict[str, str]:
-    """What the stage computed with and why: device, instruction set, precision, attention kernel."""
-    import torch
-
-    from lmforge.hardware import cpu_isa
-
-    model = trainer.model
-    attention = str(getattr(getattr(model, "config", None), "_attn_implementation", None) or "default")
-    if torch.cuda.is_available():
-        device, isa = "cuda", torch.cuda.get_device_name(0)
-    else:
-        device, isa = "cpu", cpu_isa()
-    bf16 = bool(trainer.args.bf16)
-    native = device == "cuda" or isa in ("amx", "avx512_bf16")
-    if bf16:
-        why = "bf16 autocast: native bf16 matmuls" if native else "bf16 as the recipe asks (emulated here: slow)"
-    else:
-        why = "fp32 as the recipe asks" if native else "fp32: this CPU has no native bf16 matmuls (emulated: slower)"
-    choices = {"device": device, "isa": isa, "precision": "bf16" if bf16 else "fp32", "why": why}
-    choices["attention"] = attention
-    micro = getattr(trainer, "micro_batching", None)
-    if micro is not None:
-        choices["micro_batch"] = micro.reason
-    return choices
 
 
 def write_log(trainer: Any, path: Path) -> None:
