@@ -74,6 +74,9 @@ def test_dpo_after_sft_widens_the_margin_and_becomes_the_runs_result(tmp_path, t
     assert final_model(run).stage == "dpo"  # eval's tuned, serve, export and ask now use dpo's model
     summary = json.loads((run / "eval" / "summary.json").read_text(encoding="utf-8"))
     assert {"base", "sft", "tuned"} <= set(summary["variants"])  # sft vs sft+dpo, measured by default
+    versus = summary["sets"]["test"]["tuned"]["vs"]["sft"]  # the paired difference dpo made, with its interval
+    assert versus["delta_ci"][0] <= versus["delta"] <= versus["delta_ci"][1]
+    assert versus["improvements"] + versus["regressions"] <= 3
     # sft trained on the pairs' chosen answers too (they are chat records); dpo read only the pairs
     assert StageDir.open(run, "sft").manifest["metrics"]["examples"] == 2 * len(FACTS)
 

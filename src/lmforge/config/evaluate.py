@@ -52,6 +52,9 @@ class VariantSpec(Strict):
     route: bool = False
     """With ``rag``: give the passages only to questions whose relevance to the index reaches the
     threshold the index stage calibrated (``lmforge.rag.route``); other questions are asked plainly."""
+    compare_to: str | None = None
+    """Also report the paired difference to this variant (besides the one to ``base``), e.g. ``sft`` for
+    the model after ``dpo``: what the later stage added, with its interval, fixed and broken questions."""
 
     @field_validator("route")
     @classmethod
@@ -168,6 +171,10 @@ class EvalSpec(Strict):
         for variant in value:
             if variant.name == "base" and (variant.model != "base" or variant.adapter or variant.rag):
                 raise ValueError("the name 'base' is kept for the base model itself (model: base, no adapter, no rag)")
+            if variant.compare_to is not None and variant.compare_to not in {*names, "base"} - {variant.name}:
+                raise ValueError(
+                    f"variant {variant.name!r}: compare_to {variant.compare_to!r} is not another variant ({names})"
+                )
         return value
 
     @field_validator("judge")

@@ -369,19 +369,31 @@ def summarize(
                     summary["regressions"].setdefault(eval_set.name, {})[name] = broke
                 if any("judge" in score for score in scores):
                     entry["judge"] = _judge_summary([score.get("judge") for score in scores])
+            other = next((v.compare_to for v in variants if v.name == name), None)
+            if other is not None:
+                other_sample = task.sample([row["answers"][other] for row in set_rows])
+                diff = paired_difference(sample, other_sample, resamples, confidence, seed)
+                versus = {"delta": diff["delta"], "delta_ci": list(diff["ci"]), "p_value": diff["p_value"]}
+                if task.binary:
+                    broke, fixed = _changes(set_rows, name, True, against=other)  # type: ignore[misc]
+                    versus.update(regressions=len(broke), improvements=len(fixed))
+                entry["vs"] = {other: _rounded(versus)}
             entries[name] = entry
         summary["sets"][eval_set.name] = entries
     return summary
 
 
-def _changes(set_rows: list[dict[str, Any]], name: str, binary: bool) -> tuple[list[str], list[str]] | None:
-    """(ids the base model got right and ``name`` got wrong, ids the other way round).
+def _changes(
+    set_rows: list[dict[str, Any]], name: str, binary: bool, against: str = "base"
+) -> tuple[list[str], list[str]] | None:
+    """(ids ``against`` (the base model) got right and ``name`` got wrong, ids the other way round).
 
-    For tasks without a right/wrong answer (free-form text), the judge's verdicts decide when there are any.
+    For tasks without a right/wrong answer (free-form text), the judge's verdicts (against base) decide
+    when there are any.
     """
     if binary:
-        broke = [r["id"] for r in set_rows if r["answers"]["base"]["correct"] and not r["answers"][name]["correct"]]
-        fixed = [r["id"] for r in set_rows if r["answers"][name]["correct"] and not r["answers"]["base"]["correct"]]
+        broke = [r["id"] for r in set_rows if r["answers"][against]["correct"] and not r["answers"][name]["correct"]]
+        fixed = [r["id"] for r in set_rows if r["answers"][name]["correct"] and not r["answers"][against]["correct"]]
         return broke, fixed
     verdicts = [(r["id"], r["answers"][name].get("judge", {}).get("verdict")) for r in set_rows]
     if not any(verdict for _, verdict in verdicts):
@@ -460,10 +472,36 @@ def render_table(summary: dict[str, Any], rows: list[dict[str, Any]] | None = No
             else:
                 cells.append("")
             table.add_row(*cells, end_section=position == len(variants) - 1)
-    parts: list[Any] = [table, *_citation_lines(summary)]
+    parts: list[Any] = [table, *_versus_table(summary), *_citation_lines(summary)]
     if rows and examples:
         parts += _example_tables(summary, rows, examples)
     return Group(*parts)
+
+
+def _versus_table(summary: dict[str, Any]) -> list[Any]:
+    """The paired differences between variants other than base (``compare_to``), one row per set; none if unset."""
+    from rich.table import Table
+
+    rows = []
+    for set_name, scores in summary["sets"].items():
+        metric = summary.get("tasks", {}).get(set_name, {}).get("metric", "accuracy")
+        for name, entry in scores.items():
+            for other, versus in entry.get("vs", {}).items():
+                low, high = versus["delta_ci"]
+                changed = f"{versus['improvements']} / {versus['regressions']}" if "regressions" in versus else ""
+                shown = [
+                    format_delta(metric, versus["delta"]),
+                    f"[{format_delta(metric, low)}, {format_delta(metric, high)}]",
+                ]
+                rows.append([set_name, f"{name} - {other}", *shown, changed])
+    if not rows:
+        return []
+    table = Table(title="paired differences between variants (same questions)")
+    for column in ("set", "variants", "Δ", "Δ interval", "fixed / broke"):
+        table.add_column(column, justify="left" if column in ("set", "variants") else "right")
+    for row in rows:
+        table.add_row(*row)
+    return [table]
 
 
 def _citation_lines(summary: dict[str, Any]) -> list[str]:

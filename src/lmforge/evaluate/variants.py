@@ -42,6 +42,8 @@ class Variant:
     """What it is, for people: ``smollm2-135m-instruct + runs/demo/sft/adapter``."""
     identity: dict[str, Any] = field(default_factory=dict)
     """What identifies its weights (for the stage fingerprint)."""
+    compare_to: str | None = None
+    """Another variant it is also compared with, question by question (besides base)."""
 
 
 def load_variant(variant: Variant, trust_remote_code: bool = False, dtype: Any = None) -> tuple[Any, Any]:
@@ -80,11 +82,12 @@ def variant_specs(recipe: Recipe) -> list[VariantSpec]:
         if has_sft:
             for name in earlier:
                 specs.append(VariantSpec(name=name, model="tuned", stage=name))
-            specs.append(VariantSpec(name="tuned", model="tuned"))
+            specs.append(VariantSpec(name="tuned", model="tuned", compare_to=earlier[-1] if earlier else None))
         if has_sft and has_index:
             for name in earlier:
                 specs.append(VariantSpec(name=f"{name}+rag", model="tuned", stage=name, rag=True))
-            specs.append(VariantSpec(name="tuned+rag", model="tuned", rag=True))
+            before = f"{earlier[-1]}+rag" if earlier else None
+            specs.append(VariantSpec(name="tuned+rag", model="tuned", rag=True, compare_to=before))
             specs.append(VariantSpec(name="tuned+routed", model="tuned", rag=True, route=True))
         return specs
     if not any(spec.name == "base" for spec in specs):
@@ -126,7 +129,7 @@ def _resolve(spec: VariantSpec, recipe: Recipe, base_dir: Path) -> Variant:
         label += " + routed retrieval" if spec.route else " + retrieval"
         if spec.route:
             identity["route"] = index.manifest.get("outputs", {}).get("route")
-    return Variant(spec.name, model_dir, adapter_dir, spec.rag, spec.route, label, identity)
+    return Variant(spec.name, model_dir, adapter_dir, spec.rag, spec.route, label, identity, spec.compare_to)
 
 
 def _run_folder(run: str, recipe: Recipe) -> Path:
