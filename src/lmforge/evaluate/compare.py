@@ -40,6 +40,7 @@ from lmforge.evaluate.variants import (
     retrieved_passages,
     route_threshold,
 )
+from lmforge.log import stage_log
 from lmforge.models import generate_replies
 from lmforge.rag.route import routed
 from lmforge.records import invented_citation, read_json_lines, read_records
@@ -131,7 +132,7 @@ def run(recipe: Recipe) -> EvalResult:
         report = stage.path("report.html")
         return EvalResult(stage.manifest["metrics"], True, report if report.is_file() else None)
     stage.start(fingerprint, config, inputs)
-    print(f"eval: {len(variants)} variants ({', '.join(v.name for v in variants)}) on {len(eval_sets)} sets")
+    stage_log("eval").info(f"{len(variants)} variants ({', '.join(v.name for v in variants)}) on {len(eval_sets)} sets")
 
     outputs, seconds = answer_all(variants, eval_sets, recipe, stage)
     if not is_leader():  # the answers were generated together and gathered; scoring and writing are the leader's
@@ -171,7 +172,9 @@ def answer_all(
         key = answers_key(variant, eval_sets, recipe)
         cached = cached_answers(stage, variant.name, key)
         if cached is not None:
-            print(f"eval: {variant.name}: same weights, questions and settings as the last run; answers reused")
+            stage_log("eval").info(
+                f"{variant.name}: same weights, questions and settings as the last run; answers reused"
+            )
             outputs[variant.name] = cached
         else:
             outputs[variant.name] = answer_sets(variant, eval_sets, recipe)

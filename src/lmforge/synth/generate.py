@@ -27,6 +27,7 @@ from typing import Any
 from lmforge.config import Recipe, SynthSpec
 from lmforge.distributed import is_leader, leader_decides
 from lmforge.errors import StageError
+from lmforge.log import stage_log
 from lmforge.records import Record, chat_record, read_records
 from lmforge.redact import redact_values
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
@@ -95,7 +96,7 @@ def run(recipe: Recipe) -> SynthResult:
         teacher = LocalTeacher(spec.teacher, spec.teacher.model if spec.teacher.model != "base" else recipe.model.ref)
     else:
         teacher = EndpointTeacher(spec.teacher)
-    print(f"synth: {spec.task} on {len(inputs)} {input_split} records with teacher {teacher.identity}")
+    stage_log("synth").info(f"{spec.task} on {len(inputs)} {input_split} records with teacher {teacher.identity}")
     # Under a launcher only a local teacher's synth runs on every process; the leader alone keeps the cache.
     cache = RequestCache(stage.path("cache.sqlite")) if is_leader() else None
     started = time.perf_counter()
@@ -119,7 +120,7 @@ def run(recipe: Recipe) -> SynthResult:
     records_path = stage.path("records.jsonl")
     atomic_write_jsonl(records_path, records)
     if not records:
-        print(f"synth: warning: no usable records; see the reasons in {stage.path('rejects.jsonl')}")
+        stage_log("synth").warning(f"no usable records; see the reasons in {stage.path('rejects.jsonl')}")
     outputs = {"splits": {spec.output_split: str(records_path)}, "rejects": str(stage.path("rejects.jsonl"))}
     stage.finish(metrics, outputs=outputs)
     return SynthResult(records_path, stage.path("stats.json"), metrics, False)

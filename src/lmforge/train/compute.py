@@ -13,6 +13,7 @@ from lmforge import distributed
 from lmforge.config import TrainSpec
 from lmforge.errors import ConfigError, Problem
 from lmforge.hardware import MB, usable_cores
+from lmforge.log import stage_log
 from lmforge.models import cpu_supports_bf16
 
 BNB_OPTIMIZERS = {"adamw_8bit": "adamw_bnb_8bit", "paged_adamw_8bit": "paged_adamw_8bit"}
@@ -200,13 +201,15 @@ def compile_blocks(model: Any, label: str, backend: str = "inductor") -> int:
     stacks = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1]
     stacks = [m for m in stacks if len({type(block) for block in m}) == 1]
     if not stacks:
-        print(f"{label}: warning: compile is on but no stack of identical layers was found; training uncompiled")
+        stage_log(label).warning("compile is on but no stack of identical layers was found; training uncompiled")
         return 0
     blocks = max(stacks, key=lambda m: sum(p.numel() for p in m.parameters()))
     torch._dynamo.utils.clear_compilation_metrics()
     for block in blocks:
         block.compile(backend=backend)
-    print(f"{label}: torch.compile on {len(blocks)} {type(blocks[0]).__name__} blocks (compiled at the first step)")
+    stage_log(label).info(
+        f"torch.compile on {len(blocks)} {type(blocks[0]).__name__} blocks (compiled at the first step)"
+    )
     return len(blocks)
 
 

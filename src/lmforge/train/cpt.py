@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.config import Recipe
+from lmforge.log import stage_log
 from lmforge.train.budget import stage_micro_batching
 from lmforge.train.compute import seed_everything, use_bf16
 from lmforge.train.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
@@ -34,12 +35,14 @@ def run(recipe: Recipe) -> TrainResult:
     texts = begun.texts
     rows, counts = pack_texts(tokenizer, texts, spec.max_length, spec.isolate_documents)
     eval_rows = _eval_rows(tokenizer, setup, spec.max_length, spec.isolate_documents)
-    print(f"cpt: {counts['documents']} texts, {counts['tokens']} tokens -> {counts['rows']} rows of {spec.max_length}")
+    stage_log("cpt").info(
+        f"{counts['documents']} texts, {counts['tokens']} tokens -> {counts['rows']} rows of {spec.max_length}"
+    )
 
     seed_everything(recipe.seed)
     micro = stage_micro_batching(spec, base_dir, [spec.max_length] * len(rows), use_bf16(spec.precision))
     model = build_causal_model(base_dir, spec, spec.max_length, spec.attention, recipe, rows=micro.rows)
-    print(f"cpt: {spec.method}, {trainable_summary(model)}")
+    stage_log("cpt").info(f"{spec.method}, {trainable_summary(model)}")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     trainer = build_trainer(
         model=model,

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from lmforge.config import DistillSpec
 from lmforge.errors import StageError
+from lmforge.log import stage_log
 from lmforge.models import load_causal_lm, load_for_inference, load_tokenizer, resolve_model
 from lmforge.rundir import StageDir, atomic_write_json, final_model, fingerprint_data, is_run_dir, read_json
 from lmforge.train.fast import backbone_inputs, supports_hidden_state_loss, trained_positions
@@ -56,11 +57,13 @@ def teacher_topk(
     key = fingerprint_data([spec.teacher, spec.top_k, [(e.input_ids, e.labels) for e in examples]])
     meta_path = folder / "meta.json"
     if meta_path.is_file() and read_json(meta_path).get("key") == key:
-        print(f"sft: reusing the teacher's top-{spec.top_k} log-probabilities from {folder}")
+        stage_log("sft").info(f"reusing the teacher's top-{spec.top_k} log-probabilities from {folder}")
         return TeacherTopK(**load_file(folder / "topk.safetensors"))
     model, tokenizer, described = load_teacher(spec.teacher, trust)
     check_same_tokenizer(tokenizer, student_tokenizer, spec.teacher)
-    print(f"sft: teacher {described}: top-{spec.top_k} log-probabilities of {len(examples)} examples -> {folder}")
+    stage_log("sft").info(
+        f"teacher {described}: top-{spec.top_k} log-probabilities of {len(examples)} examples -> {folder}"
+    )
     topk = _run_teacher(model, examples, spec.top_k, spec.batch_size)
     del model
     gc.collect()

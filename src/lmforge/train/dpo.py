@@ -28,6 +28,7 @@ from typing import Any
 from lmforge.config import DPOSpec, Recipe
 from lmforge.distributed import all_reduce_sum, share
 from lmforge.errors import StageError
+from lmforge.log import stage_log
 from lmforge.models import load_causal_lm, load_tokenizer, resolve_model
 from lmforge.records import Message, Record, dumps_record, read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, final_model, fingerprint_data, read_json
@@ -71,7 +72,7 @@ def run(recipe: Recipe) -> TrainResult:
         "starts_from": {"stage": start.stage, "fingerprint": start.fingerprint, "description": start.description},
     }
     resuming = setup.start(fingerprint, inputs, "base", "prepared")
-    print(f"dpo: starts from {start.description}")
+    stage_log("dpo").info(f"starts from {start.description}")
     if start.adapter is not None:
         start.base_dir = chain.merge_adapter(start.base_dir, start.adapter, stage.path("base"), trust(recipe))
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=trust(recipe))
@@ -101,7 +102,9 @@ def run(recipe: Recipe) -> TrainResult:
     rows = 2 * spec.batch_size
     _, longest = attention_row([e.length for e in [*examples, *eval_examples]], rows, False)
     model = build_causal_model(start.base_dir, spec, longest, spec.attention, recipe, rows=rows)
-    print(f"dpo: {spec.loss} (beta {spec.beta:g}), {spec.method}, {trainable_summary(model)}; {_shown(counts)}")
+    stage_log("dpo").info(
+        f"{spec.loss} (beta {spec.beta:g}), {spec.method}, {trainable_summary(model)}; {_shown(counts)}"
+    )
     ref_seconds = 0.0
     if spec.loss not in preference.REFERENCE_FREE:
         started = time.perf_counter()
@@ -288,8 +291,8 @@ def _built_pairs(
     built = build_pairs(model, tokenizer, records, spec, recipe.seed)
     del model
     counts = {**built.counts, "seconds": round(time.perf_counter() - started, 1)}
-    print(
-        f"dpo: asked {counts['asked']} training questions ({spec.samples} samples each): {counts['pairs']} pairs, "
+    stage_log("dpo").info(
+        f"asked {counts['asked']} training questions ({spec.samples} samples each): {counts['pairs']} pairs, "
         f"{counts['always_right']} always answered right, {counts['no_short_answer']} without a short answer to check"
     )
     atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in built.records))

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from lmforge.config import MLMSpec, Recipe
 from lmforge.errors import ModelError, StageError
+from lmforge.log import stage_log
 from lmforge.train.compute import seed_everything, use_bf16
 from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
@@ -35,11 +36,13 @@ def run(recipe: Recipe) -> TrainResult:
     if tokenizer.mask_token_id is None:
         raise StageError(f"mlm needs a tokenizer with a mask token (BERT family); {recipe.model.ref!r} has none")
     rows, counts = pack_for_mlm(tokenizer, texts, spec.max_length)
-    print(f"mlm: {counts['documents']} texts, {counts['tokens']} tokens -> {counts['rows']} rows of {spec.max_length}")
+    stage_log("mlm").info(
+        f"{counts['documents']} texts, {counts['tokens']} tokens -> {counts['rows']} rows of {spec.max_length}"
+    )
 
     seed_everything(recipe.seed)
     model = load_masked_lm(base_dir, spec, recipe)
-    print(f"mlm: {spec.method}, {trainable_summary(model)}, masking {spec.mlm_probability:.0%} of tokens")
+    stage_log("mlm").info(f"{spec.method}, {trainable_summary(model)}, masking {spec.mlm_probability:.0%} of tokens")
     pad_id = tokenizer.pad_token_id
     trainer = build_trainer(
         model=model,

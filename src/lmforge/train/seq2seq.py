@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from lmforge.config import Recipe, Seq2SeqSpec
 from lmforge.errors import DataError, StageError
+from lmforge.log import stage_log
 from lmforge.models import load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
@@ -65,8 +66,8 @@ def run(recipe: Recipe) -> TrainResult:
     added = add_missing_characters(tokenizer, model, [target_text(x.expected) for x in train], spec)
     if spec.method == "lora":
         model = add_lora(model, spec, "SEQ_2_SEQ_LM")
-    print(
-        f"seq2seq: {spec.method}, {trainable_summary(model)}; {len(schema['properties'])} fields, "
+    stage_log("seq2seq").info(
+        f"{spec.method}, {trainable_summary(model)}; {len(schema['properties'])} fields, "
         f"input format {spec.input_format}"
     )
     max_input = input_limit(model, spec)
@@ -205,9 +206,9 @@ def encode(
         cut_outputs += len(target) > spec.max_output_length
         examples.append({"input_ids": source[:max_input], "labels": target[: spec.max_output_length]})
     if cut_inputs:
-        print(f"seq2seq: warning: {cut_inputs} document(s) truncated to {max_input} input tokens")
+        stage_log("seq2seq").warning(f"{cut_inputs} document(s) truncated to {max_input} input tokens")
     if cut_outputs:
-        print(f"seq2seq: warning: {cut_outputs} target(s) cut at {spec.max_output_length} tokens: not valid JSON")
+        stage_log("seq2seq").warning(f"{cut_outputs} target(s) cut at {spec.max_output_length} tokens: not valid JSON")
     counts = {"examples": len(examples), "truncated_inputs": cut_inputs, "truncated_outputs": cut_outputs}
     counts["input_tokens"] = sum(len(e["input_ids"]) for e in examples)
     counts["target_tokens"] = sum(len(e["labels"]) for e in examples)
@@ -244,7 +245,7 @@ def input_limit(model: Any, spec: Seq2SeqSpec) -> int:
             f"seq2seq.max_input_length is {spec.max_input_length}, but this {config.model_type} model reads at most "
             f"{limit} tokens; set seq2seq.max_input_length <= {limit} (or use a T5 / LED model for long documents)"
         )
-    print(f"seq2seq: note: inputs capped at {limit} tokens, the most this {config.model_type} model reads")
+    stage_log("seq2seq").info(f"note: inputs capped at {limit} tokens, the most this {config.model_type} model reads")
     return limit
 
 
@@ -268,7 +269,7 @@ def add_missing_characters(tokenizer: Any, model: Any, targets: list[str], spec:
         )
     tokenizer.add_tokens(missing)
     model.resize_token_embeddings(len(tokenizer))
-    print(f"seq2seq: added tokens {missing}: the tokenizer could only write them as <unk>")
+    stage_log("seq2seq").info(f"added tokens {missing}: the tokenizer could only write them as <unk>")
     return missing
 
 
@@ -312,7 +313,9 @@ def evaluate_sets(
 ) -> dict[str, Any]:
     """Extract every eval document with the tuned (and the base) model; write predictions and return scores."""
     if not score_paths:
-        print("seq2seq: no eval set (the data stage wrote no 'test' split; set seq2seq.eval_sets): not scored")
+        stage_log("seq2seq").info(
+            "no eval set (the data stage wrote no 'test' split; set seq2seq.eval_sets): not scored"
+        )
         return {}
     variants = [("tuned", model, tokenizer)]
     if spec.compare_base:

@@ -21,6 +21,7 @@ from typing import Any
 from lmforge.config import Recipe, SFTSpec, TrainSpec
 from lmforge.distributed import leader_runs
 from lmforge.errors import StageError
+from lmforge.log import stage_log
 from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
@@ -59,19 +60,21 @@ def run(recipe: Recipe) -> TrainResult:
         "starts_from": start.as_manifest(),
     }
     resuming = setup.start(fingerprint, inputs, "base", "adapter-sft-only")
-    print(f"sft: {start.description}; training data {shown_paths}")
+    stage_log("sft").info(f"{start.description}; training data {shown_paths}")
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=recipe.model.trust_remote_code)
     records = [r for path in train_paths for r in read_records(path) if r["kind"] == "chat"]
     undesirable = [r for r in records if (r.get("meta") or {}).get("label") is False]
     if undesirable:  # KTO rows whose completion is marked bad: for dpo's kto loss, never imitated
         records = [r for r in records if (r.get("meta") or {}).get("label") is not False]
-        print(f"sft: left out {len(undesirable)} completion(s) labelled undesirable (KTO rows, for the dpo stage)")
+        stage_log("sft").info(
+            f"left out {len(undesirable)} completion(s) labelled undesirable (KTO rows, for the dpo stage)"
+        )
     if not records:
         raise StageError(f"the split(s) {spec.splits} ({shown_paths}) hold no chat records to fine-tune on")
     default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)
     examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
     if token_counts["truncated"]:
-        print(f"sft: warning: {token_counts['truncated']} example(s) truncated to {spec.max_length} tokens")
+        stage_log("sft").warning(f"{token_counts['truncated']} example(s) truncated to {spec.max_length} tokens")
     eval_examples = _eval_examples(tokenizer, setup, spec)
 
     if start.how == "cpt-merge":
@@ -86,8 +89,8 @@ def run(recipe: Recipe) -> TrainResult:
     )
     _, longest = attention_row([len(e.input_ids) for e in [*examples, *eval_examples]], micro.rows, spec.packing)
     model = build_causal_model(start.base_dir, spec, longest, spec.attention, recipe, fold_in=fold_in, rows=micro.rows)
-    print(
-        f"sft: {spec.method}{' (DoRA)' if spec.lora.use_dora and spec.method == 'lora' else ''}, "
+    stage_log("sft").info(
+        f"{spec.method}{' (DoRA)' if spec.lora.use_dora and spec.method == 'lora' else ''}, "
         f"{trainable_summary(model)}, template {spec.template}"
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -245,8 +248,8 @@ def save_outputs(
         ranks = leader_runs(partial(_stack_on_cpt, start, adapter, own))
         outputs["stacked_ranks"] = ranks
         outputs["sft_only_adapter"] = str(own)  # relative to base + cpt adapter; the stacked one is what runs
-        print(
-            f"sft: saved one adapter = cpt (rank {ranks['first']}) + sft (rank {ranks['second']}), "
+        stage_log("sft").info(
+            f"saved one adapter = cpt (rank {ranks['first']}) + sft (rank {ranks['second']}), "
             f"rank {ranks['stacked']}, on the original base"
         )
     outputs["adapter"] = str(adapter)

@@ -19,6 +19,7 @@ from lmforge.config import CPTSpec, MLMSpec, Recipe, Seq2SeqSpec, SFTSpec
 from lmforge.distributed import leader_decides
 from lmforge.errors import StageError
 from lmforge.hardware import reset_peak_rss
+from lmforge.log import stage_log
 from lmforge.models import load_tokenizer, resolve_model
 from lmforge.records import Record, read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, remove_tree, split_path
@@ -88,7 +89,7 @@ class TrainingStage:
         """The recipe's model as a local folder, announced with what the stage trains on (``reads``)."""
         base_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
         shown = ", ".join(map(str, self.train_paths))
-        print(f"{self.label}: base model {recipe.model.ref} ({base_dir}); {reads} {shown}")
+        stage_log(self.label).info(f"base model {recipe.model.ref} ({base_dir}); {reads} {shown}")
         return base_dir
 
     def begin_on_text(self, recipe: Recipe, missing_hint: str) -> TextStart | None:
@@ -117,9 +118,8 @@ class TrainingStage:
             return []
         records = [r for r in read_records(self.eval_path) if r["kind"] == kind]
         if not records:
-            print(
-                f"{self.label}: warning: the validation split {self.eval_path} holds no {kind} records; "
-                "training without validation"
+            stage_log(self.label).warning(
+                f"the validation split {self.eval_path} holds no {kind} records; training without validation"
             )
         return records
 

@@ -25,6 +25,7 @@ from lmforge import distributed
 from lmforge.config import DistributedSpec, TrainSpec
 from lmforge.errors import StageError
 from lmforge.hardware import peak_rss_mb
+from lmforge.log import stage_log
 from lmforge.rundir import StageDir, atomic_write_text, remove_tree, split_path, stage_folder
 from lmforge.train.batches import (
     EpochSeededLengthSampler,
@@ -114,7 +115,7 @@ def build_trainer(
     if "auto" in (spec.lr, spec.epochs):  # sft's defaults, resolved for this split and model (train/schedule.py)
         spec = schedule.resolved(spec, len(train_dataset), schedule.config_parameters(model.config.to_dict()))
         shown = f"lr {spec.lr:g}, {spec.epochs:g} epochs over {len(train_dataset)} examples"
-        print(f"{label}: {shown} (auto, see docs/TRAINING.md)")
+        stage_log(label).info(f"{shown} (auto, see docs/TRAINING.md)")
     bf16 = use_bf16(spec.precision)
     eval_loss_sum = eval_loss_sum or loss_sum
     world = distributed.world()
@@ -136,8 +137,8 @@ def build_trainer(
     train_batches = StepBatches(order, layout.per_device, layout.accum, world.rank, world.size, layout.pieces, lengths)
     callbacks = [progress_callback(label)]
     if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
-        print(
-            f"{label}: warning: tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
+        stage_log(label).warning(
+            "tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
         )
     elif "tensorboard" in spec.report_to:
         callbacks.append(tensorboard_callback(stage.path("tensorboard")))
@@ -245,8 +246,8 @@ def run_training(trainer: Any, stage: StageDir, resuming: bool, label: str) -> t
         remove_tree(stage.path("checkpoints"))  # nothing complete: start over cleanly
     if checkpoint is not None:
         step = checkpoint.name.split("-")[-1]
-        print(
-            f"{label}: resuming an interrupted run from {checkpoint.name} (step {step}: weights, optimizer, "
+        stage_log(label).info(
+            f"resuming an interrupted run from {checkpoint.name} (step {step}: weights, optimizer, "
             "scheduler, RNG and data position)"
         )
     started = time.perf_counter()
