@@ -155,3 +155,41 @@ def test_kto_pushes_desirable_completions_up_and_the_others_down_against_the_kl_
     assert logps.grad[0] < 0 and logps.grad[2] < 0 and logps.grad[1] > 0  # descent raises 0 and 2, lowers 1
     negative = preference.kto_loss(logps, ref, desirable, kl_ref, kl_logps)[1]["kl"]
     assert negative.item() == 0.0  # the baseline is clamped at zero
+
+
+def test_the_kto_loss_equals_trl_on_the_same_batch(tiny_tokenizer, tmp_path):
+    import trl  # a dev dependency: this test must run, not skip
+    from datasets import Dataset
+
+    policy = build_tiny_llama(tiny_tokenizer, seed=0)
+    reference = build_tiny_llama(tiny_tokenizer, seed=1)
+    rows = [
+        {"prompt": p + "\n", "completion": answer, "label": label}
+        for p, chosen, rejected in PAIRS
+        for answer, label in ((chosen, True), (rejected, False))
+    ]
+    config = trl.KTOConfig(
+        output_dir=str(tmp_path), beta=0.3, per_device_train_batch_size=len(rows), report_to=[], use_cpu=True,
+        bf16=False, desirable_weight=1.0, undesirable_weight=1.5,
+    )  # fmt: skip
+    trainer = trl.KTOTrainer(
+        model=policy, ref_model=reference, args=config, train_dataset=Dataset.from_list(rows),
+        processing_class=tiny_tokenizer,
+    )  # fmt: skip
+    batch = next(iter(trainer.get_train_dataloader()))
+    trainer.model.eval()
+    trl_loss = float(trainer._compute_loss(trainer.model, batch, return_outputs=False))
+    rows_of = {k: batch[k] for k in ("input_ids", "attention_mask", "completion_mask")}
+    kl_of = {
+        "input_ids": batch["KL_input_ids"],
+        "attention_mask": batch["KL_attention_mask"],
+        "completion_mask": batch["KL_completion_mask"],
+    }
+    with torch.no_grad():
+        logps = preference.sequence_logps(trainer.model, rows_of)[0]
+        ref = preference.reference_logps(trainer.model, rows_of, ref_model=trainer.ref_model)
+        kl_logps = preference.sequence_logps(trainer.model, kl_of)[0]
+        kl_ref = preference.reference_logps(trainer.model, kl_of, ref_model=trainer.ref_model)
+    desirable = torch.as_tensor(batch["label"], dtype=torch.bool)
+    losses, _ = preference.kto_loss(logps, ref, desirable, kl_logps, kl_ref, beta=0.3, undesirable_weight=1.5)
+    assert abs(losses.mean().item() - trl_loss) < 1e-5, (losses.mean().item(), trl_loss)

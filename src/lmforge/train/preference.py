@@ -8,7 +8,7 @@ logits of the batch never exist; the reference model of DPO/IPO is the same netw
 adapter switched off (:func:`reference_logps`), not a second copy of the weights.
 
 The losses follow the papers and TRL's implementations (``tests/unit/test_preference.py`` checks DPO
-against TRL's ``DPOTrainer`` on the same batch):
+and KTO against TRL's ``DPOTrainer`` and ``KTOTrainer`` on the same batch):
 
 - ``dpo``: ``-log sigmoid(beta * ((c - c_ref) - (r - r_ref)))`` (Rafailov et al., 2023);
 - ``ipo``: ``((c - c_ref) / |c| - (r - r_ref) / |r| - 1 / (2 beta))^2``, log-ratios averaged over the
