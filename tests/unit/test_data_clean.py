@@ -118,3 +118,13 @@ def test_token_length_filter_uses_the_chat_template(tmp_path, tiny_tokenizer):
     (stats,) = prepared.stats.values()
     assert stats.filtered == {"too long for the context": 1}
     assert len(prepared.splits["train"]) == 1
+
+
+def test_a_pairs_rejected_answer_is_cleaned_and_an_empty_one_filtered():
+    source = {"path": "pairs.jsonl", "line": 1}
+    messages = [{"role": "user", "content": "Who pays?"}, {"role": "assistant", "content": "The Fund."}]
+    pair = chat_record(messages, source, meta={"rejected": " Nobody\u00a0pays.\u200b "})
+    cleaned = clean.clean_record(pair, CleanSpec())  # NFKC, invisible characters and outer spaces, as for answers
+    assert cleaned["meta"]["rejected"] == "Nobody pays." and cleaned["id"] != pair["id"]
+    empty = chat_record(messages, source, meta={"rejected": "  \u200b "})
+    assert clean.filter_reason(clean.clean_record(empty, CleanSpec()), FilterSpec()) == "empty rejected answer"

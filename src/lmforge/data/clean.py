@@ -65,7 +65,9 @@ def clean_record(record: Record, spec: CleanSpec) -> Record:
         text = normalize_text(record["text"], spec)
         return record if text == record["text"] else text_record(text, record["source"], record.get("domain"), meta)
     messages = [{"role": m["role"], "content": normalize_text(m["content"], spec)} for m in record["messages"]]
-    if messages == record["messages"]:
+    if isinstance((meta or {}).get("rejected"), str):  # a preference pair's rejected answer, cleaned alike
+        meta = {**meta, "rejected": normalize_text(meta["rejected"], spec)}  # type: ignore[dict-item]
+    if messages == record["messages"] and meta == record.get("meta"):
         return record
     return chat_record(messages, record["source"], record.get("domain"), meta)  # type: ignore[arg-type]
 
@@ -119,6 +121,9 @@ def filter_reason(record: Record, spec: FilterSpec) -> str | None:
             return "empty question"
         if len(answers[-1]) < spec.min_chars:
             return "too short"
+        rejected = (record.get("meta") or {}).get("rejected")
+        if isinstance(rejected, str) and not rejected.strip():
+            return "empty rejected answer"
     body = content_text(record)
     if spec.max_chars is not None and len(body) > spec.max_chars:
         return "too long (characters)"
