@@ -7,7 +7,7 @@
 The generated files mix the formats users bring (alpaca, question/answer, OpenAI messages, raw
 text) with 3% exact duplicates, 1% near-duplicates and 0.1% broken lines, in four files. Generation
 is not timed; the timed part is exactly what ``lmforge data RECIPE`` does (read, convert, clean,
-filter, dedup, split, write, stats), run in-process through ``lmforge.data.prepare.run``.
+filter, dedup, split, write, stats), run in-process through ``lmforge.data.stage.run``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from lmforge.config import load_recipe
-    from lmforge.data import prepare
+    from lmforge.data import stage as prepare
 
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="lmforge-bench-"))
     (workdir / "in").mkdir(parents=True, exist_ok=True)

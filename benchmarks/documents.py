@@ -266,7 +266,7 @@ def answer_recall(
 
 def chunkers(args: argparse.Namespace) -> dict[str, Any]:
     from lmforge.config import load_recipe
-    from lmforge.data import prepare
+    from lmforge.data import stage as prepare
     from lmforge.rag.embed import load_embedder
     from lmforge.records import read_records
 

@@ -18,7 +18,7 @@ def main() -> None:
     import torch
 
     from lmforge.config import load_recipe, shipped_recipe
-    from lmforge.data.prepare import prepare_records
+    from lmforge.data.stage import prepare_records
     from lmforge.models import generate_replies, load_for_inference, resolve_model
     from lmforge.train.compute import configure_threads
 

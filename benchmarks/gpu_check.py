@@ -329,7 +329,7 @@ def eval_headline(summary: dict[str, Any] | None) -> str | None:
     """The tuned model's accuracy on the first eval set, e.g. ``test 40.6% (n=32)``; None without one.
 
     ``summary`` is eval's ``summary.json``: ``{"sets": {"test": {"base": {...}, "tuned": {"accuracy": 0.4,
-    "score": 0.4, "n": 32, ...}}}, ...}`` (see ``lmforge.evaluate.compare``).
+    "score": 0.4, "n": 32, ...}}}, ...}`` (see ``lmforge.evaluate.stage``).
     """
     sets = (summary or {}).get("sets") or {}
     if not sets:

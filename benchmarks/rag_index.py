@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from lmforge.config import load_recipe, package_dir, shipped_recipe
-from lmforge.data import prepare
+from lmforge.data import stage as prepare
 from lmforge.rag import index
 
 

@@ -30,15 +30,15 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("data", "lmforge.data.prepare"),
-    Stage("synth", "lmforge.synth.generate"),  # on every process only with a local teacher (pipeline)
+    Stage("data", "lmforge.data.stage"),
+    Stage("synth", "lmforge.synth.stage"),  # on every process only with a local teacher (pipeline)
     Stage("index", "lmforge.rag.index", every_process=True),
     Stage("cpt", "lmforge.train.cpt", every_process=True, model="causal"),
     Stage("mlm", "lmforge.train.mlm", every_process=True, model="encoder"),
     Stage("sft", "lmforge.train.sft", every_process=True, model="causal"),
     Stage("seq2seq", "lmforge.train.seq2seq", every_process=True, model="seq2seq"),
     Stage("dpo", "lmforge.train.dpo", every_process=True, model="causal"),
-    Stage("eval", "lmforge.evaluate.compare", every_process=True),
+    Stage("eval", "lmforge.evaluate.stage", every_process=True),
 )
 
 STAGE_ORDER: tuple[str, ...] = tuple(s.name for s in STAGES)

@@ -98,7 +98,7 @@ def test_smollm2_lmforge_beats_trl_with_the_same_losses(tmp_path):
 def test_bench_reads_every_split_the_recipes_sft_trains_on(rag_recipe):
     """A RAFT recipe trains on train + raft; raft is written by the index stage, not by data."""
     from lmforge.config import load_recipe
-    from lmforge.data.prepare import prepare_records
+    from lmforge.data.stage import prepare_records
     from lmforge.perf.bench_worker import sft_records
     from lmforge.pipeline import run_recipe
 

@@ -7,7 +7,7 @@ import random
 
 from lmforge.config import CleanSpec, DataSpec, DedupSpec, FilterSpec
 from lmforge.data import clean
-from lmforge.data.prepare import prepare_records
+from lmforge.data.stage import prepare_records
 from lmforge.records import chat_record, text_record
 
 SRC = {"path": "x"}

@@ -130,7 +130,7 @@ def test_detection_takes_the_most_common_format_of_the_first_rows():
 
 def test_a_file_rejects_rows_that_do_not_fit_its_detected_format(tmp_path):
     from lmforge.config import DataSpec
-    from lmforge.data.prepare import prepare_records
+    from lmforge.data.stage import prepare_records
 
     rows = [{"question": f"Q{i}?", "answer": f"A{i}."} for i in range(3)] + [{"text": "a stray text row"}]
     path = tmp_path / "mixed.jsonl"
@@ -205,7 +205,7 @@ def test_near_duplicate_text_tells_pairs_apart_by_their_rejected_answer():
 def test_the_data_stage_keeps_pairs_that_share_a_chosen_answer(tmp_path):
     """Adding a system prompt rebuilds each record; the pair id must survive it (exact dedup runs after)."""
     from lmforge.config import DataSpec
-    from lmforge.data.prepare import prepare_records
+    from lmforge.data.stage import prepare_records
 
     rows = [{"prompt": "Who pays?", "chosen": "The Fund.", "rejected": r} for r in ("Nobody.", "The state.")]
     path = tmp_path / "pairs.jsonl"

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 from lmforge.config import CleanSpec, ColumnMap, DataSpec, FilterSpec
 from lmforge.data import clean, formats
-from lmforge.data.prepare import Prepared, prepare_records
+from lmforge.data.stage import Prepared, prepare_records
 from lmforge.errors import DataError
 from lmforge.records import chat_record, record_problem, text_record
 

@@ -20,7 +20,7 @@ from lmforge.cli import app
 from lmforge.config import DataSpec, load_recipe
 from lmforge.data import documents
 from lmforge.data.inputs import expand_source, files_to_fingerprint
-from lmforge.data.prepare import Prepared, prepare_records
+from lmforge.data.stage import Prepared, prepare_records
 from lmforge.errors import ConfigError
 
 QA = '{"question": "What is the qualifying period?", "answer": "Fifteen years."}\n'
@@ -275,7 +275,7 @@ def test_a_glob_inside_a_folder_with_brackets_in_its_name(tmp_path):
 
 
 def test_file_names_that_are_not_utf8_are_shown_with_escapes_and_written(tmp_path):
-    from lmforge.data.prepare import stats_document
+    from lmforge.data.stage import stats_document
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -331,7 +331,7 @@ _READ_IN_A_CHILD = """
 import json, resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))  # a reader that slurps /dev/zero dies, not the machine
 from lmforge.config import DataSpec
-from lmforge.data.prepare import prepare_records
+from lmforge.data.stage import prepare_records
 from lmforge.data.inputs import expand_source, files_to_fingerprint
 spec = DataSpec.model_validate({"sources": [{"path": sys.argv[1]}]})
 (stats,) = prepare_records(spec, seed=0).stats.values()

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 
 from lmforge.cli import app
 from lmforge.config import DataSpec, load_recipe
-from lmforge.data import prepare
-from lmforge.data.prepare import carve_splits, prepare_records
+from lmforge.data import stage as prepare
+from lmforge.data.stage import carve_splits, prepare_records
 from lmforge.errors import ConfigError, DataError
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, split_path

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lmforge.config import DataSpec
-from lmforge.data.prepare import Prepared, prepare_records
+from lmforge.data.stage import Prepared, prepare_records
 
 SUFFIXES = [".jsonl", ".json", ".csv", ".tsv", ".parquet", ".md", ".txt", ".html", ".pdf", ".docx"]
 SETTINGS = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])

@@ -10,7 +10,7 @@ import pytest
 from conftest import make_pdf, pdf_file
 
 from lmforge.config import DataSpec
-from lmforge.data.prepare import Prepared, prepare_records
+from lmforge.data.stage import Prepared, prepare_records
 from lmforge.errors import DataError
 
 

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from lmforge.cli import app
 from lmforge.config import load_recipe
 from lmforge.errors import ConfigError, StageError
-from lmforge.evaluate import compare
-from lmforge.evaluate.compare import EvalSet, render_table, summarize
+from lmforge.evaluate import stage as compare
+from lmforge.evaluate.stage import EvalSet, render_table, summarize
 from lmforge.evaluate.tasks import Item, task_for
 from lmforge.evaluate.variants import Variant
 from lmforge.pipeline import run_recipe
@@ -249,8 +249,8 @@ def test_cli_eval_runs_only_the_eval_stage(eval_recipe):
 
 
 def test_rows_record_cited_passages_and_the_report_shows_them():
-    from lmforge.evaluate.compare import score_rows
     from lmforge.evaluate.report import render_report
+    from lmforge.evaluate.stage import score_rows
 
     task = task_for("qa")
     item = Item("test", "q1", "Retirement age?", [{"role": "user", "content": "Retirement age?"}], "64 years")
@@ -320,7 +320,7 @@ def test_report_draws_train_and_eval_loss_of_every_training_stage(tmp_path):
 
 
 def test_invented_citations_and_routing_are_scored_per_variant():
-    from lmforge.evaluate.compare import score_rows
+    from lmforge.evaluate.stage import score_rows
 
     task = task_for("qa")
     items = [

@@ -91,7 +91,7 @@ def test_eval_answers_in_bf16_when_asked(tiny_recipe, monkeypatch):
     """eval.precision: bf16 loads the variants' weights in bf16 (fp32 stays the default)."""
     import torch
 
-    from lmforge.evaluate import compare
+    from lmforge.evaluate import stage as compare
 
     loaded: list[torch.dtype] = []
     original = compare.load_variant

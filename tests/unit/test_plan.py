@@ -141,7 +141,7 @@ def test_plan_counts_splits_of_later_stages_and_warns_before_they_exist(tiny_rec
     from conftest import write_jsonl
 
     from lmforge.config import load_recipe
-    from lmforge.data.prepare import run as prepare
+    from lmforge.data.stage import run as prepare
     from lmforge.perf.plan import plan_recipe
     from lmforge.records import chat_record
     from lmforge.rundir import StageDir

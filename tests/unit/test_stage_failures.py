@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.config import load_recipe
-from lmforge.data import prepare
+from lmforge.data import stage as prepare
 from lmforge.errors import DataError
 from lmforge.pipeline import run_recipe
 from lmforge.records import Source, record_problem, source_problem

@@ -6,7 +6,7 @@ import pytest
 
 from lmforge.config import SynthSpec
 from lmforge.synth import tasks
-from lmforge.synth.generate import Item, Tally, to_records
+from lmforge.synth.stage import Item, Tally, to_records
 from lmforge.synth.teacher import Reply, RequestCache
 
 PAIR = {"question": "What is the retirement age?", "answer": "It is 64 years."}

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from lmforge.config import DataSpec, Recipe
 from lmforge.data import clean
-from lmforge.data.prepare import Prepared, prepare_records
+from lmforge.data.stage import Prepared, prepare_records
 from lmforge.records import Record
 
 if TYPE_CHECKING:

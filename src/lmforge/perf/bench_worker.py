@@ -147,7 +147,7 @@ def worker(config: dict[str, Any]) -> BenchResult:
 def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
     """The recipe, model folder, tokenizer, ordered training examples and held-out examples."""
     from lmforge.config import load_recipe, shipped_recipe
-    from lmforge.data.prepare import prepare_records
+    from lmforge.data.stage import prepare_records
     from lmforge.models import load_tokenizer, resolve_model
     from lmforge.train import schedule
     from lmforge.train.templates import install_template

@@ -456,7 +456,7 @@ def _splits(recipe: Any) -> dict[str, list[dict[str, Any]]]:
             if other.stage != "data" and other.status == "done":
                 written = {**other.manifest.get("outputs", {}).get("splits", {}), **written}
         return {name: list(read_records(path)) for name, path in written.items()}
-    from lmforge.data.prepare import prepare_records
+    from lmforge.data.stage import prepare_records
 
     return prepare_records(recipe.data, recipe.seed).splits
 
