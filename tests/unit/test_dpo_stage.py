@@ -164,3 +164,18 @@ def test_a_filler_batch_adds_nothing_and_counts_no_pair(tiny_tokenizer):
     loss, count = objective(model, batch)
     assert count == 0 and loss.item() == 0.0
     loss.backward()  # still part of the graph (every process runs the same collectives)
+
+
+def test_full_training_keeps_the_reference_without_a_second_model(tmp_path, tiny_model_dir):
+    section = "{method: full, max_steps: 3, lr: 1.0e-3, warmup_ratio: 0.0, batch_size: 4, max_length: 128, "
+    section += "precision: fp32, logging_steps: 1}"
+    recipe = load_recipe(write_recipe(tmp_path, tiny_model_dir, "[data, dpo]", section))
+    run_recipe(recipe)
+    run = recipe.run_path()
+    result = final_model(run)
+    assert result.stage == "dpo" and result.adapter_dir is None and result.model_dir == run / "dpo" / "model"
+    assert (run / "dpo" / "model" / "model.safetensors").is_file()
+    reference = json.loads((run / "dpo" / "prepared" / "reference.json").read_text(encoding="utf-8"))
+    assert len(reference) == len(FACTS)  # the weights before training, computed once
+    margins = log_entries(run, "reward_margin")
+    assert margins[0] == pytest.approx(0.0, abs=1e-4) and margins[-1] != margins[0]
