@@ -362,7 +362,7 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
                 f"{stage}.splits {missing} do not exist yet (written by a later stage, e.g. index for raft): "
                 "not counted; plan again after that stage has run"
             )
-    for stage in ("mlm", "seq2seq"):
+    for stage in ("mlm", "seq2seq", "dpo"):
         if stage in recipe.stages:
             plans.append(_not_estimated(stage, getattr(recipe, stage)))
     return hardware, plans
@@ -418,7 +418,7 @@ def _not_estimated(stage: str, spec: Any) -> StagePlan:
         peak_mb=0.0,
         seconds=None,
         batches=Batches(0, 0, 0, 0, 0),
-        notes=[f"{stage} is not estimated (encoder and encoder-decoder models are not modelled yet)"],
+        notes=[f"{stage} is not estimated yet (encoder and encoder-decoder models, preference pairs)"],
     )
 
 
