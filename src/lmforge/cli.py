@@ -551,6 +551,33 @@ def _quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=UserWarning, module="torch")
 
 
+def _stage_command(name: str) -> Any:
+    def command(
+        recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.")],
+        set_: SetOption = None,
+        run_dir: RunDirOption = None,
+    ) -> None:
+        _run(recipe, set_, run_dir, only=[name])
+
+    command.__doc__ = f"Run only the {name} stage of a recipe (the stages before it must have run)."
+    return command
+
+
+def _add_stage_commands() -> None:
+    """``lmforge <stage> RECIPE`` for every stage of the stage table without a command of its own (data, synth
+    and eval have theirs): the same as ``lmforge run RECIPE --only <stage>``."""
+    from lmforge.stages import STAGES
+
+    taken = {info.name or info.callback.__name__ for info in app.registered_commands if info.callback}
+    taken |= {info.name for info in app.registered_groups}
+    for row in STAGES:
+        if row.name not in taken:
+            app.command(row.name)(_stage_command(row.name))
+
+
+_add_stage_commands()
+
+
 def main() -> None:
     _quiet_libraries()
     app()

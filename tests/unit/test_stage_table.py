@@ -81,3 +81,14 @@ def test_eval_writes_its_own_table_and_names_the_stage_of_the_tuned_model(tiny_r
     assert "tuned" in Path(outputs["table"]).read_text(encoding="utf-8")
     summary = json.loads((recipe.run_path() / "eval" / "summary.json").read_text(encoding="utf-8"))
     assert summary["labels"]["tuned"] == "tiny: sft adapter"
+
+
+def test_every_stage_has_a_command_from_the_table(tiny_recipe):
+    names = {info.name or info.callback.__name__ for info in app.registered_commands} | {"data"}
+    assert set(STAGE_ORDER) <= names  # lmforge index / cpt / mlm / sft / seq2seq / dpo come from the table
+    assert CliRunner().invoke(app, ["run", str(tiny_recipe), "--only", "data"]).exit_code == 0
+    result = CliRunner().invoke(app, ["sft", str(tiny_recipe)])
+    assert result.exit_code == 0, result.output
+    run = load_recipe(tiny_recipe).run_path()
+    assert StageDir.open(run, "sft").status == "done" and StageDir.open(run, "eval").status is None
+    assert CliRunner().invoke(app, ["dpo", str(tiny_recipe)]).exit_code == 2  # not a stage of this recipe
