@@ -219,3 +219,24 @@ def test_plan_previews_the_raft_split_before_the_index_exists(rag_recipe: Path):
     assert after[0].batches.trained_examples == sft.batches.trained_examples
     predicted, real = sft.batches.computed_tokens, after[0].batches.computed_tokens
     assert abs(predicted - real) <= 0.1 * real, (predicted, real)
+
+
+def test_dpo_builds_pairs_with_retrieved_passages_and_cited_gold_answers(rag_recipe: Path):
+    from lmforge.config import load_recipe
+    from lmforge.pipeline import run_recipe
+    from lmforge.rundir import StageDir
+
+    overrides = ["stages=[data, index, dpo]", "dpo.build={rag: true, samples: 1, max_new_tokens: 6}"]
+    overrides += ["dpo.max_steps=1", "dpo.precision=fp32", "dpo.max_length=512", "dpo.batch_size=2"]
+    recipe = load_recipe(rag_recipe, overrides)
+    run_recipe(recipe)
+    built = StageDir.open(recipe.run_path(), "dpo").manifest["metrics"]["built"]
+    assert built["questions"] == len(FACTS) and built["asked"] + built["gold_not_retrieved"] == len(FACTS)
+    assert built["asked"] > 0 and built["pairs"] + built["always_right"] == built["asked"]
+    pairs = [json.loads(line) for line in (recipe.run_path() / "dpo/prepared/pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == built["pairs"] > 0  # a random model neither answers right nor cites
+    for pair in pairs:
+        prompt, chosen = pair["messages"][-2]["content"], pair["messages"][-1]["content"]
+        number = int(chosen.rsplit("[", 1)[1].rstrip("]"))  # the gold answer cites its source passage
+        block = prompt.split(f"[{number}] ", 1)[1].split("\n", 1)[0]
+        assert prompt.startswith("Passages:") and block.lower().startswith(pair["meta"]["article"])

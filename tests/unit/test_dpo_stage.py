@@ -179,3 +179,42 @@ def test_full_training_keeps_the_reference_without_a_second_model(tmp_path, tiny
     assert len(reference) == len(FACTS)  # the weights before training, computed once
     margins = log_entries(run, "reward_margin")
     assert margins[0] == pytest.approx(0.0, abs=1e-4) and margins[-1] != margins[0]
+
+
+def test_with_retrieval_a_right_answer_must_cite_its_source_document(monkeypatch):
+    from lmforge.config import PairsSpec
+    from lmforge.train import pairs
+
+    def passage(path: str) -> dict:
+        return {"id": path, "source": {"path": path, "heading": path}, "text": f"The text of {path}."}
+
+    def record(i: int, answer: str, article: str) -> dict:
+        messages = [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"It is {answer}."}]
+        return {"id": f"q{i}", "kind": "chat", "source": {"path": "qa.jsonl", "line": i}, "messages": messages,
+                "meta": {"answer": answer, "article": article}}  # fmt: skip
+
+    records = [record(0, "16 years", "art-07"), record(1, "three days", "art-02"), record(2, "Ministry", "art-09")]
+    contexts = {
+        "q0": [passage("articles/art-01.md"), passage("articles/art-07.md")],  # the source is passage [2]
+        "q1": [passage("articles/art-02.md")],
+        "q2": [passage("articles/art-05.md")],  # the source document was not retrieved
+    }
+    replies = {  # greedy reply, then the samples, per question
+        "Question 0?": ["It is 16 years [1].", "It is 16 years [2].", "It is 16 years [2]."],
+        "Question 1?": ["Three days [1].", "Three days [1].", "three days, see [1]"],
+    }
+    monkeypatch.setattr(pairs, "generate_replies", lambda m, t, prompts, **kw: [replies[q(p)][0] for p in prompts])
+    monkeypatch.setattr(
+        pairs, "sample_replies", lambda m, t, prompts, n, *a, **kw: [replies[q(p)][1 : 1 + n] for p in prompts]
+    )
+
+    def q(prompt: list[dict]) -> str:  # the question at the end of the passages prompt
+        return next(line for line in prompt[-1]["content"].splitlines() if line.startswith("Question: ")).split(": ")[1]
+
+    built = pairs.build_pairs(None, None, records, PairsSpec(samples=2), seed=0, contexts=contexts)
+    assert built.counts["gold_not_retrieved"] == 1 and built.counts["asked"] == 2
+    assert built.counts["always_right"] == 1 and built.counts["pairs"] == 1  # q1 always cites its source
+    (pair,) = built.records
+    assert pair["meta"]["rejected"] == "It is 16 years [1]."  # right fact, wrong passage cited: rejected
+    assert pair["messages"][-1]["content"] == "It is 16 years. [2]"  # the gold answer citing the source passage
+    assert "[2] articles/art-07.md" in pair["messages"][-2]["content"]  # asked with the retrieved passages

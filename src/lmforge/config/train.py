@@ -280,6 +280,12 @@ class PairsSpec(Strict):
     the gold one when there is one (on-policy text), else the gold answer."""
     limit: int | None = Field(None, ge=1)
     """Ask at most this many questions (quick checks)."""
+    rag: bool = False
+    """Ask with the passages the run's index retrieves for each question (the prompt of ``lmforge ask`` and of
+    eval's rag variants; needs the ``index`` stage). An answer is then right only when it also cites a
+    passage of the question's source document (``meta.<index.gold_key>``): a correct fact with no citation,
+    or citing another document, is rejected; the gold answer is chosen with that passage's number cited.
+    Questions whose source document is not among the passages are left out (counted)."""
 
 
 class DPOSpec(TrainSpec):

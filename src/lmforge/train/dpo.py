@@ -287,8 +287,9 @@ def _built_pairs(
     dtype = torch.bfloat16 if use_bf16(recipe.dpo.precision) else torch.float32
     model = load_causal_lm(start.base_dir, dtype=dtype, trust_remote_code=trust(recipe))
     model.eval()
+    contexts = _contexts(recipe, records) if spec.rag else None
     started = time.perf_counter()
-    built = build_pairs(model, tokenizer, records, spec, recipe.seed)
+    built = build_pairs(model, tokenizer, records, spec, recipe.seed, contexts, recipe.index.gold_key)
     del model
     counts = {**built.counts, "seconds": round(time.perf_counter() - started, 1)}
     stage_log("dpo").info(
@@ -298,6 +299,16 @@ def _built_pairs(
     atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in built.records))
     atomic_write_json(counts_path, counts)
     return built.records, counts
+
+
+def _contexts(recipe: Recipe, records: list[Record]) -> dict[str, list[dict[str, Any]]]:
+    """The passages the run's index retrieves for each record's last question (as ``lmforge ask`` does)."""
+    from lmforge.rag.retrieve import open_retriever
+
+    retriever, _ = open_retriever(recipe.run_path(), needed_by="dpo.build.rag")
+    questions = [next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "") for r in records]
+    found = retriever.search(questions, recipe.index.top_k, recipe.index.mode)
+    return {record["id"]: passages for record, passages in zip(records, found, strict=True)}
 
 
 # ---------------------------------------------------------------- reference, batches, loss

@@ -12,8 +12,11 @@ wrong at least once gives one pair:
   wrong sample.
 
 Questions without a short answer, and those answered right every time, give no pair; both are
-counted. The pairs are chat records with ``meta.rejected``, the format preference datasets are read
-into, so the stage trains on built and read pairs alike.
+counted. With retrieval (``rag``), each question is asked with its retrieved passages (the prompt of
+``lmforge ask``), and an answer is right only when it also cites a passage of the question's source
+document; the gold answer is chosen with that passage's number cited, and questions whose source
+document was not retrieved are left out (counted). The pairs are chat records with ``meta.rejected``,
+the format preference datasets are read into, so the stage trains on built and read pairs alike.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from lmforge.config import PairsSpec
 from lmforge.evaluate.metrics import contains_answer
 from lmforge.models import generate_replies, sample_replies
-from lmforge.records import Message, Record, chat_record
+from lmforge.rag.quality import from_document, gold_document
+from lmforge.records import CITATION, Message, Record, chat_record, context_messages
 
-COUNTS = ("questions", "no_short_answer", "asked", "always_right", "pairs", "chosen_sampled")
+COUNTS = ("questions", "no_short_answer", "gold_not_retrieved", "asked", "always_right", "pairs", "chosen_sampled")
 
 
 @dataclass
@@ -40,10 +44,24 @@ class BuiltPairs:
     """``questions`` read, ``no_short_answer``, ``asked``, ``always_right``, ``pairs``, ``chosen_sampled``."""
 
 
-def build_pairs(model: Any, tokenizer: Any, records: list[Record], spec: PairsSpec, seed: int) -> BuiltPairs:
-    """Ask ``model`` every checkable question of ``records`` and pair the gold answer with a wrong one."""
+def build_pairs(
+    model: Any,
+    tokenizer: Any,
+    records: list[Record],
+    spec: PairsSpec,
+    seed: int,
+    contexts: dict[str, list[dict[str, Any]]] | None = None,
+    gold_key: str = "article",
+) -> BuiltPairs:
+    """Ask ``model`` every checkable question of ``records`` and pair the gold answer with a wrong one.
+
+    Args:
+        contexts: with retrieval, the passages retrieved for each record (by id); ``gold_key`` names the
+            ``meta`` key of a record's source document (``index.gold_key``).
+    """
     counts: Counter[str] = Counter(questions=len(records))
     asked: list[tuple[Record, list[Message], str, list[str]]] = []
+    gold_numbers: dict[str, list[int]] = {}  # with retrieval: the numbers of the source document's passages
     for record in records:
         meta = record.get("meta") or {}
         if not isinstance(meta.get("answer"), (str, int, float)) or not str(meta["answer"]).strip():
@@ -51,7 +69,16 @@ def build_pairs(model: Any, tokenizer: Any, records: list[Record], spec: PairsSp
             continue
         last = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
         aliases = [str(a) for a in meta.get("aliases", []) if isinstance(a, (str, int, float))]
-        asked.append((record, list(record["messages"][:last]), str(meta["answer"]), aliases))
+        prompt = list(record["messages"][:last])
+        if contexts is not None:
+            passages, gold = contexts.get(record["id"], []), gold_document(meta, gold_key)
+            numbers = [n for n, p in enumerate(passages, 1) if gold and from_document(p["source"]["path"], gold)]
+            if not numbers:
+                counts["gold_not_retrieved"] += 1
+                continue
+            gold_numbers[record["id"]] = numbers
+            prompt = context_messages(prompt, passages)
+        asked.append((record, prompt, str(meta["answer"]), aliases))
     asked = asked[: spec.limit] if spec.limit else asked
     counts["asked"] = len(asked)
     prompts = [prompt for _, prompt, _, _ in asked]
@@ -67,12 +94,16 @@ def build_pairs(model: Any, tokenizer: Any, records: list[Record], spec: PairsSp
         )
     pairs = []
     for (record, prompt, answer, aliases), first, others in zip(asked, greedy, sampled, strict=True):
-        right = [reply for reply in [first, *others] if contains_answer(reply, answer, aliases)]
-        wrong = [reply for reply in [first, *others] if reply.strip() and not contains_answer(reply, answer, aliases)]
+        cites = gold_numbers.get(record["id"])
+        right = [reply for reply in [first, *others] if _is_right(reply, answer, aliases, cites)]
+        wrong = [reply for reply in [first, *others] if reply.strip() and not _is_right(reply, answer, aliases, cites)]
         if not wrong:
             counts["always_right"] += 1
             continue
-        gold = record["messages"][len(prompt)]["content"]
+        last = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
+        gold = record["messages"][last]["content"]
+        if cites is not None:
+            gold = f"{gold.rstrip()} [{cites[0]}]"
         chosen = right[0] if spec.chosen == "sample" and right else gold
         counts["chosen_sampled"] += chosen != gold
         meta = {**(record.get("meta") or {}), "rejected": wrong[0], "pair_from": record["id"]}
@@ -80,3 +111,10 @@ def build_pairs(model: Any, tokenizer: Any, records: list[Record], spec: PairsSp
         pairs.append(chat_record(messages, record["source"], record.get("domain"), meta))
     counts["pairs"] = len(pairs)
     return BuiltPairs(pairs, {key: counts[key] for key in COUNTS})
+
+
+def _is_right(reply: str, answer: str, aliases: list[str], cites: list[int] | None) -> bool:
+    """The reply contains the gold answer and, with retrieval (``cites``), cites a passage of its source document."""
+    if not contains_answer(reply, answer, aliases):
+        return False
+    return cites is None or any(int(match.group(1)) in cites for match in CITATION.finditer(reply))
