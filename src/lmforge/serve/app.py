@@ -56,20 +56,28 @@ def base_app(
             )
 
     async def read_json_body(request: Request) -> Any:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > settings.max_request_bytes:
-            raise _too_large(int(declared), settings.max_request_bytes)
-        body = bytearray()
-        async for chunk in request.stream():
-            body.extend(chunk)
-            if len(body) > settings.max_request_bytes:
-                raise _too_large(len(body), settings.max_request_bytes)
+        body = await read_body(request, settings.max_request_bytes)
         try:
             return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise APIError(400, f"the request body is not valid JSON: {exc}", code="invalid_json") from None
 
     return app, auth, read_json_body
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request's body, refused with 413 as soon as its declared or received size passes ``limit`` bytes;
+    kept on the request, so starlette's form parser reads it from there."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise _too_large(int(declared), limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body.extend(chunk)
+        if len(body) > limit:
+            raise _too_large(len(body), limit)
+    request._body = bytes(body)
+    return request._body
 
 
 def _too_large(size: int, limit: int) -> APIError:

@@ -32,7 +32,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, FastAPI, Request
 
 from lmforge.errors import ModelError
-from lmforge.serve.app import base_app
+from lmforge.serve.app import base_app, read_body
 from lmforge.serve.protocol import APIError
 
 TEXT_TYPES = ("application/json",)
@@ -271,12 +271,7 @@ async def _uploaded_document(request: Request, limit: int) -> tuple[str, str | N
 
     from lmforge.data.documents import DOCUMENT_SUFFIXES
 
-    body = bytearray()
-    async for chunk in request.stream():
-        body.extend(chunk)
-        if len(body) > limit:
-            raise APIError(413, f"the upload is over the limit of {limit} bytes", code="request_too_large")
-    request._body = bytes(body)  # starlette's form parser reads the cached body
+    await read_body(request, limit)
     try:
         form = await request.form()
     except Exception as exc:  # a malformed multipart body
