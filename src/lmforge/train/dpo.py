@@ -303,11 +303,11 @@ def _built_pairs(
 
 def _contexts(recipe: Recipe, records: list[Record]) -> dict[str, list[dict[str, Any]]]:
     """The passages the run's index retrieves for each record's last question (as ``lmforge ask`` does)."""
+    from lmforge.rag.raft import last_questions
     from lmforge.rag.retrieve import open_retriever
 
     retriever, _ = open_retriever(recipe.run_path(), needed_by="dpo.build.rag")
-    questions = [next((m["content"] for m in reversed(r["messages"]) if m["role"] == "user"), "") for r in records]
-    found = retriever.search(questions, recipe.index.top_k, recipe.index.mode)
+    found = retriever.search(last_questions(records), recipe.index.top_k, recipe.index.mode)
     return {record["id"]: passages for record, passages in zip(records, found, strict=True)}
 
 
@@ -331,12 +331,12 @@ def reference_table(
     order = sorted(range(len(examples)), key=lambda i: examples[i].length)
     batches = share([order[i : i + spec.batch_size] for i in range(0, len(order), spec.batch_size)])
     values = [0.0] * (2 * len(examples))
+    dataset, device = PreferenceDataset(examples), next(model.parameters()).device
     disable_lean_lora(model)  # PEFT's own forward honours disable_adapter
     model.eval()
     try:
         for batch in batches:
-            collated = collate_pairs([_item(examples[i]) for i in batch], pad_id)
-            device = next(model.parameters()).device
+            collated = collate_pairs([dataset[i] for i in batch], pad_id)
             collated = {k: v.to(device) for k, v in collated.items()}
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bf16):
                 logps = preference.reference_logps(model, collated).tolist()
@@ -350,10 +350,6 @@ def reference_table(
     table = [(values[2 * i], values[2 * i + 1]) for i in range(len(examples))]
     atomic_write_json(path, table)
     return table
-
-
-def _item(example: PreferenceExample) -> dict[str, Any]:
-    return PreferenceDataset([example])[0]
 
 
 class PreferenceDataset:

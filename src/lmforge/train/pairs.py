@@ -29,6 +29,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from lmforge.config import PairsSpec
 from lmforge.evaluate.metrics import contains_answer
+from lmforge.evaluate.tasks import split_chat
 from lmforge.models import generate_replies, sample_replies
 from lmforge.rag.quality import from_document, gold_document
 from lmforge.records import CITATION, Message, Record, chat_record, context_messages
@@ -60,28 +61,27 @@ def build_pairs(
             ``meta`` key of a record's source document (``index.gold_key``).
     """
     counts: Counter[str] = Counter(questions=len(records))
-    asked: list[tuple[Record, list[Message], str, list[str]]] = []
+    asked: list[tuple[Record, list[Message], str, list[str], str]] = []
     gold_numbers: dict[str, list[int]] = {}  # with retrieval: the numbers of the source document's passages
     for record in records:
         meta = record.get("meta") or {}
         if not isinstance(meta.get("answer"), (str, int, float)) or not str(meta["answer"]).strip():
             counts["no_short_answer"] += 1
             continue
-        last = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
+        prompt, gold, _ = split_chat(record)
         aliases = [str(a) for a in meta.get("aliases", []) if isinstance(a, (str, int, float))]
-        prompt = list(record["messages"][:last])
         if contexts is not None:
-            passages, gold = contexts.get(record["id"], []), gold_document(meta, gold_key)
-            numbers = [n for n, p in enumerate(passages, 1) if gold and from_document(p["source"]["path"], gold)]
+            passages, source = contexts.get(record["id"], []), gold_document(meta, gold_key)
+            numbers = [n for n, p in enumerate(passages, 1) if source and from_document(p["source"]["path"], source)]
             if not numbers:
                 counts["gold_not_retrieved"] += 1
                 continue
             gold_numbers[record["id"]] = numbers
             prompt = context_messages(prompt, passages)
-        asked.append((record, prompt, str(meta["answer"]), aliases))
+        asked.append((record, prompt, str(meta["answer"]), aliases, gold))
     asked = asked[: spec.limit] if spec.limit else asked
     counts["asked"] = len(asked)
-    prompts = [prompt for _, prompt, _, _ in asked]
+    prompts = [prompt for _, prompt, _, _, _ in asked]
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(TextColumn("dpo: pairs {task.description}"), *columns, transient=True) as bar:
         task = bar.add_task("greedy answers", total=len(prompts))
@@ -93,15 +93,13 @@ def build_pairs(
             model, tokenizer, prompts, spec.samples, spec.temperature, spec.top_p, seed=seed, **shared
         )
     pairs = []
-    for (record, prompt, answer, aliases), first, others in zip(asked, greedy, sampled, strict=True):
+    for (record, prompt, answer, aliases, gold), first, others in zip(asked, greedy, sampled, strict=True):
         cites = gold_numbers.get(record["id"])
         right = [reply for reply in [first, *others] if _is_right(reply, answer, aliases, cites)]
         wrong = [reply for reply in [first, *others] if reply.strip() and not _is_right(reply, answer, aliases, cites)]
         if not wrong:
             counts["always_right"] += 1
             continue
-        last = max(i for i, m in enumerate(record["messages"]) if m["role"] == "assistant")
-        gold = record["messages"][last]["content"]
         if cites is not None:
             gold = f"{gold.rstrip()} [{cites[0]}]"
         chosen = right[0] if spec.chosen == "sample" and right else gold
