@@ -114,6 +114,7 @@ def load_extractor(run: str | Path, name: str | None = None, dtype: str = "auto"
     from lmforge.config import Seq2SeqSpec
     from lmforge.models import load_tokenizer
     from lmforge.rundir import final_model, read_json
+    from lmforge.serve.loading import serving_device
     from lmforge.train.seq2seq import input_limit
 
     run = Path(run)
@@ -126,8 +127,7 @@ def load_extractor(run: str | Path, name: str | None = None, dtype: str = "auto"
     trust = bool(recipe.get("model", {}).get("trust_remote_code", False))
     tokenizer_dir = found.adapter_dir or found.model_dir
     tokenizer = load_tokenizer(tokenizer_dir, trust_remote_code=trust)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    use_bf16 = dtype == "bf16" or (dtype == "auto" and device == "cuda")
+    device, weights = serving_device(dtype)
     model = AutoModelForSeq2SeqLM.from_pretrained(
         str(found.model_dir), dtype=torch.float32, use_safetensors=True, trust_remote_code=trust
     )
@@ -137,7 +137,7 @@ def load_extractor(run: str | Path, name: str | None = None, dtype: str = "auto"
         if len(tokenizer) > model.get_input_embeddings().weight.shape[0]:  # characters added in training
             model.resize_token_embeddings(len(tokenizer))
         model = PeftModel.from_pretrained(model, str(found.adapter_dir)).merge_and_unload()
-    model = model.to(device, torch.bfloat16 if use_bf16 else torch.float32).eval()
+    model = model.to(device, weights).eval()
     schema = read_json(schema_path)
     return Extractor(name or run.resolve().name, model, tokenizer, schema, spec, input_limit(model, spec))
 

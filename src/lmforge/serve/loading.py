@@ -45,7 +45,6 @@ def load_models(
         name: id of the base model (default: ``base`` for a LoRA run, else the reference's name).
         dtype: ``auto``, ``fp32`` or ``bf16``.
     """
-    import torch
 
     from lmforge.models import eos_ids, load_causal_lm, load_tokenizer
     from lmforge.rundir import is_run_dir
@@ -66,9 +65,8 @@ def load_models(
     if len(set(ids)) != len(ids):
         raise ConfigError("lmforge serve", [Problem("--adapter", f"model ids must be unique, got {ids}")])
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    use_bf16 = dtype == "bf16" or (dtype == "auto" and device == "cuda")
-    model = load_causal_lm(model_dir, dtype=torch.bfloat16 if use_bf16 else torch.float32).to(device)
+    device, weights = serving_device(dtype)
+    model = load_causal_lm(model_dir, dtype=weights).to(device)
     base_tokenizer = load_tokenizer(model_dir)
     served = {base_id: ServedModel(base_id, None, base_tokenizer, f"base model {model_dir}")}
     if entries:
@@ -92,6 +90,15 @@ def load_models(
     pad_id = base_tokenizer.pad_token_id if base_tokenizer.pad_token_id is not None else stop_ids[0]
     context = int(getattr(config, "max_position_embeddings", 2048) or 2048)
     return ModelSet(model, served, context, stop_ids, pad_id, has_adapters=bool(entries))
+
+
+def serving_device(dtype: str) -> tuple[str, Any]:
+    """(device, torch dtype) a server loads its model with: ``auto`` is bf16 on CUDA, fp32 on a CPU."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bf16 = dtype == "bf16" or (dtype == "auto" and device == "cuda")
+    return device, torch.bfloat16 if bf16 else torch.float32
 
 
 def _adapter_entry(item: str, base_dir: Path) -> tuple[str, Path]:
