@@ -387,13 +387,10 @@ def sample_replies(
     data_parallel: bool = False,
 ) -> list[list[str]]:
     """``samples`` sampled replies per conversation (batched like :func:`generate_replies`), reproducible
-    for a ``seed`` on one machine. Under a launcher each process samples its share of the batches."""
-    import torch
-
-    from lmforge.distributed import world
-
-    torch.manual_seed(seed * 1_000_003 + world().rank)
+    for a ``seed`` on one machine. Each batch draws from its own seed (``seed`` and the batch's number), so
+    under a launcher, where each process samples its share of the batches, the samples are the same."""
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_return_sequences": samples}
+    sampling["seed"] = seed
     return _replies(model, tokenizer, conversations, max_new_tokens, batch_size, on_batch, data_parallel, sampling)
 
 
@@ -422,9 +419,14 @@ def _replies(
     # Under a launcher, each process answers every N-th batch; the batches themselves are the ones a
     # single process would form, so the replies are the same.
     batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
-    batches = share(batches) if data_parallel else batches
+    numbered = list(enumerate(batches))
+    numbered = share(numbered) if data_parallel else numbered
+    sampling = dict(sampling)
+    seed = sampling.pop("seed", None)
     try:
-        for batch in batches:
+        for number, batch in numbered:
+            if seed is not None:
+                torch.manual_seed(seed * 1_000_003 + number)
             encoded = tokenizer(
                 [prompts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False
             ).to(model.device)
@@ -444,7 +446,7 @@ def _replies(
     finally:
         tokenizer.padding_side = previous_side
     if data_parallel:
-        mine = [(index, replies[index]) for batch in batches for index in batch]
+        mine = [(index, replies[index]) for _, batch in numbered for index in batch]
         for index, found in gather_shares(mine):
             replies[index] = found
     return replies

@@ -322,3 +322,36 @@ def test_synth_with_a_local_teacher_on_two_processes_matches_one(tmp_path, tiny_
     again = lmforge("run", str(recipe), "--run-dir", str(tmp_path / "two"), *overrides, "--set", "synth.limit=100")
     assert again.returncode == 0, again.stderr[-3000:]
     assert json.loads((two / "stats.json").read_text())["requests"]["sent"] == 0
+
+
+def test_dpo_with_built_and_judged_pairs_on_two_processes_matches_one(tmp_path, tiny_model_dir):
+    """The pairs are sampled data-parallel and graded by an endpoint judge the leader alone asks: the same
+    pairs, judge cache and training as in one process."""
+    from server_process import start_server, stop_server
+
+    env = {key: value for key, value in os.environ.items() if key != "LMFORGE_API_KEY"}
+    faults = {"replies": [["Grade how faithful", '{"score": 2, "reason": "scripted grade"}']]}
+    args = [str(tiny_model_dir), "--name", "judge", "--threads", "1", "--batch-wait-ms", "20"]
+    server, url = start_server(args, env, tmp_path / "judge-server.log", faults=faults)
+    judge = f'{{teacher: {{base_url: "{url}/v1", model: judge, max_tokens: 32}}, min_score: 3}}'
+    body = f"""
+dpo:
+  build: {{samples: 2, max_new_tokens: 6, batch_size: 4, judge: {judge}}}
+  epochs: 1
+  batch_size: 2
+  grad_accum: 2
+  max_length: 128
+  precision: fp32
+  logging_steps: 1
+  report_to: []
+  lora: {{r: 4, alpha: 8}}
+"""
+    try:
+        one, two = run_both(tmp_path, make_recipe(tmp_path, tiny_model_dir, "data, dpo", body))
+    finally:
+        stop_server(server)
+    counts = [json.loads((run / "dpo" / "prepared" / "pairs-counts.json").read_text()) for run in (one, two)]
+    assert counts[0]["judged"] == counts[1]["judged"] > 0 and counts[0]["pairs"] == counts[1]["pairs"] > 0
+    pairs = [(run / "dpo" / "prepared" / "pairs.jsonl").read_text() for run in (one, two)]
+    assert pairs[0] == pairs[1]
+    assert_same_training(one / "dpo", two / "dpo")

@@ -218,3 +218,59 @@ def test_with_retrieval_a_right_answer_must_cite_its_source_document(monkeypatch
     assert pair["meta"]["rejected"] == "It is 16 years [1]."  # right fact, wrong passage cited: rejected
     assert pair["messages"][-1]["content"] == "It is 16 years. [2]"  # the gold answer citing the source passage
     assert "[2] articles/art-07.md" in pair["messages"][-2]["content"]  # asked with the retrieved passages
+
+
+def test_a_judge_ranks_the_candidates_and_demotes_a_right_fact_graded_low(monkeypatch):
+    from lmforge.config import PairsSpec
+    from lmforge.train import pairs
+
+    def record(i: int, answer: str) -> dict:
+        messages = [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"It is {answer}."}]
+        return {"id": f"q{i}", "kind": "chat", "source": {"path": "qa.jsonl", "line": i}, "messages": messages,
+                "meta": {"answer": answer}}  # fmt: skip
+
+    replies = {  # greedy reply, then the samples
+        "Question 0?": ["It is 16 years, or so they say.", "16 years exactly.", "It is 20 years."],
+        "Question 1?": ["Three days.", "three days", "Three days."],
+        "Question 2?": ["It is 5 days.", "It is 9 days.", "Maybe 7 days."],
+    }
+    grades = {
+        "It is 16 years, or so they say.": 2,  # contains the gold answer, graded too low: wrong
+        "16 years exactly.": 5,
+        "It is 20 years.": 3,
+        "Three days.": 5,
+        "three days": 4,
+        "It is 5 days.": None,  # no usable grade: the rule without a judge holds (wrong), ranked after graded ones
+        "It is 9 days.": 1,
+        "Maybe 7 days.": 2,
+    }
+
+    def said(prompts: list[list[dict]], first: int, n: int) -> list[list[str]]:
+        return [replies[prompt[-1]["content"]][first : first + n] for prompt in prompts]
+
+    monkeypatch.setattr(pairs, "generate_replies", lambda m, t, prompts, **kw: [r[0] for r in said(prompts, 0, 1)])
+    monkeypatch.setattr(pairs, "sample_replies", lambda m, t, prompts, n, *a, **kw: said(prompts, 1, n))
+    asked: list[tuple[str, str, str]] = []
+
+    def judge(cases: list[tuple[str, str, str]]) -> list[tuple[int | None, str]]:
+        asked.extend(cases)
+        return [(grades[answer], "scripted") for _, _, answer in cases]
+
+    records = [record(0, "16 years"), record(1, "three days"), record(2, "12 days")]
+    spec = PairsSpec(samples=2, chosen="sample", judge={"teacher": {"kind": "local"}, "min_score": 4})
+    built = pairs.build_pairs(None, None, records, spec, seed=0, judge=judge)
+    assert len(asked) == 8  # each distinct candidate once ("Three days." twice for question 1)
+    assert ("Gold answer: It is 16 years.", "Question 0?", "It is 20 years.") in asked
+    assert built.counts["judged"] == 7 and built.counts["judge_unusable"] == 1 and built.counts["graded_wrong"] == 1
+    assert built.counts["always_right"] == 1 and built.counts["pairs"] == 2 and built.counts["chosen_sampled"] == 1
+    first, third = built.records
+    assert first["meta"]["rejected"] == "It is 16 years, or so they say."  # the lowest-graded wrong answer
+    assert first["messages"][-1]["content"] == "16 years exactly." and first["meta"]["judge"] == {
+        "chosen": 5,
+        "rejected": 2,
+    }
+    assert third["meta"]["rejected"] == "It is 9 days." and third["messages"][-1]["content"] == "It is 12 days."
+
+    plain = pairs.build_pairs(None, None, records, PairsSpec(samples=2, chosen="sample"), seed=0)
+    assert "judged" not in plain.counts and plain.counts["pairs"] == 2  # without a judge: q0 only has a wrong sample
+    assert plain.records[0]["meta"]["rejected"] == "It is 20 years." and "judge" not in plain.records[0]["meta"]

@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
 
 from lmforge.config.base import Strict, resolve_path
+from lmforge.config.synth import TeacherSpec
 
 
 class LoraSpec(Strict):
@@ -259,6 +260,19 @@ class Seq2SeqSpec(TrainSpec):
         return str(resolved)
 
 
+class PairJudgeSpec(Strict):
+    """``dpo.build.judge``: a teacher grades every candidate answer against the gold one, and the grades rank them."""
+
+    teacher: TeacherSpec
+    """The judge: an OpenAI-compatible endpoint or a local model, as ``synth.teacher`` (set ``temperature: 0``
+    for steady grades). Its replies are cached in ``dpo/prepared/judge.sqlite``."""
+    min_score: int = Field(4, ge=1, le=5)
+    """Least grade (1-5) of a right answer: one that contains the gold answer but is graded lower is wrong."""
+    template: str | None = None
+    """The grading prompt (default: synth's ``judge`` template; fields ``{chunk}`` (the gold answer, after the
+    cited passages with retrieval), ``{question}``, ``{answer}``), replying ``{"score": 1-5, "reason": "..."}``."""
+
+
 class PairsSpec(Strict):
     """``dpo.build``: preference pairs made from the starting model's own answers to training questions."""
 
@@ -286,6 +300,10 @@ class PairsSpec(Strict):
     passage of the question's source document (``meta.<index.gold_key>``): a correct fact with no citation,
     or citing another document, is rejected; the gold answer is chosen with that passage's number cited.
     Questions whose source document is not among the passages are left out (counted)."""
+    judge: PairJudgeSpec | None = None
+    """Also grade each candidate with a judge (synth's judge): an answer must then be graded at least
+    ``min_score`` to be right; the lowest-graded wrong answer is rejected and (``chosen: sample``) the
+    highest-graded right one chosen. A candidate the judge gives no usable grade keeps the rule above."""
 
 
 class DPOSpec(TrainSpec):

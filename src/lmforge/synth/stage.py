@@ -25,14 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Recipe, SynthSpec
-from lmforge.distributed import is_leader, leader_decides
+from lmforge.distributed import is_leader
 from lmforge.errors import StageError
 from lmforge.log import stage_log
 from lmforge.records import Record, chat_record, read_records
 from lmforge.redact import redact_values
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
 from lmforge.synth import tasks
-from lmforge.synth.teacher import Counters, EndpointTeacher, LocalTeacher, Reply, RequestCache, Teacher
+from lmforge.synth.asking import Asker, judge_messages, open_teacher, progress_bar
+from lmforge.synth.teacher import Counters, RequestCache, Teacher
 
 
 @dataclass
@@ -91,11 +92,7 @@ def run(recipe: Recipe) -> SynthResult:
     inputs = list(read_records(inputs_path))[: spec.limit]
     if not inputs:
         raise StageError(f"synth: the {input_split!r} split ({inputs_path}) is empty; nothing to synthesize from")
-    teacher: Teacher
-    if spec.teacher.kind == "local":
-        teacher = LocalTeacher(spec.teacher, spec.teacher.model if spec.teacher.model != "base" else recipe.model.ref)
-    else:
-        teacher = EndpointTeacher(spec.teacher)
+    teacher = open_teacher(spec.teacher, recipe.model.ref)
     stage_log("synth").info(f"{spec.task} on {len(inputs)} {input_split} records with teacher {teacher.identity}")
     # Under a launcher only a local teacher's synth runs on every process; the leader alone keeps the cache.
     cache = RequestCache(stage.path("cache.sqlite")) if is_leader() else None
@@ -129,83 +126,13 @@ def run(recipe: Recipe) -> SynthResult:
 # ---------------------------------------------------------------- the async work
 
 
-class Asker:
-    """Sends requests through the cache to the teacher and keeps the progress bar current."""
-
-    def __init__(self, spec: SynthSpec, teacher: Teacher, cache: RequestCache | None, progress: Any):
-        self.spec = spec
-        self.teacher = teacher
-        self.cache = cache
-        self.progress = progress
-        self.counters = Counters()
-        self.started = time.monotonic()
-
-    async def ask(self, messages: list[dict[str, str]], want_json: bool, task_id: Any) -> Reply:
-        params = {"temperature": self.spec.teacher.temperature, "max_tokens": self.spec.teacher.max_tokens}
-        key = RequestCache.key(self.teacher.identity, messages, params)
-        assert self.cache is not None  # an endpoint teacher's synth runs on the leader alone, which has it
-        reply = self.cache.get(key)
-        if reply is not None:
-            self.counters.cached += 1
-        else:
-            reply = await self.teacher.complete(messages, want_json, self.counters)
-            if reply.text is not None:
-                self.cache.put(key, reply)
-                self.counters.sent += 1
-                self.counters.prompt_tokens += reply.prompt_tokens
-                self.counters.completion_tokens += reply.completion_tokens
-            elif reply.retryable:
-                self.counters.failed += 1
-        self._show(task_id)
-        return reply
-
-    def _show(self, task_id: Any) -> None:
-        c = self.counters
-        rate = c.sent / max(time.monotonic() - self.started, 1e-9)
-        self.progress.update(
-            task_id, advance=1, rate=f"{rate:.1f}", failed=c.failed, retries=c.retries, cached=c.cached
-        )
-
-    async def phase(self, name: str, jobs: list[list[dict[str, str]]], want_json: bool) -> list[Reply]:
-        task_id = self.progress.add_task(name, total=len(jobs), rate="0.0", failed=0, retries=0, cached=0)
-        if isinstance(self.teacher, LocalTeacher):
-            return await asyncio.to_thread(self._local_phase, jobs, task_id)
-        return await asyncio.gather(*(self.ask(messages, want_json, task_id) for messages in jobs))
-
-    def _local_phase(self, jobs: list[list[dict[str, str]]], task_id: Any) -> list[Reply]:
-        """A local teacher answers a phase's uncached requests in one batched pass.
-
-        Under a launcher every process runs this together: the leader (which alone holds the cache)
-        says which requests are cached, each process generates a share of the others, and every
-        process ends with every reply, so the next phase's requests are the same everywhere.
-        """
-        assert isinstance(self.teacher, LocalTeacher)
-        params = {"temperature": self.spec.teacher.temperature, "max_tokens": self.spec.teacher.max_tokens}
-        keys = [RequestCache.key(self.teacher.identity, messages, params) for messages in jobs]
-        replies: list[Reply | None] = leader_decides(
-            [self.cache.get(key) for key in keys] if self.cache is not None else None
-        )
-        todo = [i for i, reply in enumerate(replies) if reply is None]
-        self.counters.cached += len(jobs) - len(todo)
-        for index, reply in zip(todo, self.teacher.answer_all([jobs[i] for i in todo]), strict=True):
-            replies[index] = reply
-            if reply.text is None:
-                self.counters.failed += 1
-                continue
-            if self.cache is not None:
-                self.cache.put(keys[index], reply)
-            self.counters.sent += 1
-        self.progress.update(task_id, completed=len(jobs), cached=self.counters.cached, failed=self.counters.failed)
-        return [reply for reply in replies if reply is not None]
-
-
 async def synthesize(
     spec: SynthSpec, inputs: list[Record], teacher: Teacher, cache: RequestCache | None
 ) -> tuple[list[Item], Tally, Counters]:
     """Run the task's phases; returns the items, what was rejected and the request counters."""
     tally = Tally()
-    with _progress() as progress:
-        asker = Asker(spec, teacher, cache, progress)
+    with progress_bar() as progress:
+        asker = Asker(spec.teacher, teacher, cache, progress)
         try:
             if spec.task == "answer":
                 items = await _answer(spec, inputs, asker, tally)
@@ -218,19 +145,6 @@ async def synthesize(
         finally:
             await teacher.close()
     return items, tally, asker.counters
-
-
-def _progress() -> Any:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]} req/s"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[cached]} cached, {task.fields[failed]} failed, {task.fields[retries]} retries"),
-    )
 
 
 async def _answer(spec: SynthSpec, inputs: list[Record], asker: Asker, tally: Tally) -> list[Item]:
@@ -298,17 +212,7 @@ async def _from_chunks(spec: SynthSpec, inputs: list[Record], asker: Asker, tall
 
 
 async def _judge(spec: SynthSpec, items: list[Item], asker: Asker, tally: Tally) -> list[Item]:
-    jobs = [
-        [
-            {
-                "role": "user",
-                "content": tasks.render(
-                    spec.templates, "judge", chunk=i.origin["text"], question=i.user, answer=i.assistant
-                ),
-            }
-        ]
-        for i in items
-    ]
+    jobs = [judge_messages(spec.templates, i.origin["text"], i.user, i.assistant) for i in items]
     replies = await asker.phase("judge", jobs, want_json=True)
     kept = []
     for item, reply in zip(items, replies, strict=True):

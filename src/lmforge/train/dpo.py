@@ -289,13 +289,28 @@ def _built_pairs(
     model.eval()
     contexts = _contexts(recipe, records) if spec.rag else None
     started = time.perf_counter()
-    built = build_pairs(model, tokenizer, records, spec, recipe.seed, contexts, recipe.index.gold_key)
+    judge = None
+    if spec.judge is not None:
+        from lmforge.synth.asking import judge_answers
+
+        judge_spec, templates = spec.judge, {"judge": spec.judge.template} if spec.judge.template else {}
+        cache = stage.path("prepared", "judge.sqlite")
+
+        def judge(cases: list[tuple[str, str, str]]) -> list[tuple[int | None, str]]:
+            return judge_answers(judge_spec.teacher, recipe.model.ref, cache, cases, templates)
+
+    built = build_pairs(model, tokenizer, records, spec, recipe.seed, contexts, recipe.index.gold_key, judge)
     del model
     counts = {**built.counts, "seconds": round(time.perf_counter() - started, 1)}
     stage_log("dpo").info(
         f"asked {counts['asked']} training questions ({spec.samples} samples each): {counts['pairs']} pairs, "
         f"{counts['always_right']} always answered right, {counts['no_short_answer']} without a short answer to check"
     )
+    if spec.judge is not None:
+        stage_log("dpo").info(
+            f"the judge graded {counts['judged']} answers ({counts['judge_unusable']} without a usable grade); "
+            f"{counts['graded_wrong']} containing the gold answer were graded below {spec.judge.min_score}"
+        )
     atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in built.records))
     atomic_write_json(counts_path, counts)
     return built.records, counts

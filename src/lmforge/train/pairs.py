@@ -15,13 +15,21 @@ Questions without a short answer, and those answered right every time, give no p
 counted. With retrieval (``rag``), each question is asked with its retrieved passages (the prompt of
 ``lmforge ask``), and an answer is right only when it also cites a passage of the question's source
 document; the gold answer is chosen with that passage's number cited, and questions whose source
-document was not retrieved are left out (counted). The pairs are chat records with ``meta.rejected``,
-the format preference datasets are read into, so the stage trains on built and read pairs alike.
+document was not retrieved are left out (counted).
+
+With a judge (``judge``: synth's judge, a teacher grading 1-5 how faithful an answer is to the gold
+one), every distinct candidate is graded too: a candidate is right only when it is also graded at least
+``min_score``; the lowest-graded wrong candidate is rejected and the highest-graded right one is the
+sampled choice (ties: the earlier, greedy first). A candidate with no usable grade keeps the rule above.
+
+The pairs are chat records with ``meta.rejected``, the format preference datasets are read into, so the
+stage trains on built and read pairs alike.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +43,11 @@ from lmforge.rag.quality import from_document, gold_document
 from lmforge.records import CITATION, Message, Record, chat_record, context_messages
 
 COUNTS = ("questions", "no_short_answer", "gold_not_retrieved", "asked", "always_right", "pairs", "chosen_sampled")
+JUDGE_COUNTS = ("judged", "judge_unusable", "graded_wrong")
+"""With a judge: candidates graded, those it gave no usable grade, those containing the gold answer graded too low."""
+
+Judge = Callable[[list[tuple[str, str, str]]], list[tuple[int | None, str]]]
+"""Grades ``(reference, question, answer)`` cases: ``(score 1-5, reason)`` or ``(None, why not)`` each."""
 
 
 @dataclass
@@ -53,15 +66,18 @@ def build_pairs(
     seed: int,
     contexts: dict[str, list[dict[str, Any]]] | None = None,
     gold_key: str = "article",
+    judge: Judge | None = None,
 ) -> BuiltPairs:
     """Ask ``model`` every checkable question of ``records`` and pair the gold answer with a wrong one.
 
     Args:
         contexts: with retrieval, the passages retrieved for each record (by id); ``gold_key`` names the
             ``meta`` key of a record's source document (``index.gold_key``).
+        judge: grades the candidates (``spec.judge`` says the least grade of a right answer).
     """
     counts: Counter[str] = Counter(questions=len(records))
     asked: list[tuple[Record, list[Message], str, list[str], str]] = []
+    references: dict[str, str] = {}  # what the judge grades against: the gold answer (and the cited passages)
     gold_numbers: dict[str, list[int]] = {}  # with retrieval: the numbers of the source document's passages
     for record in records:
         meta = record.get("meta") or {}
@@ -77,6 +93,7 @@ def build_pairs(
                 counts["gold_not_retrieved"] += 1
                 continue
             gold_numbers[record["id"]] = numbers
+            references[record["id"]] = "\n\n".join(passages[n - 1]["text"] for n in numbers)
             prompt = context_messages(prompt, passages)
         asked.append((record, prompt, str(meta["answer"]), aliases, gold))
     asked = asked[: spec.limit] if spec.limit else asked
@@ -92,23 +109,63 @@ def build_pairs(
         sampled = sample_replies(
             model, tokenizer, prompts, spec.samples, spec.temperature, spec.top_p, seed=seed, **shared
         )
+    candidates = [
+        [reply for reply in [first, *others] if reply.strip()] for first, others in zip(greedy, sampled, strict=True)
+    ]
+    grades: list[dict[str, int | None]] = [{} for _ in asked]
+    if judge is not None and spec.judge is not None:
+        grades = _graded(judge, asked, candidates, references, counts)
+    least = spec.judge.min_score if spec.judge is not None else 1
     pairs = []
-    for (record, prompt, answer, aliases, gold), first, others in zip(asked, greedy, sampled, strict=True):
+    for (record, prompt, answer, aliases, gold), replies, grade in zip(asked, candidates, grades, strict=True):
         cites = gold_numbers.get(record["id"])
-        right = [reply for reply in [first, *others] if _is_right(reply, answer, aliases, cites)]
-        wrong = [reply for reply in [first, *others] if reply.strip() and not _is_right(reply, answer, aliases, cites)]
+        right, wrong = [], []
+        for reply in replies:
+            fact = _is_right(reply, answer, aliases, cites)
+            graded_low = grade.get(reply) is not None and grade[reply] < least  # type: ignore[operator]
+            counts["graded_wrong"] += fact and graded_low
+            (right if fact and not graded_low else wrong).append(reply)
         if not wrong:
             counts["always_right"] += 1
             continue
         if cites is not None:
             gold = f"{gold.rstrip()} [{cites[0]}]"
-        chosen = right[0] if spec.chosen == "sample" and right else gold
+        # The lowest-graded wrong answer (ungraded after graded), the highest-graded right one; ties: the first.
+        rejected = min(wrong, key=lambda reply: (grade.get(reply) is None, grade.get(reply) or 0))
+        best = max(right, key=lambda reply: (grade.get(reply) is not None, grade.get(reply) or 0), default=None)
+        chosen = best if spec.chosen == "sample" and best is not None else gold
         counts["chosen_sampled"] += chosen != gold
-        meta = {**(record.get("meta") or {}), "rejected": wrong[0], "pair_from": record["id"]}
+        meta = {**(record.get("meta") or {}), "rejected": rejected, "pair_from": record["id"]}
+        if judge is not None:
+            meta["judge"] = {"chosen": grade.get(chosen), "rejected": grade.get(rejected)}
         messages = [*prompt, Message(role="assistant", content=chosen)]
         pairs.append(chat_record(messages, record["source"], record.get("domain"), meta))
     counts["pairs"] = len(pairs)
-    return BuiltPairs(pairs, {key: counts[key] for key in COUNTS})
+    kept = COUNTS + (JUDGE_COUNTS if judge is not None else ())
+    return BuiltPairs(pairs, {key: counts[key] for key in kept})
+
+
+def _graded(
+    judge: Judge,
+    asked: list[tuple[Record, list[Message], str, list[str], str]],
+    candidates: list[list[str]],
+    references: dict[str, str],
+    counts: Counter[str],
+) -> list[dict[str, int | None]]:
+    """The judge's grade of each distinct candidate of each question (None: no usable grade)."""
+    cases, where = [], []
+    for index, ((record, _, _, _, gold), replies) in enumerate(zip(asked, candidates, strict=True)):
+        question = split_chat(record)[2]
+        reference = "\n\n".join(part for part in (references.get(record["id"]), f"Gold answer: {gold}") if part)
+        for reply in dict.fromkeys(replies):
+            cases.append((reference, question, reply))
+            where.append((index, reply))
+    grades: list[dict[str, int | None]] = [{} for _ in asked]
+    for (index, reply), (score, _) in zip(where, judge(cases) if cases else [], strict=True):
+        grades[index][reply] = score
+        counts["judged"] += score is not None
+        counts["judge_unusable"] += score is None
+    return grades
 
 
 def _is_right(reply: str, answer: str, aliases: list[str], cites: list[int] | None) -> bool:
