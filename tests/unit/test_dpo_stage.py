@@ -231,7 +231,7 @@ def test_a_judge_ranks_the_candidates_and_demotes_a_right_fact_graded_low(monkey
 
     replies = {  # greedy reply, then the samples
         "Question 0?": ["It is 16 years, or so they say.", "16 years exactly.", "It is 20 years."],
-        "Question 1?": ["Three days.", "three days", "Three days."],
+        "Question 1?": ["Three days.", "it is three  days.", "Three days."],
         "Question 2?": ["It is 5 days.", "It is 9 days.", "Maybe 7 days."],
     }
     grades = {
@@ -239,7 +239,7 @@ def test_a_judge_ranks_the_candidates_and_demotes_a_right_fact_graded_low(monkey
         "16 years exactly.": 5,
         "It is 20 years.": 3,
         "Three days.": 5,
-        "three days": 4,
+        "it is three  days.": 1,  # the gold answer itself, graded low: still right
         "It is 5 days.": None,  # no usable grade: the rule without a judge holds (wrong), ranked after graded ones
         "It is 9 days.": 1,
         "Maybe 7 days.": 2,

@@ -85,7 +85,17 @@ class Asker:
         )
         todo = [i for i, reply in enumerate(replies) if reply is None]
         self.counters.cached += len(jobs) - len(todo)
-        for index, reply in zip(todo, self.teacher.answer_all([jobs[i] for i in todo]), strict=True):
+        self.progress.update(task_id, advance=len(jobs) - len(todo), cached=self.counters.cached)
+        started = time.monotonic()
+        done = 0
+
+        def on_batch(n: int) -> None:  # this process's batches (its share under a launcher)
+            nonlocal done
+            done += n
+            rate = f"{done / max(time.monotonic() - started, 1e-9):.1f}"
+            self.progress.update(task_id, advance=n, rate=rate)
+
+        for index, reply in zip(todo, self.teacher.answer_all([jobs[i] for i in todo], on_batch), strict=True):
             replies[index] = reply
             if reply.text is None:
                 self.counters.failed += 1

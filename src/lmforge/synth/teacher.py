@@ -288,9 +288,10 @@ class LocalTeacher:
         if self._queue:
             await self._flush()
 
-    def answer_all(self, conversations: list[list[dict[str, str]]]) -> list[Reply]:
+    def answer_all(self, conversations: list[list[dict[str, str]]], on_batch: Any = None) -> list[Reply]:
         """Greedy replies to a whole phase at once, batched by prompt length (the same batches in a
-        single process and under a launcher, where every process answers a share of them)."""
+        single process and under a launcher, where every process answers a share of them);
+        ``on_batch(n)`` after each of this process's batches."""
         from lmforge.distributed import world
         from lmforge.models import generate_replies
 
@@ -301,7 +302,7 @@ class LocalTeacher:
         try:
             texts = generate_replies(
                 self._model, self._tokenizer, conversations, self.spec.max_tokens, self.spec.batch_size,
-                data_parallel=True,
+                on_batch=on_batch, data_parallel=True,
             )  # fmt: skip
         except Exception as exc:  # one failed phase is reported per request; the rerun starts from the cache
             if world().distributed:

@@ -123,6 +123,7 @@ def build_pairs(
         for reply in replies:
             fact = _is_right(reply, answer, aliases, cites)
             graded_low = grade.get(reply) is not None and grade[reply] < least  # type: ignore[operator]
+            graded_low = graded_low and _plain(reply) != _plain(gold)  # the gold answer itself stays right
             counts["graded_wrong"] += fact and graded_low
             (right if fact and not graded_low else wrong).append(reply)
         if not wrong:
@@ -166,6 +167,10 @@ def _graded(
         counts["judged"] += score is not None
         counts["judge_unusable"] += score is None
     return grades
+
+
+def _plain(text: str) -> str:
+    return " ".join(text.split()).casefold()
 
 
 def _is_right(reply: str, answer: str, aliases: list[str], cites: list[int] | None) -> bool:

@@ -176,7 +176,8 @@ def training_summary(stage: str, result: TrainResult, seconds: float) -> str:
     speed = f", {m['tokens_per_s']:.0f} tokens/s" if "tokens_per_s" in m else ""
     best = f", best validation loss {m['best_eval_loss']}" if "best_eval_loss" in m else ""
     scores = f"; {m['scores']}" if "scores" in m else ""
+    loss = m["final_loss"] if m.get("final_loss") is not None else m.get("train_loss")  # no logged step: the mean
     return (
-        f"[green]✔ {stage}[/green]{' ' * max(1, 6 - len(stage))}{m['steps']} steps, loss {m['final_loss']}{best}"
+        f"[green]✔ {stage}[/green]{' ' * max(1, 6 - len(stage))}{m['steps']} steps, loss {loss}{best}"
         f"{speed}, {m['precision']} ({seconds:.0f}s){scores}"
     )
