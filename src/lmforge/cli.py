@@ -294,6 +294,44 @@ def serve(
 
 
 @app.command()
+def studio(
+    runs_dir: Annotated[Path, typer.Argument(help="Folder of run directories (created if missing).")] = Path("runs"),
+    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 needs $LMFORGE_STUDIO_TOKEN.")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
+    recipe: Annotated[Path | None, typer.Option(help="A recipe to open on the recipe page.")] = None,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
+    ] = None,
+    allowed_origin: Annotated[
+        list[str] | None,
+        typer.Option(help="Let this web origin call the studio: scheme://host[:port] ('*': any). Repeatable."),
+    ] = None,
+) -> None:
+    """A local web app for the whole job: recipe form, data, runs with live loss curves, comparison, chat, export
+    (needs the studio extra: pip install 'lmforge[studio]')."""
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        hint = "pip install 'lmforge[studio]' (or: pip install gradio)"
+        err_console.print(f"[bold red]error:[/bold red] the studio needs Gradio: {hint}")
+        raise typer.Exit(2) from None
+    from lmforge.studio.app import StudioSettings, serve_studio
+
+    settings = StudioSettings(
+        runs_dir=runs_dir,
+        host=host,
+        port=port,
+        recipe=recipe,
+        allowed_hosts=list(allowed_host or []),
+        allowed_origins=list(allowed_origin or []),
+    )
+    serve_studio(settings)
+
+
+@app.command()
 def synth(
     recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe with a synth section.")],
     set_: SetOption = None,

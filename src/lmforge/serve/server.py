@@ -185,9 +185,8 @@ def chat_router(
         citations = None
         if body.rag if body.rag is not None else settings.rag_default:
             # retrieval embeds the query: keep it off the event loop
-            messages, citations = await asyncio.to_thread(_augment, messages, retriever, settings)
-        prompt = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        prompt_ids = served.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+            messages, citations = await asyncio.to_thread(augment, messages, retriever, settings)
+        prompt_ids = chat_prompt_ids(served, messages)
         job = _job(served, prompt_ids, body, models, settings, request.state.request_id)
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
@@ -231,6 +230,12 @@ def chat_router(
         }
 
     return router
+
+
+def chat_prompt_ids(served: ServedModel, messages: list[dict[str, str]]) -> list[int]:
+    """The token ids of ``messages`` in ``served``'s chat template, ready for the assistant's reply."""
+    prompt = served.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return served.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
 
 def _role(role: str) -> str:
@@ -386,7 +391,7 @@ async def _text_chunks(
     yield "data: [DONE]\n\n"
 
 
-def _augment(
+def augment(
     messages: list[dict[str, str]], retriever: Retriever | None, settings: ServeSettings
 ) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
     """Put the passages retrieved for the last user turn into it (``records.context_messages``, the format
