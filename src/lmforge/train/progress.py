@@ -1,10 +1,32 @@
-"""What a training stage shows while it runs: a rich progress bar with a line per logged loss, and
+"""What a training stage shows while it runs: a rich progress bar with a line per logged loss, the log
+itself growing in ``train_log.jsonl`` (what ``lmforge studio`` draws its live curves from), and
 TensorBoard event files in the stage folder."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+
+
+def live_log_callback(path: Path) -> Any:
+    """Keep ``path`` (the stage's ``train_log.jsonl``) current while training: the history so far when training
+    starts (after a resume: up to the checkpoint, without the steps that are trained again), then one line
+    per logged entry. The stage rewrites the file whole when it finishes. Written by the leader alone."""
+    from transformers import TrainerCallback
+
+    class LiveLog(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("".join(json.dumps(entry) + "\n" for entry in state.log_history), encoding="utf-8")
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and state.log_history:
+                with path.open("a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(state.log_history[-1]) + "\n")
+
+    return LiveLog()
 
 
 def tensorboard_callback(log_dir: Path) -> Any:

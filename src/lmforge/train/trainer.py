@@ -42,7 +42,7 @@ from lmforge.train.compute import (
     use_bf16,
 )
 from lmforge.train.layout import ProcessLayout, process_layout
-from lmforge.train.progress import progress_callback, tensorboard_callback
+from lmforge.train.progress import live_log_callback, progress_callback, tensorboard_callback
 
 LossSum = Callable[[Any, dict[str, Any]], tuple[Any, int]]
 """``(model, batch) -> (summed loss tensor, trained positions)``. A loss that also has a ``drain()``
@@ -135,7 +135,7 @@ def build_trainer(
     elif order is None:
         order = EpochSeededLengthSampler([1] * len(train_dataset), 1, seed)  # a plain seeded shuffle
     train_batches = StepBatches(order, layout.per_device, layout.accum, world.rank, world.size, layout.pieces, lengths)
-    callbacks = [progress_callback(label)]
+    callbacks = [progress_callback(label), live_log_callback(stage.path("train_log.jsonl"))]
     if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
         stage_log(label).warning(
             "tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
