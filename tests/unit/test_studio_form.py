@@ -19,7 +19,8 @@ def test_every_setting_is_a_field_with_its_help_text():
     fields = form.recipe_fields()
     paths = [field.path for field in fields]
     assert len(paths) == len(set(paths)) > 200
-    assert {"name", "stages", "model.ref", "data.sources", "sft.lr", "sft.lora.r", "dpo.build", "eval.sets"} <= set(paths)
+    expected = {"name", "stages", "model.ref", "data.sources", "sft.lr", "sft.lora.r", "dpo.build", "eval.sets"}
+    assert expected <= set(paths)
     assert all(field.help for field in fields), [field.path for field in fields if not field.help]
     by_path = {field.path: field for field in fields}
     assert by_path["sft.lora.r"].kind == "int" and by_path["sft.lora.r"].default == 16
