@@ -260,3 +260,27 @@ sft: {{epochs: 2, lr: 5.0e-3, batch_size: 4, max_length: 128, precision: fp32}}
     assert tuned[-1] and len(set(tuned)) > 2  # the tuned reply grew over several updates
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(tuned))
     assert "adapter" in " ".join(pair.labels.values())  # base and tuned: one model, the adapter on and off
+
+
+def test_beyond_loopback_the_studio_wants_its_token(tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "LMFORGE_STUDIO_TOKEN"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "lmforge", "studio", str(tmp_path / "runs"), "--host", "0.0.0.0", "--port", "1"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert refused.returncode == 2 and "LMFORGE_STUDIO_TOKEN" in refused.stderr
+    studio, url = start_studio(
+        tmp_path / "runs", tmp_path / "studio.log", "--host", "0.0.0.0", env={**env, "LMFORGE_STUDIO_TOKEN": "t0ken"}
+    )
+    try:
+        assert httpx.get(url).status_code == 401
+        assert httpx.get(url, params={"token": "wrong"}).status_code == 401
+        with httpx.Client() as browser:  # keeps the cookie, as a browser does
+            first = browser.get(url, params={"token": "t0ken"})
+            assert first.status_code == 303 and "token" not in first.headers["location"]
+            page = browser.get(url)
+            assert page.status_code == 200 and "lmforge studio" in page.text
+            assert browser.get(f"{url}gradio_api/info").status_code == 200
+        assert httpx.get(url, headers={"Authorization": "Bearer t0ken"}).status_code == 200
+    finally:
+        stop(studio)

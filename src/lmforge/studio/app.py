@@ -474,11 +474,8 @@ def _form_components(gr: Any, fields: list[form.FormField]) -> list[Any]:
     for field in fields:
         sections.setdefault(field.section, []).append(field)
     for section, members in sections.items():
-        title = (
-            section
-            if section == "run"
-            else f"{section}: {form.section_help(section).splitlines()[0] if form.section_help(section) else ''}"
-        )
+        about = form.section_help(section).split("\n\n")[0].replace("``", "").replace("\n", " ")
+        title = section if section == "run" else f"{section}: {about}"
         with gr.Accordion(title, open=section in ("run", "model", "data"), elem_id=f"section-{section}"):
             for field in members:
                 label = field.path if section == "run" else field.path.split(".", 1)[1]
@@ -576,7 +573,7 @@ def _export(run: Path, gguf: str) -> Iterator[list[Any]]:
     parity = run / "export" / "parity.json"
     if parity.is_file() and parity.stat().st_mtime > time.time() - 3600:
         for check in json.loads(parity.read_text(encoding="utf-8")).get("checks", []):
-            details = {k: v for k, v in (check.get("details") or {}).items() if k != "problems"}
+            details = {k: v for k, v in check.items() if k not in ("name", "passed")}
             checks.append({"check": check.get("name"), "passed": check.get("passed"), "details": json.dumps(details)})
     yield ["\n".join(lines[-40:]), pd.DataFrame(checks, columns=["check", "passed", "details"])]
 

@@ -229,11 +229,19 @@ class Runs:
 def _summary(metrics: dict[str, Any]) -> str:
     """A few numbers a person looks for in a stage's metrics."""
     shown = []
+    if isinstance(metrics.get("splits"), dict):  # data
+        shown.append(", ".join(f"{split} {count}" for split, count in metrics["splits"].items()))
+        totals = metrics.get("totals") or {}
+        shown += [f"{key} {totals[key]}" for key in ("rejected", "filtered", "deduplicated") if totals.get(key)]
+    if isinstance(metrics.get("sets"), dict):  # eval
+        for set_name, variants in metrics["sets"].items():
+            scores = [f"{v} {e['score']:.3f}" for v, e in variants.items() if isinstance(e.get("score"), (int, float))]
+            shown.append(f"{set_name}: " + ", ".join(scores))
     for key in ("records", "steps", "final_loss", "best_eval_loss", "tokens_per_s", "chunks", "pairs"):
         value = metrics.get(key)
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             shown.append(f"{key.replace('_', ' ')} {value:.4g}" if isinstance(value, float) else f"{key} {value}")
-    return ", ".join(shown)
+    return "; ".join(shown)
 
 
 def _changed(path: Path) -> float:
