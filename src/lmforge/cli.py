@@ -311,7 +311,7 @@ def studio(
     ] = None,
 ) -> None:
     """A local web app for the whole job: recipe form, data, runs with live loss curves, comparison, chat, export
-    (needs the studio extra: pip install 'lmforge[studio]')."""
+    (needs Gradio: the studio extra of lmforge, or pip install gradio)."""
     try:
         import gradio  # noqa: F401
     except ImportError:

@@ -58,6 +58,7 @@ def test_bench_cli_refuses_unknown_systems(tmp_path):
     assert "unsloth" in message and "baseline, trl, trl-fp32, lmforge, lmforge-lowmem" in message
 
 
+@pytest.mark.slow  # the sft workload's test keeps the bench CLI in the default tier
 def test_bench_cpt_workload_trains_packed_document_rows(tmp_path, bench_recipe):
     """--workload cpt: every system trains on full rows of --seq-len tokens packed from the documents;
     trl-fp32 is TRL without its bf16 default; the TRL ratio is against the faster TRL set-up."""

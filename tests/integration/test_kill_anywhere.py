@@ -9,7 +9,7 @@ Its outputs must equal the uninterrupted run's: every JSON Lines file byte for b
 the logged losses), every weight within 1e-5. Stages covered: data, index (with RAFT), cpt, sft with
 packing, sft with distillation, seq2seq, synth (local teacher), eval, export.
 
-The default tier draws one moment per scenario; ``pytest -m slow`` draws many more.
+The default tier draws one moment for two scenarios; ``pytest -m slow`` the others and many more moments.
 """
 
 from __future__ import annotations
@@ -236,7 +236,13 @@ def check_scenario(tmp_path, tiny_model_dir, tiny_t5_dir, rag_recipe, scenario: 
     kill_and_resume(tmp_path, command, Path("{out}") / name, seed, fresh=tmp_path / "killed")
 
 
-@pytest.mark.parametrize("scenario", SCENARIOS)
+DEFAULT_TIER = ("data-cpt-sft-packing-eval", "data-index-raft-sft-eval")
+"""Scenarios the default tier kills once each; the others (and many more moments of all) are in the slow tier."""
+
+
+@pytest.mark.parametrize(
+    "scenario", [pytest.param(s, marks=() if s in DEFAULT_TIER else pytest.mark.slow) for s in SCENARIOS]
+)
 def test_a_pipeline_killed_anywhere_resumes(tmp_path, tiny_model_dir, tiny_t5_dir, rag_recipe, scenario):
     check_scenario(tmp_path, tiny_model_dir, tiny_t5_dir, rag_recipe, scenario, seed=SCENARIOS.index(scenario))
 

@@ -79,7 +79,7 @@ data: {{sources: [{{path: data.jsonl}}]}}
     return path
 
 
-@pytest.mark.parametrize("stage", ["sft", "mlm"])
+@pytest.mark.parametrize("stage", ["sft", pytest.param("mlm", marks=pytest.mark.slow)])  # mlm: the slow tier
 def test_a_killed_run_resumes_to_the_same_weights_and_losses(stage, tmp_path, tiny_model_dir):
     # sft: LoRA with dropout on a length-grouped sampler; mlm: random masking; both draw on the RNG.
     model_dir = tiny_model_dir if stage == "sft" else save_model(*build_tiny_bert(), tmp_path / "bert")
