@@ -303,7 +303,7 @@ def test_the_retrieval_pipeline_on_two_processes_matches_one(tmp_path, rag_recip
     assert (one / "eval" / "predictions.jsonl").read_text() == (two / "eval" / "predictions.jsonl").read_text()
 
 
-@pytest.mark.parametrize("task", ["answer", "qa_from_docs"])
+@pytest.mark.parametrize("task", [pytest.param("answer", marks=pytest.mark.slow), "qa_from_docs"])
 def test_synth_with_a_local_teacher_on_two_processes_matches_one(tmp_path, tiny_model_dir, task):
     """A local teacher's phases are answered data-parallel: the same records, rejects and cache."""
     recipe = write_synth_recipe(tmp_path, tiny_model_dir, "http://unused", task)

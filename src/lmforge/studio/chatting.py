@@ -35,6 +35,7 @@ class ChatPair:
     """The base and the tuned model of one run, ready to answer."""
 
     def __init__(self, run: str | Path, dtype: str = "auto"):
+        from lmforge.models import resolve_model
         from lmforge.rundir import final_model, read_json
         from lmforge.serve.engine import Engine
         from lmforge.serve.loading import load_models
@@ -56,24 +57,26 @@ class ChatPair:
             self.engines.append(engine)
             return engine
 
-        if tuned.has_adapters:  # base = the adapter switched off, in the same batches
+        model = read_json(self.run / "recipe.json")["model"]
+        base_dir = resolve_model(model["ref"], model.get("revision"), model.get("trust_remote_code", False))
+        if tuned.has_adapters and final.model_dir.resolve() == base_dir.resolve():
+            # base = the adapter switched off, in the same batches
             engine = engine_for(tuned)
             base_id, tuned_id = next(iter(tuned.served)), list(tuned.served)[1]
             self.sides = {"base": (engine, tuned, base_id), "tuned": (engine, tuned, tuned_id)}
-        else:
-            ref = read_json(self.run / "recipe.json")["model"]["ref"]
-            base = load_models(ref, dtype=dtype, name="base")
+        else:  # full weights, or an adapter on an earlier stage's model (dpo after sft): the recipe's base apart
+            base = load_models(str(base_dir), dtype=dtype, name="base")
             self.sides = {
                 "base": (engine_for(base), base, "base"),
-                "tuned": (engine_for(tuned), tuned, next(iter(tuned.served))),
+                "tuned": (engine_for(tuned), tuned, list(tuned.served)[-1]),  # the adapter, when there is one
             }
         self.retriever = None
         if (self.run / "index" / "manifest.json").is_file():
             from lmforge.rag.retrieve import open_retriever
-            from lmforge.serve.server import _index_settings
+            from lmforge.serve.server import index_settings
 
             self.retriever, _ = open_retriever(self.run, needed_by="studio chat with retrieval")
-            _index_settings(str(self.run), self.settings)
+            index_settings(str(self.run), self.settings)
 
     @property
     def labels(self) -> dict[str, str]:

@@ -94,6 +94,15 @@ class Runs:
             )
         return rows
 
+    def overview(self) -> list[dict[str, Any]]:
+        """One row per run: its process and each stage's status, in pipeline order (``sft: done``)."""
+        rows = []
+        for name in self.names():
+            stages = self.stages(name)
+            shown = ", ".join(f"{row['stage']}: {row['status']}" for row in stages)
+            rows.append({"run": name, "process": self.state(name), "stages": shown})
+        return rows
+
     def state(self, name: str) -> str:
         """``running``, ``finished``, ``failed (exit N)``, ``stopped`` or ``idle`` (never started here)."""
         process = self.process(name)
