@@ -25,7 +25,8 @@ import pytest
 from conftest import qa_rows, write_jsonl
 from server_process import free_port
 
-from lmforge.studio.app import EMPTY_REPLY
+from lmforge.errors import StageError
+from lmforge.studio.app import EMPTY_REPLY, _citations
 
 pytestmark = pytest.mark.integration
 playwright = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
@@ -249,13 +250,25 @@ sft: {{epochs: 2, lr: 5.0e-3, batch_size: 4, max_length: 128, precision: fp32}}
     )
     run_recipe(load_recipe(recipe))
     pair = ChatPair(tmp_path / "runs" / "chat", dtype="fp32")
+
+    class Passages:  # the run has no index: a stand-in retriever, to follow the passages through the chat path
+        def search(self, queries: list[str], k: int, mode: str = "hybrid") -> list[list[dict]]:
+            found = {"id": "a1", "source": {"path": "law/art-3.md", "heading": "Art. 3"}, "text": "Fact 3 is 21."}
+            return [[found] for _ in queries]
+
     try:
         states = [
             {side: reply.text[side] for side in ("base", "tuned")}
             for reply in pair.stream({}, "What is fact number 3?", rag=False, max_tokens=24)
         ]
+        with pytest.raises(StageError, match="no retrieval index"):
+            next(pair.stream({}, "What is fact number 3?", rag=True))
+        pair.retriever = Passages()
+        replies = list(pair.stream({}, "What is fact number 3?", rag=True, max_tokens=4))
     finally:
         pair.close()
+    assert replies[-1].citations == [{"index": 1, **Passages().search(["q"], 1)[0][0]}]
+    assert "[1] `law/art-3.md` Fact 3 is 21." in _citations(replies[-1].citations, None)
     tuned = [state["tuned"] for state in states]
     assert tuned[-1] and len(set(tuned)) > 2  # the tuned reply grew over several updates
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(tuned))

@@ -165,11 +165,11 @@ def test_serve_cli_passes_rag_top_k_and_mode_and_refuses_unknown_modes(monkeypat
 
 def test_run_index_settings_fill_in_only_what_the_command_line_left_unset(tmp_path):
     from lmforge.rundir import StageDir
-    from lmforge.serve.server import ServeSettings, _index_settings
+    from lmforge.serve.server import ServeSettings, index_settings
 
     index = StageDir.open(tmp_path, "index")
     index.start("fp", {"index": {"top_k": 3, "mode": "hybrid"}}, {})
     index.finish({}, outputs={"route": {"threshold": 0.42}})
     chosen = ServeSettings(rag_top_k=7)
-    _index_settings(str(tmp_path), chosen)
+    index_settings(str(tmp_path), chosen)
     assert (chosen.rag_top_k, chosen.rag_mode, chosen.rag_route_threshold) == (7, "hybrid", 0.42)

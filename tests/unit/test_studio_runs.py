@@ -5,7 +5,6 @@ Ctrl-C (the stage stays resumable) and resume carries on from the last checkpoin
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -14,22 +13,6 @@ from conftest import qa_rows, write_jsonl
 
 from lmforge.errors import StageError
 from lmforge.studio.runs import Runs
-
-# Put on PYTHONPATH for the runs' child processes: every optimizer step takes at least LMFORGE_TEST_STEP_S
-# seconds, so a stop lands mid-training on any machine.
-SLOW_STEPS = """
-import os, time
-if os.environ.get("LMFORGE_TEST_STEP_S"):
-    from transformers import Trainer
-
-    pause, original = float(os.environ["LMFORGE_TEST_STEP_S"]), Trainer.training_step
-
-    def training_step(self, *args, **kwargs):
-        time.sleep(pause)
-        return original(self, *args, **kwargs)
-
-    Trainer.training_step = training_step
-"""
 
 FACTS = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i in range(12)]
 
@@ -80,28 +63,29 @@ def test_a_bad_recipe_is_refused_before_any_process_starts(tmp_path: Path):
     assert runs.names() == []
 
 
-def test_stop_leaves_the_stage_resumable_and_resume_carries_on(tmp_path: Path, tiny_model_dir: Path, monkeypatch):
-    hooks = tmp_path / "hooks"
-    hooks.mkdir()
-    (hooks / "sitecustomize.py").write_text(SLOW_STEPS, encoding="utf-8")
-    monkeypatch.setenv("PYTHONPATH", f"{hooks}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    monkeypatch.setenv("LMFORGE_TEST_STEP_S", "0.1")
+def test_stop_leaves_the_stage_resumable_and_resume_carries_on(tmp_path: Path, tiny_model_dir: Path):
+    # Far more steps than the test waits for: every stop lands mid-training, on any machine.
     sft = (
-        "sft: {max_steps: 40, lr: 1.0e-3, batch_size: 1, max_length: 64, precision: fp32, logging_steps: 1, "
-        "save_steps: 5, report_to: []}\n"
+        "sft: {max_steps: 100000, lr: 1.0e-3, batch_size: 1, max_length: 64, precision: fp32, logging_steps: 1, "
+        "save_steps: 3, report_to: []}\n"
     )
     runs = Runs(tmp_path / "runs")
     name = runs.start(recipe(tmp_path, "[data, sft]", sft, tiny_model_dir))
-    wait_for(lambda: len(runs.curves(name)) >= 3, timeout=120)
+    checkpoints = runs.path(name) / "sft" / "checkpoints"
+    wait_for(lambda: len(runs.curves(name)) >= 8 and any(checkpoints.glob("checkpoint-*")), timeout=180)
     assert runs.stop(name)
-    assert runs.state(name) == "stopped"
+    assert runs.state(name) == "stopped", runs.log_tail(name)
     stages = {row["stage"]: row for row in runs.stages(name)}
-    assert stages["sft"]["status"] == "interrupted", runs.log_tail(name, 60)  # running in its manifest, no process
+    assert stages["sft"]["status"] == "interrupted", runs.log_tail(name)  # running in its manifest, no process
     stopped_at = max(point["step"] for point in runs.curves(name))
+    saved = max(int(path.name.split("-")[1]) for path in checkpoints.glob("checkpoint-*"))
+
     runs.resume(name)
-    wait_for(lambda: runs.state(name) != "running", timeout=300)
-    assert runs.state(name) == "finished", runs.log_tail(name)
-    manifest = json.loads((runs.path(name) / "sft" / "manifest.json").read_text())
-    assert manifest["status"] == "done" and manifest["attempts"] == 2 and manifest["metrics"]["steps"] == 40
+    assert runs.state(name) == "running"
+    manifest = runs.path(name) / "sft" / "manifest.json"
+    wait_for(lambda: json.loads(manifest.read_text()).get("attempts") == 2, timeout=120)
+    wait_for(lambda: max(point["step"] for point in runs.curves(name)) > stopped_at, timeout=180)
     steps = [point["step"] for point in runs.curves(name) if point["series"] == "sft train"]
-    assert max(steps) == 40 and stopped_at < 40
+    assert steps == sorted(steps) and saved <= stopped_at  # from the checkpoint on, no step twice
+    assert "resum" in runs.log_tail(name, 200).lower(), runs.log_tail(name, 200)
+    assert runs.stop(name) and runs.state(name) == "stopped"

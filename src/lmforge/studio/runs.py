@@ -30,6 +30,12 @@ from lmforge.stages import STAGE_ORDER
 TRAINING = ("cpt", "mlm", "sft", "seq2seq", "dpo")
 """Stages that write a ``train_log.jsonl``."""
 STUDIO = ".studio"
+CTRL_C_ABLE = (
+    "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'lmforge'; from lmforge.cli import main; main()"
+)
+"""``lmforge`` with Ctrl-C on: a process started from a non-interactive shell's background job inherits
+SIGINT ignored (so Python never raises KeyboardInterrupt), and stop would not stop it."""
 STOP_GRACE_S = 20.0
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -152,7 +158,7 @@ class Runs:
             if process is not None and process.alive:
                 raise StageError(f"run {name!r} is already running (process {process.pid}); stop it first")
             (run / STUDIO).mkdir(parents=True, exist_ok=True)
-            command = [sys.executable, "-m", "lmforge", "run", str(recipe), "--run-dir", str(self.root)]
+            command = [sys.executable, "-c", CTRL_C_ABLE, "run", str(recipe), "--run-dir", str(self.root)]
             command += [arg for item in overrides or [] for arg in ("--set", item)]
             log = (run / STUDIO / "run.log").open("ab")
             log.write(f"\n$ lmforge run {recipe} --run-dir {self.root}  ({time.strftime('%H:%M:%S')})\n".encode())
