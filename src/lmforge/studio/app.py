@@ -26,6 +26,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
 
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
+import gradio as gr
+
 from lmforge.errors import ConfigError, LmforgeError, Problem
 from lmforge.studio import compare, form
 from lmforge.studio.runs import Runs
@@ -54,8 +57,6 @@ class StudioSettings:
 
 def build_blocks(settings: StudioSettings) -> Any:
     """The Gradio Blocks of the studio (not yet served)."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
-    import gradio as gr
     import pandas as pd
 
     runs = Runs(settings.runs_dir)
@@ -296,7 +297,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                 with gr.Row():
                     compare_run = gr.Dropdown(runs.names(), label="Run", elem_id="compare-run")
                     compare_other = gr.Dropdown(
-                        runs.names(), label="Second run (side by side)", elem_id="compare-other"
+                        ["", *runs.names()], value="", label="Second run (side by side)", elem_id="compare-other"
                     )
                     compare_refresh = gr.Button("Refresh", elem_id="compare-refresh")
                 compare_error = gr.Markdown()
@@ -320,6 +321,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                 def on_compare(name: str | None, other: str | None) -> list[Any]:
                     if not name:
                         return ["Choose a run.", *(gr.update() for _ in range(4))]
+                    other = other or None
                     try:
                         rows = compare.score_rows(runs.path(name))
                         both_rows = compare.side_by_side(runs.path(name), runs.path(other)) if other else []
@@ -434,9 +436,17 @@ def build_blocks(settings: StudioSettings) -> Any:
             names = runs.names()
             latest = names[0] if names else None
             update = gr.update(choices=names, value=latest)
-            return [update, update, update, update, pd.DataFrame(runs.overview())]
+            other = gr.update(choices=["", *names], value="")
+            return [update, update, other, update, update, pd.DataFrame(runs.overview())]
 
-        blocks.load(on_page_load, outputs=[run_select, compare_run, chat_run, export_run, all_runs])
+        loaded = blocks.load(
+            on_page_load, outputs=[run_select, compare_run, compare_other, chat_run, export_run, all_runs]
+        )
+        # The latest run is chosen on every page: show its state and comparison now (not on a change event).
+        loaded.then(show_run, inputs=run_select, outputs=run_outputs)
+        loaded.then(on_compare, inputs=[compare_run, compare_other], outputs=compare_outputs).then(
+            on_questions, inputs=question_inputs, outputs=question_table
+        )
         if settings.recipe is not None and settings.recipe.is_file():
             blocks.load(on_load, inputs=recipe_path, outputs=[*components, yaml_view, validation])
     return blocks
@@ -667,7 +677,6 @@ def studio_token(host: str) -> str | None:
 
 def build_app(settings: StudioSettings) -> Any:
     """The ASGI app: the studio's Blocks mounted at ``/`` behind :class:`StudioGate`."""
-    import gradio as gr
     from fastapi import FastAPI
 
     from lmforge.serve.middleware import AccessPolicy
@@ -677,7 +686,9 @@ def build_app(settings: StudioSettings) -> Any:
         settings.host, settings.host in LOOPBACK, settings.allowed_hosts or [], settings.allowed_origins or []
     )
     theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    app = gr.mount_gradio_app(FastAPI(), build_blocks(settings), path="/", theme=theme, footer_links=[])
+    app = gr.mount_gradio_app(  # show_error: an unexpected failure shows its message on the page, not nothing
+        FastAPI(), build_blocks(settings), path="/", theme=theme, footer_links=[], show_error=True
+    )
     app.add_middleware(StudioGate, token=token, policy=policy)
     return app
 
