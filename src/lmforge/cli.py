@@ -45,6 +45,14 @@ SetOption = Annotated[
 RunDirOption = Annotated[
     str | None, typer.Option("--run-dir", help="Parent folder of run directories (default: runs).")
 ]
+AllowedHostOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
+]
+AllowedOriginOption = Annotated[
+    list[str] | None,
+    typer.Option(help="Let this web origin call the server: scheme://host[:port] ('*': any). Repeatable."),
+]
 
 
 def _fail(exc: LmforgeError) -> None:
@@ -252,14 +260,8 @@ def serve(
     rag_route: Annotated[
         bool, typer.Option(help="With --rag: no passages for questions far from every chunk (the index's threshold).")
     ] = True,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
-    ] = None,
-    allowed_origin: Annotated[
-        list[str] | None,
-        typer.Option(help="Let this web origin call the server: scheme://host[:port] ('*': any). Repeatable."),
-    ] = None,
+    allowed_host: AllowedHostOption = None,
+    allowed_origin: AllowedOriginOption = None,
 ) -> None:
     """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API; a seq2seq run behind
     /v1/extract (a document in, its fields as JSON out)."""
@@ -301,14 +303,8 @@ def studio(
     ),
     port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
     recipe: Annotated[Path | None, typer.Option(help="A recipe to open on the recipe page.")] = None,
-    allowed_host: Annotated[
-        list[str] | None,
-        typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
-    ] = None,
-    allowed_origin: Annotated[
-        list[str] | None,
-        typer.Option(help="Let this web origin call the studio: scheme://host[:port] ('*': any). Repeatable."),
-    ] = None,
+    allowed_host: AllowedHostOption = None,
+    allowed_origin: AllowedOriginOption = None,
 ) -> None:
     """A local web app for the whole job: recipe form, data, runs with live loss curves, comparison, chat, export
     (needs Gradio: the studio extra of lmforge, or pip install gradio)."""

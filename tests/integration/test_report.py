@@ -6,13 +6,12 @@ the test instead of skipping it.
 """
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from browser import chromium
 
 from lmforge.config import load_recipe
 from lmforge.pipeline import run_recipe
@@ -30,16 +29,6 @@ FLAGS = [
     "--hide-scrollbars",
     "--virtual-time-budget=5000",
 ]
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    if os.environ.get("LMFORGE_REQUIRE_CHROMIUM"):
-        pytest.fail("chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    pytest.skip("chromium is not installed (apt-get install -y chromium)")
 
 
 def browse(url: str, profile: Path, *extra: str) -> subprocess.CompletedProcess:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from browser import chromium
 from conftest import qa_rows, write_jsonl
 from server_process import free_port
 
@@ -33,16 +33,6 @@ playwright = pytest.importorskip("playwright.sync_api", reason="the dev extra in
 
 FACTS = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i in range(12)]
 SOURCES = "- {path: qa/train.jsonl, split: train}\n- {path: qa/test.jsonl, split: test}"
-
-
-def chromium() -> str:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    if os.environ.get("LMFORGE_REQUIRE_CHROMIUM"):
-        pytest.fail("chromium is not installed (apt-get install -y chromium); .ci/run installs it")
-    pytest.skip("chromium is not installed (apt-get install -y chromium)")
 
 
 def start_studio(runs: Path, log: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
