@@ -314,7 +314,8 @@ def studio(
         hint = "pip install 'lmforge[studio]' (or: pip install gradio)"
         err_console.print(f"[bold red]error:[/bold red] the studio needs Gradio: {hint}")
         raise typer.Exit(2) from None
-    from lmforge.studio.app import StudioSettings, serve_studio
+    from lmforge.studio.app import StudioSettings
+    from lmforge.studio.serving import serve_studio
 
     settings = StudioSettings(
         runs_dir=runs_dir,

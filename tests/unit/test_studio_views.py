@@ -11,7 +11,7 @@ import pytest
 from lmforge.errors import ConfigError, StageError
 from lmforge.serve.middleware import AccessPolicy
 from lmforge.studio import compare, dataview
-from lmforge.studio.app import COOKIE, StudioGate, studio_token
+from lmforge.studio.serving import COOKIE, StudioGate, studio_token
 
 
 def eval_run(root: Path, name: str, tuned_score: float) -> Path:

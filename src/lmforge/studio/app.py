@@ -7,13 +7,12 @@ and tuned side by side, streamed, with or without retrieval) and Export (merge, 
 
 Everything the pages show is read from files (recipes, run folders) or computed by the code the
 command line runs; long work (runs, exports) runs in its own process, so a reloaded page or a second
-tab sees the same state and nothing waits on the page. The app is served by uvicorn behind
-:class:`StudioGate` (Host/Origin checks as ``lmforge serve``; a token beyond loopback).
+tab sees the same state and nothing waits on the page. How the app is served (the token gate):
+:mod:`lmforge.studio.serving`.
 """
 
 from __future__ import annotations
 
-import hmac
 import io
 import os
 import subprocess
@@ -21,23 +20,18 @@ import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 import gradio as gr
 
-from lmforge.errors import ConfigError, LmforgeError, Problem
+from lmforge.errors import ConfigError, LmforgeError
 from lmforge.studio import compare, form
 from lmforge.studio.runs import Runs
 
-TOKEN_ENV = "LMFORGE_STUDIO_TOKEN"
-COOKIE = "lmforge_studio_token"
 REFRESH_S = 2.0
 """How often the runs page re-reads the selected run (state, stages, curves, log)."""
-LOOPBACK = frozenset({"localhost", "127.0.0.1", "::1"})
 EMPTY_REPLY = "(no reply: the model ended its turn at once)"
 
 
@@ -64,7 +58,7 @@ def build_blocks(settings: StudioSettings) -> Any:
     from lmforge.studio.chatting import ChatPairs
 
     chats = ChatPairs()
-    forms = FormValues([field.default for field in fields])
+    forms = form.FormValues([field.default for field in fields])
     start_recipe = settings.recipe or Path.cwd() / "studio-recipe.yaml"
 
     def run_choices() -> Any:
@@ -88,7 +82,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                 recipe_status = gr.Markdown(elem_id="recipe-status")
                 with gr.Tabs():
                     with gr.Tab("Form"):
-                        components = _form_components(gr, fields)
+                        components = form.components(gr, fields)
                     with gr.Tab("YAML"):
                         yaml_view = gr.Code(language="yaml", label="Recipe YAML", elem_id="recipe-yaml", lines=20)
                         apply_yaml = gr.Button("Apply the YAML to the form", elem_id="recipe-apply-yaml")
@@ -103,7 +97,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                             raw = form.to_raw(fields, values)
                         except form.FormProblem as exc:
                             return gr.update(), f"error: {exc}"
-                        return form.to_yaml(raw), _validation(raw, path)
+                        return form.to_yaml(raw), form.validation_message(raw, path)
 
                     return changed
 
@@ -132,7 +126,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                 def _fill(raw: dict[str, Any], path: str, request: gr.Request) -> list[Any]:
                     values, unknown = form.from_raw(fields, raw)
                     forms.put(request, values)
-                    message = _validation(raw, path)
+                    message = form.validation_message(raw, path)
                     if unknown:
                         message += f"\n(keys with no field in the form, kept out: {', '.join(unknown)})"
                     return [*values, form.to_yaml(raw), message]
@@ -452,78 +446,12 @@ def build_blocks(settings: StudioSettings) -> Any:
     return blocks
 
 
-class FormValues:
-    """The recipe form's values per browser session (the last 100 sessions), starting from the defaults."""
-
-    def __init__(self, defaults: list[Any], sessions: int = 100):
-        import collections
-        import threading
-
-        self.defaults = defaults
-        self.sessions = sessions
-        self._values: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def values(self, request: Any) -> list[Any]:
-        key = getattr(request, "session_hash", None) or "-"
-        with self._lock:
-            if key not in self._values:
-                self._values[key] = list(self.defaults)
-                while len(self._values) > self.sessions:
-                    self._values.popitem(last=False)
-            self._values.move_to_end(key)
-            return self._values[key]
-
-    def put(self, request: Any, values: list[Any]) -> None:
-        self.values(request)[:] = values
-
-
-def _form_components(gr: Any, fields: list[form.FormField]) -> list[Any]:
-    """One input per recipe setting, grouped by section in accordions (the run's own settings open)."""
-    components = []
-    sections: dict[str, list[form.FormField]] = {}
-    for field in fields:
-        sections.setdefault(field.section, []).append(field)
-    for section, members in sections.items():
-        about = form.section_help(section).split("\n\n")[0].replace("``", "").replace("\n", " ")
-        title = section if section == "run" else f"{section}: {about}"
-        with gr.Accordion(title, open=section in ("run", "model", "data"), elem_id=f"section-{section}"):
-            for field in members:
-                label = field.path if section == "run" else field.path.split(".", 1)[1]
-                label += " *" if field.required else ""
-                options = {"label": label, "info": field.help, "elem_id": "field-" + field.path.replace(".", "-")}
-                if field.kind == "bool":
-                    component = gr.Checkbox(bool(field.default), **options)
-                elif field.kind == "choice":
-                    component = gr.Dropdown(list(field.choices), value=field.default, **options)
-                elif field.kind == "choices":
-                    component = gr.Dropdown(list(field.choices), value=list(field.default), multiselect=True, **options)
-                elif field.kind in ("int", "float"):
-                    component = gr.Number(field.default, precision=0 if field.kind == "int" else None, **options)
-                elif field.kind == "text":
-                    component = gr.Textbox(field.default, **options)
-                else:
-                    component = gr.Textbox(field.default, lines=2, max_lines=16, placeholder="YAML", **options)
-                components.append(component)
-    return components
-
-
 def _points(curves: list[dict[str, Any]]) -> str:
     """``sft train: 12 points, last 2.31 · sft validation: ...``"""
     series: dict[str, list[float]] = {}
     for point in curves:
         series.setdefault(point["series"], []).append(point["loss"])
     return " · ".join(f"{name}: {len(losses)} points, last {losses[-1]:.4g}" for name, losses in series.items())
-
-
-def _validation(raw: dict[str, Any], path: str) -> str:
-    """What ``lmforge validate`` says of the recipe the form holds."""
-    target = Path(path or "studio-recipe.yaml").expanduser()
-    try:
-        recipe = form.check(raw, str(target), target.resolve().parent)
-    except ConfigError as exc:
-        return f"error: {exc}"
-    return f"✔ {target} is valid: run {recipe.name!r}, stages {', '.join(recipe.stages)}"
 
 
 def _plain(renderable: Any) -> str:
@@ -587,120 +515,3 @@ def _export(run: Path, gguf: str) -> Iterator[list[Any]]:
             details = {k: v for k, v in check.items() if k not in ("name", "passed")}
             checks.append({"check": check.get("name"), "passed": check.get("passed"), "details": json.dumps(details)})
     yield ["\n".join(lines[-40:]), pd.DataFrame(checks, columns=["check", "passed", "details"])]
-
-
-# ---------------------------------------------------------------- serving
-
-
-class StudioGate:
-    """ASGI middleware: the Host/Origin checks of ``lmforge serve``, and the token when one is set.
-
-    The token is accepted as ``Authorization: Bearer TOKEN``, as the cookie the studio sets, or once as
-    ``?token=TOKEN`` in the address (answered with that cookie and a redirect to the address without it,
-    so the token does not stay in the browser's history). Other requests get 401.
-    """
-
-    def __init__(self, app: Any, token: str | None, policy: Any):
-        self.app = app
-        self.token = token
-        self.policy = policy
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] not in ("http", "websocket"):
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        problem = self.policy.host_problem(headers.get("host", ""))
-        if problem is None and "origin" in headers:
-            problem = self.policy.origin_problem(headers["origin"])
-        if problem is not None:
-            await _plain_response(send, scope, 403, problem)
-            return
-        if self.token is None:
-            await self.app(scope, receive, send)
-            return
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-        cookies = SimpleCookie(headers.get("cookie", ""))
-        bearer = headers.get("authorization", "")
-        offered = [
-            bearer[7:] if bearer.lower().startswith("bearer ") else "",
-            cookies[COOKIE].value if COOKIE in cookies else "",
-        ]
-        if any(offered_value and hmac.compare_digest(offered_value, self.token) for offered_value in offered):
-            await self.app(scope, receive, send)
-            return
-        if query.get("token") and hmac.compare_digest(query["token"], self.token) and scope["type"] == "http":
-            rest = urlencode([(k, v) for k, v in parse_qsl(scope.get("query_string", b"").decode()) if k != "token"])
-            location = scope.get("path", "/") + (f"?{rest}" if rest else "")
-            cookie = f"{COOKIE}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 303,
-                    "headers": [(b"location", location.encode()), (b"set-cookie", cookie.encode())],
-                }
-            )
-            await send({"type": "http.response.body", "body": b""})
-            return
-        await _plain_response(
-            send, scope, 401, f"the studio needs its token: open the address with ?token=... (${TOKEN_ENV})"
-        )
-
-
-async def _plain_response(send: Any, scope: dict[str, Any], status: int, text: str) -> None:
-    if scope["type"] == "websocket":
-        await send({"type": "websocket.close", "code": 1008})
-        return
-    body = text.encode("utf-8")
-    headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
-
-
-def studio_token(host: str) -> str | None:
-    """The token the studio requires: ``$LMFORGE_STUDIO_TOKEN``; refuses to bind beyond loopback without one."""
-    token = os.environ.get(TOKEN_ENV) or None
-    if host not in LOOPBACK and token is None:
-        raise ConfigError(
-            "lmforge studio",
-            [
-                Problem(
-                    "--host",
-                    f"binding {host!r} opens the studio (which starts runs and reads your files) beyond this "
-                    f"machine, which needs a token; set ${TOKEN_ENV} and open the address with ?token=..., "
-                    "or bind 127.0.0.1",
-                )
-            ],
-        )
-    return token
-
-
-def build_app(settings: StudioSettings) -> Any:
-    """The ASGI app: the studio's Blocks mounted at ``/`` behind :class:`StudioGate`."""
-    from fastapi import FastAPI
-
-    from lmforge.serve.middleware import AccessPolicy
-
-    token = studio_token(settings.host)
-    policy = AccessPolicy.build(
-        settings.host, settings.host in LOOPBACK, settings.allowed_hosts or [], settings.allowed_origins or []
-    )
-    theme = gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-    app = gr.mount_gradio_app(  # show_error: an unexpected failure shows its message on the page, not nothing
-        FastAPI(), build_blocks(settings), path="/", theme=theme, footer_links=[], show_error=True
-    )
-    app.add_middleware(StudioGate, token=token, policy=policy)
-    return app
-
-
-def serve_studio(settings: StudioSettings) -> None:
-    """Serve the studio until interrupted."""
-    import uvicorn
-
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    app = build_app(settings)
-    shown = f"[{settings.host}]" if ":" in settings.host else settings.host
-    token = " (open it with ?token=$LMFORGE_STUDIO_TOKEN)" if os.environ.get(TOKEN_ENV) else ""
-    print(f"studio: runs in {Path(settings.runs_dir).resolve()}", flush=True)
-    print(f"studio: listening on http://{shown}:{settings.port}/{token}", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)

@@ -7,7 +7,8 @@ a small YAML value. The help text is the setting's docstring, the one the recipe
 
 :func:`to_raw` turns the form's values into the recipe mapping (only what differs from the defaults,
 as a hand-written recipe), :func:`from_raw` the other way; :func:`check` validates with the very code
-``lmforge validate`` runs, so the form shows its messages word for word.
+``lmforge validate`` runs, so the form shows its messages word for word. At the end: the form on the page
+(one Gradio input per field, the values of each browser session).
 """
 
 from __future__ import annotations
@@ -263,3 +264,72 @@ def check(raw: dict[str, Any], source: str, base_dir: Path) -> Recipe:
     raw = dict(raw)
     raw.setdefault("name", Path(source).stem)
     return validate_recipe(raw, source=source, base_dir=base_dir)
+
+
+# ---------------------------------------------------------------- the form on the page
+
+
+def validation_message(raw: dict[str, Any], path: str) -> str:
+    """What ``lmforge validate`` says of the recipe the form holds."""
+    target = Path(path or "studio-recipe.yaml").expanduser()
+    try:
+        recipe = check(raw, str(target), target.resolve().parent)
+    except ConfigError as exc:
+        return f"error: {exc}"
+    return f"✔ {target} is valid: run {recipe.name!r}, stages {', '.join(recipe.stages)}"
+
+
+class FormValues:
+    """The recipe form's values per browser session (the last 100 sessions), starting from the defaults."""
+
+    def __init__(self, defaults: list[Any], sessions: int = 100):
+        import collections
+        import threading
+
+        self.defaults = defaults
+        self.sessions = sessions
+        self._values: collections.OrderedDict[str, list[Any]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def values(self, request: Any) -> list[Any]:
+        key = getattr(request, "session_hash", None) or "-"
+        with self._lock:
+            if key not in self._values:
+                self._values[key] = list(self.defaults)
+                while len(self._values) > self.sessions:
+                    self._values.popitem(last=False)
+            self._values.move_to_end(key)
+            return self._values[key]
+
+    def put(self, request: Any, values: list[Any]) -> None:
+        self.values(request)[:] = values
+
+
+def components(gr: Any, fields: list[FormField]) -> list[Any]:
+    """One input per recipe setting, grouped by section in accordions (the run's own settings open)."""
+    components = []
+    sections: dict[str, list[FormField]] = {}
+    for field in fields:
+        sections.setdefault(field.section, []).append(field)
+    for section, members in sections.items():
+        about = section_help(section).split("\n\n")[0].replace("``", "").replace("\n", " ")
+        title = section if section == "run" else f"{section}: {about}"
+        with gr.Accordion(title, open=section in ("run", "model", "data"), elem_id=f"section-{section}"):
+            for field in members:
+                label = field.path if section == "run" else field.path.split(".", 1)[1]
+                label += " *" if field.required else ""
+                options = {"label": label, "info": field.help, "elem_id": "field-" + field.path.replace(".", "-")}
+                if field.kind == "bool":
+                    component = gr.Checkbox(bool(field.default), **options)
+                elif field.kind == "choice":
+                    component = gr.Dropdown(list(field.choices), value=field.default, **options)
+                elif field.kind == "choices":
+                    component = gr.Dropdown(list(field.choices), value=list(field.default), multiselect=True, **options)
+                elif field.kind in ("int", "float"):
+                    component = gr.Number(field.default, precision=0 if field.kind == "int" else None, **options)
+                elif field.kind == "text":
+                    component = gr.Textbox(field.default, **options)
+                else:
+                    component = gr.Textbox(field.default, lines=2, max_lines=16, placeholder="YAML", **options)
+                components.append(component)
+    return components
