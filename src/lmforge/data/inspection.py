@@ -61,14 +61,15 @@ def files_table(prepared: Prepared) -> RenderableType:
         counts = stats.as_dict()
         summary = (
             f"kept {counts['kept']}, duplicates {counts['deduplicated']}, "
-            f"filtered {_reasons(counts['filtered'])}, rejected {_reasons(counts['rejected'])}"
+            f"filtered {reasons(counts['filtered'])}, rejected {reasons(counts['rejected'])}"
         )
         source = escape(Path(name).name)
         table.add_row(f"[bold]{source}[/bold]", "", escape(summary), "", f"[bold]{counts['read']}[/bold]")
     return table
 
 
-def _reasons(counts: dict[str, int]) -> str:
+def reasons(counts: dict[str, int]) -> str:
+    """``3 (empty question 1, invalid JSON 2)``, or ``0``."""
     total = sum(counts.values())
     if not total:
         return "0"
@@ -106,21 +107,41 @@ def labelled_examples(
 
     panels = []
     for record in [r for r in records if r["kind"] == "chat"][:count]:
-        rendered = tokenizer.apply_chat_template(record["messages"], tokenize=False)
-        offsets = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
         labels = labels_for(tokenizer, record["messages"])
         text = Text()
-        done = 0
-        for (begin, end), label in zip(offsets, labels, strict=False):
-            begin = max(begin, done)
-            text.append(rendered[done:begin], style="dim")
-            text.append(rendered[begin:end], style="bold green" if label != -100 else "dim")
-            done = max(done, end)
-        text.append(rendered[done:], style="dim")
+        for piece, trained_on in label_pieces(tokenizer, record["messages"], labels):
+            text.append(piece, style="bold green" if trained_on else "dim")
         trained = sum(label != -100 for label in labels)
         where = escape(_where(record["source"]))
         panels.append(Panel(text, title=f"{where}  ({trained}/{len(labels)} tokens carry loss)", title_align="left"))
     return panels
+
+
+def label_pieces(
+    tokenizer: PreTrainedTokenizerBase, messages: list[dict[str, str]], labels: list[int]
+) -> list[tuple[str, bool]]:
+    """The rendered conversation cut into runs of text the loss sees (True) or not (False); ``labels`` are
+    aligned with the rendered template's tokens. The pieces join back into the rendered text."""
+    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    offsets = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    pieces: list[tuple[str, bool]] = []
+
+    def add(text: str, trained_on: bool) -> None:
+        if not text:
+            return
+        if pieces and pieces[-1][1] == trained_on:
+            pieces[-1] = (pieces[-1][0] + text, trained_on)
+        else:
+            pieces.append((text, trained_on))
+
+    done = 0
+    for (begin, end), label in zip(offsets, labels, strict=False):
+        begin = max(begin, done)
+        add(rendered[done:begin], False)
+        add(rendered[begin:end], label != -100)
+        done = max(done, end)
+    add(rendered[done:], False)
+    return pieces
 
 
 def _where(source: dict[str, Any]) -> str:

@@ -63,8 +63,8 @@ def inspect(target: str | Path, model: str | None = None, examples: int = 2) -> 
                 "read": counts["read"],
                 "kept": counts["kept"],
                 "duplicates": counts["deduplicated"],
-                "filtered": _reasons(counts["filtered"]),
-                "rejected": _reasons(counts["rejected"]),
+                "filtered": inspection.reasons(counts["filtered"]),
+                "rejected": inspection.reasons(counts["rejected"]),
             }
         )
     splits, lengths = [], []
@@ -98,27 +98,12 @@ def inspect(target: str | Path, model: str | None = None, examples: int = 2) -> 
 
 
 def _pieces(tokenizer: Any, messages: list[dict[str, str]], on_inputs: bool) -> list[tuple[str, str | None]]:
-    """The rendered conversation cut where the loss starts and stops (sft's own labels)."""
-    from lmforge.train.tokenize import IGNORE, tokenize_chat
+    """The rendered conversation cut where the loss starts and stops (sft's own labels), tagged ``loss``."""
+    from lmforge.data.inspection import label_pieces
+    from lmforge.train.tokenize import tokenize_chat
 
-    rendered = tokenizer.apply_chat_template(messages, tokenize=False)
-    offsets = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
     labels = tokenize_chat(tokenizer, messages, max_length=1 << 30, train_on_inputs=on_inputs).labels
-    pieces: list[tuple[str, str | None]] = []
-    done = 0
-    for (begin, end), label in zip(offsets, labels, strict=False):
-        begin = max(begin, done)
-        if begin > done:
-            pieces.append((rendered[done:begin], None))
-        tag = "loss" if label != IGNORE else None
-        if pieces and pieces[-1][1] == tag:
-            pieces[-1] = (pieces[-1][0] + rendered[begin:end], tag)
-        else:
-            pieces.append((rendered[begin:end], tag))
-        done = max(done, end)
-    if done < len(rendered):
-        pieces.append((rendered[done:], None))
-    return pieces
+    return [(text, "loss" if trained_on else None) for text, trained_on in label_pieces(tokenizer, messages, labels)]
 
 
 def _histogram(split: str, counts: list[int]) -> list[dict[str, Any]]:
@@ -131,11 +116,6 @@ def _histogram(split: str, counts: list[int]) -> list[dict[str, Any]]:
     for count in counts:
         bins[(count - low) // width] += 1
     return [{"split": split, "tokens": low + i * width, "records": n} for i, n in enumerate(bins)]
-
-
-def _reasons(counts: dict[str, int]) -> str:
-    total = sum(counts.values())
-    return f"{total} (" + ", ".join(f"{k} {n}" for k, n in sorted(counts.items())) + ")" if total else "0"
 
 
 def _where(reject: dict[str, Any]) -> str:
