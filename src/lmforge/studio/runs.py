@@ -154,7 +154,7 @@ class Runs:
         name = load_recipe(recipe, overrides).name  # a bad recipe fails here, with lmforge validate's message
         run = self.path(name)
         with self._lock:
-            process = self.process(name) if (run / STUDIO / "process.json").is_file() else None
+            process = self.process(name)
             if process is not None and process.alive:
                 raise StageError(f"run {name!r} is already running (process {process.pid}); stop it first")
             (run / STUDIO).mkdir(parents=True, exist_ok=True)
