@@ -18,6 +18,7 @@ from lmforge.config.data import (
     DataSpec,
     DedupSpec,
     FilterSpec,
+    QuestionsSpec,
     SourceSpec,
 )
 from lmforge.config.distributed import DeepSpeedSpec, DistributedSpec, FSDPSpec
@@ -42,6 +43,7 @@ from lmforge.config.train import (
     MLMSpec,
     PairJudgeSpec,
     PairsSpec,
+    ReplaySpec,
     Seq2SeqSpec,
     SFTSpec,
     TrainOptimizer,
@@ -75,8 +77,10 @@ __all__ = [
     "ModelSpec",
     "PairJudgeSpec",
     "PairsSpec",
+    "QuestionsSpec",
     "RaftSpec",
     "Recipe",
+    "ReplaySpec",
     "RerankSpec",
     "SFTSpec",
     "Seq2SeqSpec",

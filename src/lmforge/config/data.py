@@ -193,6 +193,26 @@ class DedupSpec(Strict):
     """MinHash permutations: more is more precise and slower."""
 
 
+class QuestionsSpec(Strict):
+    """Questions written by rules about every fact of the documents (``lmforge.data.questions``): dates,
+    amounts, durations, rates, names and definitions of every sentence, several wordings each, each
+    answered by its sentence. Written to their own split, which sft trains on by default."""
+
+    enabled: bool | Literal["auto"] = "auto"
+    """``auto``: on when a source goes to one of ``from_splits``; ``false``: off."""
+    from_splits: list[str] = Field(["documents"], min_length=1)
+    """Splits whose ``text`` records (document sections) the questions are about."""
+    split: str = "doc_qa"
+    """Split the questions are written to."""
+    wordings: int = Field(5, ge=1, le=12)
+    """Questions per fact (fewer when the rules find fewer distinct wordings)."""
+    held_out: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of document sections whose questions go to the split ``<split>_test`` instead (grouped by
+    section, so a section is never on both sides): a held-out set for a recipe with no question file."""
+    overlap_threshold: float = Field(0.8, gt=0.0, le=1.0)
+    """A question whose words overlap an evaluation question's this much (Jaccard) is dropped (counted)."""
+
+
 class DataSpec(Strict):
     """The ``data`` stage: sources in, canonical records and splits out."""
 
@@ -218,6 +238,8 @@ class DataSpec(Strict):
     """Length and quality filters."""
     dedup: DedupSpec = DedupSpec()
     """Exact and near-duplicate removal."""
+    questions: QuestionsSpec = QuestionsSpec()
+    """Questions about every fact of the documents, written by rules (see :class:`QuestionsSpec`)."""
     strict: bool = False
     """Fail on the first rejected record (with its file:line) instead of collecting rejects."""
     workers: int = Field(1, ge=1)
@@ -225,6 +247,12 @@ class DataSpec(Strict):
     Deduplication, splitting and mixing stay in one process, in file order, so the outputs are
     byte-identical for any number of workers (which is why it is not part of the stage's
     fingerprint). Pays off on many or large files; ``strict`` reads in one process."""
+
+    def writes_questions(self) -> bool:
+        """Whether the data stage writes rule-made questions about the documents (``questions``)."""
+        if self.questions.enabled == "auto":
+            return any((source.split or "train") in self.questions.from_splits for source in self.sources)
+        return bool(self.questions.enabled)
 
     @field_validator("test_fraction")
     @classmethod

@@ -73,6 +73,10 @@ class RaftSpec(Strict):
     one of its sentences blanked out; the reply is the sentence), added to ``source_split``'s
     questions, so every document is read in training, not only the ones users asked about
     (``lmforge.rag.cloze``). 0: none."""
+    generated_per_fact: int = Field(1, ge=0)
+    """Also build one example (with passages) from this many wordings of every fact the data stage asked
+    about in the documents (``data.questions``), so the model practises reading every passage, not only
+    those the recipe's own questions point to; 0: none. Their closed-book form is in that split already."""
     closed_book: bool | None = None
     """Also write each question of ``source_split`` without passages, answered plainly (no citation), so
     the tuned model knows the facts without retrieval and never cites a passage it was not given.

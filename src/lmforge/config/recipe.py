@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from lmforge.config.base import Strict, describe_errors
 from lmforge.config.data import DataSpec
@@ -69,9 +69,42 @@ class Recipe(Strict):
             raise ValueError(f"stages must follow the pipeline order; got {stages}, expected {ordered}")
         return stages
 
+    @model_validator(mode="after")
+    def _sft_trains_on_what_is_written(self) -> Recipe:
+        """``sft.splits`` unset: every split the recipe writes for sft (see :func:`default_sft_splits`);
+        set: it must not leave out the RAFT split the index stage is asked to write."""
+        if "splits" not in self.sft.model_fields_set:
+            self.sft.splits = default_sft_splits(self)
+            return self
+        raft = self.index.raft
+        if raft.enabled and {"index", "sft"} <= set(self.stages) and raft.split not in self.sft.splits:
+            raise ValueError(
+                f"index.raft.enabled writes the split {raft.split!r}, but sft.splits {self.sft.splits} does not "
+                f"train on it; add {raft.split!r} to sft.splits, or leave sft.splits unset (it then trains on "
+                f"{default_sft_splits(self)})"
+            )
+        return self
+
     def run_path(self) -> Path:
         """Folder of this run: ``<run_dir>/<name>``."""
         return Path(self.run_dir) / self.name
+
+
+def default_sft_splits(recipe: Recipe) -> list[str]:
+    """What sft trains on when ``sft.splits`` is unset: ``train`` (when a source goes there), the
+    questions written about the documents (``data.questions``), the RAFT examples (``index.raft``) and
+    the teacher's records (``synth``), each when the recipe writes it."""
+    data = recipe.data
+    splits = []
+    if any((source.split or "train") == "train" for source in data.sources):
+        splits.append("train")
+    if data.writes_questions():
+        splits.append(data.questions.split)
+    if "index" in recipe.stages and recipe.index.raft.enabled:
+        splits.append(recipe.index.raft.split)
+    if "synth" in recipe.stages:
+        splits.append(recipe.synth.output_split)
+    return splits or ["train"]
 
 
 # ---------------------------------------------------------------- loading

@@ -137,6 +137,31 @@ class DistillSpec(Strict):
     """Examples per teacher forward pass while precomputing."""
 
 
+class ReplaySpec(Strict):
+    """``sft.replay``: the base model's own replies to general prompts, mixed into training (lmforge.train.replay)."""
+
+    enabled: bool | Literal["auto"] = "auto"
+    """``auto``: on with the chat template, unless the training splits already hold records of the domain
+    ``general`` (a recipe that brings its own replay, as the demo's ``qa/replay.jsonl``)."""
+    prompts: str = "lmforge://demo/replay_prompts.yaml"
+    """YAML list of ``{prompt, answer?, aliases?}``; a reply missing a known ``answer`` is not replayed."""
+    weight: float = Field(2.0, gt=0.0)
+    """Times each replay record is repeated in training (fractions sample a seeded share)."""
+    max_new_tokens: int = Field(48, ge=8)
+    """Longest reply generated (cut back to its last full sentence)."""
+
+    @field_validator("prompts")
+    @classmethod
+    def _prompts_exist(cls, value: str, info: ValidationInfo) -> str:
+        base_dir = (info.context or {}).get("base_dir")
+        if base_dir is None:
+            return value
+        resolved = resolve_path(value, Path(base_dir))
+        if not resolved.is_file():
+            raise ValueError(f"file not found: {str(resolved)!r}; give a YAML list of {{prompt, answer}} items")
+        return str(resolved)
+
+
 class SFTSpec(TrainSpec):
     """The ``sft`` stage: supervised fine-tuning on ``chat`` records (optionally distilling a teacher)."""
 
@@ -180,6 +205,8 @@ class SFTSpec(TrainSpec):
     original base (ranks concatenated; plain LoRA without trained embeddings only)."""
     distill: DistillSpec | None = None
     """Logit-level distillation from a teacher that shares the tokenizer (off when unset)."""
+    replay: ReplaySpec = ReplaySpec()
+    """Replay of the base model's own replies to general prompts, so tuning does not erase what it knew."""
 
 
 class CPTSpec(TrainSpec):

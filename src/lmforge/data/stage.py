@@ -77,6 +77,8 @@ class Prepared:
     splits: dict[str, list[Record]]
     stats: dict[str, SourceStats]
     rejects: list[dict[str, Any]]
+    generated: dict[str, Any] = field(default_factory=dict)
+    """Counts of what was written beside the inputs (``questions``: lmforge.data.questions)."""
 
 
 @dataclass
@@ -134,7 +136,10 @@ def stats_document(prepared: Prepared) -> dict[str, Any]:
         for split, records in sorted(prepared.splits.items())
     }
     splits = {split: len(records) for split, records in sorted(prepared.splits.items())}
-    return {"totals": totals, "splits": splits, "domains": domains, "sources": sources}
+    document = {"totals": totals, "splits": splits, "domains": domains, "sources": sources}
+    if prepared.generated:
+        document["generated"] = prepared.generated
+    return document
 
 
 def prepare_records(
@@ -187,7 +192,49 @@ def prepare_records(
     for records in splits.values():
         for index, _ in records:
             stats[names[index]].emitted += 1
-    return Prepared({name: [r for _, r in records] for name, records in splits.items()}, stats, rejects)
+    prepared = Prepared({name: [r for _, r in records] for name, records in splits.items()}, stats, rejects)
+    if data.writes_questions():
+        prepared.generated["questions"] = add_document_questions(prepared.splits, data, seed)
+    return prepared
+
+
+def add_document_questions(splits: dict[str, list[Record]], data: DataSpec, seed: int) -> dict[str, Any]:
+    """Write ``data.questions.split`` (and its held-out part) into ``splits``; returns the counts.
+
+    Questions that (nearly) repeat a question of an evaluation split -- any split but ``train``, the
+    document splits and the generated ones -- are dropped and counted, so no evaluation question is
+    ever trained on.
+    """
+    from lmforge.data.questions import document_questions, drop_eval_overlap
+
+    spec = data.questions
+    documents = [r for name in spec.from_splits for r in splits.get(name, [])]
+    generated = [
+        clean.with_system_prompt(r, data.system_prompts) for r in document_questions(documents, spec.wordings, seed)
+    ]
+    held_name = f"{spec.split}_test"
+    evaluation = [
+        r
+        for name, records in splits.items()
+        if name not in ("train", spec.split, held_name, *spec.from_splits)
+        for r in records
+    ]
+    kept, dropped = drop_eval_overlap(generated, evaluation, spec.overlap_threshold)
+    counts: dict[str, Any] = {
+        "facts": len({r["meta"]["fact"] for r in generated}),
+        "questions": len(generated),
+        "dropped_as_evaluation_questions": dropped,
+    }
+    if spec.held_out > 0:
+        sections = sorted({r["meta"]["section"] for r in kept})
+        random.Random(f"{seed}:questions:held-out").shuffle(sections)
+        held = set(sections[: max(1, round(len(sections) * spec.held_out))]) if len(sections) > 1 else set()
+        splits[held_name] = [r for r in kept if r["meta"]["section"] in held]
+        kept = [r for r in kept if r["meta"]["section"] not in held]
+        counts["held_out"] = {"sections": len(held), "questions": len(splits[held_name]), "split": held_name}
+    splits[spec.split] = kept
+    counts["split"], counts["written"] = spec.split, len(kept)
+    return counts
 
 
 @dataclass

@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from lmforge.records import chat_record, dumps_record
+from lmforge.train.replay import last_full_sentence
 
 DEMO_DIR = Path(__file__).parent
 DOMAIN = "social-security"
@@ -76,15 +77,6 @@ def build_sets(demo_dir: Path = DEMO_DIR) -> dict[str, list[dict[str, Any]]]:
         messages = [{"role": "user", "content": item["prompt"]}, {"role": "assistant", "content": item["reply"]}]
         sets["replay"].append(chat_record(messages, {"path": "replay_answers.json", "line": number}, "general"))
     return sets
-
-
-def last_full_sentence(text: str) -> str:
-    """``text`` cut after its last sentence-ending mark ('' when there is none)."""
-    text = text.strip()
-    if text.endswith((".", "!", "?")):
-        return text
-    cut = max(text.rfind(". "), text.rfind("! "), text.rfind("? "))
-    return text[: cut + 1] if cut > 0 else ""
 
 
 def build_replay(demo_dir: Path = DEMO_DIR, max_new_tokens: int = 48) -> list[dict[str, str]]:

@@ -29,8 +29,10 @@ from lmforge.rag.chunk import Chunk, chunk_records, document_key
 from lmforge.rag.embed import Embedder, load_embedder
 from lmforge.rag.quality import gold_document, retrieval_scores
 from lmforge.rag.raft import (
+    build_generated_raft,
     build_raft_records,
     closed_book_copies,
+    generated_questions,
     last_questions,
     main_domain,
     raft_cloze,
@@ -55,6 +57,13 @@ def retrieval_sets(recipe: Recipe) -> list[str]:
         return list(recipe.index.sets)
     written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
     return [name for name in recipe.eval.sets if name in written]
+
+
+def _generated_split(run_path: Path, recipe: Recipe) -> list[Record]:
+    """The data stage's questions about the documents, when it wrote them (``data.questions``)."""
+    written = StageDir.open(run_path, "data").manifest.get("outputs", {}).get("splits", {})
+    path = written.get(recipe.data.questions.split)
+    return list(read_records(path)) if path else []
 
 
 def run(recipe: Recipe) -> IndexResult:
@@ -123,7 +132,13 @@ def run(recipe: Recipe) -> IndexResult:
         raft_records, raft_stats = build_raft_records(
             records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed, closed_book_copies(recipe)
         )
-        if raft_stats["examples"] == raft_stats["closed_book"]:  # no example with passages
+        generated = generated_questions(recipe, {recipe.data.questions.split: _generated_split(run_path, recipe)})
+        if generated:
+            found = served.search(last_questions(generated), raft_search_depth(spec), spec.mode)
+            more, more_stats = build_generated_raft(recipe, generated, found, chunks)
+            raft_records += more
+            raft_stats["generated"] = more_stats
+        if raft_stats["examples"] == raft_stats["closed_book"] and not generated:  # no example with passages
             raise StageError(
                 f"RAFT built no example from the split {spec.raft.source_split!r} ({raft_stats['skipped']}); its chat "
                 f"records need meta.{spec.gold_key} (or a source / document / doc column) naming a document of "

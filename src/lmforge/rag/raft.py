@@ -173,6 +173,30 @@ def raft_cloze(chunks: list[Chunk], spec: IndexSpec, recipe: Any, domain: str | 
     return [with_system_prompt(record, recipe.data.system_prompts) for record in cloze]
 
 
+def generated_questions(recipe: Any, splits: dict[str, list[Record]]) -> list[Record]:
+    """The data stage's questions about the documents (``data.questions``) that RAFT also builds examples
+    from: ``index.raft.generated_per_fact`` wordings of each fact (none when either is off)."""
+    per_fact = recipe.index.raft.generated_per_fact
+    if not per_fact or not recipe.data.writes_questions():
+        return []
+    taken: Counter[str] = Counter()
+    chosen = []
+    for record in splits.get(recipe.data.questions.split, []):
+        fact = (record.get("meta") or {}).get("fact", record["id"])
+        if taken[fact] < per_fact:
+            taken[fact] += 1
+            chosen.append(record)
+    return chosen
+
+
+def build_generated_raft(
+    recipe: Any, generated: list[Record], retrieved: list[list[dict[str, Any]]], chunks: list[Chunk]
+) -> tuple[list[Record], dict[str, Any]]:
+    """RAFT examples of the generated questions: one draw each, no closed-book copies (sft trains the split)."""
+    spec = recipe.index.raft.model_copy(update={"examples_per_question": 1})
+    return build_raft_records(generated, retrieved, chunks, spec, recipe.index.gold_key, recipe.seed, False)
+
+
 def closed_book_copies(recipe: Any) -> bool:
     """Whether the RAFT split also holds the plain questions: ``index.raft.closed_book``, else on unless
     ``sft.splits`` holds the RAFT source split itself (whichever stages this run selects, so the split

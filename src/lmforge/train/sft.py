@@ -37,6 +37,7 @@ from lmforge.train.compute import (
 )
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
 from lmforge.train.lora import add_lora, trainable_summary
+from lmforge.train.replay import replay_records, replay_wanted
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.templates import install_template
 from lmforge.train.tokenize import TokenizedExample, tokenize_records
@@ -71,6 +72,11 @@ def run(recipe: Recipe) -> TrainResult:
         )
     if not records:
         raise StageError(f"the split(s) {spec.splits} ({shown_paths}) hold no chat records to fine-tune on")
+    replayed = 0
+    if replay_wanted(spec.replay, spec.template, records):
+        replay = replay_records(recipe, spec.replay, stage.path("replay.jsonl"))
+        records, replayed = records + replay, len(replay)
+        stage_log("sft").info(f"replay: {replayed} records of the base model's own replies to general prompts mixed in")
     default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)
     examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
     if token_counts["truncated"]:
@@ -129,6 +135,7 @@ def run(recipe: Recipe) -> TrainResult:
     metrics["trainable_tokens_per_s"] = tokens_per_s(token_counts["trainable_tokens"], epochs_run, seconds)
     metrics["tokens_per_s"] = tokens_per_s(token_counts["tokens"], epochs_run, seconds)
     metrics["template"] = spec.template
+    metrics["replay_records"] = replayed
     metrics["lr"], metrics["epochs_planned"] = chosen.learning_rate, chosen.num_train_epochs
     if default_domain is not None:
         metrics["default_domain"] = default_domain

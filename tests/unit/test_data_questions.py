@@ -1,0 +1,141 @@
+"""Questions written by rules about every fact of the documents (lmforge.data.questions, data.questions)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lmforge.config import load_recipe
+from lmforge.config.recipe import validate_recipe
+from lmforge.data.questions import (
+    document_questions,
+    drop_eval_overlap,
+    normalise_question,
+    sentence_facts,
+    short_names,
+)
+from lmforge.data.stage import prepare_records
+from lmforge.errors import ConfigError
+from lmforge.records import chat_record, text_record
+
+MANUAL = """# Backups
+
+The backup daemon keeps 14 daily snapshots and deletes older ones.
+
+A full backup runs every Sunday at 02:00 and takes about 3 hours on a 2 TB disk.
+
+Snapshots are stored in the Cold Storage Pool, hereinafter "the Pool", which is replicated to a second site.
+
+The Pool is checked for errors on 1 March of each year.
+
+"retention window" means the period during which a snapshot cannot be deleted.
+
+Restores are refused when the disk is more than 95% full.
+"""
+
+
+def manual_records() -> list[dict]:
+    return [text_record(MANUAL, {"path": "ops/backups.md", "line": 1, "heading": "Backups"}, "ops")]
+
+
+def test_facts_of_a_sentence_are_dates_quantities_names_and_definitions():
+    kinds = {f.answer: f.kind for f in sentence_facts("The Pool is checked by the Storage Review Board on 1 March.")}
+    assert kinds == {"Storage Review Board": "name", "1 March": "date"}
+    kinds = {
+        f.answer: f.kind for f in sentence_facts("Restores are refused above 95% for 3 hours and 14 daily snapshots.")
+    }
+    assert kinds == {"95%": "percent", "3 hours": "duration", "14 daily snapshots": "count"}
+    definition = sentence_facts('"retention window" means the period during which a snapshot cannot be deleted.')
+    assert definition[0].kind == "definition" and definition[0].unit == "retention window"
+    assert definition[0].answer == "the period during which a snapshot cannot be deleted"
+
+
+def test_every_fact_gets_several_wordings_answered_by_its_sentence():
+    records = document_questions(manual_records(), wordings=5, seed=0)
+    by_fact = defaultdict(list)
+    for record in records:
+        by_fact[record["meta"]["answer"]].append(record)
+    assert {"3 hours", "Cold Storage Pool", "1 March", "95%"} <= set(by_fact)
+    for answer, group in by_fact.items():
+        questions = [r["messages"][0]["content"] for r in group]
+        assert len(set(questions)) == len(questions) >= 2, (answer, questions)
+        for record in group:
+            question, reply = record["messages"][0]["content"], record["messages"][1]["content"]
+            assert question.endswith("?") and answer.lower() not in question.lower()
+            assert answer.lower() in reply.lower() or record["meta"]["kind"] == "definition"
+            assert reply in " ".join(MANUAL.split())  # the reply quotes the document, nothing invented
+            assert record["meta"]["source"] == "ops/backups.md" and record["meta"]["generated"] == "rules"
+    march = [r["messages"][0]["content"] for r in by_fact["1 March"]]
+    assert any(q.startswith(("On what date", "On which date")) for q in march), march  # fronted, not only in place
+    assert all("Cold Storage Pool" in q for q in march), march  # the short name "the Pool" spelled out
+
+
+def test_short_names_are_read_from_the_document():
+    names = short_names(MANUAL + "\nThis Manual is the Operations Manual of the Example Company.")
+    assert names["the Pool"] == "the Cold Storage Pool"
+    assert names["this Manual"] == "the Operations Manual of the Example Company"
+
+
+def test_generation_is_deterministic():
+    assert document_questions(manual_records(), seed=3) == document_questions(manual_records(), seed=3)
+
+
+def test_questions_like_an_evaluation_question_are_dropped():
+    generated = document_questions(manual_records(), wordings=5)
+    target = next(r for r in generated if r["meta"]["answer"] == "3 hours")["messages"][0]["content"]
+    near = target.replace("?", " exactly?")
+    held_out = [chat_record([{"role": "user", "content": near}, {"role": "assistant", "content": "x"}], {"path": "t"})]
+    kept, dropped = drop_eval_overlap(generated, held_out)
+    assert dropped >= 1 and len(kept) == len(generated) - dropped
+    assert all(normalise_question(r["messages"][0]["content"]) != normalise_question(target) for r in kept)
+
+
+def test_the_demo_writes_questions_that_no_evaluation_set_asks(tmp_path: Path):
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.yaml")
+    prepared = prepare_records(recipe.data, recipe.seed)
+    generated = prepared.splits["doc_qa"]
+    counts = prepared.generated["questions"]
+    assert counts["written"] == len(generated) > 300
+    assert counts["questions"] == counts["written"] + counts["dropped_as_evaluation_questions"]
+    asked = {
+        normalise_question(m["content"])
+        for split in ("test", "docs_only", "known")
+        for r in prepared.splits[split]
+        for m in r["messages"]
+        if m["role"] == "user"
+    }
+    assert not asked & {normalise_question(r["messages"][-2]["content"]) for r in generated}
+    # every generated question carries the domain's system prompt, as the evaluation questions do
+    assert all(r["messages"][0]["role"] == "system" for r in generated)
+    replies = " ".join(r["messages"][-1]["content"] for r in generated).lower()
+    covered = sum(r["meta"]["answer"].lower() in replies for r in prepared.splits["docs_only"])
+    assert covered >= 0.9 * len(prepared.splits["docs_only"])  # nearly every document-only fact is asked about
+
+
+def test_held_out_questions_keep_whole_sections_apart(tmp_path: Path):
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.yaml", ["data.questions.held_out=0.25"])
+    prepared = prepare_records(recipe.data, recipe.seed)
+    train = {r["meta"]["section"] for r in prepared.splits["doc_qa"]}
+    held = {r["meta"]["section"] for r in prepared.splits["doc_qa_test"]}
+    assert held and train and not train & held
+    assert prepared.generated["questions"]["held_out"]["questions"] == len(prepared.splits["doc_qa_test"])
+
+
+def test_sft_trains_on_what_the_recipe_writes_unless_told_otherwise():
+    recipe = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.yaml")
+    assert recipe.sft.splits == ["train", "doc_qa"]
+    off = load_recipe(Path(__file__).parents[2] / "recipes" / "demo.yaml", ["data.questions.enabled=false"])
+    assert off.sft.splits == ["train"]
+    path = Path(__file__).parents[2] / "recipes" / "demo-rag.yaml"
+    raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    del raw["sft"]["splits"]
+    rag = validate_recipe(raw, str(path), path.parent)
+    assert rag.sft.splits == ["train", "doc_qa", "raft"]
+
+
+def test_raft_without_training_on_it_is_refused():
+    with pytest.raises(ConfigError, match=r"index\.raft\.enabled writes the split 'raft'"):
+        load_recipe(Path(__file__).parents[2] / "recipes" / "demo-rag.yaml", ["sft.splits=[train]"])
