@@ -34,9 +34,16 @@ def test_demo_rag_index_meets_the_recall_target(tmp_path: Path):
     assert len(qa_split.read_text().splitlines()) == raft["questions"] == 310
     assert raft["examples"] == 930 and raft["closed_book"] == 310 and raft["skipped"] == {}
     assert 0.1 < raft["without_gold"] / 620 < 0.3
-    # Routing: calibrated on the domain questions (qa) against the replay prompts (train, no article).
+    # One more example (passages, cited quote) for a wording of every fact the data stage asked about.
+    facts = {json.loads(line)["meta"]["fact"] for line in (qa_split.parent / "doc_qa.jsonl").read_text().splitlines()}
+    generated = raft["generated"]
+    assert generated["questions"] == generated["examples"] == len(facts) >= 90 and generated["closed_book"] == 0
+    assert generated["with_gold"] >= 0.7 * generated["examples"] and generated["skipped"] == {}
+    # Routing: calibrated on the domain questions (qa and the generated doc_qa) against the replay prompts
+    # (train, no article).
     route = metrics["route"]
-    assert route["in_domain"] == 310 and route["general"] > 100 and route["balanced_accuracy"] >= 0.9, route
+    generated_questions = len((qa_split.parent / "doc_qa.jsonl").read_text().splitlines())
+    assert route["in_domain"] == 310 + generated_questions and route["general"] > 100 and route["balanced_accuracy"] >= 0.9, route
     rows = {}
     for name in ("test", "docs_only", "known"):
         lines = (tmp_path / "demo-rag" / "index" / "retrieved" / f"{name}.jsonl").read_text().splitlines()

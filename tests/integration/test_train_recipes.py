@@ -126,3 +126,37 @@ def test_mlm_cpt_recipe(tmp_path):
     assert (run / "mlm" / "model" / "model.safetensors").is_file()
     metrics = StageDir.open(run, "mlm").manifest["metrics"]
     assert metrics["steps"] == 3 and metrics["documents"] > 0
+
+
+def test_demo_docs_only_recipe(tmp_path, tiny_model_dir):
+    """Documents alone: questions written from the articles, a fifth of the sections held out and evaluated."""
+    run = run_cli(
+        "demo-docs-only",
+        tmp_path,
+        f"model.ref={tiny_model_dir}",
+        # the tiny tokenizer spends a token per character or two: short passages, none besides the gold one
+        "index.chunk.max_tokens=24",
+        "index.chunk.overlap=4",
+        "index.raft.min_distractors=0",
+        "index.raft.max_distractors=0",
+        "sft.max_steps=2",
+        "sft.precision=fp32",
+        *TINY_EVAL,
+    )
+    done(run, "data", "index", "sft", "eval")
+    questions = json.loads((run / "data" / "stats.json").read_text())["generated"]["questions"]
+    splits = {}
+    for name in ("doc_qa", "doc_qa_test"):
+        lines = (run / "data" / "splits" / f"{name}.jsonl").read_text().splitlines()
+        splits[name] = [json.loads(line) for line in lines]
+    assert questions["written"] == len(splits["doc_qa"]) > 0
+    assert questions["held_out"]["questions"] == len(splits["doc_qa_test"]) > 0
+    sections = {name: {r["meta"]["section"] for r in records} for name, records in splits.items()}
+    assert not sections["doc_qa"] & sections["doc_qa_test"]  # never the same section on both sides
+    raft = StageDir.open(run, "index").manifest["metrics"]["raft"]
+    assert raft["questions"] == len(splits["doc_qa"]) and raft["closed_book"] == 0  # sft trains doc_qa itself
+    sft = StageDir.open(run, "sft").manifest
+    assert [Path(p).stem for p in sft["inputs"]["train"].split(", ")] == ["doc_qa", "raft"]
+    assert "replay_records" in sft["metrics"]  # on by default: the recipe brings no general records
+    summary = json.loads((run / "eval" / "summary.json").read_text())
+    assert {"base", "base+rag", "tuned", "tuned+rag"} <= set(summary["sets"]["doc_qa_test"])
