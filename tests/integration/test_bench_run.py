@@ -103,17 +103,18 @@ def test_bench_reads_every_split_the_recipes_sft_trains_on(rag_recipe):
     from lmforge.perf.bench_worker import sft_records
     from lmforge.pipeline import run_recipe
 
-    recipe = load_recipe(rag_recipe)
+    recipe = load_recipe(rag_recipe, ["data.questions.enabled=true"])
     splits = prepare_records(recipe.data, recipe.seed).splits
     previewed = sft_records(recipe, splits)  # before the index stage: RAFT rows previewed as plan does
     index = run_recipe(recipe, only=["data", "index"])["index"]
     records = sft_records(recipe, splits)
-    assert len(records) == len(splits["train"]) + index.metrics["raft"]["examples"] > len(splits["train"])
+    generated = index.metrics["raft"]["generated"]["examples"]  # one per fact of data.questions
+    assert generated > 0
+    assert len(records) == len(splits["train"]) + index.metrics["raft"]["examples"] + generated
     assert len(previewed) == len(records)
-    assert (
-        sum(r["meta"]["raft"]["gold"] for r in previewed[len(splits["train"]) :]) == index.metrics["raft"]["with_gold"]
-    )
+    with_gold = index.metrics["raft"]["with_gold"] + index.metrics["raft"]["generated"]["with_gold"]
+    assert sum(r["meta"]["raft"]["gold"] for r in previewed[len(splits["train"]) :]) == with_gold
 
-    synth = load_recipe(rag_recipe, ["sft.splits=[train, synth]"])
+    synth = load_recipe(rag_recipe, ["sft.splits=[train, synth]", "index.raft.enabled=false"])
     with pytest.raises(ValueError, match=r"split 'synth', which a later stage writes"):
         sft_records(synth, splits)

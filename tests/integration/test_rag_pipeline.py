@@ -58,6 +58,7 @@ data:
     - {{path: qa/train.jsonl, split: train}}
     - {{path: qa/test.jsonl, split: test}}
     - {{path: docs, split: documents}}
+  questions: {{enabled: false}}  # RAFT from the question file alone here; the generated ones: test_bench_run
 index:
   top_k: 2
   raft: {{enabled: true, min_distractors: 1, max_distractors: 1, examples_per_question: 2}}
@@ -173,7 +174,8 @@ def test_a_plain_qa_file_with_a_source_column_makes_raft_examples(tmp_path: Path
     recipe = tmp_path / "plain.yaml"
     recipe.write_text(
         f"name: plain\nrun_dir: {tmp_path / 'runs'}\nstages: [data, index]\nmodel: {{ref: {tiny_model_dir}}}\n"
-        "data: {sources: [{path: qa.jsonl, split: train}, {path: docs, split: documents}]}\n"
+        "data: {sources: [{path: qa.jsonl, split: train}, {path: docs, split: documents}], "
+        "questions: {enabled: false}}\n"
         "index: {top_k: 2, raft: {enabled: true, min_distractors: 1, max_distractors: 1}}\n",
         encoding="utf-8",
     )

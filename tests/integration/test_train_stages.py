@@ -53,10 +53,12 @@ def domain_data(tmp_path: Path) -> str:
     write_jsonl(tmp_path / "docs.jsonl", [{"text": text} for text in DOCUMENTS[:4]])
     pairs = [(f"What does article {n} say?", doc) for n, doc in zip((15, 7, 39, 32), DOCUMENTS[:4], strict=True)]
     write_jsonl(tmp_path / "qa.jsonl", qa_rows(pairs * 2))
+    # sft trains on the question file alone (no questions generated from the documents): losses are pinned
     return """data:
   sources:
     - {path: docs.jsonl, split: documents}
     - {path: qa.jsonl, split: train}
+  questions: {enabled: false}
 """
 
 

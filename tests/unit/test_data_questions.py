@@ -131,7 +131,7 @@ def test_sft_trains_on_what_the_recipe_writes_unless_told_otherwise():
     assert off.sft.splits == ["train"]
     path = Path(__file__).parents[2] / "recipes" / "demo-rag.yaml"
     raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    del raw["sft"]["splits"]
+    raw["sft"].pop("splits", None)
     rag = validate_recipe(raw, str(path), path.parent)
     assert rag.sft.splits == ["train", "doc_qa", "raft"]
 

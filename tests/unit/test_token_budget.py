@@ -132,7 +132,10 @@ def test_a_budget_trains_the_same_steps_as_whole_micro_batches(tmp_path, tiny_to
     for a, b in zip(whole, cut, strict=True):
         assert abs(a - b) < 1e-5
     for name, weight in whole_weights.items():
-        torch.testing.assert_close(cut_weights[name], weight, atol=5e-5, rtol=1e-4)  # Adam: lr-sized steps
+        # Adam divides by sqrt(v): where a gradient is near zero, float noise of the summation order (oneDNN's
+        # AMX kernels sum in another order than AVX2's) moves a weight by up to ~1% of lr (1e-2); a wrong
+        # split of the step would move weights by lr-sized amounts everywhere.
+        torch.testing.assert_close(cut_weights[name], weight, atol=1e-4, rtol=1e-4)
     assert trainer.layout.as_manifest()["passes_per_step"] == 2
 
 

@@ -259,6 +259,16 @@ def preview_raft_split(recipe: Any, splits: dict[str, list[Record]]) -> tuple[li
     records = [r for r in splits.get(index.raft.source_split, []) if r["kind"] == "chat"]
     count_tokens, budget, how = _chunk_tokenizer(index)
     built, stats = preview_raft_records(documents, records, recipe, count_tokens, budget)
+    generated = generated_questions(recipe, splits)
+    if generated:  # one example per generated fact, as the index stage adds (build_generated_raft)
+        chunks = chunk_records(documents, budget, index.chunk.overlap, count_tokens)
+        ranked = bm25_rank(chunks, last_questions(generated), raft_search_depth(index))
+        found = [[_as_passage(chunks[i]) for i in ranking] for ranking in ranked]
+        more, more_stats = build_generated_raft(recipe, generated, found, chunks)
+        built += more
+        stats["examples"] += more_stats["examples"]
+        stats["without_gold"] += more_stats["without_gold"]
+        how += f"; {more_stats['examples']} of them from the questions written about the documents"
     skipped = "; ".join(f"{n} skipped: {why}" for why, n in stats["skipped"].items())
     note = (
         f"{index.raft.split} (written later by the index stage, estimated now with BM25 distractors{how}): "
