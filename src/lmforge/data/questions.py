@@ -44,7 +44,30 @@ NUMBER_WORDS = (
     "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
     "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred"
 )
-FUNCTION_WORDS = frozenset(
+AUXILIARIES = frozenset(
+    [
+        "is",
+        "are",
+        "was",
+        "were",
+        "shall",
+        "may",
+        "must",
+        "can",
+        "will",
+        "would",
+        "should",
+        "could",
+        "has",
+        "have",
+        "had",
+        "does",
+        "do",
+        "did",
+        "cannot",
+    ]
+)
+FUNCTION_WORDS = AUXILIARIES | frozenset(
     [
         "a",
         "an",
@@ -61,10 +84,6 @@ FUNCTION_WORDS = frozenset(
         "from",
         "with",
         "as",
-        "is",
-        "are",
-        "was",
-        "were",
         "be",
         "been",
         "being",
@@ -87,20 +106,6 @@ FUNCTION_WORDS = frozenset(
         "all",
         "no",
         "not",
-        "shall",
-        "may",
-        "must",
-        "can",
-        "will",
-        "would",
-        "should",
-        "could",
-        "has",
-        "have",
-        "had",
-        "do",
-        "does",
-        "did",
         "into",
         "onto",
         "upon",
@@ -131,29 +136,6 @@ FUNCTION_WORDS = frozenset(
         "we",
         "you",
         "i",
-    ]
-)
-AUXILIARIES = frozenset(
-    [
-        "is",
-        "are",
-        "was",
-        "were",
-        "shall",
-        "may",
-        "must",
-        "can",
-        "will",
-        "would",
-        "should",
-        "could",
-        "has",
-        "have",
-        "had",
-        "does",
-        "do",
-        "did",
-        "cannot",
     ]
 )
 TIME_UNITS = frozenset(
