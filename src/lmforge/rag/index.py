@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -134,10 +135,9 @@ def run(recipe: Recipe) -> IndexResult:
         )
         generated = generated_questions(recipe, {recipe.data.questions.split: _generated_split(run_path, recipe)})
         if generated:
-            found = served.search(last_questions(generated), raft_search_depth(spec), spec.mode)
-            more, more_stats = build_generated_raft(recipe, generated, found, chunks)
+            search = partial(served.search, mode=spec.mode)
+            more, raft_stats["generated"] = build_generated_raft(recipe, generated, search, chunks)
             raft_records += more
-            raft_stats["generated"] = more_stats
         if raft_stats["examples"] == raft_stats["closed_book"] and not generated:  # no example with passages
             raise StageError(
                 f"RAFT built no example from the split {spec.raft.source_split!r} ({raft_stats['skipped']}); its chat "

@@ -190,9 +190,14 @@ def generated_questions(recipe: Any, splits: dict[str, list[Record]]) -> list[Re
 
 
 def build_generated_raft(
-    recipe: Any, generated: list[Record], retrieved: list[list[dict[str, Any]]], chunks: list[Chunk]
+    recipe: Any, generated: list[Record], search: Any, chunks: list[Chunk]
 ) -> tuple[list[Record], dict[str, Any]]:
-    """RAFT examples of the generated questions: one draw each, no closed-book copies (sft trains the split)."""
+    """RAFT examples of the generated questions: one draw each, no closed-book copies (sft trains the split).
+
+    ``search(questions, depth)`` gives the passages retrieved per question (the index stage's hybrid search,
+    or plan's BM25 preview), best first.
+    """
+    retrieved = search(last_questions(generated), raft_search_depth(recipe.index))
     spec = recipe.index.raft.model_copy(update={"examples_per_question": 1})
     return build_raft_records(generated, retrieved, chunks, spec, recipe.index.gold_key, recipe.seed, False)
 
@@ -262,9 +267,11 @@ def preview_raft_split(recipe: Any, splits: dict[str, list[Record]]) -> tuple[li
     generated = generated_questions(recipe, splits)
     if generated:  # one example per generated fact, as the index stage adds (build_generated_raft)
         chunks = chunk_records(documents, budget, index.chunk.overlap, count_tokens)
-        ranked = bm25_rank(chunks, last_questions(generated), raft_search_depth(index))
-        found = [[_as_passage(chunks[i]) for i in ranking] for ranking in ranked]
-        more, more_stats = build_generated_raft(recipe, generated, found, chunks)
+
+        def search(questions: list[str], depth: int) -> list[list[dict[str, Any]]]:
+            return [[_as_passage(chunks[i]) for i in ranking] for ranking in bm25_rank(chunks, questions, depth)]
+
+        more, more_stats = build_generated_raft(recipe, generated, search, chunks)
         built += more
         stats["examples"] += more_stats["examples"]
         stats["without_gold"] += more_stats["without_gold"]

@@ -39,6 +39,16 @@ def replay_wanted(spec: ReplaySpec, template: str, records: list[Record]) -> boo
     return bool(spec.enabled)
 
 
+def with_replay(recipe: Recipe, records: list[Record], stage_file: Path) -> tuple[list[Record], int]:
+    """sft's training ``records`` plus the replay records when ``sft.replay`` wants them, and how many were added."""
+    spec = recipe.sft.replay
+    if not replay_wanted(spec, recipe.sft.template, records):
+        return records, 0
+    replay = replay_records(recipe, spec, stage_file)
+    stage_log("sft").info(f"replay: {len(replay)} records of the base model's own replies to general prompts mixed in")
+    return records + replay, len(replay)
+
+
 def replay_records(recipe: Recipe, spec: ReplaySpec, stage_file: Path) -> list[Record]:
     """The replay records for ``recipe``'s base model, weighted (``spec.weight``), generated once."""
     from lmforge.data.stage import apply_weight

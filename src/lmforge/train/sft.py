@@ -37,7 +37,7 @@ from lmforge.train.compute import (
 )
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
 from lmforge.train.lora import add_lora, trainable_summary
-from lmforge.train.replay import replay_records, replay_wanted
+from lmforge.train.replay import with_replay
 from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
 from lmforge.train.templates import install_template
 from lmforge.train.tokenize import TokenizedExample, tokenize_records
@@ -72,11 +72,7 @@ def run(recipe: Recipe) -> TrainResult:
         )
     if not records:
         raise StageError(f"the split(s) {spec.splits} ({shown_paths}) hold no chat records to fine-tune on")
-    replayed = 0
-    if replay_wanted(spec.replay, spec.template, records):
-        replay = replay_records(recipe, spec.replay, stage.path("replay.jsonl"))
-        records, replayed = records + replay, len(replay)
-        stage_log("sft").info(f"replay: {replayed} records of the base model's own replies to general prompts mixed in")
+    records, replayed = with_replay(recipe, records, stage.path("replay.jsonl"))
     default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)
     examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
     if token_counts["truncated"]:
