@@ -5,7 +5,7 @@ little else (the demo's ``docs_only`` facts stayed at 0% closed-book). The data 
 turn every sentence of the ``documents`` split into questions, each answered by the sentence it came
 from, so sft sees every stated fact in question form, several times, in several wordings.
 
-What counts as a fact (:func:`sentence_facts`): dates (``1 April``, ``March 3, 2024``), quantities
+What counts as a fact (:func:`lmforge.data.facts.sentence_facts`): dates (``1 April``, ``March 3, 2024``), quantities
 (``8.15%``, ``seven years``, ``410 kestrels``, ``48 hours``), ordinals with their noun (``24th
 birthday``), names of bodies, funds, acts and the like (runs of capitalised words), and definitions
 (``"contribution year" means ...``). For each fact the sentence is cut into what precedes and what
@@ -37,221 +37,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from lmforge.data.facts import (
+    AUXILIARIES,
+    FUNCTION_WORDS,
+    SUBORDINATORS,
+    Fact,
+    proper_words,
+    sentence_facts,
+    short_names,
+    split_sentences,
+)
 from lmforge.records import Record, chat_record
-
-MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
-NUMBER_WORDS = (
-    "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
-    "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred"
-)
-AUXILIARIES = frozenset(
-    [
-        "is",
-        "are",
-        "was",
-        "were",
-        "shall",
-        "may",
-        "must",
-        "can",
-        "will",
-        "would",
-        "should",
-        "could",
-        "has",
-        "have",
-        "had",
-        "does",
-        "do",
-        "did",
-        "cannot",
-    ]
-)
-FUNCTION_WORDS = AUXILIARIES | frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "of",
-        "and",
-        "or",
-        "to",
-        "in",
-        "on",
-        "at",
-        "by",
-        "for",
-        "from",
-        "with",
-        "as",
-        "be",
-        "been",
-        "being",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "than",
-        "then",
-        "per",
-        "each",
-        "every",
-        "any",
-        "all",
-        "no",
-        "not",
-        "into",
-        "onto",
-        "upon",
-        "within",
-        "without",
-        "under",
-        "over",
-        "after",
-        "before",
-        "during",
-        "until",
-        "since",
-        "between",
-        "among",
-        "against",
-        "about",
-        "above",
-        "below",
-        "such",
-        "their",
-        "his",
-        "her",
-        "our",
-        "your",
-        "they",
-        "he",
-        "she",
-        "we",
-        "you",
-        "i",
-    ]
-)
-TIME_UNITS = frozenset(
-    [
-        "second",
-        "seconds",
-        "minute",
-        "minutes",
-        "hour",
-        "hours",
-        "day",
-        "days",
-        "week",
-        "weeks",
-        "month",
-        "months",
-        "year",
-        "years",
-        "decade",
-        "decades",
-    ]
-)
-PERCENT_WORDS = ("%", "percent", "per cent")
-SUBORDINATORS = frozenset(
-    ["where", "if", "when", "unless", "once", "after", "before", "while", "whereas", "although", "provided"]
-)
-DATE = re.compile(rf"\b(?:\d{{1,2}}(?:st|nd|rd|th)? (?:{MONTHS})(?: \d{{4}})?|(?:{MONTHS}) \d{{1,2}}(?:, \d{{4}})?)\b")
-QUANTITY = re.compile(
-    rf"(?<![\w.(/-])(?P<number>\d+(?:[.,]\d+)*|(?:{NUMBER_WORDS})\b(?:[- ](?:{NUMBER_WORDS})\b)?)"
-    r"(?P<percent>\s?(?:%|percent\b|per cent\b))?"
-    r"(?:\s+(?P<unit>(?:[a-z]+(?:ly|al|ive|ic|ous|ful)\s+(?=[a-z]))?[a-z]+))?",  # "14 daily snapshots"
-    re.IGNORECASE,
-)
-ORDINAL = re.compile(r"\b(?P<number>\d+(?:st|nd|rd|th))\s+(?P<unit>[a-z]+)\b")
-NAME = re.compile(r"\b[A-Z][\w'-]*(?:\s+(?:of|and|for|the|on|de|du)\s+[A-Z][\w'-]*|\s+[A-Z][\w'-]*)+\b")
-DEFINITION = re.compile(
-    r"^(?:the\s+)?[\"“']?(?P<term>[^\"”']{2,60}?)[\"”']?\s+"
-    r"(?:means|refers to|is defined as|denotes)\s+(?P<meaning>.+)$",
-    re.IGNORECASE,
-)
-SHORT_NAME = re.compile(
-    r"(?P<full>(?:the\s+)?[A-Z][\w'-]*(?:\s+(?:of|and|for|the)?\s*[A-Z][\w'-]*)+)\s*,?\s*\(?\s*"
-    r"(?:hereinafter|hereafter)(?:\s+(?:referred to|called))?(?:\s+as)?\s+[\"“](?P<short>[^\"”]{2,40})[\"”]"
-)
-THIS_IS = re.compile(r"\bThis (?P<noun>[A-Z][a-z]+|[a-z]+) is (?P<full>the [A-Z][\w'-]*(?:\s+[\w'-]+){1,10}?)[.;]")
-ENUMERATOR = re.compile(r"^\(?(?:\d{1,3}|[a-z]|[ivxlc]{1,5})[).]\s+")
-SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[\"“(]?[A-Z0-9])")
-MIN_WORDS, MAX_WORDS = 5, 60
-PREPOSITION_END = re.compile(r"\b(?P<prep>on|by|from|until|till|before|after|since|in|within|for|of|at|to)$", re.I)
-
-
-@dataclass(frozen=True)
-class Fact:
-    """One answerable span of a sentence."""
-
-    answer: str
-    start: int
-    end: int
-    kind: str
-    """``date``, ``percent``, ``duration``, ``count``, ``ordinal``, ``name`` or ``definition``."""
-    unit: str = ""
-    """The counted noun (``years``, ``kestrels``), the ordinal's noun, or a name's last word."""
-
-
-def sentence_facts(sentence: str) -> list[Fact]:
-    """The facts of one sentence, in order of appearance, never overlapping."""
-    facts: list[Fact] = []
-
-    def free(start: int, end: int) -> bool:  # a definition's meaning may hold other facts
-        return all(end <= f.start or start >= f.end for f in facts if f.kind != "definition")
-
-    definition = DEFINITION.match(sentence)
-    if definition and len(definition.group("term").split()) <= 6:
-        meaning = re.split(r"[;:]|, (?:which|who|where)\b", definition.group("meaning"))[0].rstrip(" .")
-        if len(meaning.split()) >= 2:
-            start = definition.start("meaning")
-            facts.append(Fact(meaning, start, start + len(meaning), "definition", definition.group("term").strip()))
-    for match in DATE.finditer(sentence):
-        if free(match.start(), match.end()):
-            facts.append(Fact(match.group(0), match.start(), match.end(), "date"))
-    for match in ORDINAL.finditer(sentence):
-        if free(match.start(), match.end()) and match.group("unit").lower() not in FUNCTION_WORDS:
-            facts.append(Fact(match.group(0), match.start(), match.end(), "ordinal", match.group("unit")))
-    for match in QUANTITY.finditer(sentence):
-        fact = _quantity(match)
-        if fact is not None and free(fact.start, fact.end):
-            facts.append(fact)
-    for match in NAME.finditer(sentence):
-        words = match.group(0).split()
-        start = match.start()
-        while words and (words[0].lower() in FUNCTION_WORDS or words[0] in ("This", "These", "That")):
-            start += len(words[0]) + 1
-            words = words[1:]
-        while words and words[-1].lower() in FUNCTION_WORDS:
-            words = words[:-1]
-        text = " ".join(words)
-        if len(words) < 2 or start == 0 or not free(start, start + len(text)):
-            continue  # one word, or a sentence's first words (capitalised anyway)
-        head = words[words.index("of") - 1] if "of" in words[1:] else words[-1]
-        facts.append(Fact(text, start, start + len(text), "name", head))
-    return sorted(facts, key=lambda f: f.start)
-
-
-def _quantity(match: re.Match[str]) -> Fact | None:
-    number, unit = match.group("number"), match.group("unit") or ""
-    start = match.start()
-    if match.group("percent"):
-        end = match.end("percent")
-        return Fact(match.group(0)[: end - start].strip(), start, end, "percent")
-    if not unit or unit.split()[-1].lower() in FUNCTION_WORDS:
-        return None  # a bare number ("Article 12", "13 of the") says too little to ask about
-    if number[:1].isalpha() and number.lower() == "one":
-        return None  # "one year" is usually an article, not a fact
-    end = match.end("unit")
-    kind = "duration" if unit.split()[-1].lower() in TIME_UNITS else "count"
-    return Fact(match.group(0)[: end - start], start, end, kind, unit)
 
 
 @dataclass(frozen=True)
@@ -297,15 +93,6 @@ def lower_first(text: str, proper: frozenset[str] = frozenset()) -> str:
     if first in proper or (len(first) > 1 and first.isupper()):
         return text
     return text[0].lower() + text[1:]
-
-
-def proper_words(texts: Iterable[str]) -> frozenset[str]:
-    """Words written with a capital inside sentences (not after a sentence end): names, not sentence starts."""
-    found = set()
-    for text in texts:
-        for match in re.finditer(r"(?<=[a-z,;] )([A-Z][\w'-]+)", text):
-            found.add(match.group(1))
-    return frozenset(found)
 
 
 def question_word(fact: Fact, variant: int) -> str:
@@ -418,19 +205,6 @@ def section_names(heading: str | None, path: str) -> list[str]:
     return names
 
 
-def short_names(text: str) -> dict[str, str]:
-    """Short names a document defines, with their full names: ``{"the Fund": "the Common Provident Fund"}``."""
-    found: dict[str, str] = {}
-    for match in SHORT_NAME.finditer(text):
-        full = match.group("full")
-        full = full if full.lower().startswith("the ") else "the " + full
-        found[match.group("short")] = full
-    for match in THIS_IS.finditer(text):
-        noun = match.group("noun")
-        found[f"this {noun}"] = found[f"the {noun}"] = match.group("full")
-    return found
-
-
 def spell_out(question: str, names: dict[str, str]) -> str:
     """Replace the first short name in ``question`` by its full name (case-insensitive on ``the``/``this``)."""
     for short, full in sorted(names.items(), key=lambda kv: -len(kv[0])):
@@ -440,20 +214,6 @@ def spell_out(question: str, names: dict[str, str]) -> str:
             replacement = full if match.start() > 0 else full[0].upper() + full[1:]
             return question[: match.start()] + replacement + question[match.end() :]
     return question
-
-
-def split_sentences(text: str) -> list[str]:
-    """The sentences of a section, headings and paragraph numbers removed, whitespace collapsed."""
-    sentences = []
-    for block in re.split(r"\n\s*\n", text):
-        block = block.strip()
-        if not block or block.startswith("#"):
-            continue
-        for sentence in SENTENCE_END.split(" ".join(block.split())):
-            sentence = ENUMERATOR.sub("", sentence.strip())
-            if MIN_WORDS <= len(sentence.split()) <= MAX_WORDS:
-                sentences.append(sentence)
-    return sentences
 
 
 def fact_questions(

@@ -21,63 +21,10 @@ import random
 import re
 from typing import Any
 
+from lmforge.data.facts import MONTHS, NUMBER_WORDS, STOPWORDS
 from lmforge.rag.chunk import SENTENCE_END, Chunk
 from lmforge.records import Record, chat_record
 
-MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
-NUMBER_WORDS = (
-    "one|two|three|four|five|six|seven|eight|nine|ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|"
-    "seventeen|eighteen|nineteen|twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety|hundred"
-)
-STOPWORDS = frozenset(
-    [
-        "a",
-        "an",
-        "the",
-        "of",
-        "and",
-        "or",
-        "to",
-        "in",
-        "on",
-        "at",
-        "by",
-        "for",
-        "from",
-        "with",
-        "as",
-        "is",
-        "are",
-        "was",
-        "were",
-        "be",
-        "been",
-        "it",
-        "its",
-        "this",
-        "that",
-        "these",
-        "those",
-        "which",
-        "who",
-        "whom",
-        "whose",
-        "than",
-        "then",
-        "per",
-        "each",
-        "every",
-        "any",
-        "all",
-        "no",
-        "not",
-        "shall",
-        "may",
-        "must",
-        "can",
-        "will",
-    ]
-)
 DATE = re.compile(rf"\b(?:\d{{1,2}} (?:{MONTHS})(?: \d{{4}})?|(?:{MONTHS}) \d{{1,2}}(?:, \d{{4}})?)\b")
 NUMBER = re.compile(
     rf"(?<![\w.(])(?:\d+(?:[.,]\d+)?|(?:{NUMBER_WORDS}))(?:\s?(?:%|percent|per cent))?(?:\s+([a-z]+))?\b",
