@@ -330,3 +330,41 @@ def _json_object(text: str) -> bool:
         return isinstance(json.loads(text), dict)
     except json.JSONDecodeError:
         return False
+
+
+def _text_loss(model_dir: Path, texts: list[str]) -> float:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    with torch.no_grad():
+        losses = [model(**(batch := tokenizer(t, return_tensors="pt")), labels=batch["input_ids"]).loss for t in texts]
+    return float(torch.stack(losses).mean())
+
+
+def test_sft_with_the_documents_mixed_in_learns_their_text(tmp_path, tiny_model_dir):
+    """sft.documents: the text is trained on (loss on every token) with the questions; without it, it is not."""
+    runs = {}
+    for mixed in (False, True):
+        folder = tmp_path / ("mixed" if mixed else "plain")
+        folder.mkdir()
+        documents = f"{{enabled: {str(mixed).lower()}, copies: 2, order: questions_first}}"
+        recipe = write_recipe(
+            folder,
+            f"""
+name: docs
+run_dir: {folder / "runs"}
+stages: [data, sft]
+model: {{ref: {tiny_model_dir}}}
+{domain_data(folder)}
+sft: {{method: full, batch_size: 4, epochs: 4, lr: 3.0e-3, max_length: 128, documents: {documents}, {TRAIN}}}
+""",
+        )
+        run_recipe(load_recipe(recipe))
+        runs[mixed] = folder / "runs" / "docs"
+    metrics = {mixed: StageDir.open(run, "sft").manifest["metrics"] for mixed, run in runs.items()}
+    assert metrics[True]["document_examples"] == 8 and "document_examples" not in metrics[False]
+    assert metrics[True]["examples"] == metrics[False]["examples"] + 8
+    # the documents' own sentences (as the documents split holds them, without the added headings)
+    losses = {mixed: _text_loss(run / "sft" / "model", DOCUMENTS[:4]) for mixed, run in runs.items()}
+    assert losses[True] < losses[False] - 0.3, losses  # identical runs (equal losses) when nothing is mixed in

@@ -38,6 +38,7 @@ from lmforge.config.synth import SynthFilterSpec, SynthSpec, TeacherSpec
 from lmforge.config.train import (
     CPTSpec,
     DistillSpec,
+    DocumentsMixSpec,
     DPOSpec,
     LoraSpec,
     MLMSpec,
@@ -65,6 +66,7 @@ __all__ = [
     "DeepSpeedSpec",
     "DistillSpec",
     "DistributedSpec",
+    "DocumentsMixSpec",
     "EmbeddingSpec",
     "EvalSpec",
     "EvalTask",

@@ -70,6 +70,19 @@ class Recipe(Strict):
         return stages
 
     @model_validator(mode="after")
+    def _documents_mix_has_documents(self) -> Recipe:
+        """``sft.documents.enabled`` reads a split the data stage must write."""
+        mix = self.sft.documents
+        written = {source.split or "train" for source in self.data.sources}
+        if mix.enabled and "sft" in self.stages and self.data.sources and mix.split not in written:
+            raise ValueError(
+                f"sft.documents.enabled mixes in the split {mix.split!r}, which no data source writes "
+                f"(they write {sorted(written)}); send the documents there (split: {mix.split}) or set "
+                "sft.documents.split"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sft_trains_on_what_is_written(self) -> Recipe:
         """``sft.splits`` unset: every split the recipe writes for sft (see :func:`default_sft_splits`);
         set: it must not leave out the RAFT split the index stage is asked to write."""

@@ -162,6 +162,27 @@ class ReplaySpec(Strict):
         return str(resolved)
 
 
+class DocumentsMixSpec(Strict):
+    """``sft.documents``: the documents' own text trained on together with the questions (lmforge.train.documents)."""
+
+    enabled: bool = False
+    """Mix the text of the ``split`` in (loss on every token; chat records keep the loss on answers only)."""
+    split: str = "documents"
+    """The data stage's split of ``text`` records to mix in."""
+    copies: int = Field(2, ge=1, le=16)
+    """Forms of each document chunk: as written, then with its paragraphs in other seeded orders."""
+    headings: bool = True
+    """Start every chunk with its document's heading (and the collection's title, when a document defines
+    one: ``This Code is the ...``), so a fact is never read without what it is about."""
+    full_names: bool = True
+    """Spell out short names the documents define (``the Fund``, ``this Code``) in each sentence."""
+    chunk_words: int = Field(220, ge=20)
+    """Most words per chunk (paragraphs are kept whole where they fit)."""
+    order: Literal["mixed", "questions_first"] = "mixed"
+    """``mixed``: documents and questions shuffled together; ``questions_first``: every epoch presents the
+    questions, then the documents (the pre-instruction-tuning order)."""
+
+
 class SFTSpec(TrainSpec):
     """The ``sft`` stage: supervised fine-tuning on ``chat`` records (optionally distilling a teacher)."""
 
@@ -207,6 +228,8 @@ class SFTSpec(TrainSpec):
     """Logit-level distillation from a teacher that shares the tokenizer (off when unset)."""
     replay: ReplaySpec = ReplaySpec()
     """Replay of the base model's own replies to general prompts, so tuning does not erase what it knew."""
+    documents: DocumentsMixSpec = DocumentsMixSpec()
+    """The documents' text itself in the same training as the questions (off by default; docs/TRAINING.md)."""
 
 
 class CPTSpec(TrainSpec):

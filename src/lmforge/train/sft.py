@@ -35,6 +35,7 @@ from lmforge.train.compute import (
     seed_everything,
     use_bf16,
 )
+from lmforge.train.documents import mix_documents
 from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
 from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.replay import with_replay
@@ -75,6 +76,7 @@ def run(recipe: Recipe) -> TrainResult:
     records, replayed = with_replay(recipe, records, stage.path("replay.jsonl"))
     default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)
     examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
+    examples, order = mix_documents(recipe, run_path, tokenizer, examples, token_counts)
     if token_counts["truncated"]:
         stage_log("sft").warning(f"{token_counts['truncated']} example(s) truncated to {spec.max_length} tokens")
     eval_examples = _eval_examples(tokenizer, setup, spec)
@@ -118,6 +120,7 @@ def run(recipe: Recipe) -> TrainResult:
         loss_sum=loss_sum,
         eval_loss_sum=causal_lm_loss_sum,
         sampling="random" if spec.packing else "group_by_length",
+        train_sampler=order,
         loss_shifts_labels=True,
         micro_batching=micro,
     )
