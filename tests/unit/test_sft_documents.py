@@ -93,6 +93,6 @@ def test_questions_first_orders_every_epoch_questions_then_documents():
 
 
 def test_validate_refuses_a_documents_split_nobody_writes(tmp_path):
-    with pytest.raises(ConfigError, match="sft.documents.enabled mixes in the split 'manuals'"):
+    with pytest.raises(ConfigError, match=r"sft\.documents\.enabled mixes in the split .manuals."):
         load_recipe("recipes/demo.yaml", ["sft.documents.enabled=true", "sft.documents.split=manuals"])
     assert load_recipe("recipes/demo.yaml", ["sft.documents.enabled=true"]).sft.documents.copies == 2
