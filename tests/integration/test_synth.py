@@ -204,3 +204,61 @@ def test_synth_then_sft_recipe_with_tiny_settings(tiny_model_dir, tmp_path):
     assert records[0]["source"]["path"].startswith("articles/")
     sft = json.loads((run / "sft" / "manifest.json").read_text())
     assert sft["status"] == "done" and sft["metrics"]["steps"] == 2
+
+
+FACT_REPLIES = {
+    "replies": [
+        [
+            "List every fact the passage states",
+            '{"facts": ["The retirement age is 64 years.", "Pilots serve 99 years."]}',
+        ],
+        [
+            "different questions that each ask for this fact",
+            '{"questions": ["How old must one be to retire?", "At what age does retirement begin under rule {n}?", '
+            '"Which age is set for retiring by rule {n}?"]}',
+        ],
+        ["most important entities", '{"entities": ["the retirement age", "rule {n}", "the pension office"]}'],
+        ["write one paragraph on how", "The pension office applies the retirement age the rule sets."],
+    ]
+}
+
+
+def test_facts_from_docs_asks_every_fact_in_several_wordings(tiny_model_dir, tmp_path):
+    """Two phases through the real server: facts per chunk, then questions per fact, each answered by its fact;
+    a fact with a number its chunk does not hold is dropped, and so is a question an evaluation split asks."""
+    test_split = tmp_path / "test.jsonl"
+    test_split.write_text(json.dumps({"question": "How old must one be to retire?", "answer": "64"}) + "\n")
+    process, url = serve(tiny_model_dir, tmp_path, faults=FACT_REPLIES)
+    try:
+        extra = "  questions_per_fact: 3\n"
+        path = write_recipe(tmp_path, tiny_model_dir, url, "facts_from_docs", extra)
+        text = path.read_text().replace("split: documents}", "split: documents}\n    - {path: test.jsonl, split: test}")
+        path.write_text(text)
+        result = run_recipe(load_recipe(path, ["data.questions.enabled=false"]))["synth"]
+    finally:
+        stop_server(process)
+    metrics = result.metrics
+    assert metrics["requests"]["sent"] == 3 + 6  # 3 chunks' fact lists, then 2 facts x 3 chunks
+    assert metrics["filtered"]["number not in chunk"] == 9  # "99 years" is in no chunk: its 3 x 3 questions
+    assert metrics["filtered"]["repeats an evaluation question"] == 1
+    records = [json.loads(line) for line in result.records_path.read_text().splitlines()]
+    assert len(records) == 6 and {r["meta"]["synth"]["kind"] for r in records} == {"fact"}
+    assert all(r["messages"][-1]["content"] == "The retirement age is 64 years." for r in records)
+    assert "How old must one be to retire?" not in {r["messages"][-2]["content"] for r in records}
+    assert all(r["source"]["path"].startswith("docs/rule-") for r in records)
+
+
+def test_entigraph_writes_passages_relating_pairs_of_entities(tiny_model_dir, tmp_path):
+    process, url = serve(tiny_model_dir, tmp_path, faults=FACT_REPLIES)
+    try:
+        path = write_recipe(tmp_path, tiny_model_dir, url, "entigraph", "  entities: 3\n  entity_pairs: 2\n")
+        result = run_recipe(load_recipe(path, ["data.questions.enabled=false"]))["synth"]
+    finally:
+        stop_server(process)
+    assert result.metrics["requests"]["sent"] == 3 + 3 * 2  # entities per chunk, then 2 pairs per chunk
+    records = [json.loads(line) for line in result.records_path.read_text().splitlines()]
+    assert records and {r["meta"]["synth"]["kind"] for r in records} == {"relation"}
+    for record in records:
+        a, b = record["meta"]["synth"]["entities"]
+        assert record["messages"][-2]["content"] == f"How do {a} and {b} relate to each other?"
+        assert a in {"the retirement age", "the pension office"} or a.startswith("rule ")

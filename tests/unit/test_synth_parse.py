@@ -131,3 +131,21 @@ def test_rpm_limit_spaces_request_starts():
         return time.monotonic() - started
 
     assert asyncio.run(five_starts()) >= 0.19
+
+
+def test_string_lists_are_read_under_their_key_a_lone_other_key_or_bare():
+    assert tasks.parse_strings('{"facts": ["A is 1.", " "]}', "facts") == ["A is 1."]
+    assert tasks.parse_strings('```json\n["X", "Y",]\n```', "entities") == ["X", "Y"]
+    assert tasks.parse_strings('{"items": ["Q?"]}', "questions") == ["Q?"]
+    with pytest.raises(ValueError, match="empty"):
+        tasks.parse_strings('{"facts": []}', "facts")
+    with pytest.raises(ValueError, match="list of strings under 'facts'"):
+        tasks.parse_strings('{"facts": [{"a": 1}]}', "facts")
+
+
+def test_a_restated_fact_may_not_hold_a_number_its_chunk_lacks():
+    from lmforge.synth.stage import numbers
+
+    chunk = "Employees pay 8.15% of 1,200 crowns; the term is 5 years."
+    assert numbers("They pay 8.15% of 1200 crowns for 5 years.") <= numbers(chunk)
+    assert not numbers("They pay 8.2% for 5 years.") <= numbers(chunk)

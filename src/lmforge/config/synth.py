@@ -64,9 +64,11 @@ class SynthFilterSpec(Strict):
 class SynthSpec(Strict):
     """The ``synth`` stage: a teacher writes training records from documents or prompts."""
 
-    task: Literal["answer", "qa_from_docs", "instruction_triples"] = "qa_from_docs"
+    task: Literal["answer", "qa_from_docs", "instruction_triples", "facts_from_docs", "entigraph"] = "qa_from_docs"
     """``answer``: answer each prompt; ``qa_from_docs``: question/answer pairs per chunk;
-    ``instruction_triples``: instruction/input/output triples per chunk."""
+    ``instruction_triples``: instruction/input/output triples per chunk; ``facts_from_docs``: every fact of
+    each chunk listed, then ``questions_per_fact`` questions asked for each (answered by the fact);
+    ``entigraph``: the chunk's entities listed, then passages on how pairs of them relate (EntiGraph)."""
     teacher: TeacherSpec = TeacherSpec()
     """Who writes the data."""
     input_split: str | None = None
@@ -75,6 +77,14 @@ class SynthSpec(Strict):
     """Name of the split the records are published as (list it in ``sft.splits``)."""
     pairs_per_chunk: int = Field(3, ge=1)
     """Pairs (or triples) asked per document chunk."""
+    questions_per_fact: int = Field(3, ge=1, le=20)
+    """``facts_from_docs``: questions asked for each fact, in different wordings."""
+    max_facts: int = Field(20, ge=1)
+    """``facts_from_docs``: most facts kept per chunk."""
+    entities: int = Field(8, ge=2)
+    """``entigraph``: most entities asked for per chunk."""
+    entity_pairs: int = Field(6, ge=1)
+    """``entigraph``: pairs of a chunk's entities (a seeded sample) a relating passage is written for."""
     paraphrases: int = Field(0, ge=0)
     """Extra wordings asked for each question (facts are learned from several wordings)."""
     judge: bool = False
@@ -82,7 +92,8 @@ class SynthSpec(Strict):
     judge_min_score: int = Field(4, ge=1, le=5)
     """Least judge score kept."""
     templates: dict[str, str] = {}
-    """Prompt templates to override, by name: qa_from_docs, paraphrase, instruction_triples, judge, answer_system."""
+    """Prompt templates to override, by name: qa_from_docs, paraphrase, instruction_triples, facts, fact_questions,
+    entities, relate, judge, answer_system."""
     system_prompt: str | None = None
     """System prompt of the records written (default: ``data.system_prompts`` of the chunk's domain)."""
     limit: int | None = Field(None, ge=1)

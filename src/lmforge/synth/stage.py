@@ -52,7 +52,7 @@ class Item:
     assistant: str
     origin: Record
     kind: str = "original"
-    """``original``, ``paraphrase`` or ``answer``."""
+    """``original``, ``paraphrase``, ``answer``, ``fact`` (a question answered by a listed fact) or ``relation``."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -98,13 +98,14 @@ def run(recipe: Recipe) -> SynthResult:
     cache = RequestCache(stage.path("cache.sqlite")) if is_leader() else None
     started = time.perf_counter()
     try:
-        items, tally, counters = asyncio.run(synthesize(spec, inputs, teacher, cache))
+        items, tally, counters = asyncio.run(synthesize(spec, inputs, teacher, cache, recipe.seed))
     finally:
         if cache is not None:
             cache.close()
     elapsed = time.perf_counter() - started
 
     records = to_records(items, spec, recipe.data.system_prompts, tally)
+    records = _not_evaluated(recipe, input_split, records, tally)
     atomic_write_jsonl(stage.path("rejects.jsonl"), tally.rejects)
     metrics = _metrics(spec, inputs, records, tally, counters, elapsed)
     atomic_write_json(stage.path("stats.json"), metrics)
@@ -127,7 +128,7 @@ def run(recipe: Recipe) -> SynthResult:
 
 
 async def synthesize(
-    spec: SynthSpec, inputs: list[Record], teacher: Teacher, cache: RequestCache | None
+    spec: SynthSpec, inputs: list[Record], teacher: Teacher, cache: RequestCache | None, seed: int = 0
 ) -> tuple[list[Item], Tally, Counters]:
     """Run the task's phases; returns the items, what was rejected and the request counters."""
     tally = Tally()
@@ -136,6 +137,16 @@ async def synthesize(
         try:
             if spec.task == "answer":
                 items = await _answer(spec, inputs, asker, tally)
+            elif spec.task in ("facts_from_docs", "entigraph"):
+                from lmforge.synth import facts
+
+                chunks = _text_chunks(inputs, tally)
+                if spec.task == "facts_from_docs":
+                    items = await facts.facts_from_docs(spec, chunks, asker, tally)
+                else:
+                    items = await facts.entigraph(spec, chunks, asker, tally, seed)
+                if spec.judge:
+                    items = await _judge(spec, items, asker, tally)
             else:
                 items = await _from_chunks(spec, inputs, asker, tally)
                 if spec.judge:
@@ -174,17 +185,22 @@ async def _answer(spec: SynthSpec, inputs: list[Record], asker: Asker, tally: Ta
     return items
 
 
-async def _from_chunks(spec: SynthSpec, inputs: list[Record], asker: Asker, tally: Tally) -> list[Item]:
-    chunks = [r for r in inputs if r["kind"] == "text"]
+def _text_chunks(inputs: list[Record], tally: Tally) -> list[Record]:
+    """The ``text`` records of ``inputs``; any other is rejected (the document tasks read chunks)."""
     for record in inputs:
         if record["kind"] != "text":
             tally.reject("generate", record, "not a text record: expected document chunks", None)
+    return [r for r in inputs if r["kind"] == "text"]
+
+
+async def _from_chunks(spec: SynthSpec, inputs: list[Record], asker: Asker, tally: Tally) -> list[Item]:
+    chunks = _text_chunks(inputs, tally)
     jobs = [
         [
             {
                 "role": "user",
                 "content": tasks.render(
-                    spec.templates, spec.task, chunk=r["text"], n=spec.pairs_per_chunk, source=_where(r)
+                    spec.templates, spec.task, chunk=r["text"], n=spec.pairs_per_chunk, source=where(r)
                 ),
             }
         ]
@@ -260,6 +276,11 @@ def normalize(text: str) -> str:
     return re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", text.lower())).strip()
 
 
+def numbers(text: str) -> set[str]:
+    """The numbers written in ``text`` (digits, separators dropped): a restated fact may not invent one."""
+    return {re.sub(r"[,\s]", "", n).rstrip(".") for n in re.findall(r"\d[\d,.]*", text)}
+
+
 def trigrams(text: str) -> set[tuple[str, ...]]:
     words = normalize(text).split()
     return {tuple(words[i : i + 3]) for i in range(max(1, len(words) - 2))}
@@ -287,6 +308,12 @@ def to_records(items: list[Item], spec: SynthSpec, system_prompts: dict[str, str
             and normalize(item.assistant) not in normalize(item.origin["text"])
         ):
             reason = "answer not found in chunk"
+        if (
+            reason is None
+            and item.kind in ("fact", "relation")
+            and not numbers(item.assistant) <= numbers(item.origin["text"])
+        ):
+            reason = "number not in chunk"
         key = normalize(item.user) + "\x00" + normalize(item.assistant)
         if reason is None and key in seen:
             reason = "duplicate"
@@ -303,6 +330,21 @@ def to_records(items: list[Item], spec: SynthSpec, system_prompts: dict[str, str
         kept_shingles.append(shingles)
         records.append(_record(item, spec, system_prompts))
     return records
+
+
+def _not_evaluated(recipe: Recipe, input_split: str, records: list[Record], tally: Tally) -> list[Record]:
+    """``records`` without the questions that (nearly) repeat a question of an evaluation split: any split of
+    the data stage but ``train``, the input split, the document splits and the rule-made training questions'."""
+    from lmforge.data.questions import drop_eval_overlap
+
+    data = recipe.data
+    written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
+    skip = {"train", input_split, data.questions.split, *data.questions.from_splits}
+    evaluation = [r for name, path in written.items() if name not in skip for r in read_records(path)]
+    kept, dropped = drop_eval_overlap(records, evaluation, data.questions.overlap_threshold)
+    if dropped:
+        tally.filtered["repeats an evaluation question"] += dropped
+    return kept
 
 
 def _record(item: Item, spec: SynthSpec, system_prompts: dict[str, str]) -> Record:
@@ -323,7 +365,7 @@ def _record(item: Item, spec: SynthSpec, system_prompts: dict[str, str]) -> Reco
     return chat_record(messages, dict(origin.get("source") or {"path": "synth"}), domain, meta)
 
 
-def _where(record: Record) -> str:
+def where(record: Record) -> str:
     source = record.get("source") or {}
     return f"{source.get('path', '?')}" + (f", line {source['line']}" if source.get("line") else "")
 

@@ -1,6 +1,7 @@
 """Prompt templates of the synth tasks, and robust parsing of the teacher's JSON replies.
 
-Templates use ``str.format`` fields (``{chunk}``, ``{n}``, ``{question}``, ``{answer}``, ``{k}``);
+Templates use ``str.format`` fields (``{chunk}``, ``{n}``, ``{question}``, ``{answer}``, ``{k}``, ``{fact}``,
+``{a}``, ``{b}``);
 a recipe overrides any of them by name in ``synth.templates``.
 
 Parsing is forgiving in what it reads and strict in what it keeps: code fences, prose around
@@ -34,6 +35,29 @@ TEMPLATES: dict[str, str] = {
         "(text the instruction works on, or an empty string) and the ideal output, grounded in the passage.\n\n"
         'Passage ({source}):\n"""\n{chunk}\n"""\n\n'
         'Reply with JSON only, in this form: {{"triples": [{{"instruction": "...", "input": "", "output": "..."}}]}}'
+    ),
+    "facts": (
+        "List every fact the passage states, at most {n}, each as one short sentence that stands on its own: name its "
+        "subject in full (never 'it', 'this Code' or 'the passage'), and keep numbers, dates and names exactly as "
+        'written.\n\nPassage ({source}):\n"""\n{chunk}\n"""\n\n'
+        'Reply with JSON only, in this form: {{"facts": ["...", "..."]}}'
+    ),
+    "fact_questions": (
+        "Write {k} different questions that each ask for this fact, the way different people would ask: vary the "
+        "wording, the word order and the part of the fact that is asked for; name the subject in every question and "
+        "do not give the answer away.\n\nFact: {fact}\n(from {source})\n\n"
+        'Reply with JSON only, in this form: {{"questions": ["...", "..."]}}'
+    ),
+    "entities": (
+        "List the {n} most important entities of the passage: bodies, people, funds, benefits, documents, places, "
+        "periods and the terms it defines, each named in full as the passage names it.\n\n"
+        'Passage ({source}):\n"""\n{chunk}\n"""\n\n'
+        'Reply with JSON only, in this form: {{"entities": ["...", "..."]}}'
+    ),
+    "relate": (
+        "Using only what the passage states, write one paragraph on how {a} and {b} relate to each other; name both "
+        'in full and keep every number, date and name as written.\n\nPassage ({source}):\n"""\n{chunk}\n"""\n\n'
+        "Reply with the paragraph only."
     ),
     "judge": (
         "Grade how faithful the answer is to the passage, from 1 (contradicted or not supported) to 5 (fully "
@@ -178,12 +202,23 @@ def parse_items(task: str, text: str) -> tuple[list[dict[str, str]], list[str]]:
     return kept, repairs
 
 
-def parse_paraphrases(text: str) -> list[str]:
+def parse_strings(text: str, key: str) -> list[str]:
+    """The non-empty strings of a reply's list under ``key`` (or of a bare list, or of the one list it holds)."""
     value, _ = parse_json(text)
-    items = value.get("paraphrases") if isinstance(value, dict) else value
+    if isinstance(value, dict) and key not in value:
+        lists = [v for v in value.values() if isinstance(v, list)]
+        value = lists[0] if len(lists) == 1 else value
+    items = value.get(key) if isinstance(value, dict) else value
     if not isinstance(items, list) or not all(isinstance(p, str) for p in items):
-        raise ValueError("expected a list of strings under 'paraphrases'")
-    return [p.strip() for p in items if p.strip()]
+        raise ValueError(f"expected a list of strings under {key!r}")
+    kept = [p.strip() for p in items if p.strip()]
+    if not kept:
+        raise ValueError(f"the list under {key!r} is empty")
+    return kept
+
+
+def parse_paraphrases(text: str) -> list[str]:
+    return parse_strings(text, "paraphrases")
 
 
 def parse_judge(text: str) -> tuple[int, str]:
