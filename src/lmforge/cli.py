@@ -479,9 +479,16 @@ def plan(
     recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe.")],
     set_: SetOption = None,
     run_dir: RunDirOption = None,
+    arm: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Also plan this variant: overrides separated by spaces ('sft.method=lora sft.lora.r=16'). "
+            "Repeatable; the arms are compared in one table with the recipe itself."
+        ),
+    ] = None,
 ) -> None:
     """Estimate peak memory and time of a recipe's training stages on this machine, before running them."""
-    from lmforge.perf.plan import plan_recipe, render
+    from lmforge.perf.plan import plan_arms, plan_recipe, render, render_arms
 
     loaded = _load(recipe, set_, run_dir)
     hardware, plans = plan_recipe(loaded)
@@ -489,6 +496,9 @@ def plan(
         console.print(f"{recipe}: no training stage to plan (stages: {', '.join(loaded.stages)})")
         return
     console.print(render(hardware, plans))
+    if arm:
+        arms = plan_arms(lambda extra: _load(recipe, [*(set_ or []), *extra], run_dir), ["", *arm])
+        console.print(render_arms(arms))
 
 
 def _check_rag_mode(option: str, mode: str | None) -> None:

@@ -192,3 +192,34 @@ def test_time_follows_the_calibration_of_the_cpus_instruction_set():
         shape, SFTSpec(), batches, amx, True
     )
     assert ratio == pytest.approx((4.3e12 * EFFICIENCY["amx"]) / (0.66e12 * EFFICIENCY["avx512_bf16"]))
+
+
+def test_plan_compares_arms_and_counts_the_documents_mixed_in(tiny_recipe, tmp_path, monkeypatch):
+    from conftest import write_jsonl
+    from typer.testing import CliRunner
+
+    from lmforge.cli import app
+    from lmforge.config import load_recipe
+    from lmforge.perf.plan import plan_arms
+
+    monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))  # no replay generated yet for this model
+    docs = [
+        {"text": f"# Rule {i}\n\nThe levy under rule {i} is {i * 3} crowns.\n\nIt is paid yearly."} for i in range(5)
+    ]
+    write_jsonl(tiny_recipe.parent / "docs.jsonl", docs)
+    text = tiny_recipe.read_text().replace("split: test}", "split: test}\n    - {path: docs.jsonl, split: documents}")
+    tiny_recipe.write_text(text)
+
+    arms = plan_arms(
+        lambda extra: load_recipe(tiny_recipe, ["data.questions.enabled=false", *extra]),
+        ["", "sft.documents.enabled=true sft.documents.copies=3", "data.questions.enabled=true"],
+    )
+    (_, [plain]), (_, [mixed]), (_, [asked]) = arms
+    assert mixed.batches.trained_examples == plain.batches.trained_examples + 5 * 3 * 2  # 5 docs, 3 forms, 2 epochs
+    assert any("15 document chunks (3 form(s) each)" in note for note in mixed.notes)
+    assert asked.batches.trained_examples > plain.batches.trained_examples  # the arm's own data, questions written
+    assert any("replay of the base model's replies not counted" in note for note in plain.notes)
+
+    result = CliRunner().invoke(app, ["plan", str(tiny_recipe), "--arm", "sft.method=full", "--arm", "sft.epochs=4"])
+    assert result.exit_code == 0, result.output
+    assert "arms" in result.output and "sft.epochs=4" in result.output and "sft (full)" in result.output

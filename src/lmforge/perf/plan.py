@@ -307,8 +307,9 @@ def _advice(stage: str, spec: Any, memory: dict[str, float]) -> str:
 # ---------------------------------------------------------------- from a recipe
 
 
-def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
-    """The hardware and a plan per causal-LM training stage of ``recipe`` (``cpt``, ``sft``)."""
+def plan_recipe(recipe: Any, fresh_data: bool = False) -> tuple[Hardware, list[StagePlan]]:
+    """The hardware and a plan per causal-LM training stage of ``recipe`` (``cpt``, ``sft``); ``fresh_data``:
+    prepare the data in memory even where the run's data stage has finished (an arm that changes it)."""
     from lmforge.models import load_tokenizer, resolve_model
 
     hardware = Hardware.detect()
@@ -317,7 +318,7 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     shape = ModelShape.from_config(config, checkpoint)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
-    splits = _splits(recipe)
+    splits = _splits(recipe, fresh_data)
     future_notes = _future_splits(recipe, splits)
     plans = []
     for stage in ("cpt", "sft"):
@@ -328,6 +329,8 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
         rank = spec.lora.r if spec.method == "lora" else None
         if stage == "sft":
             lengths = _chat_lengths(splits, spec.splits, tokenizer, spec.max_length)
+            added, added_notes = _sft_additions(recipe, splits, tokenizer)
+            lengths += added
             micro = micro_batching(
                 spec.micro_batch_tokens,
                 spec.batch_size,
@@ -355,6 +358,8 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
         kernel = attention_kernel(spec.attention, longest, scores)
         plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
         plans[-1].notes.append(micro.reason)
+        if stage == "sft":
+            plans[-1].notes.extend(added_notes)
         plans[-1].notes.extend(note for name, note in future_notes.items() if name in spec.splits)
         missing = [name for name in spec.splits if name not in splits]
         if missing:
@@ -366,6 +371,63 @@ def plan_recipe(recipe: Any) -> tuple[Hardware, list[StagePlan]]:
         if stage in recipe.stages:
             plans.append(_not_estimated(stage, getattr(recipe, stage)))
     return hardware, plans
+
+
+def _sft_additions(recipe: Any, splits: dict[str, list[dict[str, Any]]], tokenizer: Any) -> tuple[list[int], list[str]]:
+    """Lengths of what sft adds to its splits' chat records (replay, the documents' text), and notes on them."""
+    from lmforge.train.documents import document_texts
+    from lmforge.train.replay import cached_replay
+
+    spec = recipe.sft
+    chat = [r for name in spec.splits for r in splits.get(name, []) if r["kind"] == "chat"]
+    replay = cached_replay(recipe, chat)
+    lengths, notes = [], []
+    if replay is None:
+        notes.append("replay of the base model's replies not counted (generated when sft first runs)")
+    elif replay:
+        lengths += _chat_lengths({"replay": replay}, ["replay"], tokenizer, spec.max_length)
+        notes.append(f"{len(replay)} replay records")
+    if spec.documents.enabled:
+        texts = document_texts(splits.get(spec.documents.split, []), spec.documents, recipe.seed)
+        lengths += [min(n, spec.max_length) for n in _text_lengths({"d": texts}, ["d"], tokenizer)]
+        notes.append(f"{len(texts)} document chunks ({spec.documents.copies} form(s) each)")
+    return lengths, notes
+
+
+def plan_arms(load: Any, arms: list[str]) -> list[tuple[str, list[StagePlan]]]:
+    """The plan of each arm: ``load(overrides)`` returns the recipe with an arm's space-separated overrides
+    (``"sft.method=lora sft.lora.r=16"``; ``""`` is the recipe as it is). An arm that changes ``data.*`` is
+    planned on its own data, prepared in memory."""
+    out = []
+    for arm in arms:
+        overrides = arm.split()
+        recipe = load(overrides)
+        _, plans = plan_recipe(recipe, fresh_data=any(o.startswith("data.") for o in overrides))
+        out.append((arm or "(the recipe)", plans))
+    return out
+
+
+def render_arms(arms: list[tuple[str, list[StagePlan]]]) -> Any:
+    """One row per arm: the training it computes, its time and its peak memory (stages summed / maxed)."""
+    from rich.table import Table
+
+    table = Table(title="arms", title_justify="left")
+    table.add_column("arm", overflow="fold")
+    table.add_column("stages")
+    for column in ("examples trained", "tokens computed", "time", "peak RSS MB"):
+        table.add_column(column, justify="right")
+    for label, plans in arms:
+        timed = [p.seconds for p in plans if p.seconds is not None]
+        seconds = sum(timed) if timed and len(timed) == len(plans) else None
+        table.add_row(
+            label,
+            ", ".join(f"{p.stage} ({p.method})" for p in plans),
+            f"{sum(p.batches.trained_examples for p in plans):,}",
+            f"{sum(p.batches.computed_tokens for p in plans):,}",
+            _duration(seconds) if seconds is not None else "not estimated",
+            f"{max((p.peak_mb for p in plans), default=0):,.0f}",
+        )
+    return table
 
 
 def sft_batches(lengths: list[int], spec: Any, rows: int | None = None) -> Batches:
@@ -442,14 +504,15 @@ def future_split_notes(recipe: Any) -> dict[str, str]:
     return _future_splits(recipe, _splits(recipe))
 
 
-def _splits(recipe: Any) -> dict[str, list[dict[str, Any]]]:
-    """Split name -> records: the data stage's output when it has run, else prepared in memory (nothing written)."""
+def _splits(recipe: Any, fresh: bool = False) -> dict[str, list[dict[str, Any]]]:
+    """Split name -> records: the data stage's output when it has run (and not ``fresh``), else prepared in
+    memory (nothing written)."""
     from lmforge.records import read_records
     from lmforge.rundir import MANIFEST, StageDir
 
     run_path = recipe.run_path()
     data = StageDir.open(run_path, "data")
-    if data.status == "done":
+    if data.status == "done" and not fresh:
         written = dict(data.manifest.get("outputs", {}).get("splits", {}))
         for manifest in sorted(run_path.glob(f"*/{MANIFEST}")):  # splits of later stages (index: raft)
             other = StageDir.open(run_path, manifest.parent.name)

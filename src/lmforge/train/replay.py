@@ -62,6 +62,20 @@ def replay_records(recipe: Recipe, spec: ReplaySpec, stage_file: Path) -> list[R
     return apply_weight(records, spec.weight, f"{recipe.seed}/replay")
 
 
+def cached_replay(recipe: Recipe, records: list[Record]) -> list[Record] | None:
+    """The weighted replay records sft would add to ``records``: [] when replay is off, None when it is on but
+    not generated yet (``lmforge plan`` counts them without generating)."""
+    from lmforge.data.stage import apply_weight
+
+    spec = recipe.sft.replay
+    if not replay_wanted(spec, recipe.sft.template, records):
+        return []
+    cache = _cache_file(recipe, resolve_path(spec.prompts, Path.cwd()), spec.max_new_tokens)
+    if not cache.is_file():
+        return None
+    return apply_weight(list(read_records(cache)), spec.weight, f"{recipe.seed}/replay")
+
+
 def _cache_file(recipe: Recipe, prompts: Path, max_new_tokens: int) -> Path:
     from lmforge.models import lmforge_home, resolve_model
 
