@@ -203,9 +203,8 @@ def test_plan_compares_arms_and_counts_the_documents_mixed_in(tiny_recipe, tmp_p
     from lmforge.perf.plan import plan_arms
 
     monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))  # no replay generated yet for this model
-    docs = [
-        {"text": f"# Rule {i}\n\nThe levy under rule {i} is {i * 3} crowns.\n\nIt is paid yearly."} for i in range(5)
-    ]
+    rules = [f"# Rule {i}\n\nThe levy under rule {i} is {i * 3} crowns.\n\nIt is paid yearly." for i in range(5)]
+    docs = [{"text": text} for text in rules]
     write_jsonl(tiny_recipe.parent / "docs.jsonl", docs)
     text = tiny_recipe.read_text().replace("split: test}", "split: test}\n    - {path: docs.jsonl, split: documents}")
     tiny_recipe.write_text(text)
