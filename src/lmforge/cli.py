@@ -298,13 +298,22 @@ def serve(
 @app.command()
 def studio(
     runs_dir: Annotated[Path, typer.Argument(help="Folder of run directories (created if missing).")] = Path("runs"),
-    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 needs $LMFORGE_STUDIO_TOKEN.")] = (
-        "127.0.0.1"
-    ),
+    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
     recipe: Annotated[Path | None, typer.Option(help="A recipe to open on the recipe page.")] = None,
     allowed_host: AllowedHostOption = None,
     allowed_origin: AllowedOriginOption = None,
+    no_token: Annotated[
+        bool, typer.Option("--no-token", help="Serve without a token (loopback only: any local user can use it).")
+    ] = False,
+    allow_dir: Annotated[
+        list[Path] | None, typer.Option(help="Let Load, Save and Data use this folder too (repeatable).")
+    ] = None,
+    allow_remote_code: Annotated[
+        bool, typer.Option(help="Let recipes saved or started here set model.trust_remote_code: true.")
+    ] = False,
+    ssl_certfile: Annotated[str | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")] = None,
+    ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's private key (PEM).")] = None,
 ) -> None:
     """A local web app for the whole job: recipe form, data, runs with live loss curves, comparison, chat, export
     (needs Gradio: the studio extra of lmforge, or pip install gradio)."""
@@ -324,8 +333,19 @@ def studio(
         recipe=recipe,
         allowed_hosts=list(allowed_host or []),
         allowed_origins=list(allowed_origin or []),
+        no_token=no_token,
+        allow_dirs=list(allow_dir or []),
+        allow_remote_code=allow_remote_code,
+        ssl_certfile=ssl_certfile,
+        ssl_keyfile=ssl_keyfile,
     )
-    serve_studio(settings)
+    if (ssl_certfile is None) != (ssl_keyfile is None):
+        err_console.print("[bold red]error:[/bold red] --ssl-certfile and --ssl-keyfile go together")
+        raise typer.Exit(2)
+    try:
+        serve_studio(settings)
+    except LmforgeError as exc:
+        _fail(exc)
 
 
 @app.command()

@@ -252,11 +252,13 @@ def test_cross_site_origin_is_refused_even_with_the_key(served):
     assert preflight.status_code == 403 and "access-control-allow-origin" not in preflight.headers
 
 
-def test_loopback_and_allowed_origins_are_accepted_with_cors_headers(served):
-    for origin in ["http://localhost:3000", "http://127.0.0.1:8080", "http://[::1]:5173", ALLOWED_ORIGIN]:
-        response = get_models(served["url"], {"Origin": origin})
-        assert response.status_code == 200, origin
-        assert response.headers["access-control-allow-origin"] == origin
+def test_own_and_allowed_origins_are_accepted_other_local_ports_refused(served):
+    response = get_models(served["url"], {"Origin": ALLOWED_ORIGIN})
+    assert response.status_code == 200 and response.headers["access-control-allow-origin"] == ALLOWED_ORIGIN
+    own = served["url"].rstrip("/")
+    assert get_models(served["url"], {"Origin": own}).status_code == 200  # a page the server itself serves
+    for origin in ["http://localhost:3000", "http://127.0.0.1:8080", "http://[::1]:5173"]:
+        assert_refused(get_models(served["url"], {"Origin": origin}), "origin_not_allowed")
     preflight = httpx.options(
         f"{served['url']}/v1/chat/completions",
         headers={

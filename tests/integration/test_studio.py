@@ -35,12 +35,17 @@ FACTS = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i i
 SOURCES = "- {path: qa/train.jsonl, split: train}\n- {path: qa/test.jsonl, split: test}"
 
 
+TOKEN = "t0ken-for-tests"
+
+
 def start_studio(runs: Path, log: Path, *args: str, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """A studio process; its token is ``$LMFORGE_STUDIO_TOKEN`` of ``env`` (default: :data:`TOKEN`)."""
     port = free_port()
     command = [sys.executable, "-m", "lmforge", "studio", str(runs), "--port", str(port), *args]
-    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env or dict(os.environ))
+    env = env or {**os.environ, "LMFORGE_STUDIO_TOKEN": TOKEN}
+    process = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/"
-    token = (env or {}).get("LMFORGE_STUDIO_TOKEN")
+    token = env.get("LMFORGE_STUDIO_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -111,15 +116,18 @@ def test_the_whole_job_in_the_browser(workspace: Path, tiny_model_dir: Path) -> 
     shots = Path(os.environ.get("LMFORGE_STUDIO_SHOTS") or workspace / "shots")
     shots.mkdir(parents=True, exist_ok=True)
     runs = workspace / "runs"
-    studio, url = start_studio(runs, workspace / "studio.log")
+    # Bound beyond loopback, driven through the page's buttons (same-origin POSTs) after opening it with the token.
+    log = workspace / "studio.log"
+    studio, url = start_studio(runs, log, "--host", "0.0.0.0", "--allow-dir", str(workspace))
     recipe = workspace / "tiny.yaml"
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
             context = browser.new_context(viewport={"width": 1280, "height": 900})
             page = context.new_page()
-            page.goto(url)
+            page.goto(f"{url}?token={TOKEN}")
             expect(page.locator("#recipe-validation")).to_be_visible(timeout=60_000)
+            assert "token" not in page.url  # redirected to the address without it; the session cookie is set
 
             try:
                 # The recipe, built in the form.
@@ -265,25 +273,44 @@ sft: {{epochs: 2, lr: 5.0e-3, batch_size: 4, max_length: 128, precision: fp32}}
     assert "adapter" in " ".join(pair.labels.values())  # base and tuned: one model, the adapter on and off
 
 
-def test_beyond_loopback_the_studio_wants_its_token(tmp_path: Path) -> None:
+def test_the_studio_wants_its_token_on_loopback_too(tmp_path: Path) -> None:
     env = {key: value for key, value in os.environ.items() if key != "LMFORGE_STUDIO_TOKEN"}
     refused = subprocess.run(
-        [sys.executable, "-m", "lmforge", "studio", str(tmp_path / "runs"), "--host", "0.0.0.0", "--port", "1"],
+        [sys.executable, "-m", "lmforge", "studio", str(tmp_path / "runs"), "--host", "0.0.0.0", "--no-token",
+         "--port", "1"],
         env=env, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert refused.returncode == 2 and "LMFORGE_STUDIO_TOKEN" in refused.stderr
-    studio, url = start_studio(
-        tmp_path / "runs", tmp_path / "studio.log", "--host", "0.0.0.0", env={**env, "LMFORGE_STUDIO_TOKEN": "t0ken"}
-    )
+    assert refused.returncode == 2 and "--no-token" in refused.stderr
+    log = tmp_path / "studio.log"
+    port = free_port()
+    command = [sys.executable, "-m", "lmforge", "studio", str(tmp_path / "runs"), "--port", str(port)]
+    studio = subprocess.Popen(command, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env)
     try:
-        assert httpx.get(url).status_code == 401
+        deadline, printed = time.monotonic() + 120, None
+        while printed is None and time.monotonic() < deadline and studio.poll() is None:
+            printed = re.search(r"open (http://\S+)\?token=(\S+)", log.read_text())
+            time.sleep(0.3)
+        assert printed, log.read_text()
+        url, token = printed.group(1), printed.group(2)
+        while time.monotonic() < deadline:
+            try:
+                first = httpx.get(url, timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert first.status_code == 401  # loopback, no token: refused
         assert httpx.get(url, params={"token": "wrong"}).status_code == 401
+        assert httpx.get(url, params={"token": "\u00e9"}).status_code == 401  # non-ASCII: refused, not a 500
         with httpx.Client() as browser:  # keeps the cookie, as a browser does
-            first = browser.get(url, params={"token": "t0ken"})
-            assert first.status_code == 303 and "token" not in first.headers["location"]
+            opened = browser.get(url, params={"token": token})
+            assert opened.status_code == 303 and "token" not in opened.headers["location"]
+            assert token not in opened.headers["set-cookie"]
             page = browser.get(url)
             assert page.status_code == 200 and "lmforge studio" in page.text
             assert browser.get(f"{url}gradio_api/info").status_code == 200
-        assert httpx.get(url, headers={"Authorization": "Bearer t0ken"}).status_code == 200
+            # a page on another port of this machine posting to the studio, with the user's cookie: refused
+            other = browser.post(f"{url}gradio_api/queue/join", json={}, headers={"Origin": "http://127.0.0.1:1"})
+            assert other.status_code == 403
+        assert httpx.get(url, headers={"Authorization": f"Bearer {token}"}).status_code == 200
     finally:
         stop(studio)

@@ -29,13 +29,19 @@ def test_beyond_loopback_any_host_unless_hosts_are_listed():
     assert AccessPolicy.build("127.0.0.1", True, ["*"], []).host_problem("evil.example") is None
 
 
-def test_origins_loopback_or_allowed_only():
+def test_origins_own_or_allowed_only_not_other_loopback_ports():
     policy = AccessPolicy.build("127.0.0.1", True, [], ["https://app.example:443/", "http://tool.lan:8080"])
-    for origin in ["http://localhost:3000", "https://127.0.0.1", "http://[::1]:5173", "https://app.example"]:
-        assert policy.origin_problem(origin) is None, origin
-    assert policy.origin_problem("http://tool.lan:8080") is None
+    assert (
+        policy.origin_problem("https://app.example") is None and policy.origin_problem("http://tool.lan:8080") is None
+    )
+    for origin in ["http://localhost:3000", "https://127.0.0.1", "http://[::1]:5173"]:
+        assert policy.origin_problem(origin) is not None, origin  # another local port: another site
+    assert policy.origin_problem("http://127.0.0.1:8000", "127.0.0.1:8000") is None  # its own page
+    assert policy.origin_problem("http://[::1]:8000", "[::1]:8000") is None
+    assert policy.origin_problem("http://localhost", "localhost:80") is None  # default ports are equal
+    assert policy.origin_problem("http://127.0.0.1:8001", "127.0.0.1:8000") is not None
     for origin in ["null", "https://evil.example", "http://localhost.evil.example", "http://tool.lan", "file://"]:
-        assert policy.origin_problem(origin) is not None, origin
+        assert policy.origin_problem(origin, "127.0.0.1:8000") is not None, origin
     assert AccessPolicy.build("127.0.0.1", True, [], ["*"]).origin_problem("https://evil.example") is None
 
 

@@ -113,27 +113,51 @@ def call(gate: StudioGate, path: str = "/", headers: dict[str, str] | None = Non
     return start["status"], {k.decode(): v.decode() for k, v in start.get("headers", [])}
 
 
-def test_beyond_loopback_the_studio_needs_its_token(monkeypatch):
+def test_the_studio_always_has_a_token_unless_told_on_loopback(monkeypatch):
     monkeypatch.delenv("LMFORGE_STUDIO_TOKEN", raising=False)
-    with pytest.raises(ConfigError, match="LMFORGE_STUDIO_TOKEN"):
-        studio_token("0.0.0.0")
-    assert studio_token("127.0.0.1") is None
+    made = studio_token("127.0.0.1")
+    assert made and len(made) >= 24 and made != studio_token("127.0.0.1")  # random, made at each start
+    assert studio_token("0.0.0.0")  # beyond loopback too
+    assert studio_token("127.0.0.1", no_token=True) is None
+    with pytest.raises(ConfigError, match="--no-token"):
+        studio_token("0.0.0.0", no_token=True)
     monkeypatch.setenv("LMFORGE_STUDIO_TOKEN", "s3cret")
     assert studio_token("0.0.0.0") == "s3cret"
-    gate = StudioGate(None, "s3cret", AccessPolicy.build("0.0.0.0", False, [], []))
+
+
+def test_the_token_opens_a_session_whose_cookie_is_not_the_token():
+    gate = StudioGate(None, "s3cret", AccessPolicy.build("127.0.0.1", True, [], []))
     assert call(gate)[0] == 401
     assert call(gate, query="token=wrong")[0] == 401
+    assert call(gate, query="token=%C3%A9")[0] == 401  # a non-ASCII token: refused, not a 500
+    assert call(gate, headers={"authorization": "Bearer \u00e9t\u00e9"})[0] == 401
     status, headers = call(gate, path="/gradio_api/info", query="token=s3cret&x=1")
     assert status == 303 and headers["location"] == "/gradio_api/info?x=1"  # the token leaves the address
-    assert headers["set-cookie"].startswith(f"{COOKIE}=s3cret;") and "HttpOnly" in headers["set-cookie"]
-    assert call(gate, headers={"cookie": f"{COOKIE}=s3cret"})[0] == 200
-    assert call(gate, headers={"authorization": "Bearer s3cret"})[0] == 200
+    cookie = headers["set-cookie"]
+    session = cookie.split(";")[0].split("=", 1)[1]
+    assert cookie.startswith(f"{COOKIE}=") and "s3cret" not in cookie and len(session) >= 32
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Secure" not in cookie
+    assert call(gate, headers={"cookie": f"{COOKIE}={session}"})[0] == 200
+    assert call(gate, headers={"cookie": f"{COOKIE}=s3cret"})[0] == 401  # the token is not a session
     assert call(gate, headers={"cookie": f"{COOKIE}=other"})[0] == 401
+    assert call(gate, headers={"cookie": 'bad"cookie;;=='})[0] == 401
+    assert call(gate, headers={"authorization": "Bearer s3cret"})[0] == 200
+    second = call(gate, query="token=s3cret")[1]["set-cookie"]
+    assert second.split(";")[0] != cookie.split(";")[0]  # a new session per opening
+    secure = StudioGate(None, "s3cret", AccessPolicy.build("127.0.0.1", True, [], []), secure=True)
+    assert "; Secure" in call(secure, query="token=s3cret")[1]["set-cookie"]
 
 
-def test_on_loopback_foreign_hosts_and_origins_are_refused():
+def test_only_the_studios_own_origin_passes_not_other_loopback_ports():
     gate = StudioGate(None, None, AccessPolicy.build("127.0.0.1", True, [], []))
     assert call(gate)[0] == 200
     assert call(gate, headers={"host": "evil.example:7860"})[0] == 403  # DNS rebinding
     assert call(gate, headers={"origin": "https://evil.example"})[0] == 403
-    assert call(gate, headers={"origin": "http://localhost:7860"})[0] == 200
+    assert call(gate, headers={"origin": "http://127.0.0.1:7860"})[0] == 200  # its own page
+    assert call(gate, headers={"origin": "http://127.0.0.1:8888"})[0] == 403  # another local app's page
+    assert call(gate, headers={"origin": "http://localhost:7860"})[0] == 403  # another origin than the Host
+    assert call(gate, headers={"host": "localhost:7860", "origin": "http://localhost:7860"})[0] == 200
+    # bound beyond loopback, the browser's own same-origin POSTs pass (its Origin is the Host it asked)
+    wide = StudioGate(None, None, AccessPolicy.build("0.0.0.0", False, [], []))
+    assert call(wide, headers={"host": "box.lan:7860", "origin": "http://box.lan:7860"})[0] == 200
+    assert call(wide, headers={"host": "box.lan:7860", "origin": "http://box.lan:9999"})[0] == 403

@@ -5,11 +5,13 @@
   ``{"error": {"message": "internal error (request id ...)", "type": "server_error"}}``: exception
   text can hold paths, prompts or other users' data, so it stays in the server's log.
 * :class:`NetworkGuard` refuses (403, OpenAI error shape) a request whose ``Host`` header is not a
-  name the server answers to, and a request whose ``Origin`` header is not a loopback origin or one
-  that was allowed. A keyless server on 127.0.0.1 is otherwise open to any web page the user visits:
-  a page can POST to it across sites, and a page on a domain that the attacker re-points at
-  127.0.0.1 (DNS rebinding) can even read the answers. Browsers always send ``Host`` and send
-  ``Origin`` on cross-site requests, and a page cannot forge either.
+  name the server answers to, and a request whose ``Origin`` header is neither the server's own
+  origin (the scheme, host and port the request was sent to: the page it serves) nor one that was
+  allowed. A keyless server on 127.0.0.1 is otherwise open to any web page the user visits: a page
+  can POST to it across sites, and a page on a domain that the attacker re-points at 127.0.0.1 (DNS
+  rebinding) can even read the answers. A page served from *another port* of the same machine is
+  another origin too, and is refused like any other site. Browsers always send ``Host`` and send
+  ``Origin`` on cross-origin requests, and a page cannot forge either.
 
 Plain ASGI middleware (not ``BaseHTTPMiddleware``), so streamed responses pass through untouched.
 """
@@ -155,17 +157,18 @@ class AccessPolicy:
             "server with --allowed-host NAME"
         )
 
-    def origin_problem(self, value: str) -> str | None:
-        """Why an ``Origin`` header value is refused, or None when it is accepted."""
+    def origin_problem(self, value: str, host: str | None = None) -> str | None:
+        """Why an ``Origin`` header value is refused, or None when it is accepted: the request's own origin
+        (``host``: its Host header) or an allowed one. Loopback origins on other ports are other sites."""
         normalized = normalize_origin(value)
         if self.origins is None or (
-            normalized is not None and (is_loopback_origin(normalized) or normalized in self.origins)
+            normalized is not None and (normalized in self.origins or same_origin(normalized, host))
         ):
             return None
         return (
-            f"requests from the web origin {value[:100]!r} are refused: only loopback origins (http://localhost:PORT, "
-            "http://127.0.0.1:PORT, http://[::1]:PORT) and those given with --allowed-origin may call this server; "
-            "to allow this one, start the server with --allowed-origin ORIGIN"
+            f"requests from the web origin {value[:100]!r} are refused: only pages this server serves itself (same "
+            "scheme, host and port) and the origins given with --allowed-origin may call it -- a page on another "
+            "port of this machine is another site; to allow this one, start the server with --allowed-origin ORIGIN"
         )
 
 
@@ -208,10 +211,14 @@ def normalize_origin(value: str) -> str | None:
     return f"{match['scheme']}://{match['host']}{shown_port}"
 
 
-def is_loopback_origin(normalized: str) -> bool:
-    """Whether a normalized origin is http(s) on localhost, 127.0.0.1 or [::1] (any port)."""
+def same_origin(normalized: str, host: str | None) -> bool:
+    """Whether a normalized origin names the host and port of the ``Host`` header the request came with."""
     match = _ORIGIN.match(normalized)
-    return match is not None and match["host"].strip("[]") in LOOPBACK_NAMES
+    parsed = split_host(host) if host else None
+    if match is None or parsed is None:
+        return False
+    default = DEFAULT_PORTS[match["scheme"]]
+    return match["host"].strip("[]") == parsed[0] and (match["port"] or default) == (parsed[1] or default)
 
 
 class NetworkGuard:
@@ -232,13 +239,18 @@ class NetworkGuard:
         await self.app(scope, receive, send)
 
     def _problem(self, scope: Scope) -> tuple[str, str] | None:
-        for key, raw in scope["headers"]:
-            value = raw.decode("latin-1")
-            if key == b"host" and (message := self.policy.host_problem(value)) is not None:
-                return message, "host_not_allowed"
-            if key == b"origin" and (message := self.policy.origin_problem(value)) is not None:
-                return message, "origin_not_allowed"
-        return None
+        return request_problem(self.policy, scope)
+
+
+def request_problem(policy: AccessPolicy, scope: Scope) -> tuple[str, str] | None:
+    """(message, code) when the request's ``Host`` or ``Origin`` header is refused by ``policy``, else None."""
+    headers = {k.lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+    host = headers.get(b"host", "")
+    if (message := policy.host_problem(host)) is not None:
+        return message, "host_not_allowed"
+    if b"origin" in headers and (message := policy.origin_problem(headers[b"origin"], host)) is not None:
+        return message, "origin_not_allowed"
+    return None
 
 
 def install_network_guard(app: Any, policy: AccessPolicy) -> None:
@@ -250,7 +262,6 @@ def install_network_guard(app: Any, policy: AccessPolicy) -> None:
     app.add_middleware(
         CORSMiddleware,
         allow_origins=["*"] if policy.origins is None else sorted(policy.origins),
-        allow_origin_regex=r"https?://(localhost|127\.0\.0\.1|\[::1\])(:\d{1,5})?",
         allow_methods=["GET", "POST"],
         allow_headers=["authorization", "content-type"],
         expose_headers=[REQUEST_ID_HEADER],

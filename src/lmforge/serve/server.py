@@ -9,7 +9,7 @@ adapter they ask for (see :mod:`lmforge.serve.engine`).
 Safety defaults: the server binds 127.0.0.1; binding any other address requires an API key in
 the environment (``LMFORGE_API_KEY`` unless told otherwise), and a key that is set is always
 required. On loopback, requests whose ``Host`` is not a loopback name (DNS rebinding) get 403, and so
-do requests from a web ``Origin`` that is not loopback or allowed (see :mod:`lmforge.serve.middleware`).
+do requests from a web ``Origin`` that is not the server's own or allowed (see :mod:`lmforge.serve.middleware`).
 Bodies over ``max_request_bytes`` get 413, ``max_tokens`` over the limit or past the context window
 get 400, and every error has the OpenAI shape ``{"error": {"message", "type", "param", "code"}}``;
 a 500 carries only a request id (``x-request-id``), the traceback goes to the server's log.
@@ -509,7 +509,7 @@ def _describe(policy: AccessPolicy) -> str:
     else:
         shown = [(f"[{host}]" if ":" in host else host) + (f":{port}" if port else "") for host, port in policy.hosts]
         hosts = ", ".join(sorted(shown)) + " (any port unless one is given)"
-    origins = "any" if policy.origins is None else ", ".join(["none", "loopback", *sorted(policy.origins)])
+    origins = "any" if policy.origins is None else ", ".join(["none", "its own", *sorted(policy.origins)])
     return f"Host header: {hosts}; Origin header: {origins}"
 
 

@@ -28,6 +28,7 @@ import gradio as gr
 
 from lmforge.errors import ConfigError, LmforgeError
 from lmforge.studio import compare, form
+from lmforge.studio.reach import Reach, ReachError
 from lmforge.studio.runs import Runs
 
 REFRESH_S = 2.0
@@ -44,6 +45,14 @@ class StudioSettings:
     """A recipe to open on the recipe page."""
     allowed_hosts: list[str] | None = None
     allowed_origins: list[str] | None = None
+    no_token: bool = False
+    """Serve without a token (loopback only; any local user and any local page can then use the studio)."""
+    allow_dirs: list[Path] | None = None
+    """Folders besides ``runs_dir`` (and the shipped recipes) that Load, Save and Data may read or write."""
+    allow_remote_code: bool = False
+    """Whether a recipe saved or run from the studio may set ``model.trust_remote_code: true``."""
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
 
 
 # ---------------------------------------------------------------- the pages
@@ -54,6 +63,7 @@ def build_blocks(settings: StudioSettings) -> Any:
     import pandas as pd
 
     runs = Runs(settings.runs_dir)
+    reach = Reach.of(settings.runs_dir, settings.recipe, settings.allow_dirs, settings.allow_remote_code)
     fields = form.recipe_fields()
     from lmforge.studio.chatting import ChatPairs
 
@@ -116,7 +126,9 @@ def build_blocks(settings: StudioSettings) -> Any:
 
                 def on_load(path: str, request: gr.Request) -> list[Any]:
                     try:
-                        raw = form.parse_yaml(Path(path).expanduser().read_text(encoding="utf-8"))
+                        raw = form.parse_yaml(reach.check(path).read_text(encoding="utf-8"))
+                    except ReachError as exc:
+                        return [*(gr.update() for _ in components), gr.update(), f"error: {exc}"]
                     except OSError as exc:
                         return [*(gr.update() for _ in components), gr.update(), f"error: cannot read {path}: {exc}"]
                     except ConfigError as exc:
@@ -145,8 +157,9 @@ def build_blocks(settings: StudioSettings) -> Any:
 
                 def save(path: str, values: list[Any]) -> tuple[Path, dict[str, Any]]:
                     raw = form.to_raw(fields, values)
-                    target = Path(path).expanduser()
-                    form.check(raw, str(target), target.resolve().parent)  # never save an invalid recipe
+                    target = reach.check(path, write=True)
+                    reach.check_recipe(raw, target.parent)
+                    form.check(raw, str(target), target.parent)  # never save an invalid recipe
                     from lmforge.rundir import atomic_write_text
 
                     target.parent.mkdir(parents=True, exist_ok=True)
@@ -156,7 +169,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                 def on_save(path: str, request: gr.Request) -> str:
                     try:
                         target, _ = save(path, forms.values(request))
-                    except (LmforgeError, form.FormProblem, OSError) as exc:
+                    except (LmforgeError, form.FormProblem, ReachError, OSError) as exc:
                         return f"**Not saved.** {exc}"
                     return f"Saved `{target}`."
 
@@ -166,7 +179,7 @@ def build_blocks(settings: StudioSettings) -> Any:
                     try:
                         target, _ = save(path, forms.values(request))
                         name = runs.start(target)
-                    except (LmforgeError, form.FormProblem, OSError) as exc:
+                    except (LmforgeError, form.FormProblem, ReachError, OSError) as exc:
                         return f"**Not started.** {exc}"
                     return f"Saved `{target}` and started run **{name}**: follow it on the Runs page."
 
@@ -217,8 +230,8 @@ def build_blocks(settings: StudioSettings) -> Any:
 
                     progress(0, desc="reading and preparing the records")
                     try:
-                        view = inspect(target, model.strip() or None)
-                    except (LmforgeError, OSError) as exc:
+                        view = inspect(target, model.strip() or None, reach)
+                    except (LmforgeError, ReachError, OSError) as exc:
                         return [f"**{exc}**", *(gr.update() for _ in range(6))]
                     flat = [piece for example in view.labels for piece in [*example, ("\n\n", None)]]
                     return [

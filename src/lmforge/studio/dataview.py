@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.studio.reach import Reach
+
 HISTOGRAM_BINS = 20
 
 
@@ -29,18 +31,22 @@ class DataView:
     """A few train examples as (text, "loss" or None) pieces: the tokens the loss sees."""
 
 
-def inspect(target: str | Path, model: str | None = None, examples: int = 2) -> DataView:
-    """Inspect a recipe (its sources, model and chat template) or a data file or folder.
+def inspect(target: str | Path, model: str | None = None, reach: Reach | None = None, examples: int = 2) -> DataView:
+    """Inspect a recipe (its sources, model and chat template) or a data file or folder; with ``reach``, only
+    one (and a recipe's sources) inside the folders the studio may read.
 
     Raises:
         ConfigError, DataError: as ``lmforge data inspect`` (a bad recipe, an unreadable file).
+        ReachError: the target or a source lies outside ``reach``.
     """
     from lmforge.config import load_recipe
     from lmforge.data import clean, inspection
     from lmforge.models import load_tokenizer, resolve_model
 
-    target = Path(target).expanduser()
+    target = reach.check(target) if reach is not None else Path(target).expanduser()
     recipe = load_recipe(target) if target.suffix.lower() in (".yaml", ".yml") else None
+    if recipe is not None and reach is not None:
+        reach.check_recipe({"data": {"sources": [{"path": s.path} for s in recipe.data.sources]}}, target.parent)
     prepared, _ = inspection.inspect_data(target, recipe)
     ref = model or (recipe.model.ref if recipe else None)
     tokenizer = load_tokenizer(resolve_model(ref)) if ref else None
