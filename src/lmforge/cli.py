@@ -247,6 +247,11 @@ def serve(
     max_upload_bytes: Annotated[
         int, typer.Option(min=1024, help="Largest uploaded document (extraction runs).")
     ] = 20_000_000,
+    max_uncompressed_bytes: Annotated[
+        int, typer.Option(min=1024, help="Largest expanded size of an uploaded DOCX.")
+    ] = 100_000_000,
+    max_upload_pages: Annotated[int, typer.Option(min=1, help="Most pages of an uploaded PDF.")] = 500,
+    max_queue: Annotated[int, typer.Option(min=1, help="Requests (or documents) waiting; more get 429.")] = 256,
     dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
     threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     rag: Annotated[bool, typer.Option(help="Load the run's retrieval index (requests opt in with rag).")] = False,
@@ -278,6 +283,9 @@ def serve(
         max_tokens_limit=max_tokens_limit,
         max_request_bytes=max_request_bytes,
         max_upload_bytes=max_upload_bytes,
+        max_uncompressed_bytes=max_uncompressed_bytes,
+        max_upload_pages=max_upload_pages,
+        max_queue=max_queue,
         dtype=dtype,
         threads=threads,
         rag_default=rag_default,

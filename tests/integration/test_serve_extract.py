@@ -41,10 +41,10 @@ def served(tmp_path_factory):
         "seq2seq.compare_base=false",
     )
     env = {**os.environ, "LMFORGE_API_KEY": KEY}
-    args = [str(run), "--threads", "1", "--max-upload-bytes", "200000"]
+    args = [str(run), "--threads", "1", "--max-upload-bytes", "1000000", "--max-uncompressed-bytes", "5000000"]
     process, url = start_server(args, env, root / "server.log")
     schema = json.loads((run / "seq2seq" / "schema.json").read_text(encoding="utf-8"))
-    yield {"url": url, "schema": schema, "root": root, "log": root / "server.log"}
+    yield {"url": url, "schema": schema, "root": root, "log": root / "server.log", "run": run, "pid": process.pid}
     stop_server(process)
 
 
@@ -91,7 +91,10 @@ def test_requests_sent_together_are_extracted_in_batches(served):
         (("scan.pdf", None, "application/pdf"), 422, "unreadable_file"),  # no text layer: the OCR hint
         (("blank.txt", b"  \n\n ", "text/plain"), 422, "empty_document"),
         (("letter.exe", b"MZ\x90\x00", "application/octet-stream"), 415, "unsupported_media_type"),
-        (("big.txt", b"x" * 300_000, "text/plain"), 413, "request_too_large"),
+        (("big.txt", b"x" * 1_500_000, "text/plain"), 413, "request_too_large"),
+        (("letter.pdf", b"A plain letter, not a PDF.", "application/pdf"), 415, "unsupported_media_type"),
+        (("letter.txt", b"%PDF-1.4 a PDF named as text", "text/plain"), 415, "unsupported_media_type"),
+        (("letter.docx", b"PK\x03\x04 not a zip at all", "application/octet-stream"), 415, "unsupported_media_type"),
     ],
 )
 def test_a_malformed_upload_gets_a_4xx_with_a_clear_error(served, upload, status, code):
@@ -102,8 +105,15 @@ def test_a_malformed_upload_gets_a_4xx_with_a_clear_error(served, upload, status
     assert reply.status_code == status, reply.text
     error = reply.json()["error"]
     assert error["code"] == code and error["message"]
+    assert_no_internals(reply)
     if name == "scan.pdf":
         assert "OCR" in error["message"]
+
+
+def assert_no_internals(reply: httpx.Response) -> None:
+    """A 4xx body says what was wrong with the request, never a library's exception text or a server path."""
+    for leak in ("/tmp", "lmforge-upload", "Traceback", "Error(", "Pdfium", "BadZip", "errno", "site-packages"):
+        assert leak not in reply.text, (leak, reply.text)
 
 
 def test_bad_json_requests_and_a_missing_key_are_refused(served):
@@ -121,3 +131,61 @@ def test_an_output_that_breaks_the_schema_is_reported_not_a_server_error():
     schema = {"type": "object", "properties": {"monthly_amount": {"type": "integer"}}, "required": ["claimant"]}
     problems = schema_problems({"monthly_amount": "four hundred"}, schema)
     assert any(p.startswith("monthly_amount:") for p in problems) and any("claimant" in p for p in problems)
+
+
+def docx_bomb(expanded: int) -> bytes:
+    """A DOCX-shaped zip whose document part is ``expanded`` bytes of zeros (compresses ~1000x)."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        with archive.open("word/document.xml", "w", force_zip64=True) as part:
+            chunk = b"\0" * 1_000_000
+            for _ in range(expanded // len(chunk)):
+                part.write(chunk)
+    return buffer.getvalue()
+
+
+def rss_mb(pid: int) -> float:
+    import psutil
+
+    process = psutil.Process(pid)
+    return sum(p.memory_info().rss for p in [process, *process.children(recursive=True)]) / 2**20
+
+
+def test_a_zip_bomb_and_a_2000_page_pdf_are_refused_quickly_with_memory_bounded(served):
+    import time
+
+    bomb = docx_bomb(300_000_000)
+    assert len(bomb) < 1_000_000  # under the upload limit: the zip's directory is what refuses it
+    pages = make_pdf(served["root"] / "long.pdf", [f"p{n}" for n in range(2000)]).read_bytes()
+    assert len(pages) < 1_000_000
+    before = rss_mb(served["pid"])
+    for name, data, code in [("bomb.docx", bomb, "document_too_large"), ("long.pdf", pages, "document_too_large")]:
+        started = time.monotonic()
+        reply = post(served, files={"file": (name, data, "application/octet-stream")})
+        assert reply.status_code == 413 and reply.json()["error"]["code"] == code, reply.text
+        assert time.monotonic() - started < 20, name
+        assert_no_internals(reply)
+    assert "pages" in reply.json()["error"]["message"]
+    assert rss_mb(served["pid"]) - before < 150  # the server never held the expanded bomb
+
+
+def test_a_full_queue_answers_429(served, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    env = {**os.environ, "LMFORGE_API_KEY": KEY}
+    args = [str(served["run"]), "--threads", "1", "--max-queue", "1", "--max-batch-size", "1"]
+    process, url = start_server(args, env, tmp_path / "busy.log")
+    try:
+        documents = [row["prompt"] for row in letters(16, offset=70)]
+        with ThreadPoolExecutor(16) as pool:
+            replies = list(pool.map(lambda text: post({"url": url}, json={"text": text}), documents))
+    finally:
+        stop_server(process)
+    statuses = sorted({r.status_code for r in replies})
+    assert statuses == [200, 429], statuses
+    busy = next(r for r in replies if r.status_code == 429).json()["error"]
+    assert busy["code"] == "server_busy" and "--max-queue" in busy["message"]

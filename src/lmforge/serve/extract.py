@@ -13,15 +13,16 @@ is the fields as a JSON object, validated against the schema::
 An output that is not a JSON object, or breaks the schema, is not an HTTP error (the request was
 fine): ``valid`` is false, ``fields`` null and ``error`` says what is wrong (``type``
 ``invalid_output``, the schema ``problems``), with the ``raw`` output. A bad request gets a 4xx in
-the OpenAI error shape: no document (400), an unreadable or empty file (422), a file type the
-readers do not know (415), a body over the limit (413).
+the OpenAI error shape: no document (400), an unreadable or empty file (422), a file whose type the
+readers do not know or whose content is not what its name says (415), a body or a document over the
+limits (413: bytes, expanded size, pages; :mod:`lmforge.serve.uploads`), too many documents waiting
+(429). No 4xx carries a library's exception text or a server path.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -33,7 +34,8 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 
 from lmforge.errors import ModelError
 from lmforge.serve.app import base_app, read_body
-from lmforge.serve.protocol import APIError
+from lmforge.serve.protocol import APIError, busy
+from lmforge.serve.uploads import UploadLimits, read_upload
 
 TEXT_TYPES = ("application/json",)
 FORM_TYPES = ("multipart/form-data",)
@@ -146,16 +148,17 @@ class Batcher:
     """Collects the documents of requests that arrive together and extracts them in one batch, one batch at
     a time, off the event loop."""
 
-    def __init__(self, extractor: Extractor, max_batch_size: int, wait_ms: float):
+    def __init__(self, extractor: Extractor, max_batch_size: int, wait_ms: float, max_queue: int = 256):
         self.extractor = extractor
         self.max_batch_size = max_batch_size
         self.wait_s = wait_ms / 1000
+        self.max_queue = max_queue
         self.queue: asyncio.Queue[tuple[str, asyncio.Future[Extraction]]] | None = None
         self.task: asyncio.Task[None] | None = None
         self.batches = 0
 
     def start(self) -> None:
-        self.queue = asyncio.Queue()
+        self.queue = asyncio.Queue(maxsize=self.max_queue)
         self.task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
@@ -167,7 +170,10 @@ class Batcher:
     async def submit(self, document: str) -> Extraction:
         assert self.queue is not None, "the batcher starts with the app"
         future: asyncio.Future[Extraction] = asyncio.get_running_loop().create_future()
-        await self.queue.put((document, future))
+        try:
+            self.queue.put_nowait((document, future))
+        except asyncio.QueueFull:
+            raise busy(self.max_queue, "documents") from None
         return await future
 
     async def _loop(self) -> None:
@@ -195,10 +201,16 @@ class Batcher:
 
 
 def extraction_router(
-    extractor: Extractor, batcher: Batcher, auth: Callable, read_json_body: Callable, max_upload_bytes: int
+    extractor: Extractor,
+    batcher: Batcher,
+    auth: Callable,
+    read_json_body: Callable,
+    max_upload_bytes: int,
+    limits: UploadLimits | None = None,
 ) -> APIRouter:
     """``GET /v1/models`` and ``POST /v1/extract`` (both behind ``auth``), ``GET /health``."""
     router = APIRouter()
+    limits = limits or UploadLimits()
 
     @router.get("/health")
     async def health() -> dict[str, Any]:
@@ -213,7 +225,7 @@ def extraction_router(
     async def extract(request: Request) -> dict[str, Any]:
         kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if kind in FORM_TYPES:
-            document, model = await _uploaded_document(request, max_upload_bytes)
+            document, model = await _uploaded_document(request, max_upload_bytes, limits)
         elif kind in TEXT_TYPES or not kind:
             document, model = _json_document(await read_json_body(request))
         else:
@@ -265,8 +277,9 @@ def _json_document(body: Any) -> tuple[str, str | None]:
     return text, model
 
 
-async def _uploaded_document(request: Request, limit: int) -> tuple[str, str | None]:
-    """The text of the multipart form's ``file``, read by the data readers (by its file name's suffix)."""
+async def _uploaded_document(request: Request, limit: int, limits: UploadLimits) -> tuple[str, str | None]:
+    """The text of the multipart form's ``file``, its type checked on the bytes, read by the data readers in a
+    child process under ``limits`` (:mod:`lmforge.serve.uploads`)."""
     from starlette.datastructures import UploadFile
 
     from lmforge.data.documents import DOCUMENT_SUFFIXES
@@ -274,8 +287,8 @@ async def _uploaded_document(request: Request, limit: int) -> tuple[str, str | N
     await read_body(request, limit)
     try:
         form = await request.form()
-    except Exception as exc:  # a malformed multipart body
-        raise APIError(400, f"the multipart form could not be read: {exc}", code="invalid_form") from None
+    except Exception:  # a malformed multipart body (the parser's words stay out of the reply)
+        raise APIError(400, "the multipart form could not be read", code="invalid_form") from None
     upload, model = form.get("file"), form.get("model")
     if not isinstance(upload, UploadFile):
         raise APIError(400, "the form has no 'file' field holding a file", param="file")
@@ -290,31 +303,13 @@ async def _uploaded_document(request: Request, limit: int) -> tuple[str, str | N
             code="unsupported_media_type",
         )
     data = await upload.read()
-    text = await asyncio.to_thread(_read_document, data, suffix, name.name)
+    text = await asyncio.to_thread(read_upload, data, suffix, name.name, limits)
     return text, model if isinstance(model, str) else None
-
-
-def _read_document(data: bytes, suffix: str, shown: str) -> str:
-    from lmforge.data.documents import read_blocks
-    from lmforge.data.textio import FileReport
-
-    with tempfile.TemporaryDirectory(prefix="lmforge-upload-") as folder:
-        path = Path(folder) / f"document{suffix}"
-        path.write_bytes(data)
-        try:
-            blocks = read_blocks(path, "auto", FileReport(kind="upload"))
-        except Exception as exc:  # UnreadableFile (damaged, encrypted), or a reader library choking on the bytes
-            reason = f"file {shown!r} could not be read: {exc}"
-            raise APIError(422, reason, param="file", code="unreadable_file") from None
-    text = "\n\n".join(block.text for block in blocks if block.text.strip())
-    if not text.strip():
-        raise APIError(422, f"file {shown!r} holds no text (a scanned PDF?)", param="file", code="empty_document")
-    return text
 
 
 def build_extraction_app(extractor: Extractor, settings: Any, api_key: str | None = None, policy: Any = None) -> Any:
     """The FastAPI app serving ``extractor``: the same middleware, limits and auth as the chat server."""
-    batcher = Batcher(extractor, settings.max_batch_size, settings.batch_wait_ms)
+    batcher = Batcher(extractor, settings.max_batch_size, settings.batch_wait_ms, settings.max_queue)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -324,5 +319,10 @@ def build_extraction_app(extractor: Extractor, settings: Any, api_key: str | Non
 
     app, auth, read_json_body = base_app(settings, api_key, policy, lifespan)
     app.state.batcher = batcher
-    app.include_router(extraction_router(extractor, batcher, auth, read_json_body, settings.max_upload_bytes))
+    limits = UploadLimits(
+        max_uncompressed_bytes=settings.max_uncompressed_bytes,
+        max_pages=settings.max_upload_pages,
+        read_timeout_s=settings.read_timeout_s,
+    )
+    app.include_router(extraction_router(extractor, batcher, auth, read_json_body, settings.max_upload_bytes, limits))
     return app

@@ -34,6 +34,16 @@ class APIError(Exception):
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
 
+def busy(limit: int, what: str) -> APIError:
+    """The 429 of a server whose queue is full."""
+    return APIError(
+        429,
+        f"the server is busy: {limit} {what} are already waiting (its --max-queue); retry in a moment",
+        type_="rate_limit_error",
+        code="server_busy",
+    )
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -48,7 +48,7 @@ from lmforge.serve.middleware import (
     AccessPolicy,
     internal_error,
 )
-from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, parse_request
+from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, busy, parse_request
 
 DEFAULT_RAG_TOP_K = 4
 
@@ -71,6 +71,14 @@ class ServeSettings:
     max_request_bytes: int = 1_000_000
     max_upload_bytes: int = 20_000_000
     """Largest uploaded document for ``/v1/extract`` (a seq2seq run)."""
+    max_uncompressed_bytes: int = 100_000_000
+    """Largest expanded size of an uploaded DOCX (zip bombs are refused before they expand)."""
+    max_upload_pages: int = 500
+    """Most pages of an uploaded PDF."""
+    read_timeout_s: float = 30.0
+    """Longest time reading one uploaded document may take (the reading process is killed then)."""
+    max_queue: int = 256
+    """Most requests (chat) or documents (extraction) waiting for the model; more get 429."""
     dtype: str = "auto"
     """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
     threads: int | None = None
@@ -188,6 +196,7 @@ def chat_router(
             messages, citations = await asyncio.to_thread(augment, messages, retriever, settings)
         prompt_ids = chat_prompt_ids(served, messages)
         job = _job(served, prompt_ids, body, models, settings, request.state.request_id)
+        _admit(engine, settings)
         reply_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -213,6 +222,7 @@ def chat_router(
         served = _served(models, body.model)
         prompt_ids = served.tokenizer(body.prompt)["input_ids"]
         job = _job(served, prompt_ids, body, models, settings, request.state.request_id)
+        _admit(engine, settings)
         reply_id = f"cmpl-{uuid.uuid4().hex[:24]}"
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
@@ -252,6 +262,12 @@ def _served(models: ModelSet, model_id: str) -> ServedModel:
             code="model_not_found",
         )
     return served
+
+
+def _admit(engine: Engine, settings: ServeSettings) -> None:
+    """429 when ``max_queue`` requests already wait for the engine (memory stays bounded under a flood)."""
+    if engine.pending.qsize() >= settings.max_queue:
+        raise busy(settings.max_queue, "requests")
 
 
 def _job(
