@@ -173,3 +173,21 @@ def test_run_index_settings_fill_in_only_what_the_command_line_left_unset(tmp_pa
     chosen = ServeSettings(rag_top_k=7)
     index_settings(str(tmp_path), chosen)
     assert (chosen.rag_top_k, chosen.rag_mode, chosen.rag_route_threshold) == (7, "hybrid", 0.42)
+
+
+def test_a_full_engine_queue_answers_429_before_anything_is_queued():
+    import queue
+    from types import SimpleNamespace
+
+    from lmforge.serve.server import ServeSettings, _admit
+
+    engine = SimpleNamespace(pending=queue.Queue())
+    settings = ServeSettings(max_queue=2)
+    _admit(engine, settings)
+    engine.pending.put("a")
+    _admit(engine, settings)
+    engine.pending.put("b")
+    with pytest.raises(APIError) as refused:
+        _admit(engine, settings)
+    assert refused.value.status == 429 and refused.value.code == "server_busy"
+    assert "2 requests" in refused.value.message and engine.pending.qsize() == 2
