@@ -189,3 +189,34 @@ def test_a_full_queue_answers_429(served, tmp_path):
     assert statuses == [200, 429], statuses
     busy = next(r for r in replies if r.status_code == 429).json()["error"]
     assert busy["code"] == "server_busy" and "--max-queue" in busy["message"]
+
+
+@pytest.mark.slow
+def test_extraction_soak_mixed_uploads_keep_memory_bounded(served):
+    """120 uploads, 4 at a time: good letters, bombs, long and damaged PDFs, lying names. No 5xx; the server's
+    memory (its reading children included) stays within 200 MiB of where it started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    letter = letters(1, offset=90)[0]["prompt"]
+    kinds = [
+        ("letter.pdf", make_pdf(served["root"] / "soak.pdf", [letter[:80], letter[80:]]).read_bytes()),
+        ("bomb.docx", docx_bomb(300_000_000)),
+        ("long.pdf", make_pdf(served["root"] / "soak-long.pdf", [f"p{n}" for n in range(2000)]).read_bytes()),
+        ("broken.pdf", b"%PDF-1.4 broken"),
+        ("lying.pdf", b"just text"),
+        ("letter.txt", letter.encode()),
+    ]
+    uploads = [kinds[n % len(kinds)] for n in range(120)]
+    before = rss_mb(served["pid"])
+    peak = [before]
+
+    def send(upload: tuple[str, bytes]) -> int:
+        reply = post(served, files={"file": (upload[0], upload[1], "application/octet-stream")})
+        peak.append(rss_mb(served["pid"]))
+        return reply.status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = list(pool.map(send, uploads))
+    assert all(status < 500 for status in statuses), statuses
+    assert statuses.count(200) == 40  # the two good kinds, 20 each
+    assert max(peak) - before < 200, (before, max(peak))
