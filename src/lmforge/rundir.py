@@ -162,7 +162,18 @@ class StageDir:
         root = Path(run_path) / stage
         manifest_path = root / MANIFEST
         manifest = read_json(manifest_path) if manifest_path.is_file() else {}
+        for key in PORTABLE_KEYS:
+            if key in manifest:
+                manifest[key] = _resolved(manifest[key], Path(run_path))
         return cls(root=root, stage=stage, manifest=manifest)
+
+    def _save(self) -> None:
+        """Write the manifest with the paths inside the run folder written relative to it (``$RUN/...``)."""
+        portable = dict(self.manifest)
+        for key in PORTABLE_KEYS:
+            if key in portable:
+                portable[key] = _portable(portable[key], self.root.parent.resolve())
+        atomic_write_json(self.root / MANIFEST, portable)
 
     @property
     def status(self) -> str | None:
@@ -199,14 +210,14 @@ class StageDir:
             "attempts": int(self.manifest.get("attempts", 0)) + 1 if resumed else 1,
             "world_size": world().size,
         }
-        atomic_write_json(self.root / MANIFEST, self.manifest)
+        self._save()
 
     def finish(self, metrics: dict[str, Any], outputs: dict[str, Any] | None = None) -> None:
         """Mark the stage ``done`` with its metrics and output files."""
         self.manifest.update(
             status="done", finished_at=_now(), metrics=metrics, outputs=outputs or {}, elapsed_s=self._elapsed()
         )
-        atomic_write_json(self.root / MANIFEST, self.manifest)
+        self._save()
 
     def fail(self, error: BaseException) -> None:
         """Mark the stage ``failed`` and record the error that stopped it (its type and message)."""
@@ -216,7 +227,7 @@ class StageDir:
             error={"type": type(error).__name__, "message": str(error)},
             elapsed_s=self._elapsed(),
         )
-        atomic_write_json(self.root / MANIFEST, self.manifest)
+        self._save()
 
     def _elapsed(self) -> float | None:
         started = self.manifest.get("started_at")
@@ -226,6 +237,39 @@ class StageDir:
 
     def path(self, *parts: str) -> Path:
         return self.root.joinpath(*parts)
+
+
+PORTABLE_KEYS = ("inputs", "outputs")
+"""Manifest sections whose paths inside the run folder are stored relative to it, so a run folder works wherever
+it is copied and from any working directory (the CLI and the studio write the same)."""
+RUN_PREFIX = "$RUN/"
+
+
+def _portable(value: Any, run_root: Path) -> Any:
+    """``value`` with every string naming a path inside ``run_root`` rewritten as ``$RUN/<relative path>``."""
+    if isinstance(value, dict):
+        return {k: _portable(v, run_root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_portable(v, run_root) for v in value]
+    if isinstance(value, str) and value and not value.startswith(RUN_PREFIX) and ("/" in value or "\\" in value):
+        try:
+            resolved = Path(value).resolve()
+        except (OSError, RuntimeError, ValueError):
+            return value
+        if resolved != run_root and resolved.is_relative_to(run_root):
+            return RUN_PREFIX + resolved.relative_to(run_root).as_posix()
+    return value
+
+
+def _resolved(value: Any, run_path: Path) -> Any:
+    """The inverse of :func:`_portable`: ``$RUN/x`` becomes ``run_path/x`` (as the run folder was opened)."""
+    if isinstance(value, dict):
+        return {k: _resolved(v, run_path) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_resolved(v, run_path) for v in value]
+    if isinstance(value, str) and value.startswith(RUN_PREFIX):
+        return str(run_path / value[len(RUN_PREFIX) :])
+    return value
 
 
 def require_done(run_path: str | Path, stage: str, needed_by: str) -> StageDir:
@@ -301,13 +345,17 @@ def final_model(
     """
     from lmforge.stages import TRAINING_STAGES, stage
 
+    listed = _recipe_stages(run_path)
     for name in reversed(TRAINING_STAGES):
         kind = stage(name).model
         if (kinds is not None and kind not in kinds) or (stages is not None and name not in stages):
             continue
+        if listed is not None and name not in listed:
+            continue  # a stage the run's recipe no longer has (its folder stays, its model is not the run's)
         found = StageDir.open(run_path, name)
         if found.status != "done":
             continue
+        _refuse_stale(run_path, found)
         outputs = found.manifest.get("outputs", {})
         if outputs.get("adapter"):
             model_dir, adapter = Path(outputs["base_model"]), Path(outputs["adapter"])
@@ -317,6 +365,36 @@ def final_model(
             continue
         return FinalModel(name, str(kind), model_dir, adapter, found.fingerprint)
     return None
+
+
+def _recipe_stages(run_path: str | Path) -> list[str] | None:
+    """The stages of the recipe the run was last run with (``recipe.json``); None when it has none."""
+    path = Path(run_path) / "recipe.json"
+    try:
+        stages = read_json(path).get("stages") if path.is_file() else None
+    except (OSError, ValueError):
+        return None
+    return list(stages) if isinstance(stages, list) else None
+
+
+def _refuse_stale(run_path: str | Path, found: StageDir) -> None:
+    """Refuse a stage trained from another stage's result when that stage was trained again since: its model
+    no longer follows from the run (``lmforge run --only sft`` after dpo, for one)."""
+    start = (found.manifest.get("inputs") or {}).get("starts_from")
+    if not isinstance(start, dict) or not start.get("stage") or not start.get("fingerprint"):
+        return
+    upstream = StageDir.open(run_path, start["stage"])
+    if upstream.fingerprint == start["fingerprint"]:
+        return
+    from lmforge.errors import ModelError
+
+    raise ModelError(
+        f"{found.stage} in {run_path} was trained from an earlier {start['stage']} result; {start['stage']} has been "
+        f"trained again since ({upstream.status or 'removed'}), so {found.stage}'s model no longer follows from "
+        "the run. "
+        f"Run the recipe again (lmforge run) so {found.stage} trains on the new {start['stage']}, or remove "
+        f"{found.stage} from the recipe's stages"
+    )
 
 
 def _now() -> str:

@@ -156,7 +156,7 @@ def test_demo_docs_only_recipe(tmp_path, tiny_model_dir):
     raft = StageDir.open(run, "index").manifest["metrics"]["raft"]
     assert raft["questions"] == len(splits["doc_qa"]) and raft["closed_book"] == 0  # sft trains doc_qa itself
     sft = StageDir.open(run, "sft").manifest
-    assert [Path(p).stem for p in sft["inputs"]["train"].split(", ")] == ["doc_qa", "raft"]
+    assert [Path(p).stem for p in sft["inputs"]["train"]] == ["doc_qa", "raft"]
     assert "replay_records" in sft["metrics"]  # on by default: the recipe brings no general records
     summary = json.loads((run / "eval" / "summary.json").read_text())
     assert {"base", "base+rag", "tuned", "tuned+rag"} <= set(summary["sets"]["doc_qa_test"])

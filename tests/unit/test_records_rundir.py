@@ -107,3 +107,63 @@ def test_atomic_writes_get_normal_permissions(tmp_path):
     umask = os.umask(0o022)
     os.umask(umask)
     assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~umask
+
+
+def test_manifest_paths_inside_the_run_are_stored_relative_to_it(tmp_path, monkeypatch):
+    import shutil
+
+    from lmforge.rundir import StageDir
+
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "runs" / "r"
+    stage = StageDir.open("runs/r", "sft")  # opened relative to the working directory, as the CLI does
+    stage.start("fp", {"lr": 1}, {"train": ["runs/r/data/splits/train.jsonl"], "note": "a/b but not a path here"})
+    outputs = {
+        "adapter": "runs/r/sft/adapter",
+        "base_model": "/models/base",
+        "splits": {"raft": str(run / "index" / "raft.jsonl")},
+        "domain": "pensions",
+    }
+    stage.finish({"loss": 1.0}, outputs)
+    written = json.loads((run / "sft" / "manifest.json").read_text())
+    assert written["outputs"]["adapter"] == "$RUN/sft/adapter"
+    assert written["outputs"]["splits"]["raft"] == "$RUN/index/raft.jsonl"
+    assert written["outputs"]["base_model"] == "/models/base" and written["outputs"]["domain"] == "pensions"
+    assert written["inputs"]["train"] == ["$RUN/data/splits/train.jsonl"]
+    assert written["inputs"]["note"] == "a/b but not a path here"
+    assert stage.manifest["outputs"]["adapter"] == "runs/r/sft/adapter"  # in memory: as given
+
+    moved = tmp_path / "elsewhere" / "copy"
+    shutil.copytree(run, moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    reopened = StageDir.open("copy", "sft")
+    assert reopened.manifest["outputs"]["adapter"] == "copy/sft/adapter"
+    assert reopened.manifest["inputs"]["train"] == ["copy/data/splits/train.jsonl"]
+    assert StageDir.open(moved, "sft").manifest["outputs"]["splits"]["raft"] == str(moved / "index" / "raft.jsonl")
+
+
+def finished(run, stage, fingerprint, outputs, inputs=None):
+    from lmforge.rundir import StageDir
+
+    found = StageDir.open(run, stage)
+    found.start(fingerprint, {}, inputs or {})
+    found.finish({}, outputs)
+
+
+def test_the_runs_model_comes_from_a_stage_of_its_current_recipe_and_not_a_stale_one(tmp_path):
+    from lmforge.errors import ModelError
+    from lmforge.rundir import atomic_write_json, final_model
+
+    run = tmp_path / "run"
+    finished(run, "sft", "sft-1", {"base_model": "/m/base", "adapter": str(run / "sft" / "adapter")})
+    starts = {"starts_from": {"stage": "sft", "fingerprint": "sft-1"}}
+    finished(run, "dpo", "dpo-1", {"base_model": "/m/base", "adapter": str(run / "dpo" / "adapter")}, starts)
+    atomic_write_json(run / "recipe.json", {"stages": ["data", "sft", "dpo"]})
+    assert final_model(run).stage == "dpo"
+    atomic_write_json(run / "recipe.json", {"stages": ["data", "sft", "eval"]})  # the recipe dropped dpo
+    assert final_model(run).stage == "sft" and final_model(run).adapter_dir == run / "sft" / "adapter"
+    atomic_write_json(run / "recipe.json", {"stages": ["data", "sft", "dpo"]})
+    finished(run, "sft", "sft-2", {"base_model": "/m/base", "adapter": str(run / "sft" / "adapter")})  # --only sft
+    with pytest.raises(ModelError, match="dpo .* was trained from an earlier sft result"):
+        final_model(run)
+    assert final_model(run, stages=("sft",)).stage == "sft"  # what dpo itself starts from: still fine

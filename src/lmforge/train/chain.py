@@ -45,11 +45,15 @@ class StartingPoint:
     """The recipe's base model folder."""
 
     def as_manifest(self) -> dict[str, Any]:
+        """What the manifest records (``stage``/``fingerprint``: the cpt result started from, which
+        :func:`lmforge.rundir.final_model` checks is still the run's)."""
         return {
             "how": self.how,
             "description": self.description,
             "base_dir": str(self.base_dir),
             "cpt_adapter": str(self.cpt_adapter) if self.cpt_adapter else None,
+            "stage": "cpt" if self.cpt_fingerprint else None,
+            "fingerprint": self.cpt_fingerprint,
         }
 
 

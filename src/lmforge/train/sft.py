@@ -58,7 +58,7 @@ def run(recipe: Recipe) -> TrainResult:
     shown_paths = ", ".join(map(str, train_paths))
     inputs = {
         "data": StageDir.open(run_path, "data").fingerprint,
-        "train": shown_paths,
+        "train": [str(p) for p in train_paths],
         "starts_from": start.as_manifest(),
     }
     resuming = setup.start(fingerprint, inputs, "base", "adapter-sft-only")
