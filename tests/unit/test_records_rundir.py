@@ -164,6 +164,6 @@ def test_the_runs_model_comes_from_a_stage_of_its_current_recipe_and_not_a_stale
     assert final_model(run).stage == "sft" and final_model(run).adapter_dir == run / "sft" / "adapter"
     atomic_write_json(run / "recipe.json", {"stages": ["data", "sft", "dpo"]})
     finished(run, "sft", "sft-2", {"base_model": "/m/base", "adapter": str(run / "sft" / "adapter")})  # --only sft
-    with pytest.raises(ModelError, match="dpo .* was trained from an earlier sft result"):
+    with pytest.raises(ModelError, match=r"dpo .* was trained from an earlier sft result"):
         final_model(run)
     assert final_model(run, stages=("sft",)).stage == "sft"  # what dpo itself starts from: still fine
