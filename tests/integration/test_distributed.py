@@ -162,9 +162,15 @@ def run_both(tmp_path: Path, recipe: Path) -> tuple[Path, Path]:
 
 @pytest.mark.parametrize(("method", "packing"), [("lora", "false"), ("full", "true")])
 def test_sft_on_two_processes_matches_one(tmp_path, tiny_model_dir, method, packing):
-    recipe = make_recipe(tmp_path, tiny_model_dir, "data, sft, eval", SFT.format(method=method, packing=packing))
+    body = SFT.format(method=method, packing=packing)
+    if method == "full":  # TensorBoard on: its writer belongs to the leader alone
+        body = body.replace("report_to: []", "report_to: [tensorboard]")
+    recipe = make_recipe(tmp_path, tiny_model_dir, "data, sft, eval", body)
     one, two = run_both(tmp_path, recipe)
     assert_same_training(one / "sft", two / "sft")
+    if method == "full":
+        writers = {path.name.split(".")[-2] for path in (two / "sft" / "tensorboard").rglob("events.out.tfevents.*")}
+        assert len(writers) == 1, writers  # one process's event files (the name ends in host.pid.n)
     # Data-parallel eval: the same predictions, in the same order.
     assert (one / "eval" / "predictions.jsonl").read_text() == (two / "eval" / "predictions.jsonl").read_text()
     # The run directory is the one a single process leaves, plus the layout in the manifests.
@@ -355,3 +361,12 @@ dpo:
     pairs = [(run / "dpo" / "prepared" / "pairs.jsonl").read_text() for run in (one, two)]
     assert pairs[0] == pairs[1]
     assert_same_training(one / "dpo", two / "dpo")
+    # the reward statistics are the whole batch's, all-reduced, not rank 0's half
+    logged = [logged_stats(run / "dpo", ("reward_margin", "reward_accuracy")) for run in (one, two)]
+    assert logged[0] and len(logged[0]) == len(logged[1])
+    assert all(abs(a - b) < 1e-4 for a, b in zip(logged[0], logged[1], strict=True)), logged
+
+
+def logged_stats(stage: Path, keys: tuple[str, ...]) -> list[float]:
+    entries = [json.loads(line) for line in (stage / "train_log.jsonl").read_text().splitlines()]
+    return [entry[key] for entry in entries for key in keys if key in entry and "loss" in entry]

@@ -274,3 +274,24 @@ def test_a_judge_ranks_the_candidates_and_demotes_a_right_fact_graded_low(monkey
     plain = pairs.build_pairs(None, None, records, PairsSpec(samples=2, chosen="sample"), seed=0)
     assert "judged" not in plain.counts and plain.counts["pairs"] == 2  # without a judge: q0 only has a wrong sample
     assert plain.records[0]["meta"]["rejected"] == "It is 20 years." and "judge" not in plain.records[0]["meta"]
+
+
+def test_kto_kl_baseline_pairs_each_prompt_with_another_prompts_completion(tiny_tokenizer):
+    """A pair gives KTO two items with one prompt; the KL baseline must pair each with a completion written for
+    another prompt (the next item's, as before, would be the same question's other answer)."""
+    from lmforge.records import chat_record
+
+    records = []
+    for n in range(3):
+        messages = [{"role": "user", "content": f"Question {n}?"}, {"role": "assistant", "content": f"Right {n}."}]
+        records.append(chat_record(messages, {"path": "p.jsonl", "line": n + 1}, None, {"rejected": f"Wrong {n}."}))
+    examples, counts = dpo.preference_examples(tiny_tokenizer, records, DPOSpec(loss="kto"), "chat")
+    assert counts["completions"] == 6 and [e.desirable for e in examples] == [True, False] * 3
+    for index, example in enumerate(examples):
+        asked = f"Question {index // 2}?"
+        first, second = (tiny_tokenizer.decode(row.input_ids) for row in (example.first, example.second))
+        assert asked in first and asked in second  # the same prompt ...
+        completion = second.split(asked)[-1]
+        assert f"Right {index // 2}." not in completion and f"Wrong {index // 2}." not in completion  # ... another's
+    assert dpo.kl_partners(["a", "a", "b", "b", "c"]) == [2, 2, 4, 4, 0]
+    assert dpo.kl_partners(["same", "same"]) == [1, 0]  # no other prompt: the next item

@@ -81,7 +81,35 @@ def test_losses_on_known_numbers():
         preference.preference_loss("dpo", logps, counts)
     simpo = preference.preference_loss("simpo", logps, counts, beta=2.0, simpo_gamma=0.5)[0].mean()
     avg = torch.tensor([-1.0 - (-1.0), -1.0 - (-0.5)])
-    assert simpo.item() == pytest.approx((-torch.nn.functional.logsigmoid(2.0 * avg - 1.0)).mean().item())
+    assert simpo.item() == pytest.approx((-torch.nn.functional.logsigmoid(2.0 * avg - 0.5)).mean().item())
+
+
+def test_the_simpo_loss_equals_trls_with_the_same_gamma():
+    """TRL's CPOTrainer (loss_type simpo) on the same length-averaged log-probabilities: simpo_gamma means the
+    same (a margin in reward units), so the losses agree for every beta."""
+    from types import SimpleNamespace
+
+    from trl.experimental.cpo.cpo_trainer import CPOTrainer
+
+    logps = torch.tensor([-3.0, -2.0, -4.0, -5.0, -1.5, -6.0])
+    counts = torch.tensor([3.0, 2.0, 4.0, 4.0, 3.0, 5.0])
+    chosen, rejected = (logps / counts).chunk(2)
+    for beta, gamma in [(2.0, 1.0), (0.1, 0.5), (2.5, 1.4)]:
+        trl_self = SimpleNamespace(
+            alpha=0.0, loss_type="simpo", simpo_gamma=gamma, beta=beta, label_smoothing=0.0,
+            accelerator=SimpleNamespace(device="cpu"),
+        )  # fmt: skip
+        trl_losses = CPOTrainer.cpo_loss(trl_self, chosen, rejected)[0]
+        ours = preference.preference_loss("simpo", logps, counts, beta=beta, simpo_gamma=gamma)[0]
+        assert torch.allclose(ours, trl_losses, atol=1e-6), (beta, gamma, ours, trl_losses)
+
+
+def test_each_loss_has_its_own_default_beta():
+    from lmforge.config import DPOSpec
+
+    assert DPOSpec(loss="dpo").beta == 0.1 and DPOSpec(loss="kto").beta == 0.1
+    assert DPOSpec(loss="simpo").beta == 2.0 and DPOSpec(loss="simpo").simpo_gamma == 1.0
+    assert DPOSpec(loss="simpo", beta=0.5).beta == 0.5
 
 
 def test_the_dpo_loss_equals_trl_on_the_same_batch(tiny_tokenizer, tmp_path):

@@ -26,6 +26,15 @@ def test_lora_on_a_small_model_gets_the_higher_rate():
     assert schedule.auto_lr("full", schedule.config_parameters(SMOLLM2)) == 2e-4
 
 
+def test_a_model_of_unknown_size_gets_the_conservative_rate():
+    """A config without the usual keys (another family's names) is not taken for a small model: fail closed."""
+    odd = {"dim": 4096, "depth": 32, "vocab_size": 50000}
+    assert schedule.config_parameters(odd) == 0
+    assert 100e6 < schedule.config_parameters({"n_embd": 768, "n_layer": 12, "vocab_size": 50257}) < 200e6  # GPT-2
+    assert schedule.auto_lr("lora", 0) == schedule.LR == 2e-4
+    assert schedule.resolved(SFTSpec(method="lora"), 100, 0).lr == 2e-4
+
+
 def test_only_auto_values_are_replaced():
     spec = SFTSpec()
     assert (spec.lr, spec.epochs) == ("auto", "auto")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, ValidationInfo, field_validator
+from pydantic import BeforeValidator, Field, ValidationInfo, field_validator, model_validator
 
 from lmforge.config.base import Strict, resolve_path
 from lmforge.config.synth import TeacherSpec
@@ -356,6 +356,10 @@ class PairsSpec(Strict):
     highest-graded right one chosen. A candidate the judge gives no usable grade keeps the rule above."""
 
 
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "kto": 0.1, "orpo": 0.1, "simpo": 2.0}
+"""``dpo.beta`` when unset, per loss (DPO, IPO, KTO and ORPO papers and TRL: 0.1; SimPO's paper: 2.0)."""
+
+
 class DPOSpec(TrainSpec):
     """The ``dpo`` stage: preference tuning after sft (DPO, IPO, ORPO, SimPO or KTO) on pairs of answers."""
 
@@ -363,11 +367,13 @@ class DPOSpec(TrainSpec):
     """``dpo`` (Rafailov et al.), ``ipo`` (Azar et al.), ``orpo`` (Hong et al.; no reference, keeps an sft term),
     ``simpo`` (Meng et al.; no reference, length-normalised) or ``kto`` (Ethayarajh et al.; unpaired completions
     labelled desirable or not: a pair counts as one of each)."""
-    beta: float = Field(0.1, gt=0.0)
+    beta: float | None = Field(None, gt=0.0)
     """Strength of the preference term: how far the policy may move from the reference (dpo, ipo, kto), the
-    reward scale (simpo), the weight of the odds-ratio term (orpo)."""
-    simpo_gamma: float = Field(0.5, ge=0.0)
-    """SimPO's target margin, as a fraction of beta."""
+    reward scale (simpo), the weight of the odds-ratio term (orpo). Unset: each loss's usual value
+    (:data:`DEFAULT_BETA`: 0.1, and 2.0 for simpo as in its paper)."""
+    simpo_gamma: float = Field(1.0, ge=0.0)
+    """SimPO's target reward margin, in reward units as TRL's ``simpo_gamma``: the loss is
+    ``-log sigmoid(beta * (c/|c| - r/|r|) - simpo_gamma)`` (the paper's setups: beta 2.0, gamma 1.0)."""
     desirable_weight: float = Field(1.0, gt=0.0)
     """KTO: weight of desirable completions (raise it when they are fewer than the undesirable ones)."""
     undesirable_weight: float = Field(1.0, gt=0.0)
@@ -390,3 +396,10 @@ class DPOSpec(TrainSpec):
     build: PairsSpec | None = None
     """Also make pairs from the starting model's answers to training questions (off when unset): the gold
     answer is chosen, a wrong sampled answer rejected. Written to ``dpo/pairs.jsonl`` (split ``pairs``)."""
+
+    @model_validator(mode="after")
+    def _beta_of_the_loss(self) -> DPOSpec:
+        """An unset ``beta`` becomes the loss's usual value (:data:`DEFAULT_BETA`)."""
+        if self.beta is None:
+            self.beta = DEFAULT_BETA[self.loss]
+        return self

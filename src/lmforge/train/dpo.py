@@ -19,6 +19,7 @@ setup (start point; pairs read from the splits and/or built from the model's own
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -206,6 +207,22 @@ def _with_answer(messages: list[Message], answer: str) -> list[Message]:
     return [*messages[:-1], Message(role="assistant", content=answer)]
 
 
+def _prompt_key(messages: list[Message]) -> str:
+    return json.dumps([[m["role"], m["content"]] for m in messages[:-1]])
+
+
+def kl_partners(prompts: list[str]) -> list[int]:
+    """For each KTO item, the item whose completion its KL baseline pairs it with: the next one asked with
+    another prompt (a pair's two completions share one, and pairing them would make the baseline a matched,
+    not a mismatched, estimate); the next item at all when every item has the same prompt."""
+    n = len(prompts)
+    partners = []
+    for i, prompt in enumerate(prompts):
+        shift = next((k for k in range(1, n) if prompts[(i + k) % n] != prompt), 1)
+        partners.append((i + shift) % n)
+    return partners
+
+
 def preference_examples(
     tokenizer: Any, records: list[Record], spec: DPOSpec, template: str
 ) -> tuple[list[PreferenceExample], dict[str, int]]:
@@ -235,9 +252,10 @@ def preference_examples(
                 items.append((record, messages, rejected, True))
         elif spec.loss == "kto":
             items.append((record, messages, None, bool(meta["label"])))
-    if spec.loss == "kto":  # each prompt with the next item's completion: the KL baseline's mismatched pair
+    if spec.loss == "kto":  # each prompt with another prompt's completion: the KL baseline's mismatched pair
+        partners = kl_partners([_prompt_key(messages) for _, messages, _, _ in items])
         items = [
-            (record, messages, _with_answer(messages, items[(i + 1) % len(items)][1][-1]["content"]), desirable)
+            (record, messages, _with_answer(messages, items[partners[i]][1][-1]["content"]), desirable)
             for i, (record, messages, _, desirable) in enumerate(items)
         ]
     examples = []
@@ -451,10 +469,13 @@ class PreferenceObjective:
         return (losses * weights).sum(), int(real.sum())
 
     def drain(self) -> dict[str, float]:
-        """Means of the statistics since the last call (then reset)."""
-        means = {name: round(total / self.seen, 4) for name, total in self.sums.items()} if self.seen else {}
+        """Means of the statistics since the last call over every process (then reset). The trainer logs on
+        every process at the same steps, so the sums are all-reduced here, not taken from rank 0's share."""
+        names = ["reward", "kl"] if self.spec.loss == "kto" else ["reward_margin", "reward_accuracy"]
+        totals = all_reduce_sum([self.sums.get(name, 0.0) for name in names] + [float(self.seen)])
+        seen = totals[-1]
         self.sums, self.seen = {}, 0
-        return means
+        return {name: round(total / seen, 4) for name, total in zip(names, totals, strict=False)} if seen else {}
 
 
 # ---------------------------------------------------------------- outputs

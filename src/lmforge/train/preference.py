@@ -136,7 +136,7 @@ def preference_loss(
     counts: torch.Tensor,
     ref_logps: torch.Tensor | None = None,
     beta: float = 0.1,
-    simpo_gamma: float = 0.5,
+    simpo_gamma: float = 1.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Each pair's loss for a batch laid out ``[chosen..., rejected...]``, and per-pair statistics
     (``margin``: the chosen minus rejected reward, ``accuracy``: margin > 0). The caller reduces (the
@@ -147,7 +147,7 @@ def preference_loss(
         chosen_avg, rejected_avg = chosen / n_chosen, rejected / n_rejected
         if kind == "simpo":
             margin = beta * (chosen_avg - rejected_avg)
-            losses = -F.logsigmoid(margin - simpo_gamma * beta)
+            losses = -F.logsigmoid(margin - simpo_gamma)  # gamma in reward units, as TRL's simpo_gamma
         else:  # orpo: log odds of the average token probability; the chosen NLL keeps the sft objective
             log_odds = (chosen_avg - rejected_avg) - (
                 torch.log1p(-torch.exp(chosen_avg).clamp(max=1 - 1e-7))

@@ -9,7 +9,8 @@ rate, and a small split more passes:
 - ``epochs: auto``: 3, raised for a split of fewer than 200 examples so that training sees at least
   :data:`MIN_EXAMPLES` examples, at most :data:`MAX_EPOCHS` passes;
 - ``lr: auto``: 1e-3 for LoRA on a model under :data:`SMALL_MODEL` parameters, else 2e-4 (the usual LoRA
-  rate for 7B-class models, not measured here); 2e-4 for full training, as before the setting existed.
+  rate for 7B-class models, not measured here); 2e-4 for full training, as before the setting existed,
+  and 2e-4 when the model's size cannot be read from its config (said in the log).
 """
 
 from __future__ import annotations
@@ -33,16 +34,17 @@ def auto_epochs(examples: int) -> float:
 
 
 def auto_lr(method: str, parameters: int) -> float:
-    """Peak learning rate for ``method`` on a model of ``parameters`` weights."""
-    return SMALL_MODEL_LORA_LR if method == "lora" and parameters < SMALL_MODEL else LR
+    """Peak learning rate for ``method`` on a model of ``parameters`` weights; a size that could not be read
+    (0) gets the conservative :data:`LR`, never the small-model rate (fail closed)."""
+    return SMALL_MODEL_LORA_LR if method == "lora" and 0 < parameters < SMALL_MODEL else LR
 
 
 def config_parameters(config: dict[str, Any]) -> int:
     """About how many weights a decoder of this ``config.json`` has (blocks and embeddings; enough to tell
     a 135M model from a 7B one)."""
-    hidden = int(config.get("hidden_size") or config.get("d_model") or 0)
-    layers = int(config.get("num_hidden_layers") or config.get("num_layers") or 0)
-    intermediate = int(config.get("intermediate_size") or 4 * hidden)
+    hidden = int(config.get("hidden_size") or config.get("d_model") or config.get("n_embd") or 0)
+    layers = int(config.get("num_hidden_layers") or config.get("num_layers") or config.get("n_layer") or 0)
+    intermediate = int(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
     vocab = int(config.get("vocab_size") or 0)
     return layers * (4 * hidden * hidden + 3 * hidden * intermediate) + vocab * hidden
 

@@ -113,9 +113,16 @@ def build_trainer(
     from lmforge.train.hf_trainer import SummedLossTrainer
 
     if "auto" in (spec.lr, spec.epochs):  # sft's defaults, resolved for this split and model (train/schedule.py)
-        spec = schedule.resolved(spec, len(train_dataset), schedule.config_parameters(model.config.to_dict()))
+        parameters = schedule.config_parameters(model.config.to_dict())
+        unknown = spec.lr == "auto" and parameters <= 0
+        spec = schedule.resolved(spec, len(train_dataset), parameters)
         shown = f"lr {spec.lr:g}, {spec.epochs:g} epochs over {len(train_dataset)} examples"
         stage_log(label).info(f"{shown} (auto, see docs/TRAINING.md)")
+        if unknown:
+            stage_log(label).warning(
+                f"the model's size could not be read from its config (no hidden_size / num_hidden_layers): "
+                f"lr auto uses the conservative {spec.lr:g}; set {label}.lr to choose another"
+            )
     bf16 = use_bf16(spec.precision)
     eval_loss_sum = eval_loss_sum or loss_sum
     world = distributed.world()
@@ -140,7 +147,7 @@ def build_trainer(
         stage_log(label).warning(
             "tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
         )
-    elif "tensorboard" in spec.report_to:
+    elif "tensorboard" in spec.report_to and world.rank == 0:  # followers write nothing in the run folder
         callbacks.append(tensorboard_callback(stage.path("tensorboard")))
     if spec.early_stopping_patience is not None and has_eval:
         callbacks.append(EarlyStoppingCallback(spec.early_stopping_patience, spec.early_stopping_threshold))
