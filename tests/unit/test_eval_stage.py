@@ -205,6 +205,46 @@ def test_summarize_counts_regressions_and_improvements():
     assert "+16.7%" in text and "2 / 1" in text and "regressions: base right" in text and "question 1" in text
 
 
+def test_compare_to_pairs_two_tuned_variants_question_by_question():
+    """Scripted answers for base, tuned and tuned+rag (compared with tuned): the delta, its interval and which
+    questions tuned+rag fixed and broke against tuned, from enough questions for the interval to mean something."""
+    from lmforge.evaluate.stats import paired_difference
+
+    task = task_for("qa")
+    items = [Item("s", f"q{i}", f"question {i}", [], "yes") for i in range(40)]
+    base_right = [i % 5 == 0 for i in range(40)]  # 8 right
+    tuned_right = [i % 2 == 0 for i in range(40)]  # 20 right
+    rag_right = [i % 2 == 0 or i % 3 == 0 for i in range(40)]  # 27 right: fixes the odd multiples of 3
+    rag_right[0] = rag_right[2] = False  # and breaks two
+    rows = [
+        {"set": "s", "id": item.id, "question": item.question, "gold": "yes", "answers": {
+            name: task.score(item, "yes" if right else "no")
+            for name, right in (("base", b), ("tuned", t), ("tuned+rag", r))
+        }}
+        for item, b, t, r in zip(items, base_right, tuned_right, rag_right, strict=True)
+    ]  # fmt: skip
+    variants = [
+        Variant("base", Path("."), None),
+        Variant("tuned", Path("."), None),
+        Variant("tuned+rag", Path("."), None, rag=True, compare_to="tuned"),
+    ]
+    summary = summarize(rows, [EvalSet("s", task, items)], variants, resamples=2000, seed=3)
+    versus = summary["sets"]["s"]["tuned+rag"]["vs"]["tuned"]
+    fixed = sorted(f"q{i}" for i in range(40) if rag_right[i] and not tuned_right[i])
+    assert versus["improvements"] == len(fixed) == 7 and versus["regressions"] == 2
+    assert versus["delta"] == pytest.approx((25 - 20) / 40, abs=1e-4)
+    expected = paired_difference(
+        task.sample([r["answers"]["tuned+rag"] for r in rows]), task.sample([r["answers"]["tuned"] for r in rows]),
+        2000, 0.95, 3,
+    )  # fmt: skip
+    assert versus["delta_ci"] == pytest.approx(list(expected["ci"]), abs=1e-4)
+    low, high = versus["delta_ci"]
+    assert low < versus["delta"] < high and 0.0 < high - low < 0.4  # an interval, not a point or everything
+    assert "vs" not in summary["sets"]["s"]["tuned"]  # only the variant that asked is compared
+    text = render_to_text(render_table(summary, rows, examples=0))
+    assert "tuned+rag - tuned" in text and "7 / 2" in text
+
+
 def render_to_text(renderable) -> str:
     import io
 
