@@ -36,6 +36,10 @@ DURATION_S = 120.0
 WARMUP_S = 20.0
 """RSS is compared with its value at the end of the warm-up; latencies count requests started after it."""
 CONCURRENCY = 32
+MAX_RSS_GROWTH_MIB = 64
+"""Most the server's resident memory may grow between the end of warm-up and the end of the soak."""
+MAX_RSS_MIB = 1024
+"""Most resident memory of the server (a tiny model) at any point after warm-up."""
 MAX_REQUEST_BYTES = 20_000
 MAX_RSS_GROWTH = 0.10
 KINDS = ["valid", "stream", "valid", "wrong_types", "unauthenticated", "valid", "stream", "oversized", "bad_json"]
@@ -202,3 +206,6 @@ def test_soak_mixed_traffic_for_two_minutes_at_concurrency_32(tiny_model_dir, tm
     latency = report["latency_after_warmup"]
     assert latency["valid"]["count"] > 0 and latency["stream"]["count"] > 0
     assert report["rss_growth"] < MAX_RSS_GROWTH, report["rss_mib"]
+    mib = report["rss_mib"]
+    assert mib["end"] - mib["after_warmup"] < MAX_RSS_GROWTH_MIB, mib  # bounded in MiB, not only in share
+    assert mib["peak_after_warmup"] < MAX_RSS_MIB, mib

@@ -1,8 +1,9 @@
 """Fuzzing the recipe loader: whatever the file holds and whatever ``--set`` says, loading gives a
 Recipe or a ConfigError (exit code 2) — never another exception, never a hang.
 
-Generated recipes mix the schema's own keys (so validation gets deep) with unknown keys, wrong
-types, odd scalars, YAML aliases and raw text or bytes. The default tier runs a fast sample; the
+Generated recipes mix the schema's own keys with unknown keys, wrong types, odd scalars, YAML aliases
+and raw text or bytes; and valid recipes are mutated a few settings at a time, so that about half load
+(every check ran) and half are refused deep inside validation (a test holds the share). The default tier runs a fast sample; the
 slow tier (``pytest -m slow``) thousands of cases.
 """
 
@@ -98,3 +99,82 @@ def test_many_recipe_mappings(tmp_path, raw, overrides):
 @given(data=st.binary(max_size=2000) | st.text(max_size=2000).map(lambda t: t.encode("utf-8", "surrogatepass")))
 def test_many_file_contents(tmp_path, data):
     check_bytes(tmp_path, data)
+
+
+# ---------------------------------------------------------------- valid recipes, mutated
+
+BASE = {
+    "name": "fuzz",
+    "stages": ["data", "sft", "eval"],
+    "model": {"ref": "smollm2-135m-instruct"},
+    "data": {"sources": [{"path": "qa.jsonl", "split": "train"}, {"path": "qa.jsonl", "split": "test"}]},
+    "eval": {"sets": ["test"]},
+}
+"""A recipe that loads; the mutations below change a few of its settings to values that are right or wrong."""
+SETTINGS: dict[tuple[str, ...], list[object]] = {
+    ("sft", "lr"): [1e-4, "auto", 0.0, -1, "fast"],
+    ("sft", "epochs"): [1, 2.5, "auto", 0],
+    ("sft", "method"): ["lora", "full", "dora"],
+    ("sft", "batch_size"): [1, 8, 0],
+    ("sft", "lora", "r"): [4, 16, 0],
+    ("sft", "documents", "enabled"): [True, False],
+    ("sft", "documents", "copies"): [1, 3, 0],
+    ("sft", "replay", "weight"): [0.5, 2, 0],
+    ("sft", "splits"): [["train"], ["train", "raft"], []],
+    ("data", "questions", "wordings"): [1, 5, 0],
+    ("data", "questions", "held_out"): [0, 0.2, 1.5],
+    ("stages",): [["data", "sft"], ["data", "sft", "eval"], ["data", "index", "sft", "eval"], ["sft", "data"]],
+    ("index", "raft", "enabled"): [True, False],
+    ("eval", "max_new_tokens"): [8, 0],
+    ("dpo", "loss"): ["dpo", "simpo", "kto", "nope"],
+    ("seed",): [0, 7, -1],
+}
+MUTATIONS = st.dictionaries(
+    st.sampled_from(sorted(SETTINGS)), st.integers(min_value=0, max_value=4), min_size=1, max_size=4
+)
+
+
+def mutated(choices: dict[tuple[str, ...], int]) -> dict:
+    import copy
+
+    raw = copy.deepcopy(BASE)
+    for path, pick in choices.items():
+        values = SETTINGS[path]
+        node = raw
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = values[pick % len(values)]
+    return raw
+
+
+def loads(tmp_path: Path, raw: dict) -> bool:
+    (tmp_path / "qa.jsonl").write_text('{"question": "Q?", "answer": "A."}\n', encoding="utf-8")
+    path = tmp_path / "fuzz.yaml"
+    path.write_text(yaml.safe_dump(raw), encoding="utf-8")
+    try:
+        load_recipe(path, [])
+    except ConfigError as exc:
+        assert str(exc)
+        return False
+    return True
+
+
+@FAST
+@given(choices=MUTATIONS)
+def test_mutated_valid_recipes_load_or_are_refused(tmp_path, choices):
+    loads(tmp_path, mutated(choices))
+
+
+def test_the_mutations_reach_recipes_that_load_and_recipes_that_do_not(tmp_path):
+    """The fuzz above is worth something only if it reaches deep validation both ways: a good share of the
+    mutated recipes load (so every later check ran) and a good share are refused."""
+    import random
+
+    rng = random.Random(5)
+    paths = sorted(SETTINGS)
+    outcomes = [
+        loads(tmp_path, mutated({path: rng.randrange(5) for path in rng.sample(paths, rng.randint(1, 4))}))
+        for _ in range(120)
+    ]
+    assert loads(tmp_path, BASE)
+    assert 0.25 < sum(outcomes) / len(outcomes) < 0.9, sum(outcomes)
