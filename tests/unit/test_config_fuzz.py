@@ -3,8 +3,8 @@ Recipe or a ConfigError (exit code 2) — never another exception, never a hang.
 
 Generated recipes mix the schema's own keys with unknown keys, wrong types, odd scalars, YAML aliases
 and raw text or bytes; and valid recipes are mutated a few settings at a time, so that about half load
-(every check ran) and half are refused deep inside validation (a test holds the share). The default tier runs a fast sample; the
-slow tier (``pytest -m slow``) thousands of cases.
+(every check ran) and half are refused deep inside validation (a test holds the share). The default
+tier runs a fast sample; the slow tier (``pytest -m slow``) thousands of cases.
 """
 
 from __future__ import annotations
