@@ -1,5 +1,5 @@
-"""The ``lmforge`` command line. Parses arguments, calls stage ``run()`` functions, maps errors to exit codes
-(in one place: :class:`_Commands`).
+"""The ``lmforge`` command line. Parses arguments, calls stage ``run()`` functions; errors end in one place
+(:class:`lmforge.cli_common._Commands`). The commands that use a run's model are in :mod:`lmforge.cli_serving`.
 
 Exit codes: 0 success, 1 a stage failed, 2 bad input (recipe, data, model reference), 130 interrupted.
 """
@@ -10,95 +10,19 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 from typer.core import TyperGroup
 
-from lmforge.errors import ConfigError, LmforgeError, Problem
-
-
-class _Commands(TyperGroup):
-    """The one place where a command's lmforge error ends: ``error: ...`` on stderr, the error's exit code
-    (every sub-command, the ``data`` group's too, runs inside this group's ``invoke``)."""
-
-    def invoke(self, ctx: typer.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except LmforgeError as exc:
-            _fail(exc)
-
-
-app = typer.Typer(
-    name="lmforge",
-    cls=_Commands,
-    help="Turn a base model and domain documents into a measured specialist, from one YAML recipe.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
+from lmforge.cli_common import (
+    RunDirOption,
+    SetOption,
+    _load,
+    _run,
+    app,
+    console,
+    err_console,
 )
-console = Console()
-err_console = Console(stderr=True)
 
-SetOption = Annotated[
-    list[str] | None,
-    typer.Option("--set", "-s", help="Override a recipe key, e.g. --set sft.lr=1e-4 (repeatable)."),
-]
-RunDirOption = Annotated[
-    str | None, typer.Option("--run-dir", help="Parent folder of run directories (default: runs).")
-]
-AllowedHostOption = Annotated[
-    list[str] | None,
-    typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
-]
-AllowedOriginOption = Annotated[
-    list[str] | None,
-    typer.Option(help="Let this web origin call the server: scheme://host[:port] ('*': any). Repeatable."),
-]
-
-
-def _fail(exc: LmforgeError) -> None:
-    from lmforge.distributed import world
-
-    rank = world().rank if world().distributed else None
-    err_console.print(
-        "[bold red]error:[/bold red] " if rank is None else f"[bold red]error (rank {rank}):[/bold red] ", end=""
-    )
-    err_console.print(str(exc), highlight=False, markup=False, soft_wrap=True)
-    raise typer.Exit(exc.exit_code)
-
-
-def _load(recipe_path: Path, overrides: list[str] | None, run_dir: str | None):
-    from lmforge.config import load_recipe
-
-    extra = list(overrides or [])
-    if run_dir:
-        extra.append(f"run_dir={run_dir}")
-    return load_recipe(recipe_path, extra)
-
-
-def only_stages(recipe: Any, only: list[str] | None) -> list[str] | None:
-    """``--only`` names checked against the recipe's stages, in pipeline order.
-
-    Raises:
-        ConfigError: a name the recipe does not list.
-    """
-    if not only:
-        return None
-    unknown = [name for name in only if name not in recipe.stages]
-    if unknown:
-        problem = Problem("--only", f"got {unknown}; expected stages of the recipe: {', '.join(recipe.stages)}")
-        raise ConfigError("lmforge run", [problem])
-    return [name for name in recipe.stages if name in only]
-
-
-def _run(recipe_path: Path, overrides: list[str] | None, run_dir: str | None, only: list[str] | None = None) -> None:
-    from lmforge.pipeline import run_recipe
-
-    try:
-        recipe = _load(recipe_path, overrides, run_dir)
-        run_recipe(recipe, console, only=only_stages(recipe, only))
-    except KeyboardInterrupt:
-        err_console.print("interrupted; re-run the same command to resume")
-        raise typer.Exit(130) from None
+__all__ = ["app", "main"]
 
 
 @app.command()
@@ -202,161 +126,6 @@ def harness(
 
 
 @app.command()
-def chat(
-    target: Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model reference.")],
-    max_new_tokens: Annotated[int, typer.Option(help="Longest reply in tokens.")] = 256,
-    temperature: Annotated[float, typer.Option(help="0 for greedy decoding.")] = 0.0,
-    system: Annotated[str | None, typer.Option(help="System prompt.")] = None,
-) -> None:
-    """Chat with a run's tuned model or any model reference in the terminal."""
-    from lmforge.serve.chat import chat_loop
-
-    def show(piece: str) -> None:
-        console.out(piece, end="", highlight=False)
-
-    def ask(prompt: str) -> str:
-        console.out("")
-        return console.input(f"[bold cyan]{prompt}[/bold cyan]")
-
-    chat_loop(
-        target,
-        read=ask,
-        write=console.print,
-        on_token=show,
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        system=system,
-    )
-
-
-@app.command()
-def serve(
-    target: Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model reference.")],
-    adapter: Annotated[
-        list[str] | None,
-        typer.Option(help="Serve another LoRA adapter on the same base: NAME=PATH (run dir or adapter folder)."),
-    ] = None,
-    name: Annotated[str | None, typer.Option(help="Model id of the base model ('base' in a LoRA run).")] = None,
-    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 needs an API key.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "LMFORGE_API_KEY",
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Requests decoded together.")] = 16,
-    batch_wait_ms: Annotated[float, typer.Option(min=0, help="Wait for more requests before a batch.")] = 5.0,
-    max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask.")] = 2048,
-    max_request_bytes: Annotated[int, typer.Option(min=1024, help="Largest request body.")] = 1_000_000,
-    max_upload_bytes: Annotated[
-        int, typer.Option(min=1024, help="Largest uploaded document (extraction runs).")
-    ] = 20_000_000,
-    max_uncompressed_bytes: Annotated[
-        int, typer.Option(min=1024, help="Largest expanded size of an uploaded DOCX.")
-    ] = 100_000_000,
-    max_upload_pages: Annotated[int, typer.Option(min=1, help="Most pages of an uploaded PDF.")] = 500,
-    max_queue: Annotated[int, typer.Option(min=1, help="Requests (or documents) waiting; more get 429.")] = 256,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
-    rag: Annotated[bool, typer.Option(help="Load the run's retrieval index (requests opt in with rag).")] = False,
-    rag_default: Annotated[bool, typer.Option(help="With --rag: retrieve for requests that do not say.")] = False,
-    rag_top_k: Annotated[
-        int | None, typer.Option(min=1, help="With --rag: passages per request (default: the run's index.top_k).")
-    ] = None,
-    rag_mode: Annotated[
-        str | None, typer.Option(help="With --rag: bm25, dense or hybrid (default: the run's index.mode).")
-    ] = None,
-    rag_route: Annotated[
-        bool, typer.Option(help="With --rag: no passages for questions far from every chunk (the index's threshold).")
-    ] = True,
-    allowed_host: AllowedHostOption = None,
-    allowed_origin: AllowedOriginOption = None,
-) -> None:
-    """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API; a seq2seq run behind
-    /v1/extract (a document in, its fields as JSON out)."""
-    from lmforge.serve.server import ServeSettings
-    from lmforge.serve.server import serve as serve_models
-
-    _check_rag_mode("--rag-mode", rag_mode)
-    settings = ServeSettings(
-        host=host,
-        port=port,
-        api_key_env=api_key_env,
-        max_batch_size=max_batch_size,
-        batch_wait_ms=batch_wait_ms,
-        max_tokens_limit=max_tokens_limit,
-        max_request_bytes=max_request_bytes,
-        max_upload_bytes=max_upload_bytes,
-        max_uncompressed_bytes=max_uncompressed_bytes,
-        max_upload_pages=max_upload_pages,
-        max_queue=max_queue,
-        dtype=dtype,
-        threads=threads,
-        rag_default=rag_default,
-        rag_top_k=rag_top_k,
-        rag_mode=rag_mode,
-        rag_route=rag_route,
-        allowed_hosts=list(allowed_host or []),
-        allowed_origins=list(allowed_origin or []),
-    )
-    retriever = None
-    if rag:
-        from lmforge.rag.retrieve import open_retriever
-
-        retriever, _ = open_retriever(target, needed_by="serve --rag")
-    serve_models(target, settings, adapters=adapter, name=name, retriever=retriever)
-
-
-@app.command()
-def studio(
-    runs_dir: Annotated[Path, typer.Argument(help="Folder of run directories (created if missing).")] = Path("runs"),
-    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
-    recipe: Annotated[Path | None, typer.Option(help="A recipe to open on the recipe page.")] = None,
-    allowed_host: AllowedHostOption = None,
-    allowed_origin: AllowedOriginOption = None,
-    no_token: Annotated[
-        bool, typer.Option("--no-token", help="Serve without a token (loopback only: any local user can use it).")
-    ] = False,
-    allow_dir: Annotated[
-        list[Path] | None, typer.Option(help="Let Load, Save and Data use this folder too (repeatable).")
-    ] = None,
-    allow_remote_code: Annotated[
-        bool, typer.Option(help="Let recipes saved or started here set model.trust_remote_code: true.")
-    ] = False,
-    ssl_certfile: Annotated[str | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")] = None,
-    ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's private key (PEM).")] = None,
-) -> None:
-    """A local web app for the whole job: recipe form, data, runs with live loss curves, comparison, chat, export
-    (needs Gradio: the studio extra of lmforge, or pip install gradio)."""
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        hint = "pip install 'lmforge[studio]' (or: pip install gradio)"
-        err_console.print(f"[bold red]error:[/bold red] the studio needs Gradio: {hint}")
-        raise typer.Exit(2) from None
-    from lmforge.studio.app import StudioSettings
-    from lmforge.studio.serving import serve_studio
-
-    settings = StudioSettings(
-        runs_dir=runs_dir,
-        host=host,
-        port=port,
-        recipe=recipe,
-        allowed_hosts=list(allowed_host or []),
-        allowed_origins=list(allowed_origin or []),
-        no_token=no_token,
-        allow_dirs=list(allow_dir or []),
-        allow_remote_code=allow_remote_code,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-    )
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        err_console.print("[bold red]error:[/bold red] --ssl-certfile and --ssl-keyfile go together")
-        raise typer.Exit(2)
-    try:
-        serve_studio(settings)
-    except LmforgeError as exc:
-        _fail(exc)
-
-
-@app.command()
 def synth(
     recipe: Annotated[Path, typer.Argument(help="Path to a YAML recipe with a synth section.")],
     set_: SetOption = None,
@@ -364,74 +133,6 @@ def synth(
 ) -> None:
     """Run the data and synth stages of a recipe: a teacher writes training records (cached, resumable)."""
     _run(recipe, set_, run_dir, only=["data", "synth"])
-
-
-@app.command()
-def export(
-    target: Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model reference.")],
-    out: Annotated[Path | None, typer.Option(help="Output folder (default: RUN/export).")] = None,
-    gguf: Annotated[str, typer.Option(help="GGUF types, comma-separated: f16, bf16, q8_0 ('' for none).")] = "f16,q8_0",
-    adapter: Annotated[str | None, typer.Option(help="LoRA adapter folder to merge (for a model reference).")] = None,
-    name: Annotated[str | None, typer.Option(help="Model name in the GGUF metadata and file names.")] = None,
-    samples: Annotated[int, typer.Option(min=1, help="Sample prompts for the parity checks.")] = 4,
-    min_agreement: Annotated[float, typer.Option(help="Least next-token agreement of a GGUF with the merge.")] = 0.9,
-    parity: Annotated[bool, typer.Option(help="Run the parity checks (a failing check fails the export).")] = True,
-) -> None:
-    """Merge LoRA into the base, save an HF folder, GGUF files and an Ollama Modelfile, and check parity."""
-    from lmforge.export.run import ExportSettings, run_export
-
-    settings = ExportSettings(
-        out_dir=out,
-        gguf_types=[t.strip() for t in gguf.split(",") if t.strip()],
-        name=name,
-        samples=samples,
-        min_agreement=min_agreement,
-        parity=parity,
-    )
-    result = run_export(target, settings, adapter=adapter)
-    console.print(f"[green]✔[/green] exported to {result.out_dir}")
-
-
-@app.command()
-def ask(
-    run: Annotated[str, typer.Argument(help="A run directory (runs/NAME) whose recipe ran the index stage.")],
-    question: Annotated[str, typer.Argument(help="The question.")],
-    k: Annotated[int | None, typer.Option("--k", min=1, help="Passages to retrieve (default: index.top_k).")] = None,
-    mode: Annotated[str | None, typer.Option(help="bm25, dense or hybrid (default: index.mode).")] = None,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest reply in tokens.")] = 128,
-    base: Annotated[bool, typer.Option("--base", help="Answer with the base model, not the tuned one.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the answer and passages as JSON.")] = False,
-    route: Annotated[
-        bool,
-        typer.Option(help="No passages for questions far from every chunk (the index's threshold)."),
-    ] = True,
-) -> None:
-    """Answer a question from a run's documents: retrieve passages, answer with them, cite them."""
-    import json
-
-    from rich.markup import escape
-
-    from lmforge.rag.ask import ask as answer_question
-    from lmforge.rag.ask import format_source
-
-    _check_rag_mode("--mode", mode)
-    answer = answer_question(
-        Path(run), question, k=k, mode=mode, max_new_tokens=max_new_tokens, use_base=base, route=route
-    )
-    if as_json:
-        console.out(json.dumps(answer.as_dict(), ensure_ascii=False, indent=2), highlight=False)
-        return
-    console.print(f"[bold]{answer.model}>[/bold] {escape(answer.reply)}", highlight=False)
-    if not answer.passages and answer.threshold is not None:
-        console.print(
-            f"[dim]no passages: the question is outside the documents (relevance {answer.relevance:.2f} "
-            f"< {answer.threshold:.2f}; --no-route retrieves anyway)[/dim]"
-        )
-        return
-    console.print("[dim]passages (✔ cited):[/dim]")
-    for number, passage in enumerate(answer.passages, start=1):
-        mark = "[green]✔[/green]" if passage in answer.cited else " "
-        console.print(f" {mark} \\[{number}] {escape(format_source(passage))}", highlight=False)
 
 
 @app.command()
@@ -527,13 +228,6 @@ def plan(
     if arm:
         arms = plan_arms(lambda extra: _load(recipe, [*(set_ or []), *extra], run_dir), ["", *arm])
         console.print(render_arms(arms))
-
-
-def _check_rag_mode(option: str, mode: str | None) -> None:
-    """Exit with code 2 unless ``mode`` is a retrieval mode (or unset)."""
-    if mode not in (None, "bm25", "dense", "hybrid"):
-        err_console.print(f"[bold red]error:[/bold red] {option}: got {mode!r}; expected bm25, dense or hybrid")
-        raise typer.Exit(2)
 
 
 class _RecipeOrSubcommand(TyperGroup):
@@ -636,6 +330,11 @@ def _stage_command(name: str) -> Any:
     return command
 
 
+def _add_serving_commands() -> None:
+    """chat, serve, studio, export and ask (:mod:`lmforge.cli_serving`), listed after the pipeline's commands."""
+    import lmforge.cli_serving  # noqa: F401 (its decorators register the commands on the app)
+
+
 def _add_stage_commands() -> None:
     """``lmforge <stage> RECIPE`` for every stage of the stage table without a command of its own (data, synth
     and eval have theirs): the same as ``lmforge run RECIPE --only <stage>``."""
@@ -648,6 +347,7 @@ def _add_stage_commands() -> None:
             app.command(row.name)(_stage_command(row.name))
 
 
+_add_serving_commands()
 _add_stage_commands()
 
 

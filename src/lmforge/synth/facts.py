@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from lmforge.config import SynthSpec
 from lmforge.records import Record
 from lmforge.synth import tasks
+from lmforge.synth.items import Item, Tally, where
 
 if TYPE_CHECKING:
     from lmforge.synth.asking import Asker
-    from lmforge.synth.stage import Item, Tally
 
 
 def _ask(template: str, spec: SynthSpec, **fields: object) -> list[dict[str, str]]:
@@ -55,8 +55,6 @@ async def _lists(
 
 async def facts_from_docs(spec: SynthSpec, chunks: list[Record], asker: Asker, tally: Tally) -> list[Item]:
     """Questions for every fact of every chunk, each answered by its fact."""
-    from lmforge.synth.stage import Item, where
-
     jobs = [_ask("facts", spec, chunk=r["text"], n=spec.max_facts, source=where(r)) for r in chunks]
     listed = await _lists("facts", "facts", jobs, chunks, asker, tally)
     facts = [
@@ -73,8 +71,6 @@ async def facts_from_docs(spec: SynthSpec, chunks: list[Record], asker: Asker, t
 
 async def entigraph(spec: SynthSpec, chunks: list[Record], asker: Asker, tally: Tally, seed: int) -> list[Item]:
     """Passages on how pairs of each chunk's entities relate, asked as questions about the pair."""
-    from lmforge.synth.stage import Item, where
-
     jobs = [_ask("entities", spec, chunk=r["text"], n=spec.entities, source=where(r)) for r in chunks]
     listed = await _lists("entities", "entities", jobs, chunks, asker, tally)
     pairs: list[tuple[Record, str, str]] = []

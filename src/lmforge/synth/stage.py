@@ -19,8 +19,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ from lmforge.redact import redact_values
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
 from lmforge.synth import tasks
 from lmforge.synth.asking import Asker, judge_messages, open_teacher, progress_bar
+from lmforge.synth.items import Item, Tally, where
 from lmforge.synth.teacher import Counters, RequestCache, Teacher
 
 
@@ -42,31 +42,6 @@ class SynthResult:
     stats_path: Path
     metrics: dict[str, Any]
     skipped: bool
-
-
-@dataclass
-class Item:
-    """One synthesized example before it becomes a record."""
-
-    user: str
-    assistant: str
-    origin: Record
-    kind: str = "original"
-    """``original``, ``paraphrase``, ``answer``, ``fact`` (a question answered by a listed fact) or ``relation``."""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class Tally:
-    rejected: Counter = field(default_factory=Counter)
-    filtered: Counter = field(default_factory=Counter)
-    repaired: int = 0
-    rejects: list[dict[str, Any]] = field(default_factory=list)
-
-    def reject(self, phase: str, origin: Record, reason: str, raw: str | None) -> None:
-        short = reason.split(":")[0]
-        self.rejected[f"{phase}: {short}"] += 1
-        self.rejects.append({"phase": phase, "source": origin.get("source"), "reason": reason, "raw": raw})
 
 
 def run(recipe: Recipe) -> SynthResult:
@@ -363,11 +338,6 @@ def _record(item: Item, spec: SynthSpec, system_prompts: dict[str, str]) -> Reco
     }
     meta["synth"].pop("prompt", None)
     return chat_record(messages, dict(origin.get("source") or {"path": "synth"}), domain, meta)
-
-
-def where(record: Record) -> str:
-    source = record.get("source") or {}
-    return f"{source.get('path', '?')}" + (f", line {source['line']}" if source.get("line") else "")
 
 
 def _metrics(
