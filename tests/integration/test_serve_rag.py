@@ -19,6 +19,8 @@ import httpx
 import pytest
 from server_process import start_server, stop_server
 
+from lmforge.rundir import StageDir
+
 pytestmark = pytest.mark.integration
 openai = pytest.importorskip("openai")
 
@@ -117,7 +119,7 @@ def expected_prompt_tokens(run: Path, question: str, citations: list[dict] | Non
 
     from lmforge.records import context_messages
 
-    adapter = json.loads((run / "sft" / "manifest.json").read_text())["outputs"]["adapter"]
+    adapter = StageDir.open(run, "sft").manifest["outputs"]["adapter"]
     tokenizer = AutoTokenizer.from_pretrained(adapter)
     messages = [{"role": "user", "content": question}]
     if citations is not None:

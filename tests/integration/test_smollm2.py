@@ -27,6 +27,8 @@ def test_a_few_lora_steps_lower_the_loss_and_change_the_adapter(tmp_path):
     raw["data"]["sources"] = [{"path": str(small), "split": "train", "domain": "social-security"}]
     raw.update(run_dir=str(tmp_path), stages=["data", "sft"])
     raw["sft"].update(max_steps=8, batch_size=8, logging_steps=1, warmup_ratio=0.0, scheduler="constant")
+    raw["sft"].pop("documents", None)  # no documents split here
+    raw["sft"].update(method="lora", lr=1.0e-3, lora={"r": 32, "top_layers": 20})  # the adapter checked below
     recipe = validate_recipe(raw, source="demo (8 questions)", base_dir=tmp_path)
     run_recipe(recipe)
     sft_dir = recipe.run_path() / "sft"
@@ -37,7 +39,7 @@ def test_a_few_lora_steps_lower_the_loss_and_change_the_adapter(tmp_path):
 
     weights = load_file(sft_dir / "adapter" / "adapter_model.safetensors")
     lora_b = [t for name, t in weights.items() if "lora_B" in name]
-    assert len(lora_b) == 20 * 7  # every linear layer of the last 20 of 30 blocks (the demo's lora.top_layers)
+    assert len(lora_b) == 20 * 7  # every linear layer of the last 20 of 30 blocks (lora.top_layers: 20)
     assert all(torch.count_nonzero(t) > 0 for t in lora_b)
     manifest = json.loads((sft_dir / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["metrics"]["steps"] == 8
