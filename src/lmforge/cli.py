@@ -217,7 +217,8 @@ def plan(
     ] = None,
 ) -> None:
     """Estimate peak memory and time of a recipe's training stages on this machine, before running them."""
-    from lmforge.perf.plan import plan_arms, plan_recipe, render, render_arms
+    from lmforge.perf.arms import plan_arms, render_arms
+    from lmforge.perf.plan import plan_recipe, render
 
     loaded = _load(recipe, set_, run_dir)
     hardware, plans = plan_recipe(loaded)

@@ -200,7 +200,7 @@ def test_plan_compares_arms_and_counts_the_documents_mixed_in(tiny_recipe, tmp_p
 
     from lmforge.cli import app
     from lmforge.config import load_recipe
-    from lmforge.perf.plan import plan_arms
+    from lmforge.perf.arms import plan_arms
 
     monkeypatch.setenv("LMFORGE_HOME", str(tmp_path / "home"))  # no replay generated yet for this model
     rules = [f"# Rule {i}\n\nThe levy under rule {i} is {i * 3} crowns.\n\nIt is paid yearly." for i in range(5)]

@@ -379,8 +379,7 @@ def _sft_additions(recipe: Any, splits: dict[str, list[dict[str, Any]]], tokeniz
     from lmforge.train.replay import cached_replay
 
     spec = recipe.sft
-    chat = [r for name in spec.splits for r in splits.get(name, []) if r["kind"] == "chat"]
-    replay = cached_replay(recipe, chat)
+    replay = cached_replay(recipe, [r for name in spec.splits for r in splits.get(name, []) if r["kind"] == "chat"])
     lengths, notes = [], []
     if replay is None:
         notes.append("replay of the base model's replies not counted (generated when sft first runs)")
@@ -392,42 +391,6 @@ def _sft_additions(recipe: Any, splits: dict[str, list[dict[str, Any]]], tokeniz
         lengths += [min(n, spec.max_length) for n in _text_lengths({"d": texts}, ["d"], tokenizer)]
         notes.append(f"{len(texts)} document chunks ({spec.documents.copies} form(s) each)")
     return lengths, notes
-
-
-def plan_arms(load: Any, arms: list[str]) -> list[tuple[str, list[StagePlan]]]:
-    """The plan of each arm: ``load(overrides)`` returns the recipe with an arm's space-separated overrides
-    (``"sft.method=lora sft.lora.r=16"``; ``""`` is the recipe as it is). An arm that changes ``data.*`` is
-    planned on its own data, prepared in memory."""
-    out = []
-    for arm in arms:
-        overrides = arm.split()
-        recipe = load(overrides)
-        _, plans = plan_recipe(recipe, fresh_data=any(o.startswith("data.") for o in overrides))
-        out.append((arm or "(the recipe)", plans))
-    return out
-
-
-def render_arms(arms: list[tuple[str, list[StagePlan]]]) -> Any:
-    """One row per arm: the training it computes, its time and its peak memory (stages summed / maxed)."""
-    from rich.table import Table
-
-    table = Table(title="arms", title_justify="left")
-    table.add_column("arm", overflow="fold")
-    table.add_column("stages")
-    for column in ("examples trained", "tokens computed", "time", "peak RSS MB"):
-        table.add_column(column, justify="right")
-    for label, plans in arms:
-        timed = [p.seconds for p in plans if p.seconds is not None]
-        seconds = sum(timed) if timed and len(timed) == len(plans) else None
-        table.add_row(
-            label,
-            ", ".join(f"{p.stage} ({p.method})" for p in plans),
-            f"{sum(p.batches.trained_examples for p in plans):,}",
-            f"{sum(p.batches.computed_tokens for p in plans):,}",
-            _duration(seconds) if seconds is not None else "not estimated",
-            f"{max((p.peak_mb for p in plans), default=0):,.0f}",
-        )
-    return table
 
 
 def sft_batches(lengths: list[int], spec: Any, rows: int | None = None) -> Batches:
