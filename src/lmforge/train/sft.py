@@ -64,15 +64,7 @@ def run(recipe: Recipe) -> TrainResult:
     resuming = setup.start(fingerprint, inputs, "base", "adapter-sft-only")
     stage_log("sft").info(f"{start.description}; training data {shown_paths}")
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=recipe.model.trust_remote_code)
-    records = [r for path in train_paths for r in read_records(path) if r["kind"] == "chat"]
-    undesirable = [r for r in records if (r.get("meta") or {}).get("label") is False]
-    if undesirable:  # KTO rows whose completion is marked bad: for dpo's kto loss, never imitated
-        records = [r for r in records if (r.get("meta") or {}).get("label") is not False]
-        stage_log("sft").info(
-            f"left out {len(undesirable)} completion(s) labelled undesirable (KTO rows, for the dpo stage)"
-        )
-    if not records:
-        raise StageError(f"the split(s) {spec.splits} ({shown_paths}) hold no chat records to fine-tune on")
+    records = _chat_records(train_paths, spec.splits)
     records, replayed = with_replay(recipe, records, stage.path("replay.jsonl"))
     default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)
     examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
@@ -127,20 +119,54 @@ def run(recipe: Recipe) -> TrainResult:
     result, seconds = run_training(trainer, stage, resuming, "sft")
 
     outputs = save_outputs(model, tokenizer, spec, stage, start)
+    metrics = _metrics(trainer, result, seconds, token_counts, spec.template, replayed, default_domain)
+    setup.wrap_up(trainer)
+    stage.finish(metrics, outputs=outputs)
+    return TrainResult.from_outputs(outputs, metrics, skipped=False)
+
+
+def _chat_records(train_paths: list[Path], splits: list[str]) -> list[dict[str, Any]]:
+    """The chat records of the training splits, without KTO rows labelled undesirable (for dpo's kto loss,
+    never imitated).
+
+    Raises:
+        StageError: the splits hold no chat record to fine-tune on.
+    """
+    records = [r for path in train_paths for r in read_records(path) if r["kind"] == "chat"]
+    undesirable = [r for r in records if (r.get("meta") or {}).get("label") is False]
+    if undesirable:
+        records = [r for r in records if (r.get("meta") or {}).get("label") is not False]
+        stage_log("sft").info(
+            f"left out {len(undesirable)} completion(s) labelled undesirable (KTO rows, for the dpo stage)"
+        )
+    if not records:
+        shown = ", ".join(map(str, train_paths))
+        raise StageError(f"the split(s) {splits} ({shown}) hold no chat records to fine-tune on")
+    return records
+
+
+def _metrics(
+    trainer: Any,
+    result: Any,
+    seconds: float,
+    token_counts: dict[str, int],
+    template: str,
+    replayed: int,
+    default_domain: str | None,
+) -> dict[str, Any]:
+    """The manifest's metrics of a finished sft: the trainer's, the token counts and rates, what auto chose."""
     metrics = training_metrics(trainer, result, seconds)
     chosen = trainer.args  # `lr: auto` / `epochs: auto` are resolved by build_trainer
     epochs_run = metrics["epochs"] or chosen.num_train_epochs
     metrics.update(token_counts)
     metrics["trainable_tokens_per_s"] = tokens_per_s(token_counts["trainable_tokens"], epochs_run, seconds)
     metrics["tokens_per_s"] = tokens_per_s(token_counts["tokens"], epochs_run, seconds)
-    metrics["template"] = spec.template
+    metrics["template"] = template
     metrics["replay_records"] = replayed
     metrics["lr"], metrics["epochs_planned"] = chosen.learning_rate, chosen.num_train_epochs
     if default_domain is not None:
         metrics["default_domain"] = default_domain
-    setup.wrap_up(trainer)
-    stage.finish(metrics, outputs=outputs)
-    return TrainResult.from_outputs(outputs, metrics, skipped=False)
+    return metrics
 
 
 def _fingerprint(
