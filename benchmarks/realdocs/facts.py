@@ -1,5 +1,6 @@
 """Hand-checked questions on six public licenses (Debian's /usr/share/common-licenses); every answer
-occurs verbatim in its source document. Writes qa/train.jsonl and qa/test.jsonl (held-out wordings)."""
+occurs verbatim in its source document. Writes qa/train.jsonl and qa/test.jsonl (held-out wordings) and
+qa/docs_only.jsonl (facts that are only in the documents, never asked in training)."""
 
 # ruff: noqa: E501  (one fact per line reads best)
 
@@ -58,6 +59,22 @@ FACTS = [
      "What does the Artistic License call whoever is named in the package's copyrights?"),
 ]  # fmt: skip
 
+DOCS_ONLY = [
+    # (source, answer, question): no training question asks these facts
+    ("Apache-2.0", "the date such litigation is filed", "Under the Apache License 2.0, from when do your patent licenses end if you sue someone claiming the Work infringes a patent?"),
+    ("Apache-2.0", "Accepting Warranty or Additional Liability", "What is the title of section 9 of the Apache License 2.0?"),
+    ("GFDL-1.3", "at least one year", "How long after the last Opaque copy is distributed must a GFDL Transparent copy stay accessible?"),
+    ("GFDL-1.3", "August 1, 2009", "Until what date could the operator of an MMC site republish an eligible MMC under CC-BY-SA?"),
+    ("GFDL-1.3", "November 1, 2008", "Before what date must works have been incorporated into an MMC for it to be eligible for relicensing under the GFDL?"),
+    ("GFDL-1.3", "San Francisco", "In which city does Creative Commons Corporation have its principal place of business, according to the GFDL 1.3?"),
+    ("GFDL-1.3", "Endorsements", "Which section must be deleted from a modified version under the GFDL?"),
+    ("GPL-3", "entity transaction", "What does the GPLv3 call a transaction that transfers control of an organization?"),
+    ("GPL-3", "Appropriate Legal Notices", "What must an interactive user interface display under the GPLv3?"),
+    ("MPL-2.0", "Mozilla Foundation", "Who is the license steward of the MPL 2.0?"),
+    ("CC0-1.0", "Public License Fallback", "What is section 3 of CC0 1.0 called?"),
+    ("Artistic", "Freely Available", "What does the Artistic License call an item for which no fee is charged itself?"),
+]  # fmt: skip
+
 
 def rows(column: int) -> list[dict]:
     return [{"question": f[column], "answer": f[1], "source": f[0]} for f in FACTS]
@@ -66,11 +83,16 @@ def rows(column: int) -> list[dict]:
 if __name__ == "__main__":
     here = Path(__file__).parent
     docs = {p.stem: p.read_text(encoding="utf-8") for p in (here / "licenses").glob("*.txt")}
-    for source, answer, *_ in FACTS:
+    for source, answer, *_ in [*FACTS, *DOCS_ONLY]:
         flat = " ".join(docs[source].split())
         assert answer in flat, (source, answer)
+    trained = {f[1] for f in FACTS}
+    assert not [a for _, a, _ in DOCS_ONLY if a in trained], "a docs_only answer is also a trained answer"
     (here / "qa").mkdir(exist_ok=True)
     for split, column in (("train", 2), ("test", 3)):
         text = "".join(json.dumps(r) + "\n" for r in rows(column))
         (here / "qa" / f"{split}.jsonl").write_text(text, encoding="utf-8")
-    print(f"{len(FACTS)} facts checked in their documents; wrote qa/train.jsonl and qa/test.jsonl")
+    only = "".join(json.dumps({"question": q, "answer": a, "source": s}) + "\n" for s, a, q in DOCS_ONLY)
+    (here / "qa" / "docs_only.jsonl").write_text(only, encoding="utf-8")
+    print(f"{len(FACTS)} facts and {len(DOCS_ONLY)} docs-only facts checked in their documents; "
+          "wrote qa/train.jsonl, qa/test.jsonl and qa/docs_only.jsonl")  # fmt: skip
