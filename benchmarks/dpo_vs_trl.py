@@ -83,9 +83,9 @@ def run_trl(work: Path, settings: dict) -> dict:
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
+    from lmforge.engine.compute import use_bf16
     from lmforge.hardware import peak_rss_mb
     from lmforge.models import load_causal_lm, load_tokenizer, resolve_model
-    from lmforge.train.compute import use_bf16
 
     model_dir = resolve_model(settings["model"])
     tokenizer = load_tokenizer(model_dir)

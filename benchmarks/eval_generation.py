@@ -19,8 +19,8 @@ def main() -> None:
 
     from lmforge.config import load_recipe, shipped_recipe
     from lmforge.data.stage import prepare_records
+    from lmforge.engine.compute import configure_threads
     from lmforge.models import generate_replies, load_for_inference, resolve_model
-    from lmforge.train.compute import configure_threads
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=32)

@@ -21,6 +21,7 @@ from lmforge.cli_common import (
     console,
     err_console,
 )
+from lmforge.stages import STAGE_ORDER, WORKLOADS
 
 __all__ = ["app", "main"]
 
@@ -132,7 +133,7 @@ def synth(
     run_dir: RunDirOption = None,
 ) -> None:
     """Run the data and synth stages of a recipe: a teacher writes training records (cached, resumable)."""
-    _run(recipe, set_, run_dir, only=["data", "synth"])
+    _run(recipe, set_, run_dir, only=[name for name in STAGE_ORDER[: STAGE_ORDER.index("synth") + 1]])
 
 
 @app.command()
@@ -172,8 +173,9 @@ def bench(
         expected = ", ".join(SYSTEMS)
         err_console.print(f"[bold red]error:[/bold red] --systems: got {systems!r}; expected some of {expected}")
         raise typer.Exit(2)
-    if workload not in ("sft", "cpt"):
-        err_console.print(f"[bold red]error:[/bold red] --workload: got {workload!r}; expected sft or cpt")
+    if workload not in WORKLOADS:
+        expected = " or ".join(WORKLOADS)
+        err_console.print(f"[bold red]error:[/bold red] --workload: got {workload!r}; expected {expected}")
         raise typer.Exit(2)
     if warmup >= steps:
         err_console.print(f"[bold red]error:[/bold red] --warmup {warmup} must be below --steps {steps}")
@@ -281,7 +283,7 @@ def data_inspect(
     if tokenizer is None:
         console.print("[dim]token lengths: pass --model REF (a recipe uses its own model)[/dim]")
     if show_labels and tokenizer is not None:
-        from lmforge.train.tokenize import tokenize_chat
+        from lmforge.engine.tokenize import tokenize_chat
 
         on_inputs = bool(recipe and recipe.sft.train_on_inputs)
 
@@ -291,7 +293,7 @@ def data_inspect(
         split = "train" if "train" in prepared.splits else next(iter(prepared.splits), "")
         examples = prepared.splits.get(split, [])
         if recipe and recipe.sft.template != "chat":  # show the prompt format sft will train with
-            from lmforge.train.templates import install_template
+            from lmforge.engine.templates import install_template
 
             chats = [r for r in examples if r.get("kind") == "chat"]
             install_template(tokenizer, recipe.sft.template, chats, recipe.model.ref)

@@ -21,10 +21,11 @@ from lmforge.models import check_reference
 from lmforge.rundir import StageDir, atomic_write_json
 
 TRAINING_STAGES = stages.TRAINING_STAGES
-SPLIT_STAGES = tuple(s.name for s in stages.STAGES if s.every_process)
+SPLIT_STAGES = tuple(s.name for s in stages.STAGES if s.every_process is True)
 """Stages every process runs together: training (DDP / FSDP / DeepSpeed through the Trainer), index
-(embedding batches shared out) and eval (questions shared out, answers gathered in order); synth
-too when its teacher is a local model. The others run on the leader alone while the rest wait."""
+(embedding batches shared out) and eval (questions shared out, answers gathered in order); a stage whose
+row says ``spec`` too when its recipe section asks (synth with a local teacher). The others run on the
+leader alone while the rest wait."""
 
 
 def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] | None = None) -> dict[str, Any]:
@@ -50,7 +51,7 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
         results: dict[str, Any] = {}
         for stage in only or recipe.stages:
             distributed.wait_for_all()  # every process sees the previous stage's files
-            split = stage in SPLIT_STAGES or (stage == "synth" and recipe.synth.teacher.kind == "local")
+            split = stages.stage(stage).on_every_process(recipe)
             if not split and not distributed.is_leader():
                 continue
             started = time.perf_counter()
@@ -85,7 +86,7 @@ def check_before_running(recipe: Recipe, only: list[str] | None = None, processe
     if stages - {"data"}:
         check_reference(recipe.model.ref)  # an unknown alias fails now, not after the data stage
     if processes > 1 and stages & set(TRAINING_STAGES):
-        from lmforge.train.layout import check_strategy
+        from lmforge.engine.layout import check_strategy
 
         check_strategy(recipe.distributed)
 

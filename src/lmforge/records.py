@@ -17,7 +17,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
@@ -216,13 +216,6 @@ def read_json_lines(path: str | Path) -> Iterator[tuple[int, Any]]:
 def dumps_record(record: Record) -> str:
     """One JSON line (no trailing newline)."""
     return json.dumps(record, ensure_ascii=False, separators=(",", ":"))
-
-
-def count_by_kind(records: Iterable[Record]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for record in records:
-        counts[record["kind"]] = counts.get(record["kind"], 0) + 1
-    return counts
 
 
 # ---------------------------------------------------------------- retrieved context

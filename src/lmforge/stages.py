@@ -12,9 +12,10 @@ This module imports nothing of lmforge, so that ``config`` can read it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 ModelKind = Literal["causal", "encoder", "seq2seq"]
+Workload = Literal["text", "chat"]
 
 
 @dataclass(frozen=True)
@@ -22,20 +23,30 @@ class Stage:
     name: str
     entry: str
     """Module holding ``run(recipe)`` (and optionally ``summary``, ``show``)."""
-    every_process: bool = False
-    """Runs on every process of a multi-process run (training, embedding, evaluation); else on rank 0."""
+    every_process: bool | Literal["spec"] = False
+    """Runs on every process of a multi-process run (training, embedding, evaluation); else on rank 0.
+    ``spec``: the stage's recipe section decides (its ``on_every_process`` property: synth with a local teacher)."""
     model: ModelKind | None = None
     """The kind of model the stage trains, when it trains one (its manifest then has ``outputs.model`` or
-    ``outputs.adapter`` + ``outputs.base_model``)."""
+    ``outputs.adapter`` + ``outputs.base_model``, and it writes ``train_log.jsonl``)."""
+    workload: Workload | None = None
+    """What ``lmforge plan`` and ``lmforge bench`` measure it as: ``text`` (a causal LM over packed text rows),
+    ``chat`` (chat records, padded or packed); None: a training stage they do not estimate."""
+
+    def on_every_process(self, recipe: Any) -> bool:
+        """Whether every process of a multi-process run takes part in this stage of ``recipe``."""
+        if self.every_process == "spec":
+            return bool(getattr(recipe, self.name).on_every_process)
+        return self.every_process
 
 
 STAGES: tuple[Stage, ...] = (
     Stage("data", "lmforge.data.stage"),
-    Stage("synth", "lmforge.synth.stage"),  # on every process only with a local teacher (pipeline)
+    Stage("synth", "lmforge.synth.stage", every_process="spec"),
     Stage("index", "lmforge.rag.index", every_process=True),
-    Stage("cpt", "lmforge.train.cpt", every_process=True, model="causal"),
+    Stage("cpt", "lmforge.train.cpt", every_process=True, model="causal", workload="text"),
     Stage("mlm", "lmforge.train.mlm", every_process=True, model="encoder"),
-    Stage("sft", "lmforge.train.sft", every_process=True, model="causal"),
+    Stage("sft", "lmforge.train.sft", every_process=True, model="causal", workload="chat"),
     Stage("seq2seq", "lmforge.train.seq2seq", every_process=True, model="seq2seq"),
     Stage("dpo", "lmforge.train.dpo", every_process=True, model="causal"),
     Stage("eval", "lmforge.evaluate.stage", every_process=True),
@@ -44,6 +55,8 @@ STAGES: tuple[Stage, ...] = (
 STAGE_ORDER: tuple[str, ...] = tuple(s.name for s in STAGES)
 TRAINING_STAGES: tuple[str, ...] = tuple(s.name for s in STAGES if s.model is not None)
 """Stages whose output is a model, in pipeline order: the last finished one is a run's result."""
+WORKLOADS: dict[str, Workload] = {s.name: s.workload for s in STAGES if s.workload is not None}
+"""Training stages ``lmforge plan`` estimates and ``lmforge bench --workload`` times, with what they train on."""
 
 
 def stage(name: str) -> Stage:

@@ -12,12 +12,12 @@ import torch
 
 from lmforge.config import DistributedSpec, SFTSpec
 from lmforge.distributed import World, gather_shares, share, world
+from lmforge.engine.batches import StepBatches, WithFillers, blank_fillers, call_loss, is_filler
+from lmforge.engine.layout import ProcessLayout, check_strategy, process_layout
+from lmforge.engine.tokenize import IGNORE
 from lmforge.errors import ConfigError, LaunchError
 from lmforge.launch import failure_error, running_stage
 from lmforge.rundir import StageDir, atomic_write_json, remove_tree, stage_folder
-from lmforge.train.batches import StepBatches, WithFillers, blank_fillers, call_loss, is_filler
-from lmforge.train.layout import ProcessLayout, check_strategy, process_layout
-from lmforge.train.tokenize import IGNORE
 
 
 def step_sets(n: int, per_device: int, accum: int, processes: int) -> list[list[int]]:

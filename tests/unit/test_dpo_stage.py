@@ -11,11 +11,11 @@ import torch
 from conftest import qa_rows, write_jsonl
 
 from lmforge.config import DPOSpec, load_recipe
+from lmforge.engine.tokenize import IGNORE, TokenizedExample
 from lmforge.errors import StageError
 from lmforge.pipeline import run_recipe
 from lmforge.rundir import StageDir, final_model, split_path
 from lmforge.train import dpo
-from lmforge.train.tokenize import IGNORE, TokenizedExample
 
 FACTS = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i in range(8)]
 

@@ -4,16 +4,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lmforge.train.fast import (
+from lmforge.engine.fast import (
     chunked_cross_entropy,
     disable_lean_lora,
     enable_lean_lora,
-    pack_batch,
-    pack_rows,
     pad_batch,
-    register_packed_attention,
 )
-from lmforge.train.tokenize import IGNORE
+from lmforge.engine.tokenize import IGNORE
 
 
 @pytest.mark.parametrize("weight_grad", [False, True])
@@ -37,18 +34,6 @@ def test_chunked_cross_entropy_matches_the_full_logits_loss(weight_grad):
         torch.testing.assert_close(weight.grad, 0.5 * want_w, rtol=1e-5, atol=1e-5)
 
 
-def test_pack_rows_places_every_example_once_within_the_row_length():
-    lengths = [5, 300, 120, 7, 64, 64, 900, 1100, 33, 250] * 7
-    rows = pack_rows(lengths, row_length=1024, seed=3)
-    placed = sorted(i for row in rows for i in row)
-    assert placed == list(range(len(lengths)))
-    for row in rows:
-        assert sum(lengths[i] for i in row) <= 1024 or len(row) == 1
-    assert rows == pack_rows(lengths, row_length=1024, seed=3)
-    # Best-fit decreasing fills rows well: at most one row's worth of waste beyond the optimum.
-    assert len(rows) <= sum(min(n, 1024) for n in lengths) // 1024 + 2
-
-
 def test_pad_batch_right_pads_without_a_mask():
     batch = pad_batch([{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8], "labels": [8]}], pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
@@ -64,23 +49,6 @@ def _token_losses(model, batch):
     targets = batch["labels"][:, 1:]
     losses = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=IGNORE)
     return losses[targets != IGNORE]
-
-
-def test_packed_attention_keeps_examples_apart(tiny_tokenizer):
-    from conftest import build_tiny_llama
-
-    examples = [{"input_ids": list(range(3, 3 + n)), "labels": list(range(3, 3 + n))} for n in (9, 4, 15, 6)]
-    reference = build_tiny_llama(tiny_tokenizer).eval()
-    reference.config._attn_implementation = "eager"
-    separate = torch.cat([_token_losses(reference, pad_batch([e], pad_id=0)) for e in examples])
-
-    packed_model = build_tiny_llama(tiny_tokenizer).eval()
-    packed_model.config._attn_implementation = register_packed_attention()
-    together = _token_losses(packed_model, pack_batch(examples))
-    torch.testing.assert_close(together, separate, atol=1e-5, rtol=1e-5)
-    # Right-padded rows (no position_ids) take the same kernel as plain causal attention.
-    padded = _token_losses(packed_model, pad_batch(examples, pad_id=0))
-    torch.testing.assert_close(padded, separate, atol=1e-5, rtol=1e-5)
 
 
 def test_lean_lora_forward_matches_peft(tiny_tokenizer):

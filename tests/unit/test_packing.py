@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import load_recipe
-from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch, register_packed_attention
-from lmforge.train.sft import build_causal_model
-from lmforge.train.tokenize import IGNORE, tokenize_chat
+from lmforge.engine.causal import build_causal_model
+from lmforge.engine.fast import causal_lm_loss_sum, pack_batch, pad_batch
+from lmforge.engine.tokenize import IGNORE, tokenize_chat
 
 CONVERSATIONS = [
     ("What is fact number 3?", "Fact 3 is 21 kestrels."),
@@ -103,13 +103,3 @@ def test_the_check_fails_when_attention_crosses_examples(tiny_recipe, tiny_model
     separate = torch.cat([_per_token_losses(model, pad_batch([f], pad_id=0)) for f in features])
     crossing = dict(packed, position_ids=torch.arange(packed["input_ids"].shape[1])[None])
     assert not torch.allclose(_per_token_losses(model, crossing), separate, atol=1e-3)
-
-
-def test_per_example_attention_kernel_matches_on_sft_model(tiny_recipe, tiny_model_dir, tiny_tokenizer):
-    """fast.packed_causal_attention (attention per example, no mask at all) agrees with the stock kernels."""
-    model = _sft_model(tiny_recipe, tiny_model_dir, "eager")
-    features = _features(tiny_tokenizer)
-    packed = pack_batch(features)
-    expected = _per_token_losses(model, packed)
-    model.config._attn_implementation = register_packed_attention()
-    torch.testing.assert_close(_per_token_losses(model, packed), expected, atol=1e-5, rtol=1e-5)

@@ -61,8 +61,8 @@ def test_an_adapter_on_the_top_layers_stops_the_backward_pass_below_them(tiny_mo
     from transformers import AutoModelForCausalLM
 
     from lmforge.config import SFTSpec
+    from lmforge.engine.lora import add_lora
     from lmforge.perf.plan import flops_per_token
-    from lmforge.train.lora import add_lora
 
     config = json.loads((tiny_model_dir / "config.json").read_text())
     layers = config["num_hidden_layers"]
@@ -167,7 +167,7 @@ def test_plan_counts_splits_of_later_stages_and_warns_before_they_exist(tiny_rec
 
 def test_attention_is_judged_on_the_packed_row_not_on_max_length():
     """sft packs a micro-batch into one row: 16 examples of 100 tokens make a 1,600-token row."""
-    from lmforge.train.compute import attention_kernel, attention_row
+    from lmforge.engine.compute import attention_kernel, attention_row
 
     lengths = [100] * 40 + [60]
     assert attention_row(lengths, 16, packing=True) == (1, 1600)

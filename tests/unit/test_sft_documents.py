@@ -6,10 +6,10 @@ import pytest
 from conftest import build_tiny_tokenizer
 
 from lmforge.config import DocumentsMixSpec, load_recipe
+from lmforge.engine.tokenize import IGNORE
 from lmforge.errors import ConfigError
 from lmforge.records import text_record
 from lmforge.train.documents import QuestionsFirstSampler, document_texts, tokenize_texts
-from lmforge.train.tokenize import IGNORE
 
 ACT = text_record(
     "# Section 1 — Name\n\n(1) This Act is the Harbour Dues Act of Norland. It sets the dues of ships.\n\n"

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from lmforge.train import compute
-from lmforge.train.fast import causal_lm_loss_sum
+from lmforge.engine import compute
+from lmforge.engine.fast import causal_lm_loss_sum
 
 
 def test_threads_follow_usable_cores_unless_the_user_chose(monkeypatch):

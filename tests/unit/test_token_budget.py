@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from lmforge.config import SFTSpec
+from lmforge.engine import budget
+from lmforge.engine.batches import StepBatches, even_parts
+from lmforge.engine.fast import causal_lm_loss_sum, pad_batch
+from lmforge.engine.tokenize import IGNORE, TokenizedExample
+from lmforge.engine.trainer import build_trainer
 from lmforge.rundir import StageDir
-from lmforge.train import budget
-from lmforge.train.batches import StepBatches, even_parts
-from lmforge.train.fast import causal_lm_loss_sum, pad_batch
 from lmforge.train.sft import ExampleDataset
-from lmforge.train.tokenize import IGNORE, TokenizedExample
-from lmforge.train.trainer import build_trainer
 
 SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30}
 

@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from lmforge.engine.fast import pack_batch
+from lmforge.engine.tokenize import IGNORE, tokenize_chat, tokenize_records
 from lmforge.errors import DataError
-from lmforge.train.fast import pack_batch
-from lmforge.train.tokenize import IGNORE, tokenize_chat, tokenize_records
 
 CONVERSATION = [
     {"role": "system", "content": "Answer briefly."},

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from lmforge.config import Recipe, SFTSpec
-from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora
-from lmforge.train.sft import build_causal_model
-from lmforge.train.trainer import save_folder
+from lmforge.engine.causal import build_causal_model
+from lmforge.engine.fast import causal_lm_loss_sum, disable_lean_lora
+from lmforge.engine.trainer import save_folder
 
 IDS = torch.tensor([[5, 17, 42, 99, 123, 7, 64, 30]])
 
@@ -62,7 +62,7 @@ def test_variants_train_the_right_weights_and_reload_exactly(tmp_path, tiny_mode
 
 
 def test_auto_attention_picks_eager_for_short_rows_and_sdpa_when_its_scores_are_large(tiny_model_dir, monkeypatch):
-    from lmforge.train import compute
+    from lmforge.engine import compute
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     # demo sft: 16 rows of 95 tokens, 9 heads, 30 layers, bf16 -> 0.27 GB of scores; demo-rag: 385 tokens -> 4.5 GB

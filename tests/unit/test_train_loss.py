@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from lmforge.config import SFTSpec
+from lmforge.engine.batches import EpochSeededLengthSampler
+from lmforge.engine.fast import causal_lm_loss_sum, pad_batch
+from lmforge.engine.tokenize import IGNORE, TokenizedExample
+from lmforge.engine.trainer import build_trainer
 from lmforge.rundir import StageDir
-from lmforge.train.batches import EpochSeededLengthSampler
 from lmforge.train.distill import distill_loss_sum
-from lmforge.train.fast import causal_lm_loss_sum, pad_batch
 from lmforge.train.mlm import EpochTaggedSampler, MaskedRows, mask_tokens
 from lmforge.train.sft import ExampleDataset
-from lmforge.train.tokenize import IGNORE, TokenizedExample
-from lmforge.train.trainer import build_trainer
 
 
 def example(ids: list[int], trained_from: int) -> TokenizedExample:
@@ -142,8 +142,8 @@ def test_masking_draws_per_row_and_never_masks_special_tokens():
 
 @pytest.mark.parametrize("bad", [{"optimizer": "paged_adamw_8bit"}, {"quantization": "4bit"}])
 def test_cuda_only_settings_fail_clearly_on_cpu(bad):
+    from lmforge.engine.compute import check_training_setup
     from lmforge.errors import ConfigError
-    from lmforge.train.compute import check_training_setup
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lmforge.config import SFTSpec
-from lmforge.train import schedule
+from lmforge.engine import schedule
 
 SMOLLM2 = {"hidden_size": 576, "num_hidden_layers": 30, "intermediate_size": 1536, "vocab_size": 49152}
 SEVEN_B = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 11008, "vocab_size": 32000}
@@ -58,11 +58,11 @@ def test_build_trainer_resolves_auto_for_the_split_and_model(tiny_tokenizer, tmp
 
     from conftest import build_tiny_llama
 
+    from lmforge.engine.fast import causal_lm_loss_sum, pad_batch
+    from lmforge.engine.tokenize import TokenizedExample
+    from lmforge.engine.trainer import build_trainer
     from lmforge.rundir import StageDir
-    from lmforge.train.fast import causal_lm_loss_sum, pad_batch
     from lmforge.train.sft import ExampleDataset
-    from lmforge.train.tokenize import TokenizedExample
-    from lmforge.train.trainer import build_trainer
 
     examples = [TokenizedExample([5, 6, 7, 8], [-100, 6, 7, 8], False) for _ in range(40)]
     trainer = build_trainer(

@@ -1,4 +1,4 @@
-"""The frame every training stage runs in (``lmforge.train.stage``), without training anything.
+"""The frame every training stage runs in (``lmforge.engine.stage``), without training anything.
 
 A finished data stage is written by hand, so each step can be checked on its own: which split
 files a stage reads, what the fingerprint covers, when an earlier attempt is resumed or cleared,
@@ -14,9 +14,9 @@ from types import SimpleNamespace
 import pytest
 
 from lmforge.config import load_recipe
+from lmforge.engine.stage import open_training_stage
 from lmforge.errors import StageError
 from lmforge.rundir import StageDir, fingerprint_file
-from lmforge.train.stage import open_training_stage
 
 
 def finished_data_stage(tmp_path: Path, splits: dict[str, list[dict]]) -> Path:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
+from lmforge.engine.templates import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, install_template
+from lmforge.engine.tokenize import IGNORE, pack_texts, tokenize_chat, tokenize_records
 from lmforge.errors import StageError
 from lmforge.train.cpt import collate_rows
-from lmforge.train.templates import ALPACA_PREAMBLE, ALPACA_PREAMBLE_WITH_INPUT, install_template
-from lmforge.train.tokenize import IGNORE, pack_texts, tokenize_chat, tokenize_records
 
 TWO_TURNS = [
     {"role": "user", "content": "Translate to French.\n\nthe cat"},
@@ -116,7 +116,7 @@ def test_a_packed_document_sees_nothing_of_the_one_before(tokenizer, attention):
     it has alone: attention never crosses the boundary, in either kernel."""
     from conftest import build_tiny_llama
 
-    from lmforge.train.fast import causal_lm_loss_sum
+    from lmforge.engine.fast import causal_lm_loss_sum
 
     model = build_tiny_llama(tokenizer).eval()
     model.config._attn_implementation = attention

@@ -90,7 +90,7 @@ class Recipe(Strict):
             self.sft.splits = default_sft_splits(self)
             return self
         raft = self.index.raft
-        if raft.enabled and {"index", "sft"} <= set(self.stages) and raft.split not in self.sft.splits:
+        if raft.enabled and "index" in self.stages and "sft" in self.stages and raft.split not in self.sft.splits:
             raise ValueError(
                 f"index.raft.enabled writes the split {raft.split!r}, but sft.splits {self.sft.splits} does not "
                 f"train on it; add {raft.split!r} to sft.splits, or leave sft.splits unset (it then trains on "

@@ -100,3 +100,9 @@ class SynthSpec(Strict):
     """Use at most this many input records (quick runs)."""
     filters: SynthFilterSpec = SynthFilterSpec()
     """Length, grounding and duplicate filters."""
+
+    @property
+    def on_every_process(self) -> bool:
+        """A local teacher generates on every process of a multi-process run (prompts shared out);
+        an endpoint is asked by the leader alone."""
+        return self.teacher.kind == "local"

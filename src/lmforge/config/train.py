@@ -188,7 +188,7 @@ class SFTSpec(TrainSpec):
 
     epochs: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     """Passes over the training splits; ``auto``: 3, more for a split under 200 examples so that training sees
-    600 examples at least (10 passes at most): a few dozen questions need the steps (lmforge.train.schedule)."""
+    600 examples at least (10 passes at most): a few dozen questions need the steps (lmforge.engine.schedule)."""
     lr: Annotated[float, Field(gt=0)] | Literal["auto"] = "auto"
     """Peak learning rate; ``auto``: 1e-3 for LoRA on a model under 1B parameters (measured on SmolLM2-135M:
     2e-4 left small real QA sets unlearnt), 2e-4 for LoRA on larger models and for full training."""

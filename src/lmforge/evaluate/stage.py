@@ -188,7 +188,7 @@ def eval_dtype(precision: str) -> Any:
     """The weights' dtype for ``eval.precision`` (None: fp32)."""
     import torch
 
-    from lmforge.train.compute import use_bf16
+    from lmforge.engine.compute import use_bf16
 
     return torch.bfloat16 if use_bf16(precision) else None
 

@@ -96,7 +96,7 @@ def worker(config: dict[str, Any]) -> BenchResult:
     """Train one system and measure it (runs in a child process; see :func:`run_bench`)."""
     import torch
 
-    from lmforge.train.compute import configure_threads
+    from lmforge.engine.compute import configure_threads
 
     system = config["system"]
     settings = BenchSettings(**config["settings"])
@@ -148,10 +148,10 @@ def _setup(settings: BenchSettings, system: str) -> dict[str, Any]:
     """The recipe, model folder, tokenizer, ordered training examples and held-out examples."""
     from lmforge.config import load_recipe, shipped_recipe
     from lmforge.data.stage import prepare_records
+    from lmforge.engine import schedule
+    from lmforge.engine.templates import install_template
+    from lmforge.engine.tokenize import tokenize_records
     from lmforge.models import load_tokenizer, resolve_model
-    from lmforge.train import schedule
-    from lmforge.train.templates import install_template
-    from lmforge.train.tokenize import tokenize_records
 
     overrides = [
         *settings.overrides,
@@ -203,7 +203,7 @@ def _cpt_setup(settings: BenchSettings, recipe: Any, model_dir: Any, tokenizer: 
     """The ``cpt`` workload: rows of exactly ``seq_len`` tokens packed from the recipe's text records
     (documents restart their positions inside a row, as the cpt stage packs them), the texts cycled
     until every step has its rows."""
-    from lmforge.train.tokenize import pack_texts
+    from lmforge.engine.tokenize import pack_texts
 
     texts = [r["text"] for records in splits.values() for r in records if r["kind"] == "text"]
     if not texts:
@@ -309,8 +309,8 @@ def heldout_loss(model: Any, examples: list[Any], pad_id: int) -> float:
     """Mean answer-only loss on held-out examples, computed the same way for every system."""
     import torch
 
+    from lmforge.engine.fast import causal_lm_loss_sum, pad_batch
     from lmforge.models import cpu_supports_bf16
-    from lmforge.train.fast import causal_lm_loss_sum, pad_batch
 
     if not examples:
         return float("nan")
@@ -364,7 +364,7 @@ def _lora_config(spec: Any, model_dir: Any) -> Any:
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM
 
-        from lmforge.train.lora import linear_module_names, top_layer_indices
+        from lmforge.engine.lora import linear_module_names, top_layer_indices
 
         total = json.loads((Path(model_dir) / "config.json").read_text(encoding="utf-8"))["num_hidden_layers"]
         layers = top_layer_indices(total, lora.top_layers)
@@ -456,12 +456,13 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
 
     from torch.utils.data import SequentialSampler
 
+    from lmforge.engine.budget import stage_micro_batching
+    from lmforge.engine.causal import build_causal_model
+    from lmforge.engine.compute import attention_row, use_bf16
+    from lmforge.engine.fast import causal_lm_loss_sum, pack_batch, pad_batch
+    from lmforge.engine.trainer import build_trainer
     from lmforge.rundir import StageDir
-    from lmforge.train.budget import stage_micro_batching
-    from lmforge.train.compute import attention_row, use_bf16
-    from lmforge.train.fast import causal_lm_loss_sum, pack_batch, pad_batch
-    from lmforge.train.sft import ExampleDataset, build_causal_model
-    from lmforge.train.trainer import build_trainer
+    from lmforge.train.sft import ExampleDataset
 
     recipe = setup["recipe"]
     spec = recipe.sft
@@ -474,8 +475,8 @@ def _lmforge(setup: dict[str, Any], settings: BenchSettings) -> tuple[Any, str]:
     collate = pack_batch if spec.packing else partial(pad_batch, pad_id=setup["pad_id"])
     dataset = ExampleDataset(examples)
     if cpt:  # the cpt stage's rows and collator
+        from lmforge.engine.fast import collate_rows
         from lmforge.train.cpt import RowDataset
-        from lmforge.train.fast import collate_rows
 
         dataset, collate = RowDataset(examples), partial(collate_rows, pad_id=setup["pad_id"])
     trainer = build_trainer(

@@ -29,17 +29,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmforge.engine.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, backward_config, micro_batching
+from lmforge.engine.compute import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
+from lmforge.engine.schedule import auto_epochs
 from lmforge.hardware import MB, cpu_ghz, cpu_isa, cpu_name, cpu_peak_flops, memory_mb, usable_cores
-from lmforge.train.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, backward_config, micro_batching
-from lmforge.train.compute import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
-from lmforge.train.schedule import auto_epochs
+from lmforge.stages import TRAINING_STAGES, WORKLOADS
 
 # ---------------------------------------------------------------- constants (see the module docstring)
 
 PROCESS_MB = 620.0
 """*Measured*: RSS of an ``lmforge run`` process with torch, transformers, peft and datasets imported,
 the tokenizer loaded and the Trainer built, before any weight or activation."""
-# ACTIVATION_SCALE (*measured*, in lmforge.train.budget): peak RSS over the counted activation bytes.
+# ACTIVATION_SCALE (*measured*, in lmforge.engine.budget): peak RSS over the counted activation bytes.
 # Most of it is glibc's heap: once a large tensor is freed, its dynamic mmap threshold rises and later
 # tensors of that size come from the heap, which is not given back between layers (with
 # MALLOC_MMAP_THRESHOLD_=131072 the 64-row LoRA run measures within 4% of the counted bytes, but its
@@ -321,13 +322,11 @@ def plan_recipe(recipe: Any, fresh_data: bool = False) -> tuple[Hardware, list[S
     splits = _splits(recipe, fresh_data)
     future_notes = _future_splits(recipe, splits)
     plans = []
-    for stage in ("cpt", "sft"):
-        if stage not in recipe.stages:
-            continue
+    for stage in [name for name in WORKLOADS if name in recipe.stages]:
         spec = getattr(recipe, stage)
         bf16 = use_bf16(spec.precision)
         rank = spec.lora.r if spec.method == "lora" else None
-        if stage == "sft":
+        if WORKLOADS[stage] == "chat":
             lengths = _chat_lengths(splits, spec.splits, tokenizer, spec.max_length)
             added, added_notes = _sft_additions(recipe, splits, tokenizer)
             lengths += added
@@ -358,7 +357,7 @@ def plan_recipe(recipe: Any, fresh_data: bool = False) -> tuple[Hardware, list[S
         kernel = attention_kernel(spec.attention, longest, scores)
         plans.append(plan_stage(stage, shape, spec, batches, hardware, bf16, kernel))
         plans[-1].notes.append(micro.reason)
-        if stage == "sft":
+        if WORKLOADS[stage] == "chat":
             plans[-1].notes.extend(added_notes)
         plans[-1].notes.extend(note for name, note in future_notes.items() if name in spec.splits)
         missing = [name for name in spec.splits if name not in splits]
@@ -367,8 +366,8 @@ def plan_recipe(recipe: Any, fresh_data: bool = False) -> tuple[Hardware, list[S
                 f"{stage}.splits {missing} do not exist yet (written by a later stage, e.g. index for raft): "
                 "not counted; plan again after that stage has run"
             )
-    for stage in ("mlm", "seq2seq", "dpo"):
-        if stage in recipe.stages:
+    for stage in TRAINING_STAGES:
+        if stage in recipe.stages and stage not in WORKLOADS:
             plans.append(_not_estimated(stage, getattr(recipe, stage)))
     return hardware, plans
 

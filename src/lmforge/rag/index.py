@@ -284,14 +284,6 @@ def _metrics(
     return metrics
 
 
-def read_retrieved(path: str | Path) -> dict[str, list[dict[str, Any]]]:
-    """Passages per record id from a ``retrieved/<split>.jsonl`` file."""
-    import json
-
-    rows = (json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip())
-    return {row["id"]: row["passages"] for row in rows}
-
-
 def summary(result: IndexResult, seconds: float) -> str:
     """The line the pipeline prints after the stage."""
     m = result.metrics

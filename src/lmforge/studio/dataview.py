@@ -96,7 +96,7 @@ def inspect(target: str | Path, model: str | None = None, reach: Reach | None = 
         on_inputs = bool(recipe and recipe.sft.train_on_inputs)
         chats = [r for r in train if r["kind"] == "chat"]
         if recipe is not None and recipe.sft.template != "chat":
-            from lmforge.train.templates import install_template
+            from lmforge.engine.templates import install_template
 
             install_template(tokenizer, recipe.sft.template, chats, recipe.model.ref)
         labels = [_pieces(tokenizer, record["messages"], on_inputs) for record in chats[:examples]]
@@ -106,7 +106,7 @@ def inspect(target: str | Path, model: str | None = None, reach: Reach | None = 
 def _pieces(tokenizer: Any, messages: list[dict[str, str]], on_inputs: bool) -> list[tuple[str, str | None]]:
     """The rendered conversation cut where the loss starts and stops (sft's own labels), tagged ``loss``."""
     from lmforge.data.inspection import label_pieces
-    from lmforge.train.tokenize import tokenize_chat
+    from lmforge.engine.tokenize import tokenize_chat
 
     labels = tokenize_chat(tokenizer, messages, max_length=1 << 30, train_on_inputs=on_inputs).labels
     return [(text, "loss" if trained_on else None) for text, trained_on in label_pieces(tokenizer, messages, labels)]

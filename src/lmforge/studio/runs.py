@@ -25,10 +25,8 @@ from typing import Any
 
 from lmforge.errors import StageError
 from lmforge.rundir import StageDir, atomic_write_json, is_run_dir, read_json
-from lmforge.stages import STAGE_ORDER
+from lmforge.stages import STAGE_ORDER, TRAINING_STAGES
 
-TRAINING = ("cpt", "mlm", "sft", "seq2seq", "dpo")
-"""Stages that write a ``train_log.jsonl``."""
 STUDIO = ".studio"
 CTRL_C_ABLE = (
     "import signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
@@ -214,7 +212,7 @@ class Runs:
         """Loss points of every training stage: ``{"step", "loss", "series"}`` (``sft train``, ``sft validation``)."""
         run = self.path(name)
         points = []
-        for stage in TRAINING:
+        for stage in TRAINING_STAGES:  # each writes a train_log.jsonl
             log = run / stage / "train_log.jsonl"
             if not log.is_file():
                 continue

@@ -11,15 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from lmforge.config import Recipe
+from lmforge.engine.budget import stage_micro_batching
+from lmforge.engine.causal import build_causal_model
+from lmforge.engine.compute import seed_everything, use_bf16
+from lmforge.engine.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
+from lmforge.engine.lora import trainable_summary
+from lmforge.engine.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
+from lmforge.engine.tokenize import PackedRow, pack_texts
+from lmforge.engine.trainer import build_trainer, run_training, save_folder, training_metrics
 from lmforge.log import stage_log
-from lmforge.train.budget import stage_micro_batching
-from lmforge.train.compute import seed_everything, use_bf16
-from lmforge.train.fast import causal_lm_loss_sum, collate_rows, disable_lean_lora
-from lmforge.train.lora import trainable_summary
-from lmforge.train.sft import build_causal_model
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
-from lmforge.train.tokenize import PackedRow, pack_texts
-from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 
 def run(recipe: Recipe) -> TrainResult:

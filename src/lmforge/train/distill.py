@@ -23,12 +23,12 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import DistillSpec
+from lmforge.engine.fast import backbone_inputs, supports_hidden_state_loss, trained_positions
+from lmforge.engine.tokenize import IGNORE, TokenizedExample
 from lmforge.errors import StageError
 from lmforge.log import stage_log
 from lmforge.models import load_causal_lm, load_for_inference, load_tokenizer, resolve_model
 from lmforge.rundir import StageDir, atomic_write_json, final_model, fingerprint_data, is_run_dir, read_json
-from lmforge.train.fast import backbone_inputs, supports_hidden_state_loss, trained_positions
-from lmforge.train.tokenize import IGNORE, TokenizedExample
 
 
 @dataclass

@@ -25,8 +25,8 @@ from typing import Any
 from lmforge.config import DocumentsMixSpec
 from lmforge.data.facts import short_names
 from lmforge.data.questions import spell_out
+from lmforge.engine.tokenize import TokenizedExample
 from lmforge.records import Record, text_record
-from lmforge.train.tokenize import TokenizedExample
 
 SENTENCE = re.compile(r"(?<=[.;:!?])\s+(?=[(A-Z0-9\"'])")
 """Between two sentences of a paragraph (the full-name substitution works sentence by sentence)."""
@@ -132,7 +132,7 @@ class QuestionsFirstSampler:
     """Every epoch, the first ``questions`` examples (length-grouped, seeded by epoch), then the rest."""
 
     def __init__(self, lengths: list[int], questions: int, batch_size: int, seed: int):
-        from lmforge.train.batches import EpochSeededLengthSampler
+        from lmforge.engine.batches import EpochSeededLengthSampler
 
         self.parts = [
             (0, EpochSeededLengthSampler(lengths[:questions], batch_size, seed)),

@@ -28,34 +28,21 @@ from typing import Any
 
 from lmforge.config import DPOSpec, Recipe
 from lmforge.distributed import all_reduce_sum, share
+from lmforge.engine.causal import build_causal_model
+from lmforge.engine.compute import attention_row, seed_everything, use_bf16
+from lmforge.engine.fast import disable_lean_lora, enable_lean_lora
+from lmforge.engine.lora import trainable_summary
+from lmforge.engine.stage import TrainResult, open_training_stage, tokens_per_s, training_summary
+from lmforge.engine.start import StartingPoint, latest_start
+from lmforge.engine.templates import install_template, template_kwargs
+from lmforge.engine.tokenize import IGNORE, TokenizedExample, tokenize_chat
+from lmforge.engine.trainer import build_trainer, run_training, save_folder, training_metrics
 from lmforge.errors import StageError
 from lmforge.log import stage_log
-from lmforge.models import load_causal_lm, load_tokenizer, resolve_model
+from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import Message, Record, dumps_record, read_records
-from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, final_model, fingerprint_data, read_json
-from lmforge.stages import STAGE_ORDER, TRAINING_STAGES, stage
-from lmforge.train import chain, preference
-from lmforge.train.compute import attention_row, seed_everything, use_bf16
-from lmforge.train.fast import disable_lean_lora, enable_lean_lora
-from lmforge.train.lora import trainable_summary
-from lmforge.train.stage import TrainResult, open_training_stage, tokens_per_s, training_summary
-from lmforge.train.templates import install_template, template_kwargs
-from lmforge.train.tokenize import IGNORE, TokenizedExample, tokenize_chat
-from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
-
-
-@dataclass
-class Start:
-    """What dpo trains on top of."""
-
-    base_dir: Path
-    """Weights the policy is loaded from (and the reference is): the base model, a full result, or dpo/base."""
-    adapter: Path | None
-    """The earlier stage's adapter, merged into ``dpo/base`` before training."""
-    stage: str | None
-    """The stage that produced it (None: the recipe's base model)."""
-    fingerprint: str | None
-    description: str
+from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, fingerprint_data, read_json
+from lmforge.train import preference
 
 
 def run(recipe: Recipe) -> TrainResult:
@@ -63,21 +50,22 @@ def run(recipe: Recipe) -> TrainResult:
     spec = recipe.dpo
     setup = open_training_stage(recipe, spec, "dpo")
     run_path, stage = setup.run_path, setup.stage
-    start = starting_point(recipe)
+    start = latest_start(recipe, "dpo")
     fingerprint = fingerprint_data([setup.config, setup.file_hashes(), {"starts_from": start.fingerprint}])
     if stage.is_done(fingerprint):
         return setup.earlier_result()
     inputs = {
         "data": StageDir.open(run_path, "data").fingerprint,
         "train": [str(p) for p in setup.train_paths],
-        "starts_from": {"stage": start.stage, "fingerprint": start.fingerprint, "description": start.description},
+        "starts_from": start.as_manifest(),
     }
     resuming = setup.start(fingerprint, inputs, "base", "prepared")
     stage_log("dpo").info(f"starts from {start.description}")
     if start.adapter is not None:
-        start.base_dir = chain.merge_adapter(start.base_dir, start.adapter, stage.path("base"), trust(recipe))
+        start.merge_into(stage.path("base"), trust(recipe))
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=trust(recipe))
-    template = recipe.sft.template if start.stage == "sft" else "chat"
+    # the prompt format the stage started from was trained with (a stage without one: the chat template)
+    template = getattr(getattr(recipe, start.stage), "template", "chat") if start.stage else "chat"
     read = [r for path in setup.train_paths for r in read_records(path) if is_preference(r)]
     built_counts = None
     if spec.build is not None:
@@ -96,8 +84,6 @@ def run(recipe: Recipe) -> TrainResult:
     eval_records = [r for r in setup.validation_records("chat") if is_preference(r)]
     eval_examples = preference_examples(tokenizer, eval_records, spec, template)[0] if eval_records else []
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-
-    from lmforge.train.sft import build_causal_model
 
     seed_everything(recipe.seed)
     rows = 2 * spec.batch_size
@@ -149,27 +135,6 @@ def run(recipe: Recipe) -> TrainResult:
 
 def trust(recipe: Recipe) -> bool:
     return recipe.model.trust_remote_code
-
-
-def starting_point(recipe: Recipe) -> Start:
-    """The run's model before dpo: the last finished causal training stage ahead of it, else the base model.
-
-    Raises:
-        StageError: the recipe lists such a stage and it has not finished (``run --only dpo`` too early).
-    """
-    earlier = tuple(name for name in TRAINING_STAGES if STAGE_ORDER.index(name) < STAGE_ORDER.index("dpo"))
-    found = final_model(recipe.run_path(), kinds=("causal",), stages=earlier)
-    listed = [name for name in recipe.stages if name in earlier and stage(name).model == "causal"]
-    if listed and (found is None or found.stage != listed[-1]):
-        raise StageError(
-            f"dpo starts from the result of {listed[-1]}, which has not finished in {recipe.run_path()}; "
-            f"run it first (lmforge run RECIPE, or --only {listed[-1]})"
-        )
-    if found is None:
-        base = resolve_model(recipe.model.ref, recipe.model.revision, trust(recipe))
-        return Start(base, None, None, None, f"the base model {recipe.model.ref} ({base})")
-    what = f"{found.stage}'s adapter (merged into dpo/base)" if found.adapter_dir else f"{found.stage}'s weights"
-    return Start(found.model_dir, found.adapter_dir, found.stage, found.fingerprint, what)
 
 
 # ---------------------------------------------------------------- pairs
@@ -284,7 +249,7 @@ def _shown(counts: dict[str, int]) -> str:
 
 
 def _built_pairs(
-    recipe: Recipe, start: Start, tokenizer: Any, stage: StageDir, resuming: bool
+    recipe: Recipe, start: StartingPoint, tokenizer: Any, stage: StageDir, resuming: bool
 ) -> tuple[list[Record], dict[str, int]]:
     """Pairs from the starting model's answers (``dpo.build``), written to ``dpo/prepared/pairs.jsonl`` (split
     ``pairs``); an interrupted attempt's file is reused."""
@@ -481,7 +446,7 @@ class PreferenceObjective:
 # ---------------------------------------------------------------- outputs
 
 
-def _save(model: Any, tokenizer: Any, spec: DPOSpec, stage: StageDir, start: Start) -> dict[str, Any]:
+def _save(model: Any, tokenizer: Any, spec: DPOSpec, stage: StageDir, start: StartingPoint) -> dict[str, Any]:
     disable_lean_lora(model)
     outputs: dict[str, Any] = {"base_model": str(start.base_dir), "starts_from": start.stage or "base"}
     if spec.method == "full":

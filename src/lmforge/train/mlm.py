@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import MLMSpec, Recipe
+from lmforge.engine.compute import seed_everything, use_bf16
+from lmforge.engine.lora import add_lora, trainable_summary
+from lmforge.engine.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
+from lmforge.engine.tokenize import IGNORE
+from lmforge.engine.trainer import build_trainer, run_training, save_folder, training_metrics
 from lmforge.errors import ModelError, StageError
 from lmforge.log import stage_log
-from lmforge.train.compute import seed_everything, use_bf16
-from lmforge.train.lora import add_lora, trainable_summary
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
-from lmforge.train.tokenize import IGNORE
-from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 
 def run(recipe: Recipe) -> TrainResult:

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 
-from lmforge.train.fast import backbone_inputs, loss_chunk_rows, supports_hidden_state_loss
+from lmforge.engine.fast import backbone_inputs, loss_chunk_rows, supports_hidden_state_loss
 
 PreferenceLoss = Literal["dpo", "ipo", "simpo", "orpo"]
 """Paired losses of :func:`preference_loss`; KTO (unpaired) is :func:`kto_loss`."""

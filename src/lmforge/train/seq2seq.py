@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 
 from lmforge.config import Recipe, Seq2SeqSpec
+from lmforge.engine.compute import seed_everything, use_bf16
+from lmforge.engine.lora import add_lora, trainable_summary
+from lmforge.engine.stage import TrainResult, open_training_stage, training_summary
+from lmforge.engine.tokenize import IGNORE
+from lmforge.engine.trainer import build_trainer, run_training, save_folder, training_metrics
 from lmforge.errors import DataError, StageError
 from lmforge.log import stage_log
 from lmforge.models import load_tokenizer
 from lmforge.records import read_records
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
-from lmforge.train.compute import seed_everything, use_bf16
-from lmforge.train.lora import add_lora, trainable_summary
-from lmforge.train.stage import TrainResult, open_training_stage, training_summary
-from lmforge.train.tokenize import IGNORE
-from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 PROMPT_INSTRUCTION = "Extract the fields {fields} from the document below. Answer with one JSON object."
 SCHEMA_INSTRUCTION = "Extract from the document below one JSON object that follows this JSON schema:\n{schema}"

@@ -12,37 +12,35 @@ never materialised. With ``sft.distill`` the loss also matches a teacher's top-k
 
 from __future__ import annotations
 
-import json
 import shutil
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from lmforge.config import Recipe, SFTSpec, TrainSpec
+from lmforge.config import Recipe, SFTSpec
 from lmforge.distributed import leader_runs
-from lmforge.errors import StageError
-from lmforge.log import stage_log
-from lmforge.models import load_causal_lm, load_tokenizer
-from lmforge.records import read_records
-from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
-from lmforge.train import chain
-from lmforge.train.budget import stage_micro_batching
-from lmforge.train.compute import (
-    attention_kernel,
+from lmforge.engine import chain
+from lmforge.engine.budget import stage_micro_batching
+from lmforge.engine.causal import build_causal_model
+from lmforge.engine.compute import (
     attention_row,
-    eager_scores_mb,
-    quantization_config,
     seed_everything,
     use_bf16,
 )
+from lmforge.engine.fast import causal_lm_loss_sum, disable_lean_lora, pack_batch, pad_batch
+from lmforge.engine.lora import trainable_summary
+from lmforge.engine.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
+from lmforge.engine.start import StartingPoint, sft_start
+from lmforge.engine.templates import install_template
+from lmforge.engine.tokenize import TokenizedExample, tokenize_records
+from lmforge.engine.trainer import build_trainer, run_training, save_folder, training_metrics
+from lmforge.errors import StageError
+from lmforge.log import stage_log
+from lmforge.models import load_tokenizer
+from lmforge.records import read_records
+from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
 from lmforge.train.documents import mix_documents
-from lmforge.train.fast import causal_lm_loss_sum, disable_lean_lora, enable_lean_lora, pack_batch, pad_batch
-from lmforge.train.lora import add_lora, trainable_summary
 from lmforge.train.replay import with_replay
-from lmforge.train.stage import TrainingStage, TrainResult, open_training_stage, tokens_per_s, training_summary
-from lmforge.train.templates import install_template
-from lmforge.train.tokenize import TokenizedExample, tokenize_records
-from lmforge.train.trainer import build_trainer, run_training, save_folder, training_metrics
 
 
 def run(recipe: Recipe) -> TrainResult:
@@ -50,7 +48,7 @@ def run(recipe: Recipe) -> TrainResult:
     spec = recipe.sft
     setup = open_training_stage(recipe, spec, "sft")
     run_path, stage, train_paths, eval_path = setup.run_path, setup.stage, setup.train_paths, setup.eval_path
-    start = chain.starting_point(recipe)
+    start = sft_start(recipe)
     fingerprint = _fingerprint(run_path, setup.config, spec.splits, train_paths, eval_path, start)
     if stage.is_done(fingerprint):
         return setup.earlier_result()
@@ -74,8 +72,8 @@ def run(recipe: Recipe) -> TrainResult:
     eval_examples = _eval_examples(tokenizer, setup, spec)
 
     if start.how == "cpt-merge":
-        start.base_dir = chain.merged_base(start, stage.path("base"), recipe.model.trust_remote_code)
-    fold_in = start.cpt_adapter if start.how == "cpt-stack" else None
+        start.merge_into(stage.path("base"), recipe.model.trust_remote_code)
+    fold_in = start.adapter if start.how == "cpt-stack" else None
     seed_everything(recipe.seed)
     # `attention: auto` picks the kernel by the longest row trained on (a packed row holds a whole
     # micro-batch), not by the max_length ceiling: short chat rows train ~30% faster with eager than
@@ -175,7 +173,7 @@ def _fingerprint(
     splits: list[str],
     train_paths: list[Path],
     eval_path: Path | None,
-    start: chain.StartingPoint,
+    start: StartingPoint,
 ) -> str:
     parts: list[Any] = [config, StageDir.open(run_path, "data").fingerprint]
     # Splits other than `train` may come from a later stage (index.raft, synth), which changes without the data stage.
@@ -185,8 +183,8 @@ def _fingerprint(
         parts.append(extra)
     if eval_path is not None:
         parts.append({"eval": str(eval_path)})
-    if start.cpt_fingerprint is not None:
-        parts.append({"cpt": start.cpt_fingerprint})
+    if start.fingerprint is not None:
+        parts.append({"cpt": start.fingerprint})
     return fingerprint_data(parts)
 
 
@@ -198,56 +196,12 @@ def _eval_examples(tokenizer: Any, setup: TrainingStage, spec: SFTSpec) -> list[
     return examples
 
 
-def build_causal_model(
-    base_dir: Path,
-    spec: TrainSpec,
-    max_length: int,
-    attention: str,
-    recipe: Recipe,
-    fold_in: Path | None = None,
-    rows: int | None = None,
-) -> Any:
-    """Load a causal LM for training and wrap it in a LoRA / DoRA adapter when asked.
-
-    With LoRA and bf16 the frozen base weights are stored in bf16 (no per-step casts, half the
-    memory) while the adapter weights stay fp32 master weights under autocast. Full fine-tuning
-    keeps fp32 master weights everywhere. ``fold_in`` is an adapter merged into the fp32 weights
-    first (a stacked cpt adapter). With ``quantization`` the base is loaded 4-/8-bit (QLoRA, CUDA).
-    ``rows`` is the most rows one forward pass holds (default ``batch_size``; fewer under a token budget).
-    """
-    import torch
-
-    frozen_bf16 = spec.method == "lora" and use_bf16(spec.precision)
-    config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
-    rows = 1 if getattr(spec, "packing", False) else (rows or spec.batch_size)  # sft packs a micro-batch into one row
-    heads, layers = config.get("num_attention_heads", 1), config.get("num_hidden_layers", 1)
-    kernel = attention_kernel(attention, max_length, eager_scores_mb(spec, rows, max_length, heads, layers))
-    kwargs: dict[str, Any] = {"attn_implementation": kernel}
-    quantization = quantization_config(spec)
-    if quantization is not None:
-        kwargs.update(quantization_config=quantization, device_map={"": torch.cuda.current_device()})
-    dtype = torch.bfloat16 if frozen_bf16 and fold_in is None else torch.float32
-    trust = recipe.model.trust_remote_code
-    model = load_causal_lm(base_dir, dtype=dtype, trust_remote_code=trust, **kwargs)
-    if fold_in is not None:
-        model = chain.fold_in_adapter(model, fold_in)
-        if frozen_bf16:
-            model = model.to(torch.bfloat16)
-    model.config.use_cache = False
-    if spec.method == "full":
-        return model
-    model = add_lora(model, spec, "CAUSAL_LM")
-    if quantization is None:
-        enable_lean_lora(model)
-    return model
-
-
-def _stack_on_cpt(start: chain.StartingPoint, adapter: Path, own: Path) -> dict[str, int]:
+def _stack_on_cpt(start: StartingPoint, adapter: Path, own: Path) -> dict[str, int]:
     """Keep sft's own adapter as ``own`` and write cpt + sft stacked as ``adapter``; returns the ranks."""
-    assert start.cpt_adapter is not None and start.original_base is not None
+    assert start.adapter is not None and start.original_base is not None
     shutil.rmtree(own, ignore_errors=True)
     adapter.rename(own)
-    return chain.stack_adapters(start.original_base, start.cpt_adapter, own, adapter)
+    return chain.stack_adapters(start.original_base, start.adapter, own, adapter)
 
 
 class ExampleDataset:
@@ -264,9 +218,7 @@ class ExampleDataset:
         return {"input_ids": example.input_ids, "labels": example.labels}
 
 
-def save_outputs(
-    model: Any, tokenizer: Any, spec: SFTSpec, stage: StageDir, start: chain.StartingPoint
-) -> dict[str, Any]:
+def save_outputs(model: Any, tokenizer: Any, spec: SFTSpec, stage: StageDir, start: StartingPoint) -> dict[str, Any]:
     """Save the adapter (stacked with the cpt one for ``chain: stack``) or the full weights, with the tokenizer."""
     disable_lean_lora(model)
     outputs: dict[str, Any] = {"base_model": str(start.base_dir), "starts_from": start.how}
@@ -275,7 +227,7 @@ def save_outputs(
         return outputs
     adapter = save_folder(stage.path("adapter"), model, tokenizer)
     if start.how == "cpt-stack":
-        assert start.cpt_adapter is not None and start.original_base is not None
+        assert start.adapter is not None and start.original_base is not None
         own = adapter.with_name("adapter-sft-only")
         ranks = leader_runs(partial(_stack_on_cpt, start, adapter, own))
         outputs["stacked_ranks"] = ranks

@@ -5,7 +5,7 @@ none; they are written as Jinja chat templates and saved with the tuned tokenize
 ``serve``, ``export`` and ``eval`` (which all call ``tokenizer.apply_chat_template``) prompt the model
 exactly as it was trained. Each renders a conversation's prefixes consistently (the text up to an
 assistant turn never changes when later turns are added), which is what locating the assistant
-tokens for the loss needs (see ``lmforge.train.tokenize``).
+tokens for the loss needs (see ``lmforge.engine.tokenize``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The HF Trainer as every lmforge training stage runs it (:func:`lmforge.train.trainer.build_trainer` builds it).
+"""The HF Trainer as every lmforge training stage runs it (:func:`lmforge.engine.trainer.build_trainer` builds it).
 
 Imported only when a stage trains (it imports transformers). The overrides, each for one reason:
 
@@ -26,7 +26,7 @@ from transformers import Trainer
 from transformers.trainer_utils import EvalLoopOutput
 
 from lmforge.distributed import World, all_reduce_sum
-from lmforge.train.batches import StepBatches, WithFillers, blank_fillers, call_loss, is_filler
+from lmforge.engine.batches import StepBatches, WithFillers, blank_fillers, call_loss, is_filler
 
 
 class SummedLossTrainer(Trainer):

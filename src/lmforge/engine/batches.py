@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from lmforge.train.tokenize import IGNORE
+from lmforge.engine.tokenize import IGNORE
 
 FILLER = "_lmforge_filler"
 """Key marking an item that only fills an empty micro-batch slot (its labels are ignored)."""
@@ -31,7 +31,7 @@ class StepBatches:
     example whose labels are all ignored, so it adds nothing to the loss, the gradients or the token
     count. No example is dropped and none is counted twice.
 
-    With ``pieces`` above 1 (a token budget, see :mod:`lmforge.train.budget`), each of those
+    With ``pieces`` above 1 (a token budget, see :mod:`lmforge.engine.budget`), each of those
     micro-batches is cut into ``pieces`` smaller ones of rows of similar length (the longest rows
     together, in the smallest pieces): the step holds the same examples, in more, smaller passes.
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from lmforge.engine.templates import template_kwargs
 from lmforge.errors import DataError
-from lmforge.train.templates import template_kwargs
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from lmforge.train.tokenize import IGNORE
+from lmforge.engine.tokenize import IGNORE
 
 # Models whose logits are exactly ``hidden @ lm_head.T`` (no soft-capping or scaling), so the loss
 # can be computed from the hidden states. Others fall back to the plain logits path.
@@ -175,129 +175,6 @@ def pack_batch(features: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
         "labels": torch.tensor([labels]),
         "position_ids": torch.tensor([positions]),
     }
-
-
-# ---------------------------------------------------------------- attention over packed rows
-
-PACKED_ATTENTION = "lmforge_packed"
-"""Name under which :func:`packed_causal_attention` is registered with transformers."""
-
-
-def segment_bounds(position_ids: torch.Tensor | None, length: int) -> list[list[tuple[int, int]]]:
-    """Per row, the (start, end) of each packed example: a new one starts wherever the position is 0."""
-    if position_ids is None:
-        return [[(0, length)]]
-    bounds = []
-    for row in position_ids:
-        starts = torch.nonzero(row == 0).flatten().tolist() or [0]
-        if starts[0] != 0:
-            starts = [0, *starts]
-        ends = [*starts[1:], length]
-        bounds.append(list(zip(starts, ends, strict=True)))
-    return bounds
-
-
-def packed_causal_attention(
-    module: Any,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    scaling: float | None = None,
-    dropout: float = 0.0,
-    position_ids: torch.Tensor | None = None,
-    **kwargs: Any,
-) -> tuple[torch.Tensor, None]:
-    """Causal attention computed example by example inside packed rows.
-
-    transformers' sdpa/eager kernels handle packed rows with a dense block-diagonal mask: a
-    1024-token row of 13 examples pays for 13x the attention it needs, plus the mask. Here each
-    example (found from ``position_ids`` restarting at 0) gets its own small causal attention, so
-    the cost is what unpacked examples would cost and nothing can cross a boundary.
-
-    Shapes: query (batch, heads, length, head_dim); key/value (batch, kv_heads, length, head_dim);
-    returns (batch, length, heads, head_dim) like transformers' own attention functions.
-    """
-    if attention_mask is not None:  # a padding mask came along: use the stock kernel
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout)
-    batch, heads, length, head_dim = query.shape
-    groups = heads // key.shape[1]
-    if groups > 1:  # grouped-query attention: share each kv head with its query heads
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
-    scale = scaling if scaling is not None else head_dim**-0.5
-    rows = segment_bounds(position_ids if position_ids is not None and position_ids.shape[0] == batch else None, length)
-    if len(rows) == 1 and batch > 1:
-        rows = rows * batch
-    out = query.new_empty(batch, length, heads, head_dim)
-    for b, segments in enumerate(rows):
-        for start, end in segments:
-            q, k, v = query[b, :, start:end], key[b, :, start:end], value[b, :, start:end]
-            scores = torch.matmul(q, k.transpose(-1, -2)) * scale  # (heads, n, n)
-            n = end - start
-            causal = torch.ones(n, n, dtype=torch.bool, device=q.device).triu_(1)
-            scores = scores.masked_fill(causal, float("-inf"))
-            weights = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-            out[b, start:end] = torch.matmul(weights, v).transpose(0, 1)
-    return out, None
-
-
-def register_packed_attention() -> str:
-    """Register :func:`packed_causal_attention` with transformers; returns its name for ``attn_implementation``."""
-    from transformers import AttentionInterface
-
-    AttentionInterface.register(PACKED_ATTENTION, packed_causal_attention)
-    return PACKED_ATTENTION
-
-
-def pack_rows(lengths: list[int], row_length: int, seed: int) -> list[list[int]]:
-    """Group example indices into rows of at most ``row_length`` tokens (best-fit decreasing).
-
-    Longest examples first, each into the row whose free space fits it most tightly (a sorted
-    list + bisect keeps this O(n log n)); an example longer than a row gets a row of its own. The
-    rows are shuffled (seeded) so training does not see them in length order.
-    """
-    import bisect
-    import random
-
-    rows: list[list[int]] = []
-    free: list[tuple[int, int]] = []  # (free tokens, row index), sorted
-    for index in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
-        need = lengths[index]
-        slot = bisect.bisect_left(free, (need, -1))
-        if slot < len(free):
-            space, row = free.pop(slot)
-            rows[row].append(index)
-            bisect.insort(free, (space - need, row))
-        else:
-            rows.append([index])
-            if row_length - need > 0:
-                bisect.insort(free, (row_length - need, len(rows) - 1))
-    random.Random(seed).shuffle(rows)
-    return rows
-
-
-class PackedRows:
-    """A dataset whose items are packed rows: several examples concatenated up to ``row_length`` tokens.
-
-    Each item holds ``input_ids``, ``labels`` (IGNORE on the first token of every example) and
-    ``position_ids`` restarting at 0 per example; :func:`collate_rows` stacks them right-padded.
-    """
-
-    def __init__(self, examples: list[Any], row_length: int, seed: int):
-        self.examples = examples
-        self.rows = pack_rows([len(e.input_ids) for e in examples], row_length, seed)
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict[str, list[int]]:
-        packed = pack_batch(
-            [{"input_ids": self.examples[i].input_ids, "labels": self.examples[i].labels} for i in self.rows[index]]
-        )
-        return {key: value[0].tolist() for key, value in packed.items()}
 
 
 def collate_rows(rows: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

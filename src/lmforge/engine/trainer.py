@@ -1,5 +1,5 @@
 """What every training stage shares: the HF Trainer set up once, the way all of them need it
-(:class:`lmforge.train.hf_trainer.SummedLossTrainer`, its overrides documented there; what a stage
+(:class:`lmforge.engine.hf_trainer.SummedLossTrainer`, its overrides documented there; what a stage
 computes with, in ``compute.py``).
 
 Each stage (``cpt``, ``mlm``, ``sft``, ``seq2seq``, ``dpo``) supplies a dataset, a collator and a function
@@ -23,16 +23,12 @@ from typing import Any
 
 from lmforge import distributed
 from lmforge.config import DistributedSpec, TrainSpec
-from lmforge.errors import StageError
-from lmforge.hardware import peak_rss_mb
-from lmforge.log import stage_log
-from lmforge.rundir import StageDir, atomic_write_text, remove_tree, split_path, stage_folder
-from lmforge.train.batches import (
+from lmforge.engine.batches import (
     EpochSeededLengthSampler,
     StepBatches,
 )
-from lmforge.train.budget import MicroBatching
-from lmforge.train.compute import (
+from lmforge.engine.budget import MicroBatching
+from lmforge.engine.compute import (
     BNB_OPTIMIZERS,
     compile_blocks,
     compile_seconds,
@@ -41,8 +37,12 @@ from lmforge.train.compute import (
     torch_threads,
     use_bf16,
 )
-from lmforge.train.layout import ProcessLayout, process_layout
-from lmforge.train.progress import live_log_callback, progress_callback, tensorboard_callback
+from lmforge.engine.layout import ProcessLayout, process_layout
+from lmforge.engine.progress import live_log_callback, progress_callback, tensorboard_callback
+from lmforge.errors import StageError
+from lmforge.hardware import peak_rss_mb
+from lmforge.log import stage_log
+from lmforge.rundir import StageDir, atomic_write_text, remove_tree, split_path, stage_folder
 
 LossSum = Callable[[Any, dict[str, Any]], tuple[Any, int]]
 """``(model, batch) -> (summed loss tensor, trained positions)``. A loss that also has a ``drain()``
@@ -87,10 +87,10 @@ def build_trainer(
     eval_collator: Callable | None = None,
     sampling: str = "random",
     train_sampler: Any | None = None,
-    loss_shifts_labels: bool = False,
     distributed_spec: DistributedSpec | None = None,
     micro_batching: MicroBatching | None = None,
     lengths: list[int] | None = None,
+    loss_shifts_labels: bool = False,
 ) -> Any:
     """An HF Trainer whose loss is ``loss_sum`` normalised over each optimizer step's trained positions.
 
@@ -99,20 +99,20 @@ def build_trainer(
             the training batches carry the teacher's distributions, the validation ones do not).
         sampling: ``random`` or ``group_by_length`` (batches of similar lengths, less padding).
         train_sampler: the epoch's order of examples, with ``set_epoch``, to use instead (overrides ``sampling``).
-        loss_shifts_labels: the loss predicts ``labels[:, 1:]`` (causal LMs): position 0 is not counted.
         distributed_spec: the recipe's ``distributed`` section (strategy, global batch, threads); it
             matters only when the launcher started several processes.
         micro_batching: rows per forward/backward pass under the stage's token budget
-            (:func:`lmforge.train.budget.micro_batching`); None: ``batch_size`` rows.
+            (:func:`lmforge.engine.budget.micro_batching`); None: ``batch_size`` rows.
         lengths: each training example's length for length grouping and token budgets; default: the
             length of its ``input_ids`` (a preference pair passes the longer of its two completions).
+        loss_shifts_labels: the loss predicts ``labels[:, 1:]`` (causal LMs): position 0 is not counted.
     """
     from transformers import EarlyStoppingCallback, PrinterCallback
 
-    from lmforge.train import schedule
-    from lmforge.train.hf_trainer import SummedLossTrainer
+    from lmforge.engine import schedule
+    from lmforge.engine.hf_trainer import SummedLossTrainer
 
-    if "auto" in (spec.lr, spec.epochs):  # sft's defaults, resolved for this split and model (train/schedule.py)
+    if "auto" in (spec.lr, spec.epochs):  # sft's defaults, resolved for this split and model (engine/schedule.py)
         parameters = schedule.config_parameters(model.config.to_dict())
         unknown = spec.lr == "auto" and parameters <= 0
         spec = schedule.resolved(spec, len(train_dataset), parameters)
@@ -171,6 +171,8 @@ def build_trainer(
     # Our loss is already a per-token mean over the whole accumulated step (num_items_in_batch).
     trainer.model_accepts_loss_kwargs = True
     trainer.loss_is_scaled_for_ga = True
+    # transformers' Trainer reads this when it counts a step's trained positions (num_items_in_batch): over
+    # labels[..., 1:] when True. It guesses it from the model's own loss type, which our losses replace.
     trainer._loss_shifts_labels = loss_shifts_labels
     return trainer
 

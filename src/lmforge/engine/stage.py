@@ -17,14 +17,14 @@ from typing import Any
 
 from lmforge.config import CPTSpec, MLMSpec, Recipe, Seq2SeqSpec, SFTSpec
 from lmforge.distributed import leader_decides
+from lmforge.engine.compute import check_training_setup
+from lmforge.engine.trainer import clear_stale, eval_split_path, write_log
 from lmforge.errors import StageError
 from lmforge.hardware import reset_peak_rss
 from lmforge.log import stage_log
 from lmforge.models import load_tokenizer, resolve_model
 from lmforge.records import Record, read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file, remove_tree, split_path
-from lmforge.train.compute import check_training_setup
-from lmforge.train.trainer import clear_stale, eval_split_path, write_log
 
 StageSpec = CPTSpec | MLMSpec | SFTSpec | Seq2SeqSpec
 """The recipe section of a training stage."""
@@ -59,7 +59,7 @@ class TrainingStage:
     train_paths: list[Path]
     """The files of the stage's ``splits``, in the recipe's order."""
     eval_path: Path | None
-    """The validation split's file (see :func:`~lmforge.train.trainer.eval_split_path`), or None."""
+    """The validation split's file (see :func:`~lmforge.engine.trainer.eval_split_path`), or None."""
     config: dict[str, Any]
     """The settings the manifest records and the fingerprint covers: model, the stage's section, seed."""
 

@@ -26,7 +26,7 @@ class ProcessLayout:
     world: World
     spec: DistributedSpec
     pieces: int = 1
-    """Passes each micro-batch is cut into to stay within the token budget (:mod:`lmforge.train.budget`)."""
+    """Passes each micro-batch is cut into to stay within the token budget (:mod:`lmforge.engine.budget`)."""
 
     @property
     def global_batch(self) -> int:
