@@ -17,11 +17,11 @@ from lmforge.cli_common import (
     SetOption,
     _load,
     _run,
+    _settings,
     app,
     console,
-    err_console,
 )
-from lmforge.stages import STAGE_ORDER, WORKLOADS
+from lmforge.stages import STAGE_ORDER
 
 __all__ = ["app", "main"]
 
@@ -165,30 +165,10 @@ def bench(
     set_: SetOption = None,
 ) -> None:
     """Train the same LoRA SFT with the seed-style baseline, TRL and lmforge; compare speed, memory and loss."""
-    from lmforge.perf.bench import SYSTEMS, BenchSettings, run_bench
+    from lmforge.perf.bench import BenchSettings, run_bench
 
-    chosen = [s.strip() for s in systems.split(",") if s.strip()]
-    unknown = [s for s in chosen if s not in SYSTEMS]
-    if unknown or not chosen:
-        expected = ", ".join(SYSTEMS)
-        err_console.print(f"[bold red]error:[/bold red] --systems: got {systems!r}; expected some of {expected}")
-        raise typer.Exit(2)
-    if workload not in WORKLOADS:
-        expected = " or ".join(WORKLOADS)
-        err_console.print(f"[bold red]error:[/bold red] --workload: got {workload!r}; expected {expected}")
-        raise typer.Exit(2)
-    if warmup >= steps:
-        err_console.print(f"[bold red]error:[/bold red] --warmup {warmup} must be below --steps {steps}")
-        raise typer.Exit(2)
-    import importlib.util
-
-    if any(s.startswith("trl") for s in chosen) and importlib.util.find_spec("trl") is None:
-        err_console.print(
-            "[bold red]error:[/bold red] the trl system needs TRL: pip install 'lmforge[bench]' (or leave trl out of "
-            "--systems)"
-        )
-        raise typer.Exit(2)
-    settings = BenchSettings(
+    settings = _settings(
+        BenchSettings,
         recipe=str(recipe) if recipe else None,
         overrides=list(set_ or []),
         model=model,
@@ -197,9 +177,10 @@ def bench(
         batch_size=batch_size,
         peak_tflops=peak_tflops,
         workload=workload,
+        systems=[s.strip() for s in systems.split(",") if s.strip()],
     )
     _load(recipe, set_, None) if recipe else None  # a bad recipe fails here, before any worker starts
-    results = run_bench(settings, seq_len or [1024], chosen, out, console)
+    results = run_bench(settings, seq_len or [1024], settings.systems, out, console)
     console.print(f"[green]✔[/green] {out / 'bench.json'}, {out / 'bench.md'}")
     if any(r.error for r in results):
         raise typer.Exit(1)

@@ -66,6 +66,14 @@ def _fail(exc: LmforgeError) -> None:
     raise typer.Exit(exc.exit_code)
 
 
+def _settings(kind: Any, **values: Any) -> Any:
+    """A command's settings model, built from its options; its own checks fail the command with exit code 2."""
+    try:
+        return kind(**values)
+    except LmforgeError as exc:
+        _fail(exc)
+
+
 def _load(recipe_path: Path, overrides: list[str] | None, run_dir: str | None):
     from lmforge.config import load_recipe
 

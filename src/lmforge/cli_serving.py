@@ -7,8 +7,8 @@ from typing import Annotated
 
 import typer
 
-from lmforge.cli_common import AllowedHostOption, AllowedOriginOption, _fail, app, console, err_console
-from lmforge.errors import LmforgeError
+from lmforge.cli_common import AllowedHostOption, AllowedOriginOption, _fail, _settings, app, console, err_console
+from lmforge.errors import ConfigError, LmforgeError, Problem
 
 
 @app.command()
@@ -83,8 +83,8 @@ def serve(
     from lmforge.serve.server import ServeSettings
     from lmforge.serve.server import serve as serve_models
 
-    _check_rag_mode("--rag-mode", rag_mode)
-    settings = ServeSettings(
+    settings = _settings(
+        ServeSettings,
         host=host,
         port=port,
         api_key_env=api_key_env,
@@ -144,7 +144,8 @@ def studio(
     from lmforge.studio.app import StudioSettings
     from lmforge.studio.serving import serve_studio
 
-    settings = StudioSettings(
+    settings = _settings(
+        StudioSettings,
         runs_dir=runs_dir,
         host=host,
         port=port,
@@ -157,9 +158,6 @@ def studio(
         ssl_certfile=ssl_certfile,
         ssl_keyfile=ssl_keyfile,
     )
-    if (ssl_certfile is None) != (ssl_keyfile is None):
-        err_console.print("[bold red]error:[/bold red] --ssl-certfile and --ssl-keyfile go together")
-        raise typer.Exit(2)
     try:
         serve_studio(settings)
     except LmforgeError as exc:
@@ -236,6 +234,7 @@ def ask(
 
 def _check_rag_mode(option: str, mode: str | None) -> None:
     """Exit with code 2 unless ``mode`` is a retrieval mode (or unset)."""
-    if mode not in (None, "bm25", "dense", "hybrid"):
-        err_console.print(f"[bold red]error:[/bold red] {option}: got {mode!r}; expected bm25, dense or hybrid")
-        raise typer.Exit(2)
+    from lmforge.serve.settings import RAG_MODES
+
+    if mode not in RAG_MODES:
+        _fail(ConfigError("lmforge ask", [Problem(option, f"got {mode!r}; expected bm25, dense or hybrid")]))

@@ -38,6 +38,12 @@ class ConfigError(LmforgeError):
         super().__init__("\n".join(lines))
 
 
+def refuse(source: str, problems: list[Problem]) -> None:
+    """Raise one :class:`ConfigError` listing ``problems`` (a command's settings), if there are any."""
+    if problems:
+        raise ConfigError(source, problems)
+
+
 class DataError(LmforgeError):
     """Bad input data. Carries the file and line where the problem is, and a hint on how to fix it."""
 

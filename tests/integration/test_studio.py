@@ -26,7 +26,7 @@ from conftest import qa_rows, write_jsonl
 from server_process import free_port
 
 from lmforge.errors import StageError
-from lmforge.studio.app import EMPTY_REPLY, _citations
+from lmforge.studio.pages import EMPTY_REPLY, citation_lines
 
 pytestmark = pytest.mark.integration
 playwright = pytest.importorskip("playwright.sync_api", reason="the dev extra installs playwright")
@@ -266,7 +266,7 @@ sft: {{epochs: 2, lr: 5.0e-3, batch_size: 4, max_length: 128, precision: fp32}}
     finally:
         pair.close()
     assert replies[-1].citations == [{"index": 1, **Passages().search(["q"], 1)[0][0]}]
-    assert "[1] `law/art-3.md` Fact 3 is 21." in _citations(replies[-1].citations, None)
+    assert "[1] `law/art-3.md` Fact 3 is 21." in citation_lines(replies[-1].citations, None)
     tuned = [state["tuned"] for state in states]
     assert tuned[-1] and len(set(tuned)) > 2  # the tuned reply grew over several updates
     assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(tuned))

@@ -103,3 +103,23 @@ def test_the_stage_list_check_bites():
     ]
     assert stage_lists('for stage in ["cpt", "sft"]:\n    pass\n') == [(1, ["cpt", "sft"])]
     assert stage_lists('LOSSES = ("sigmoid", "ipo")\nx = ["data"]\n') == []
+
+
+def long_code(limit_function: int = 80, limit_file: int = 550) -> list[str]:
+    """Functions of ``src/`` longer than ``limit_function`` lines and files longer than ``limit_file``."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        if text.count("\n") > limit_file:
+            found.append(f"{path.relative_to(ROOT)}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if length > limit_function:
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {length} lines")
+    return found
+
+
+def test_functions_and_files_stay_small():
+    assert not (found := long_code()), "split these (docs/STYLE: a function reads on one screen):\n" + "\n".join(found)
+    assert long_code(limit_function=40), "the check finds long functions when the limit is lower"

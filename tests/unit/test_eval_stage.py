@@ -11,7 +11,8 @@ from lmforge.cli import app
 from lmforge.config import load_recipe
 from lmforge.errors import ConfigError, StageError
 from lmforge.evaluate import stage as compare
-from lmforge.evaluate.stage import EvalSet, render_table, summarize
+from lmforge.evaluate.stage import EvalSet, summarize
+from lmforge.evaluate.table import render_table
 from lmforge.evaluate.tasks import Item, task_for
 from lmforge.evaluate.variants import Variant
 from lmforge.pipeline import run_recipe

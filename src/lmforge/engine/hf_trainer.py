@@ -41,11 +41,21 @@ class SummedLossTrainer(Trainer):
         train_batches: StepBatches,
         bf16: bool,
         world: World,
+        layout: Any = None,
+        micro_batching: Any = None,
+        loss_shifts_labels: bool = False,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
         self.lm_loss_sum, self.lm_eval_loss_sum, self.lm_eval_collator = loss_sum, eval_loss_sum, eval_collator
         self.lm_train_batches, self.lm_bf16, self.lm_world = train_batches, bf16, world
+        self.layout, self.micro_batching = layout, micro_batching  # recorded in the manifest (training_metrics)
+        # The loss is already a per-token mean over the whole accumulated step (num_items_in_batch).
+        self.model_accepts_loss_kwargs = True
+        self.loss_is_scaled_for_ga = True
+        # Read by transformers when it counts a step's trained positions (num_items_in_batch): over
+        # labels[..., 1:] when True. It guesses it from the model's own loss type, which the stage's loss replaces.
+        self._loss_shifts_labels = loss_shifts_labels
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         device = inputs["input_ids"].device.type

@@ -107,22 +107,11 @@ def build_trainer(
             length of its ``input_ids`` (a preference pair passes the longer of its two completions).
         loss_shifts_labels: the loss predicts ``labels[:, 1:]`` (causal LMs): position 0 is not counted.
     """
-    from transformers import EarlyStoppingCallback, PrinterCallback
+    from transformers import PrinterCallback
 
-    from lmforge.engine import schedule
     from lmforge.engine.hf_trainer import SummedLossTrainer
 
-    if "auto" in (spec.lr, spec.epochs):  # sft's defaults, resolved for this split and model (engine/schedule.py)
-        parameters = schedule.config_parameters(model.config.to_dict())
-        unknown = spec.lr == "auto" and parameters <= 0
-        spec = schedule.resolved(spec, len(train_dataset), parameters)
-        shown = f"lr {spec.lr:g}, {spec.epochs:g} epochs over {len(train_dataset)} examples"
-        stage_log(label).info(f"{shown} (auto, see docs/TRAINING.md)")
-        if unknown:
-            stage_log(label).warning(
-                f"the model's size could not be read from its config (no hidden_size / num_hidden_layers): "
-                f"lr auto uses the conservative {spec.lr:g}; set {label}.lr to choose another"
-            )
+    spec = _resolved_auto(spec, model, len(train_dataset), label)
     bf16 = use_bf16(spec.precision)
     eval_loss_sum = eval_loss_sum or loss_sum
     world = distributed.world()
@@ -142,39 +131,61 @@ def build_trainer(
     elif order is None:
         order = EpochSeededLengthSampler([1] * len(train_dataset), 1, seed)  # a plain seeded shuffle
     train_batches = StepBatches(order, layout.per_device, layout.accum, world.rank, world.size, layout.pieces, lengths)
-    callbacks = [progress_callback(label), live_log_callback(stage.path("train_log.jsonl"))]
-    if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
-        stage_log(label).warning(
-            "tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
-        )
-    elif "tensorboard" in spec.report_to and world.rank == 0:  # followers write nothing in the run folder
-        callbacks.append(tensorboard_callback(stage.path("tensorboard")))
-    if spec.early_stopping_patience is not None and has_eval:
-        callbacks.append(EarlyStoppingCallback(spec.early_stopping_patience, spec.early_stopping_threshold))
     trainer = SummedLossTrainer(
         model=model,
         args=args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         data_collator=collator,
-        callbacks=callbacks,
+        callbacks=_callbacks(spec, stage, label, has_eval, world.rank),
         loss_sum=loss_sum,
         eval_loss_sum=eval_loss_sum,
         eval_collator=eval_collator,
         train_batches=train_batches,
         bf16=bf16,
         world=world,
+        layout=layout,
+        micro_batching=micro_batching,
+        loss_shifts_labels=loss_shifts_labels,
     )
     trainer.remove_callback(PrinterCallback)  # replaced by the rich progress callback
-    trainer.layout = layout
-    trainer.micro_batching = micro_batching
-    # Our loss is already a per-token mean over the whole accumulated step (num_items_in_batch).
-    trainer.model_accepts_loss_kwargs = True
-    trainer.loss_is_scaled_for_ga = True
-    # transformers' Trainer reads this when it counts a step's trained positions (num_items_in_batch): over
-    # labels[..., 1:] when True. It guesses it from the model's own loss type, which our losses replace.
-    trainer._loss_shifts_labels = loss_shifts_labels
     return trainer
+
+
+def _resolved_auto(spec: TrainSpec, model: Any, examples: int, label: str) -> TrainSpec:
+    """``spec`` with ``lr: auto`` / ``epochs: auto`` resolved for this split and model (engine/schedule.py)."""
+    from lmforge.engine import schedule
+
+    if "auto" not in (spec.lr, spec.epochs):
+        return spec
+    parameters = schedule.config_parameters(model.config.to_dict())
+    unknown = spec.lr == "auto" and parameters <= 0
+    spec = schedule.resolved(spec, examples, parameters)
+    stage_log(label).info(
+        f"lr {spec.lr:g}, {spec.epochs:g} epochs over {examples} examples (auto, see docs/TRAINING.md)"
+    )
+    if unknown:
+        stage_log(label).warning(
+            f"the model's size could not be read from its config (no hidden_size / num_hidden_layers): "
+            f"lr auto uses the conservative {spec.lr:g}; set {label}.lr to choose another"
+        )
+    return spec
+
+
+def _callbacks(spec: TrainSpec, stage: StageDir, label: str, has_eval: bool, rank: int) -> list[Any]:
+    """Progress bar, the live train_log.jsonl, TensorBoard (rank 0) and early stopping, as the spec asks."""
+    from transformers import EarlyStoppingCallback
+
+    callbacks = [progress_callback(label), live_log_callback(stage.path("train_log.jsonl"))]
+    if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
+        stage_log(label).warning(
+            "tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
+        )
+    elif "tensorboard" in spec.report_to and rank == 0:  # followers write nothing in the run folder
+        callbacks.append(tensorboard_callback(stage.path("tensorboard")))
+    if spec.early_stopping_patience is not None and has_eval:
+        callbacks.append(EarlyStoppingCallback(spec.early_stopping_patience, spec.early_stopping_threshold))
+    return callbacks
 
 
 def training_arguments(

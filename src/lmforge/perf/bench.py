@@ -77,6 +77,26 @@ class BenchSettings:
     """Held-out questions (the recipe's ``test`` split) scored after training."""
     peak_tflops: float | None = None
     """Peak FLOP/s of the accelerator in TFLOP/s, for MFU (default: computed for this CPU)."""
+    systems: list[str] = field(default_factory=lambda: list(SYSTEMS))
+    """The systems ``lmforge bench`` runs (``--systems``), checked here; :func:`run_bench` is given them."""
+
+    def __post_init__(self) -> None:
+        import importlib.util
+
+        from lmforge.errors import Problem, refuse
+        from lmforge.stages import WORKLOADS
+
+        problems = []
+        unknown = [s for s in self.systems if s not in SYSTEMS]
+        if unknown or not self.systems:
+            problems.append(Problem("--systems", f"got {self.systems}; expected some of {', '.join(SYSTEMS)}"))
+        elif any(s.startswith("trl") for s in self.systems) and importlib.util.find_spec("trl") is None:
+            problems.append(Problem("--systems", "trl needs TRL: pip install 'lmforge[bench]' (or leave trl out)"))
+        if self.workload not in WORKLOADS:
+            problems.append(Problem("--workload", f"got {self.workload!r}; expected {' or '.join(WORKLOADS)}"))
+        if self.warmup >= self.steps:
+            problems.append(Problem("--warmup", f"{self.warmup} must be below --steps {self.steps}"))
+        refuse("lmforge bench", problems)
 
 
 @dataclass

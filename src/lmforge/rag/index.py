@@ -109,41 +109,14 @@ def run(recipe: Recipe) -> IndexResult:
             store, embedder, spec.candidates, spec.rrf_k, reranker, spec.rerank.candidates, spec.keyword_weight
         )
     served = reranked or retriever
-    depth = max([spec.top_k, *spec.eval_k])
     outputs: dict[str, Any] = {"store": str(stage.path("lancedb")), "retrieved": {}, "splits": {}}
     quality: dict[str, Any] = {}
     for name, path in set_paths.items():
-        records = list(read_records(path))
-        ranked = _evaluate(name, records, retriever, reranked, spec, depth, quality)
-        if spec.mode not in ranked:
-            ranked[spec.mode] = served.search(last_questions(records), depth, spec.mode)
-        scores = relevance(retriever, last_questions(records))
-        rows = [
-            {"id": r["id"], "passages": p[: spec.top_k], "relevance": score}
-            for r, p, score in zip(records, ranked[spec.mode], scores, strict=True)
-        ]
-        outputs["retrieved"][name] = str(stage.path("retrieved", f"{name}.jsonl"))
-        atomic_write_jsonl(outputs["retrieved"][name], rows)
+        outputs["retrieved"][name] = _retrieve_set(name, path, stage, spec, retriever, reranked, quality)
 
     raft_stats = None
     if raft_path is not None:
-        records = [r for r in read_records(raft_path) if r["kind"] == "chat"]
-        records += raft_cloze(chunks, spec, recipe, main_domain(documents))
-        retrieved = served.search(last_questions(records), raft_search_depth(spec), spec.mode)
-        raft_records, raft_stats = build_raft_records(
-            records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed, closed_book_copies(recipe)
-        )
-        generated = generated_questions(recipe, {recipe.data.questions.split: _generated_split(run_path, recipe)})
-        if generated:
-            search = partial(served.search, mode=spec.mode)
-            more, raft_stats["generated"] = build_generated_raft(recipe, generated, search, chunks)
-            raft_records += more
-        if raft_stats["examples"] == raft_stats["closed_book"] and not generated:  # no example with passages
-            raise StageError(
-                f"RAFT built no example from the split {spec.raft.source_split!r} ({raft_stats['skipped']}); its chat "
-                f"records need meta.{spec.gold_key} (or a source / document / doc column) naming a document of "
-                "the index, and an answer found in that document"
-            )
+        raft_records, raft_stats = _raft(recipe, raft_path, served, chunks, main_domain(documents))
         outputs["splits"][spec.raft.split] = str(stage.path("splits", f"{spec.raft.split}.jsonl"))
         atomic_write_jsonl(outputs["splits"][spec.raft.split], raft_records)
 
@@ -158,6 +131,56 @@ def run(recipe: Recipe) -> IndexResult:
     metrics["route"] = outputs["route"]
     stage.finish(metrics, outputs=outputs)
     return IndexResult(metrics=metrics, skipped=False)
+
+
+def _retrieve_set(
+    name: str,
+    path: Path,
+    stage: StageDir,
+    spec: IndexSpec,
+    retriever: LanceRetriever,
+    reranked: LanceRetriever | None,
+    quality: dict[str, Any],
+) -> str:
+    """Retrieve for one evaluation set (its retrieval quality added to ``quality``); returns the file written."""
+    records = list(read_records(path))
+    depth = max([spec.top_k, *spec.eval_k])
+    ranked = _evaluate(name, records, retriever, reranked, spec, depth, quality)
+    if spec.mode not in ranked:
+        ranked[spec.mode] = (reranked or retriever).search(last_questions(records), depth, spec.mode)
+    scores = relevance(retriever, last_questions(records))
+    rows = [
+        {"id": r["id"], "passages": p[: spec.top_k], "relevance": score}
+        for r, p, score in zip(records, ranked[spec.mode], scores, strict=True)
+    ]
+    written = str(stage.path("retrieved", f"{name}.jsonl"))
+    atomic_write_jsonl(written, rows)
+    return written
+
+
+def _raft(
+    recipe: Recipe, raft_path: Path, served: LanceRetriever, chunks: list[Chunk], domain: Any
+) -> tuple[list[Record], dict[str, Any]]:
+    """RAFT examples of the source split's questions (and cloze and generated ones), with their statistics."""
+    spec = recipe.index
+    records = [r for r in read_records(raft_path) if r["kind"] == "chat"]
+    records += raft_cloze(chunks, spec, recipe, domain)
+    retrieved = served.search(last_questions(records), raft_search_depth(spec), spec.mode)
+    raft_records, raft_stats = build_raft_records(
+        records, retrieved, chunks, spec.raft, spec.gold_key, recipe.seed, closed_book_copies(recipe)
+    )
+    generated = generated_questions(recipe, {recipe.data.questions.split: _generated_split(recipe.run_path(), recipe)})
+    if generated:
+        search = partial(served.search, mode=spec.mode)
+        more, raft_stats["generated"] = build_generated_raft(recipe, generated, search, chunks)
+        raft_records += more
+    if raft_stats["examples"] == raft_stats["closed_book"] and not generated:  # no example with passages
+        raise StageError(
+            f"RAFT built no example from the split {spec.raft.source_split!r} ({raft_stats['skipped']}); its chat "
+            f"records need meta.{spec.gold_key} (or a source / document / doc column) naming a document of "
+            "the index, and an answer found in that document"
+        )
+    return raft_records, raft_stats
 
 
 def _device() -> str:

@@ -32,7 +32,6 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,56 +48,9 @@ from lmforge.serve.middleware import (
     internal_error,
 )
 from lmforge.serve.protocol import APIError, ChatCompletionRequest, CompletionRequest, busy, parse_request
+from lmforge.serve.settings import ServeSettings
 
 DEFAULT_RAG_TOP_K = 4
-
-
-@dataclass
-class ServeSettings:
-    """How the server listens and what it accepts."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key_env: str = "LMFORGE_API_KEY"
-    """Environment variable that holds the API key (required when binding beyond 127.0.0.1)."""
-    max_batch_size: int = 16
-    batch_wait_ms: float = 5.0
-    """How long the engine waits for more requests before starting a batch."""
-    max_tokens_limit: int = 2048
-    """Largest ``max_tokens`` a request may ask for."""
-    default_max_tokens: int = 512
-    """``max_tokens`` of requests that do not set it (capped by the context window)."""
-    max_request_bytes: int = 1_000_000
-    max_upload_bytes: int = 20_000_000
-    """Largest uploaded document for ``/v1/extract`` (a seq2seq run)."""
-    max_uncompressed_bytes: int = 100_000_000
-    """Largest expanded size of an uploaded DOCX (zip bombs are refused before they expand)."""
-    max_upload_pages: int = 500
-    """Most pages of an uploaded PDF."""
-    read_timeout_s: float = 30.0
-    """Longest time reading one uploaded document may take (the reading process is killed then)."""
-    max_queue: int = 256
-    """Most requests (chat) or documents (extraction) waiting for the model; more get 429."""
-    dtype: str = "auto"
-    """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
-    threads: int | None = None
-    """torch CPU threads (None: torch's default)."""
-    rag_default: bool = False
-    """Retrieve for requests that do not say ``rag``."""
-    rag_top_k: int | None = None
-    """Passages per request (None: the served run's ``index.top_k``, as in its evaluation; else 4)."""
-    rag_mode: str | None = None
-    """``bm25``, ``dense`` or ``hybrid`` (None: the served run's ``index.mode``; else the retriever's default)."""
-    rag_route: bool = True
-    """Give no passages to a question whose relevance (cosine to the nearest chunk) is below the served
-    run's routing threshold (``lmforge.rag.route``); such a reply has empty ``citations``."""
-    rag_route_threshold: float | None = None
-    """The threshold (None: the served run's index's, when it calibrated one; without one, every
-    ``rag`` request retrieves)."""
-    allowed_hosts: list[str] = field(default_factory=list)
-    """More ``Host`` header values to accept (``name`` or ``name:port``; ``*``: any), see :class:`AccessPolicy`."""
-    allowed_origins: list[str] = field(default_factory=list)
-    """Web origins besides loopback ones that may call the server (``scheme://host[:port]``; ``*``: any)."""
 
 
 class Retriever(Protocol):
@@ -171,17 +123,7 @@ def chat_router(
 
     @router.get("/v1/models", dependencies=[Depends(auth)])
     async def list_models(request: Request) -> dict[str, Any]:
-        data = [
-            {
-                "id": m.id,
-                "object": "model",
-                "created": models.created,
-                "owned_by": "lmforge",
-                "description": m.description,
-            }
-            for m in models.served.values()
-        ]
-        return {"object": "list", "data": data}
+        return _model_list(models)
 
     @router.post("/v1/chat/completions", dependencies=[Depends(auth)])
     async def chat_completions(request: Request) -> Any:
@@ -203,18 +145,14 @@ def chat_router(
             chunks = _chat_chunks(engine, job, reply_id, body.model, include_usage, citations)
             return StreamingResponse(chunks, media_type="text/event-stream")
         text, done = await _collect(engine, job)
-        message = {"role": "assistant", "content": text}
-        reply = {
-            "id": reply_id,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": _reason(done), "logprobs": None}],
-            "usage": _usage(done),
-        }
-        if citations is not None:
-            reply["citations"] = citations
-        return reply
+        return _reply(
+            reply_id,
+            "chat.completion",
+            body.model,
+            {"message": {"role": "assistant", "content": text}},
+            done,
+            citations,
+        )
 
     @router.post("/v1/completions", dependencies=[Depends(auth)])
     async def completions(request: Request) -> Any:
@@ -230,16 +168,36 @@ def chat_router(
                 _text_chunks(engine, job, reply_id, body.model, include_usage), media_type="text/event-stream"
             )
         text, done = await _collect(engine, job)
-        return {
-            "id": reply_id,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": [{"index": 0, "text": text, "finish_reason": _reason(done), "logprobs": None}],
-            "usage": _usage(done),
-        }
+        return _reply(reply_id, "text_completion", body.model, {"text": text}, done)
 
     return router
+
+
+def _model_list(models: ModelSet) -> dict[str, Any]:
+    """The body of ``/v1/models``."""
+    data = [
+        {"id": m.id, "object": "model", "created": models.created, "owned_by": "lmforge", "description": m.description}
+        for m in models.served.values()
+    ]
+    return {"object": "list", "data": data}
+
+
+def _reply(
+    reply_id: str, kind: str, model: str, content: dict[str, Any], done: Any, citations: Any = None
+) -> dict[str, Any]:
+    """A finished (not streamed) completion: ``content`` is the choice's ``message`` or ``text``."""
+    choice = {"index": 0, **content, "finish_reason": _reason(done), "logprobs": None}
+    reply = {
+        "id": reply_id,
+        "object": kind,
+        "created": int(time.time()),
+        "model": model,
+        "choices": [choice],
+        "usage": _usage(done),
+    }
+    if citations is not None:
+        reply["citations"] = citations
+    return reply
 
 
 def chat_prompt_ids(served: ServedModel, messages: list[dict[str, str]]) -> list[int]:

@@ -66,18 +66,7 @@ def run(recipe: Recipe) -> TrainResult:
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=trust(recipe))
     # the prompt format the stage started from was trained with (a stage without one: the chat template)
     template = getattr(getattr(recipe, start.stage), "template", "chat") if start.stage else "chat"
-    read = [r for path in setup.train_paths for r in read_records(path) if is_preference(r)]
-    built_counts = None
-    if spec.build is not None:
-        built, built_counts = _built_pairs(recipe, start, tokenizer, stage, resuming)
-        read += built
-    if not read:
-        files = ", ".join(map(str, setup.train_paths))
-        raise StageError(
-            f"dpo found no preference records in the split(s) {spec.splits} ({files}): "
-            "it trains on chat records with meta.rejected (data formats 'preference', 'preference_implicit') or "
-            "meta.label ('kto'); add such a source, or set dpo.build to make pairs from the model's own answers"
-        )
+    read, built_counts = _preference_records(recipe, setup.train_paths, start, tokenizer, stage, resuming)
     if start.stage is None:
         install_template(tokenizer, template, read, recipe.model.ref)
     examples, counts = preference_examples(tokenizer, read, spec, template)
@@ -92,14 +81,10 @@ def run(recipe: Recipe) -> TrainResult:
     stage_log("dpo").info(
         f"{spec.loss} (beta {spec.beta:g}), {spec.method}, {trainable_summary(model)}; {_shown(counts)}"
     )
-    ref_seconds = 0.0
-    if spec.loss not in preference.REFERENCE_FREE:
-        started = time.perf_counter()
-        train_refs = reference_table(model, examples, pad_id, spec, stage.path("prepared", "reference.json"))
-        eval_refs = reference_table(model, eval_examples, pad_id, spec, stage.path("prepared", "reference-val.json"))
-        ref_seconds = round(time.perf_counter() - started, 1)
-        examples = [e.with_reference(r) for e, r in zip(examples, train_refs, strict=True)]
-        eval_examples = [e.with_reference(r) for e, r in zip(eval_examples, eval_refs, strict=True)]
+    started = time.perf_counter()
+    examples = _with_references(model, examples, pad_id, spec, stage.path("prepared", "reference.json"))
+    eval_examples = _with_references(model, eval_examples, pad_id, spec, stage.path("prepared", "reference-val.json"))
+    ref_seconds = round(time.perf_counter() - started, 1) if spec.loss not in preference.REFERENCE_FREE else 0.0
     collate = partial(collate_pairs, pad_id=pad_id)
     trainer = build_trainer(
         model=model,
@@ -131,6 +116,34 @@ def run(recipe: Recipe) -> TrainResult:
     setup.wrap_up(trainer)
     stage.finish(metrics, outputs=outputs)
     return TrainResult.from_outputs(outputs, metrics, skipped=False)
+
+
+def _preference_records(
+    recipe: Recipe, paths: list[Path], start: StartingPoint, tokenizer: Any, stage: StageDir, resuming: bool
+) -> tuple[list[Record], dict[str, Any] | None]:
+    """The pairs (and KTO completions) of ``dpo.splits``, plus those ``dpo.build`` makes; the build's counts."""
+    spec = recipe.dpo
+    read = [r for path in paths for r in read_records(path) if is_preference(r)]
+    built_counts = None
+    if spec.build is not None:
+        built, built_counts = _built_pairs(recipe, start, tokenizer, stage, resuming)
+        read += built
+    if not read:
+        files = ", ".join(map(str, paths))
+        raise StageError(
+            f"dpo found no preference records in the split(s) {spec.splits} ({files}): "
+            "it trains on chat records with meta.rejected (data formats 'preference', 'preference_implicit') or "
+            "meta.label ('kto'); add such a source, or set dpo.build to make pairs from the model's own answers"
+        )
+    return read, built_counts
+
+
+def _with_references(model: Any, examples: list[Any], pad_id: int, spec: DPOSpec, path: Path) -> list[Any]:
+    """``examples`` with the reference model's log-probabilities (a loss without a reference: unchanged)."""
+    if spec.loss in preference.REFERENCE_FREE:
+        return examples
+    references = reference_table(model, examples, pad_id, spec, path)
+    return [e.with_reference(r) for e, r in zip(examples, references, strict=True)]
 
 
 def trust(recipe: Recipe) -> bool:

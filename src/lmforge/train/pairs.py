@@ -76,42 +76,12 @@ def build_pairs(
         judge: grades the candidates (``spec.judge`` says the least grade of a right answer).
     """
     counts: Counter[str] = Counter(questions=len(records))
-    asked: list[tuple[Record, list[Message], str, list[str], str]] = []
     references: dict[str, str] = {}  # what the judge grades against: the gold answer (and the cited passages)
     gold_numbers: dict[str, list[int]] = {}  # with retrieval: the numbers of the source document's passages
-    for record in records:
-        meta = record.get("meta") or {}
-        if not isinstance(meta.get("answer"), (str, int, float)) or not str(meta["answer"]).strip():
-            counts["no_short_answer"] += 1
-            continue
-        prompt, gold, _ = split_chat(record)
-        aliases = [str(a) for a in meta.get("aliases", []) if isinstance(a, (str, int, float))]
-        if contexts is not None:
-            passages, source = contexts.get(record["id"], []), gold_document(meta, gold_key)
-            numbers = [n for n, p in enumerate(passages, 1) if source and from_document(p["source"]["path"], source)]
-            if not numbers:
-                counts["gold_not_retrieved"] += 1
-                continue
-            gold_numbers[record["id"]] = numbers
-            references[record["id"]] = "\n\n".join(passages[n - 1]["text"] for n in numbers)
-            prompt = context_messages(prompt, passages)
-        asked.append((record, prompt, str(meta["answer"]), aliases, gold))
+    asked = _checkable(records, contexts, gold_key, counts, references, gold_numbers)
     asked = asked[: spec.limit] if spec.limit else asked
     counts["asked"] = len(asked)
-    prompts = [prompt for _, prompt, _, _, _ in asked]
-    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(TextColumn("dpo: pairs {task.description}"), *columns, transient=True) as bar:
-        task = bar.add_task("greedy answers", total=len(prompts))
-        shared = {"max_new_tokens": spec.max_new_tokens, "batch_size": spec.batch_size, "data_parallel": True}
-        shared["on_batch"] = lambda n: bar.advance(task, n)
-        greedy = generate_replies(model, tokenizer, prompts, **shared)
-        bar.reset(task, total=len(prompts), description=f"{spec.samples} samples each")
-        sampled = sample_replies(
-            model, tokenizer, prompts, spec.samples, spec.temperature, spec.top_p, seed=seed, **shared
-        )
-    candidates = [
-        [reply for reply in [first, *others] if reply.strip()] for first, others in zip(greedy, sampled, strict=True)
-    ]
+    candidates = _candidates(model, tokenizer, [prompt for _, prompt, _, _, _ in asked], spec, seed)
     grades: list[dict[str, int | None]] = [{} for _ in asked]
     if judge is not None and spec.judge is not None:
         grades = _graded(judge, asked, candidates, references, counts)
@@ -146,9 +116,63 @@ def build_pairs(
     return BuiltPairs(pairs, {key: counts[key] for key in kept})
 
 
+Asked = tuple[Record, list[Message], str, list[str], str]
+"""A question put to the model: the record, its prompt, the short answer, its aliases and the gold reply."""
+
+
+def _checkable(
+    records: list[Record],
+    contexts: dict[str, list[dict[str, Any]]] | None,
+    gold_key: str,
+    counts: Counter[str],
+    references: dict[str, str],
+    gold_numbers: dict[str, list[int]],
+) -> list[Asked]:
+    """The records with a short answer to check replies against (with retrieval: and their source passage
+    retrieved, whose text goes to ``references`` and numbers to ``gold_numbers``)."""
+    asked: list[Asked] = []
+    for record in records:
+        meta = record.get("meta") or {}
+        if not isinstance(meta.get("answer"), (str, int, float)) or not str(meta["answer"]).strip():
+            counts["no_short_answer"] += 1
+            continue
+        prompt, gold, _ = split_chat(record)
+        aliases = [str(a) for a in meta.get("aliases", []) if isinstance(a, (str, int, float))]
+        if contexts is not None:
+            passages, source = contexts.get(record["id"], []), gold_document(meta, gold_key)
+            numbers = [n for n, p in enumerate(passages, 1) if source and from_document(p["source"]["path"], source)]
+            if not numbers:
+                counts["gold_not_retrieved"] += 1
+                continue
+            gold_numbers[record["id"]] = numbers
+            references[record["id"]] = "\n\n".join(passages[n - 1]["text"] for n in numbers)
+            prompt = context_messages(prompt, passages)
+        asked.append((record, prompt, str(meta["answer"]), aliases, gold))
+    return asked
+
+
+def _candidates(
+    model: Any, tokenizer: Any, prompts: list[list[Message]], spec: PairsSpec, seed: int
+) -> list[list[str]]:
+    """Per prompt, the model's greedy reply and ``spec.samples`` sampled ones (empty replies dropped)."""
+    columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(TextColumn("dpo: pairs {task.description}"), *columns, transient=True) as bar:
+        task = bar.add_task("greedy answers", total=len(prompts))
+        shared = {"max_new_tokens": spec.max_new_tokens, "batch_size": spec.batch_size, "data_parallel": True}
+        shared["on_batch"] = lambda n: bar.advance(task, n)
+        greedy = generate_replies(model, tokenizer, prompts, **shared)
+        bar.reset(task, total=len(prompts), description=f"{spec.samples} samples each")
+        sampled = sample_replies(
+            model, tokenizer, prompts, spec.samples, spec.temperature, spec.top_p, seed=seed, **shared
+        )
+    return [
+        [reply for reply in [first, *others] if reply.strip()] for first, others in zip(greedy, sampled, strict=True)
+    ]
+
+
 def _graded(
     judge: Judge,
-    asked: list[tuple[Record, list[Message], str, list[str], str]],
+    asked: list[Asked],
     candidates: list[list[str]],
     references: dict[str, str],
     counts: Counter[str],
