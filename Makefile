@@ -21,6 +21,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/python -m lmforge.export.llamacpp  # llama.cpp's GGUF converter and vocabularies, pinned (once)
 	touch $@
 
 install: $(VENV)/.installed

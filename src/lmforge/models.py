@@ -308,12 +308,77 @@ def cpu_supports_bf16() -> bool:
 
 
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """A tokenizer with a pad token, and a chat template every stage can render (:func:`adapt_chat_template`)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
+    adapt_chat_template(tokenizer)
     return tokenizer
+
+
+ADAPTED = "{#- lmforge: "
+"""How an adapted chat template starts (it is adapted once, and saved so with a tuned model)."""
+FOLD_SYSTEM = (
+    "{%- if messages and messages[0]['role'] == 'system' and messages | length > 1 "
+    "and messages[1]['role'] == 'user' -%}"
+    "{%- set messages = [{'role': 'user', 'content': messages[0]['content'] + '\\n\\n' + messages[1]['content']}]"
+    " + messages[2:] -%}"
+    "{%- endif -%}"
+)
+"""Jinja that folds a leading system message into the first user turn (templates without a system role)."""
+THINKING_OFF = "{%- if enable_thinking is not defined -%}{%- set enable_thinking = false -%}{%- endif -%}"
+"""Jinja that turns a thinking block off unless the caller asks for it (``enable_thinking=True``)."""
+
+
+def adapt_chat_template(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """Make a family's chat template usable by every stage; returns what was changed.
+
+    * A template without a system role (Gemma's raises on one, others drop it) gets the system prompt
+      merged into the first user turn, separated by a blank line, so domain system prompts reach the model.
+    * A template with a thinking block (Qwen3's ``enable_thinking``) renders it off unless a caller passes
+      ``enable_thinking=True``: training, eval and serving then see the same prompt.
+    """
+    template = tokenizer.chat_template
+    if not isinstance(template, str) or template.startswith(ADAPTED):
+        return []
+    changes, prelude = [], ""
+    if "enable_thinking" in template:
+        changes.append("thinking off")
+        prelude += THINKING_OFF
+    if not _renders_system(tokenizer):
+        changes.append("system folded into the first user turn")
+        prelude += FOLD_SYSTEM
+    if changes:
+        tokenizer.chat_template = f"{ADAPTED}{'; '.join(changes)} -#}}{prelude}{template}"
+    return changes
+
+
+def _renders_system(tokenizer: PreTrainedTokenizerBase) -> bool:
+    probe = [{"role": "system", "content": "LMFORGE-SYSTEM-PROBE"}, {"role": "user", "content": "hello"}]
+    try:
+        return "LMFORGE-SYSTEM-PROBE" in tokenizer.apply_chat_template(probe, tokenize=False)
+    except Exception:
+        return False
+
+
+def end_of_turn_id(tokenizer: PreTrainedTokenizerBase) -> int | None:
+    """The special token the chat template writes right after an assistant's reply (``<|eot_id|>``,
+    ``<|im_end|>``, ``<end_of_turn>``, ``<|end|>``, ``</s>``), or None: where generation has to stop."""
+    if not tokenizer.chat_template:
+        return None
+    messages = [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "LMFORGE-REPLY-PROBE"}]
+    try:
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:
+        return None
+    tail = rendered.split("LMFORGE-REPLY-PROBE", 1)[-1]
+    ids = tokenizer(tail, add_special_tokens=False)["input_ids"] if tail.strip() else []
+    special = set(tokenizer.all_special_ids) | {
+        i for i, token in tokenizer.added_tokens_decoder.items() if getattr(token, "special", False)
+    }
+    return ids[0] if ids and ids[0] in special else None
 
 
 def load_causal_lm(
@@ -455,7 +520,7 @@ def _replies(
 def eos_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     ids: list[int] = []
     configured = getattr(model.generation_config, "eos_token_id", None)
-    for value in [configured, tokenizer.eos_token_id]:
+    for value in [configured, tokenizer.eos_token_id, end_of_turn_id(tokenizer)]:
         if isinstance(value, int):
             ids.append(value)
         elif isinstance(value, list):

@@ -90,6 +90,9 @@ sft: {{batch_size: 4, epochs: 1, lr: 5.0e-3, max_length: 128, {TRAIN}}}
 
     sft = StageDir.open(run, "sft").manifest
     assert sft["inputs"]["starts_from"]["how"] == "cpt-merge"
+    # every training stage records what it trained on the same way: inputs.train, a list of files
+    for manifest in (StageDir.open(run, "cpt").manifest, sft):
+        assert isinstance(manifest["inputs"]["train"], list) and manifest["inputs"]["train"]
     assert sft["outputs"]["base_model"] == str(run / "sft" / "base")
     merged = load_file(next((run / "sft" / "base").glob("*.safetensors")))
     original = load_file(next(Path(tiny_model_dir).glob("*.safetensors")))

@@ -102,7 +102,7 @@ class TrainingStage:
         fingerprint = fingerprint_data([self.config, self.file_hashes()])
         if self.stage.is_done(fingerprint):
             return None
-        inputs = {"text": [str(p) for p in self.train_paths], "eval": str(self.eval_path) if self.eval_path else None}
+        inputs = {"train": [str(p) for p in self.train_paths], "eval": str(self.eval_path) if self.eval_path else None}
         resuming = self.start(fingerprint, inputs)
         base_dir = self.base_model(recipe, "text from")
         tokenizer = load_tokenizer(base_dir, trust_remote_code=recipe.model.trust_remote_code)

@@ -200,6 +200,8 @@ def answer_sets(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> d
 
     spec = recipe.eval
     model, tokenizer = load_variant(variant, recipe.model.trust_remote_code, eval_dtype(spec.precision))
+    if not tokenizer.chat_template:  # a base model without one is asked in the format the run trained
+        tokenizer.chat_template = _trained_template(recipe)
     outputs: dict[str, list[Any]] = {}
     columns = (BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(TextColumn(f"eval: {variant.name:<10}" + " {task.description}"), *columns, transient=True) as bar:
@@ -232,6 +234,20 @@ def answer_sets(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> d
             outputs[eval_set.name] = item_outputs(items, eval_set.task.mode, owners, scored)
     del model
     return outputs
+
+
+def _trained_template(recipe: Recipe) -> str | None:
+    """The chat template of the run's trained model (sft.template alpaca / domain_tag on a base model), if any."""
+    from lmforge.models import load_tokenizer
+    from lmforge.rundir import final_model
+
+    found = final_model(recipe.run_path())
+    if found is None:
+        return None
+    folder = (
+        found.adapter_dir if found.adapter_dir and (found.adapter_dir / "tokenizer_config.json").is_file() else None
+    )
+    return load_tokenizer(folder or found.model_dir, trust_remote_code=recipe.model.trust_remote_code).chat_template
 
 
 def answers_key(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> str:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.errors import ConfigError, Problem, StageError
-from lmforge.export.gguf_file import GGUF_TYPES, write_gguf
+from lmforge.export import llamacpp
+from lmforge.export.gguf_file import GGUF_TYPES, SUPPORTED_ARCHITECTURES, write_gguf
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, final_model, fingerprint_data, is_run_dir
 
 DEFAULT_CONVERSATIONS = [
@@ -97,9 +98,9 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
     gguf_files: dict[str, Path] = {}
     for out_type in settings.gguf_types:
         path = out_dir / f"{name}.{out_type}.gguf"
-        info = write_gguf(hf_dir, path, out_type, name)
+        info = gguf_file(hf_dir, path, out_type, name)
         gguf_files[out_type] = path
-        print(f"export: {path} ({info['bytes'] / 1e6:.1f} MB, tensors {info['tensors_by_type']})")
+        print(f"export: {path} ({info['bytes'] / 1e6:.1f} MB, {info['writer']}, tensors {info['tensors_by_type']})")
     modelfile = None
     if gguf_files:
         chosen = gguf_files.get("q8_0") or next(iter(gguf_files.values()))
@@ -124,10 +125,10 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
         checks = [r.as_dict() for r in results]
         atomic_write_json(out_dir / "parity.json", {"samples": samples.prompts, "checks": checks})
         for result in results:
-            mark = "✔" if result.passed else "✘"
+            mark = "✔" if result.passed else "✘" if result.ran else "-"
             shown = {k: v for k, v in result.details.items() if k != "problems"}
             print(f"export: {mark} {result.name} {shown}")
-        failed = [r for r in results if not r.passed]
+        failed = [r for r in results if r.ran and not r.passed]
         if failed:
             lines = [f"{r.name}: {'; '.join(r.details.get('problems', [])) or r.details}" for r in failed]
             error = StageError(
@@ -228,3 +229,43 @@ def _default_system_prompt(tokenizer: Any) -> str | None:
     if not rendered.startswith(head):
         return None
     return rendered[len(head) : rendered.index("<|im_end|>")]
+
+
+def gguf_file(hf_dir: Path, path: Path, out_type: str, name: str) -> dict[str, Any]:
+    """Write one GGUF file with llama.cpp's converter (:mod:`lmforge.export.llamacpp`); where it is not fetched, or
+    does not know a tokenizer trained from scratch, lmforge's own writer covers Llama and Mistral. Returns the
+    file's size, writer and tensor types.
+
+    Raises:
+        StageError: neither can convert this architecture (the message says how to fetch the converter).
+    """
+    import json
+
+    architecture = (json.loads((hf_dir / "config.json").read_text(encoding="utf-8")).get("architectures") or ["?"])[0]
+    own = architecture in SUPPORTED_ARCHITECTURES
+    if llamacpp.available():
+        try:
+            llamacpp.convert(hf_dir, path, out_type, name)
+            return {"bytes": path.stat().st_size, "writer": f"llama.cpp {llamacpp.VERSION}", **_tensor_types(path)}
+        except llamacpp.UnknownTokenizer as exc:
+            if not own:
+                raise
+            print(f"export: {exc}; lmforge's own writer maps {architecture} with its tokenizer as it is")
+    elif not own:
+        raise StageError(
+            f"GGUF of {architecture} needs llama.cpp's converter (lmforge's own writer maps "
+            f"{', '.join(sorted(SUPPORTED_ARCHITECTURES))}): `python -m lmforge.export.llamacpp` fetches it, "
+            "pip install 'lmforge[export]' its dependencies"
+        )
+    info = write_gguf(hf_dir, path, out_type, name)
+    return {"bytes": info["bytes"], "writer": "lmforge", "tensors_by_type": info["tensors_by_type"]}
+
+
+def _tensor_types(path: Path) -> dict[str, Any]:
+    import gguf
+
+    counts: dict[str, int] = {}
+    for tensor in gguf.GGUFReader(str(path)).tensors:
+        kind = tensor.tensor_type.name.lower()
+        counts[kind] = counts.get(kind, 0) + 1
+    return {"tensors_by_type": counts}
