@@ -50,6 +50,12 @@ QWEN3_TEMPLATE = (  # ChatML; the reply starts with a thinking block, empty unle
 )
 
 
+NEEDS_SPM = (
+    "llama.cpp's converter reads this family's SentencePiece model file (tokenizer.model), which real checkpoints "
+    "ship and a vocabulary GGUF does not"
+)
+
+
 @dataclass(frozen=True)
 class Family:
     architecture: str
@@ -68,6 +74,8 @@ class Family:
     """Config values besides the tiny shape."""
     tokenizer_note: str = ""
     """Why this family uses another family's tokenizer, when it does."""
+    no_gguf: str = ""
+    """Why llama.cpp's converter cannot convert this test model (the real family converts), when it cannot."""
 
 
 FAMILIES: dict[str, Family] = {
@@ -77,7 +85,7 @@ FAMILIES: dict[str, Family] = {
     "qwen3": Family(
         "Qwen3ForCausalLM", "Qwen3Config", "qwen35", QWEN3_TEMPLATE, end_of_turn="<|im_end|>", extra={"head_dim": 16}
     ),
-    "phi3": Family("Phi3ForCausalLM", "Phi3Config", "phi-3", end_of_turn="<|end|>"),
+    "phi3": Family("Phi3ForCausalLM", "Phi3Config", "phi-3", end_of_turn="<|end|>", no_gguf=NEEDS_SPM),
     "gemma2": Family(
         "Gemma2ForCausalLM",
         "Gemma2Config",
@@ -87,6 +95,7 @@ FAMILIES: dict[str, Family] = {
         end_of_turn="<end_of_turn>",
         extra={"head_dim": 16},
         tokenizer_note="llama.cpp's Gemma vocabulary does not load in transformers; Llama 2's SentencePiece stands in",
+        no_gguf=NEEDS_SPM,
     ),
     "gpt2": Family("GPT2LMHeadModel", "GPT2Config", "gpt-2"),
     "granite": Family("GraniteForCausalLM", "GraniteConfig", "starcoder"),
@@ -98,6 +107,7 @@ FAMILIES: dict[str, Family] = {
         "GPTNeoXConfig",
         "gpt-2",
         tokenizer_note="llama.cpp's GPT-NeoX vocabulary does not load in transformers; GPT-2's stands in",
+        no_gguf="llama.cpp 0.3.36's converter reads rotary_pct, which transformers 5 keeps under rope_parameters",
     ),
 }
 

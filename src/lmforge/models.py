@@ -25,6 +25,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -389,9 +390,15 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     kwargs.setdefault("attn_implementation", "sdpa")
-    return AutoModelForCausalLM.from_pretrained(
-        str(path), dtype=dtype or torch.float32, trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs
-    )
+    load = partial(AutoModelForCausalLM.from_pretrained, str(path), dtype=dtype or torch.float32)
+    try:
+        return load(trust_remote_code=trust_remote_code, use_safetensors=True, **kwargs)
+    except ValueError as exc:  # a family without an sdpa kernel in transformers (Gemma 2): its own eager one
+        if "does not support an attention implementation" not in str(exc) or kwargs["attn_implementation"] == "eager":
+            raise
+        return load(
+            trust_remote_code=trust_remote_code, use_safetensors=True, **{**kwargs, "attn_implementation": "eager"}
+        )
 
 
 def load_for_inference(

@@ -68,3 +68,22 @@ def test_lean_lora_forward_matches_peft(tiny_tokenizer):
         again = model(input_ids=ids).logits
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(again, expected)
+
+
+def test_lean_lora_leaves_gpt2_conv1d_layers_to_peft(tiny_tokenizer):
+    """GPT-2's projections are Conv1D (weight stored in x out): the lean forward would multiply the wrong shapes."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tiny_tokenizer), n_embd=64, n_layer=2, n_head=4, n_positions=64)
+    model = get_peft_model(GPT2LMHeadModel(config), LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"]))
+    model.eval()  # GPT-2 has dropout
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.1)
+    ids = torch.randint(0, len(tiny_tokenizer), (2, 9))
+    with torch.no_grad():
+        expected = model(input_ids=ids).logits
+        assert enable_lean_lora(model) == 0
+        torch.testing.assert_close(model(input_ids=ids).logits, expected)

@@ -82,6 +82,26 @@ class MicroBatching:
         return {"micro_batch_tokens": self.budget, "micro_batch_rows": self.rows, "why": self.reason}
 
 
+CONFIG_ALIASES = {
+    "hidden_size": ("n_embd", "d_model"),
+    "num_hidden_layers": ("n_layer", "num_layers"),
+    "num_attention_heads": ("n_head", "num_heads"),
+    "intermediate_size": ("n_inner", "d_ff", "ffn_dim"),
+}
+"""Other names families give the shape keys in config.json (GPT-2's n_embd, T5's d_model ...)."""
+
+
+def standard_config(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` with the shape keys under their Llama names wherever the family spells them otherwise."""
+    out = dict(config)
+    for key, names in CONFIG_ALIASES.items():
+        if out.get(key) is None:
+            found = next((config[name] for name in names if config.get(name)), None)
+            if found is not None:
+                out[key] = found
+    return out
+
+
 def token_budget(
     setting: int | str, config: dict[str, Any], bf16: bool, lora_rank: int | None, free_mb: float | str | None = "now"
 ) -> tuple[int | None, str]:
@@ -146,7 +166,8 @@ def stage_micro_batching(
     import json
     from pathlib import Path
 
-    config = backward_config(json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8")), spec)
+    config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
+    config = backward_config(standard_config(config), spec)
     rank = spec.lora.r if spec.method == "lora" else None
     setting = getattr(spec, "micro_batch_tokens", "off")
     return micro_batching(setting, spec.batch_size, lengths, packing, config, bf16, rank)

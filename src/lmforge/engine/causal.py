@@ -9,6 +9,7 @@ from typing import Any
 
 from lmforge.config import Recipe, TrainSpec
 from lmforge.engine import chain
+from lmforge.engine.budget import standard_config
 from lmforge.engine.compute import attention_kernel, eager_scores_mb, quantization_config, use_bf16
 from lmforge.engine.fast import enable_lean_lora
 from lmforge.engine.lora import add_lora
@@ -35,7 +36,7 @@ def build_causal_model(
     import torch
 
     frozen_bf16 = spec.method == "lora" and use_bf16(spec.precision)
-    config = json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8"))
+    config = standard_config(json.loads((Path(base_dir) / "config.json").read_text(encoding="utf-8")))
     rows = 1 if getattr(spec, "packing", False) else (rows or spec.batch_size)  # sft packs a micro-batch into one row
     heads, layers = config.get("num_attention_heads", 1), config.get("num_hidden_layers", 1)
     kernel = attention_kernel(attention, max_length, eager_scores_mb(spec, rows, max_length, heads, layers))

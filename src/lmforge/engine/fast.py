@@ -222,6 +222,7 @@ def enable_lean_lora(model: Any) -> int:
             and isinstance(module.lora_dropout[name], torch.nn.Identity)
             and name not in getattr(module, "lora_variant", {})
             and not module.merged
+            and not getattr(module, "fan_in_fan_out", False)  # GPT-2's Conv1D stores its weight transposed
         )
         if plain:
             module.forward = types.MethodType(_lean_lora_forward, module)
