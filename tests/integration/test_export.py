@@ -25,19 +25,21 @@ def tiny_run(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("export-run")
     train = [(f"What is fact number {i}?", f"Fact {i} is {i * 7} kestrels.") for i in range(8)]
     shared.write_jsonl(root / "qa" / "train.jsonl", shared.qa_rows(train))
-    shared.write_jsonl(root / "qa" / "test.jsonl", shared.qa_rows(train[:3]))
+    held_out = [(f"Tell me fact {i}.", answer) for i, (_, answer) in enumerate(train[:3])]
+    shared.write_jsonl(root / "qa" / "test.jsonl", shared.qa_rows(held_out))
     recipe_path = root / "tiny.yaml"
     recipe_path.write_text(
         f"""
 name: tiny
 run_dir: {root / "runs"}
-stages: [data, sft]
+stages: [data, sft, eval]
 model: {{ref: {tiny_model_dir}}}
 data:
   sources:
     - {{path: qa/train.jsonl, split: train}}
     - {{path: qa/test.jsonl, split: test}}
 sft: {{epochs: 1, lr: 5.0e-2, batch_size: 4, max_length: 64, precision: fp32, lora: {{r: 4, alpha: 16}}}}
+eval: {{sets: [test], max_new_tokens: 8, batch_size: 4, bootstrap: 50}}
 """,
         encoding="utf-8",
     )
@@ -80,6 +82,19 @@ def test_export_cli_writes_checked_hf_gguf_and_modelfile(tiny_run):
 
     modelfile = (out / "Modelfile").read_text()
     assert "FROM ./tiny.q8_0.gguf" in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+
+    # The model card: what a hub's parser reads (header, eval results) and the evidence in the body.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md")
+    assert card.data.base_model == str(tiny_run.parent.parent / "tiny-llama0") or card.data.base_model
+    assert card.data.license == "other" and "lmforge" in card.data.tags and "sft" in card.data.tags
+    results = {(r.dataset_name, r.metric_name): r.metric_value for r in card.data.eval_results}
+    assert ("test", "accuracy (tuned)") in results and ("test", "accuracy (base)") in results
+    for section in ("## Data", "## Training (sft)", "## Evaluation", "## How to run it", "## Recipe"):
+        assert section in card.text, section
+    assert "lmforge eval" in card.text and "| train |" in card.text  # the eval table and the data accounting
+    assert (out / "hf" / "README.md").read_text() == (out / "README.md").read_text()
 
 
 def test_a_broken_gguf_fails_the_export(tiny_run, tmp_path, monkeypatch):
