@@ -61,12 +61,39 @@ def compare(runs: list[Path], reference: Path) -> list[dict]:
     return rows
 
 
+def within(runs: list[Path], first: str, second: str) -> list[dict]:
+    """Per run and set: variant ``first`` minus variant ``second`` on the same questions (e.g. tuned+rag - base+rag)."""
+    rows = []
+    for run in runs:
+        found = read_correct(run)
+        for set_name in sorted({key[0] for key in found}):
+            a, b = found.get((set_name, first)), found.get((set_name, second))
+            if not a or not b or set(a) != set(b):
+                continue
+            ids = sorted(a)
+            pair = [Sample([x[i] for i in ids], [1.0] * len(ids)) for x in (a, b)]
+            rows.append({"arm": run.name, "set": set_name, "n": len(ids), "first": pair[0].value(),
+                         "second": pair[1].value(), "difference": paired_difference(*pair)})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--reference", type=Path, help="the arm the others are paired with (default: the first)")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--within", nargs=2, metavar=("A", "B"), help="variant A - variant B inside each run")
     args = parser.parse_args()
+    if args.within:
+        first, second = args.within
+        print(f"| arm | set | n | {first} | {second} | {first} - {second} [95% CI] |")
+        print("|---|---|---|---|---|---|")
+        for row in within(args.runs, first, second):
+            d = row["difference"]
+            low, high = d["ci"]
+            print(f"| {row['arm']} | {row['set']} | {row['n']} | {row['first']:.1%} | {row['second']:.1%} | "
+                  f"{d['delta'] * 100:+.1f} [{low * 100:+.1f}, {high * 100:+.1f}] |")  # fmt: skip
+        return
     reference = args.reference or args.runs[0]
     rows = compare(args.runs, reference)
     print(f"| arm | set | variant | n | score [95% CI] | vs {reference.name} [95% CI] | sft s |")
