@@ -191,6 +191,22 @@ def export(
 
 
 @app.command()
+def push(
+    run: Annotated[Path, typer.Argument(help="A run directory whose export is done (lmforge export RUN).")],
+    repo: Annotated[str, typer.Option(help="The model repository, owner/name.")],
+    public: Annotated[bool, typer.Option("--public", help="Create the repository public (default: private).")] = False,
+) -> None:
+    """Upload the export (HF folder with its model card, GGUF files, Modelfile) to a model hub; needs $HF_TOKEN."""
+    from lmforge.export.push import push_export
+
+    try:
+        address = push_export(run, repo, private=not public)
+    except LmforgeError as exc:
+        _fail(exc)
+    console.print(f"[green]✔[/green] pushed to {address}")
+
+
+@app.command()
 def ask(
     run: Annotated[str, typer.Argument(help="A run directory (runs/NAME) whose recipe ran the index stage.")],
     question: Annotated[str, typer.Argument(help="The question.")],
