@@ -19,7 +19,7 @@ from pathlib import Path
 
 from lmforge.config import load_recipe, package_dir, shipped_recipe
 from lmforge.data import stage as prepare
-from lmforge.rag import index
+from lmforge.rag import stage as index
 
 
 def copy_articles(target: Path, copies: int) -> None:

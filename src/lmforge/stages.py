@@ -43,7 +43,7 @@ class Stage:
 STAGES: tuple[Stage, ...] = (
     Stage("data", "lmforge.data.stage"),
     Stage("synth", "lmforge.synth.stage", every_process="spec"),
-    Stage("index", "lmforge.rag.index", every_process=True),
+    Stage("index", "lmforge.rag.stage", every_process=True),
     Stage("cpt", "lmforge.train.cpt", every_process=True, model="causal", workload="text"),
     Stage("mlm", "lmforge.train.mlm", every_process=True, model="encoder"),
     Stage("sft", "lmforge.train.sft", every_process=True, model="causal", workload="chat"),

@@ -123,3 +123,14 @@ def long_code(limit_function: int = 80, limit_file: int = 550) -> list[str]:
 def test_functions_and_files_stay_small():
     assert not (found := long_code()), "split these (docs/STYLE: a function reads on one screen):\n" + "\n".join(found)
     assert long_code(limit_function=40), "the check finds long functions when the limit is lower"
+
+
+def test_stage_entry_modules_follow_one_naming_rule():
+    """A package that holds one stage names its entry ``stage.py``; the training package, which holds several,
+    names each after its stage (docs/ARCHITECTURE.md)."""
+    from lmforge.stages import STAGES
+
+    for row in STAGES:
+        package, module = row.entry.split(".")[1:]
+        assert module == ("stage" if package != "train" else row.name), row
+        assert (PACKAGE / package / f"{module}.py").is_file(), row

@@ -14,6 +14,7 @@ from typing import Any
 import yaml
 
 from lmforge.rundir import FinalModel, StageDir, is_run_dir, read_json
+from lmforge.stages import TRAINING_STAGES
 
 TRAINING_KEYS = ("method", "epochs", "lr", "batch_size", "max_length", "scheduler", "precision", "template")
 
@@ -37,7 +38,7 @@ def model_card(target: str, name: str, model_dir: Path, final: FinalModel | None
 def _header(name: str, recipe: dict[str, Any], model_dir: Path, run: Path | None) -> dict[str, Any]:
     base = (recipe.get("model") or {}).get("ref") or str(model_dir)
     header: dict[str, Any] = {"base_model": base, "license": _licence(model_dir)}
-    header["tags"] = ["lmforge", *[s for s in recipe.get("stages", []) if s not in ("data", "eval")], "gguf"]
+    header["tags"] = ["lmforge", *[s for s in recipe.get("stages", []) if s in TRAINING_STAGES or s == "index"], "gguf"]
     sources = [Path(str(s.get("path", ""))).name for s in (recipe.get("data") or {}).get("sources", [])]
     if sources:
         header["datasets"] = sorted(set(sources))

@@ -71,7 +71,6 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
     Raises:
         StageError: a parity check failed (the files and ``parity.json`` are kept).
     """
-    from lmforge.export import parity
     from lmforge.models import resolve_target
 
     bad = [t for t in settings.gguf_types if t not in GGUF_TYPES]
@@ -116,27 +115,10 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
     checks: list[dict[str, Any]] = []
     if settings.parity:
         conversations = sample_conversations(target if is_run else None, settings.samples)
-        samples = parity.reference_samples(merged, tokenizer, conversations, settings.new_tokens)
-        results = []
-        if unmerged is not None:
-            results.append(parity.check_merge(merged, unmerged, samples))
-        results.append(parity.check_hf_folder(hf_dir, merged, samples))
-        for out_type, path in gguf_files.items():
-            check, _ = parity.check_gguf(path, out_type, merged, tokenizer, samples, settings.min_agreement)
-            results.append(check)
-            if parity.llama_cpp_available():
-                results.append(parity.check_llama_cpp(path, out_type, samples, settings.min_agreement))
-        if not parity.llama_cpp_available():
-            print("export: llama-cpp-python is not installed; the llama.cpp parity check was skipped")
-        checks = [r.as_dict() for r in results]
-        atomic_write_json(out_dir / "parity.json", {"samples": samples.prompts, "checks": checks})
-        for result in results:
-            mark = "✔" if result.passed else "✘" if result.ran else "-"
-            shown = {k: v for k, v in result.details.items() if k != "problems"}
-            print(f"export: {mark} {result.name} {shown}")
-        failed = [r for r in results if r.ran and not r.passed]
+        checks = _parity_checks(settings, conversations, merged, unmerged, tokenizer, hf_dir, gguf_files, out_dir)
+        failed = [c for c in checks if c["passed"] is False]
         if failed:
-            lines = [f"{r.name}: {'; '.join(r.details.get('problems', [])) or r.details}" for r in failed]
+            lines = [f"{c['name']}: {'; '.join(c.get('problems', [])) or c}" for c in failed]
             error = StageError(
                 "export parity checks failed (files kept for inspection in "
                 f"{out_dir}, details in parity.json):\n  " + "\n  ".join(lines)
@@ -235,6 +217,40 @@ def _default_system_prompt(tokenizer: Any) -> str | None:
     if not rendered.startswith(head):
         return None
     return rendered[len(head) : rendered.index("<|im_end|>")]
+
+
+def _parity_checks(
+    settings: ExportSettings,
+    conversations: list[Any],
+    merged: Any,
+    unmerged: Any,
+    tokenizer: Any,
+    hf_dir: Path,
+    gguf_files: dict[str, Path],
+    out_dir: Path,
+) -> list[dict[str, Any]]:
+    """Every parity check, printed and written to ``parity.json`` (a check that could not run: ``passed`` null)."""
+    from lmforge.export import parity
+
+    samples = parity.reference_samples(merged, tokenizer, conversations, settings.new_tokens)
+    results = []
+    if unmerged is not None:
+        results.append(parity.check_merge(merged, unmerged, samples))
+    results.append(parity.check_hf_folder(hf_dir, merged, samples))
+    for out_type, path in gguf_files.items():
+        check, _ = parity.check_gguf(path, out_type, merged, tokenizer, samples, settings.min_agreement)
+        results.append(check)
+        if parity.llama_cpp_available():
+            results.append(parity.check_llama_cpp(path, out_type, samples, settings.min_agreement))
+    if not parity.llama_cpp_available():
+        print("export: llama-cpp-python is not installed; the llama.cpp parity check was skipped")
+    checks = [r.as_dict() for r in results]
+    atomic_write_json(out_dir / "parity.json", {"samples": samples.prompts, "checks": checks})
+    for result in results:
+        mark = "✔" if result.passed else "✘" if result.ran else "-"
+        shown = {k: v for k, v in result.details.items() if k != "problems"}
+        print(f"export: {mark} {result.name} {shown}")
+    return checks
 
 
 def gguf_file(hf_dir: Path, path: Path, out_type: str, name: str) -> dict[str, Any]:
