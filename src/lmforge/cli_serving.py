@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from lmforge.cli_common import AllowedHostOption, AllowedOriginOption, _fail, _settings, app, console, err_console
-from lmforge.errors import ConfigError, LmforgeError, Problem
+from lmforge.errors import ConfigError, LmforgeError
 
 
 @app.command()
@@ -250,7 +250,7 @@ def ask(
 
 def _check_rag_mode(option: str, mode: str | None) -> None:
     """Exit with code 2 unless ``mode`` is a retrieval mode (or unset)."""
-    from lmforge.serve.settings import RAG_MODES
+    from lmforge.serve.settings import rag_mode_problems
 
-    if mode not in RAG_MODES:
-        _fail(ConfigError("lmforge ask", [Problem(option, f"got {mode!r}; expected bm25, dense or hybrid")]))
+    if problems := rag_mode_problems(option, mode):
+        _fail(ConfigError("lmforge ask", problems))

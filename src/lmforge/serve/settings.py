@@ -10,6 +10,23 @@ RAG_MODES = (None, "bm25", "dense", "hybrid")
 """Retrieval modes a request or the server may name (None: the served run's own)."""
 
 
+POSITIVE = (
+    "max_batch_size", "max_tokens_limit", "default_max_tokens", "max_request_bytes", "max_queue",
+    "max_upload_bytes", "max_uncompressed_bytes", "max_upload_pages",
+)  # fmt: skip
+"""Settings that must be above zero."""
+
+
+def rag_mode_problems(option: str, mode: str | None) -> list[Problem]:
+    """The problem with a retrieval mode given as ``option``, if it is not one (unset is fine)."""
+    return [] if mode in RAG_MODES else [Problem(option, f"got {mode!r}; expected bm25, dense or hybrid")]
+
+
+def port_problems(port: int) -> list[Problem]:
+    """The problem with a TCP port, if it is not one."""
+    return [] if 0 <= port <= 65535 else [Problem("--port", f"got {port}; expected 0 to 65535")]
+
+
 @dataclass
 class ServeSettings:
     """How the server listens and what it accepts."""
@@ -58,20 +75,15 @@ class ServeSettings:
     """Web origins besides loopback ones that may call the server (``scheme://host[:port]``; ``*``: any)."""
 
     def __post_init__(self) -> None:
-        problems = []
-        if self.rag_mode not in RAG_MODES:
-            problems.append(Problem("--rag-mode", f"got {self.rag_mode!r}; expected bm25, dense or hybrid"))
+        problems = rag_mode_problems("--rag-mode", self.rag_mode)
         if self.dtype not in ("auto", "fp32", "bf16"):
             problems.append(Problem("--dtype", f"got {self.dtype!r}; expected auto, fp32 or bf16"))
-        if not 0 <= self.port <= 65535:
-            problems.append(Problem("--port", f"got {self.port}; expected 0 to 65535"))
-        sizes = ("max_batch_size", "max_tokens_limit", "default_max_tokens", "max_request_bytes", "max_queue")
-        problems += [
+        problems += port_problems(self.port) + [
             Problem(f"--{name.replace('_', '-')}", f"got {getattr(self, name)}; expected a positive number")
-            for name in (*sizes, "max_upload_bytes", "max_uncompressed_bytes", "max_upload_pages")
+            for name in POSITIVE
             if getattr(self, name) <= 0
         ]
         refuse("lmforge serve", problems)
 
 
-__all__ = ["RAG_MODES", "ServeSettings"]
+__all__ = ["RAG_MODES", "ServeSettings", "port_problems", "rag_mode_problems"]

@@ -24,6 +24,7 @@ import gradio as gr
 import pandas as pd
 
 from lmforge.errors import Problem, refuse
+from lmforge.serve.settings import port_problems
 from lmforge.studio.page_recipe import RecipePage
 from lmforge.studio.pages import ChatPage, ComparePage, DataPage, ExportPage, RunsPage, Studio
 from lmforge.studio.reach import Reach
@@ -52,9 +53,7 @@ class StudioSettings:
         problems = []
         if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
             problems.append(Problem("--ssl-certfile/--ssl-keyfile", "go together: give both, or neither"))
-        if not 0 <= self.port <= 65535:
-            problems.append(Problem("--port", f"got {self.port}; expected 0 to 65535"))
-        refuse("lmforge studio", problems)
+        refuse("lmforge studio", problems + port_problems(self.port))
 
 
 # ---------------------------------------------------------------- the pages
