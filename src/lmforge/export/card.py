@@ -13,29 +13,32 @@ from typing import Any
 
 import yaml
 
+from lmforge.records import read_json_lines
 from lmforge.rundir import FinalModel, StageDir, is_run_dir, read_json
 from lmforge.stages import TRAINING_STAGES
 
 TRAINING_KEYS = ("method", "epochs", "lr", "batch_size", "max_length", "scheduler", "precision", "template")
 
 
-def model_card(target: str, name: str, model_dir: Path, final: FinalModel | None, files: dict[str, Path]) -> str:
+def model_card(target: str, name: str, model_dir: Path, final: FinalModel | None, gguf_files: dict[str, Path]) -> str:
     """The card's text for an export of ``target`` (a run folder or a model reference) named ``name``."""
     run = Path(target) if is_run_dir(target) else None
     recipe = read_json(run / "recipe.json") if run and (run / "recipe.json").is_file() else {}
-    header = _header(name, recipe, model_dir, run)
+    summary_path = run / "eval" / "summary.json" if run else None
+    summary = read_json(summary_path) if summary_path and summary_path.is_file() else None
+    header = _header(name, recipe, model_dir, summary)
     parts = [f"---\n{yaml.safe_dump(header, sort_keys=False, allow_unicode=True)}---\n", f"# {name}\n"]
     parts.append(_summary(recipe, final))
     if run is not None:
-        parts += [_data(run), _training(run, final), _evaluation(run)]
-    parts += [_usage(name, files), _limitations(run)]
+        parts += [_data(run), _training(run, final), _evaluation(run, summary)]
+    parts += [_usage(name, gguf_files), _limitations(run)]
     if recipe:
         shown = yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
         parts.append(f"## Recipe\n\nThe resolved recipe this run executed:\n\n```yaml\n{shown}```\n")
     return "\n".join(part for part in parts if part)
 
 
-def _header(name: str, recipe: dict[str, Any], model_dir: Path, run: Path | None) -> dict[str, Any]:
+def _header(name: str, recipe: dict[str, Any], model_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
     base = (recipe.get("model") or {}).get("ref") or str(model_dir)
     header: dict[str, Any] = {"base_model": base, "license": _licence(model_dir)}
     header["tags"] = ["lmforge", *[s for s in recipe.get("stages", []) if s in TRAINING_STAGES or s == "index"], "gguf"]
@@ -44,7 +47,7 @@ def _header(name: str, recipe: dict[str, Any], model_dir: Path, run: Path | None
         header["datasets"] = sorted(set(sources))
     header["library_name"] = "transformers"
     header["pipeline_tag"] = "text-generation"
-    results = _results(run) if run else []
+    results = _results(summary) if summary else []
     if results:
         header["model-index"] = [{"name": name, "results": results}]
     return header
@@ -62,10 +65,7 @@ def _licence(model_dir: Path) -> str:
     return "other"
 
 
-def _results(run: Path) -> list[dict[str, Any]]:
-    summary = _summary_json(run)
-    if not summary:
-        return []
+def _results(summary: dict[str, Any]) -> list[dict[str, Any]]:
     results = []
     for set_name, variants in summary["sets"].items():
         metric = summary.get("tasks", {}).get(set_name, {}).get("metric", "accuracy")
@@ -80,11 +80,6 @@ def _results(run: Path) -> list[dict[str, Any]]:
                     }
                 )
     return results
-
-
-def _summary_json(run: Path) -> dict[str, Any] | None:
-    path = run / "eval" / "summary.json"
-    return read_json(path) if path.is_file() else None
 
 
 def _summary(recipe: dict[str, Any], final: FinalModel | None) -> str:
@@ -117,9 +112,8 @@ def _training(run: Path, final: FinalModel | None) -> str:
     return f"## Training ({final.stage})\n\n| setting | value |\n|---|---|\n{rows}\n"
 
 
-def _evaluation(run: Path) -> str:
+def _evaluation(run: Path, summary: dict[str, Any] | None) -> str:
     table = run / "eval" / "table.txt"
-    summary = _summary_json(run)
     if not table.is_file() or not summary:
         return ""
     level = f"{summary.get('confidence', 0.95):.0%}"
@@ -139,17 +133,14 @@ def _evaluation(run: Path) -> str:
 
 def _questions(run: Path) -> dict[str, str]:
     """Question text by record id, from the run's ``eval/predictions.jsonl``."""
-    import json
-
     path = run / "eval" / "predictions.jsonl"
     if not path.is_file():
         return {}
-    rows = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
-    return {str(row.get("id")): str(row.get("question", "")) for row in rows}
+    return {str(row.get("id")): str(row.get("question", "")) for _, row in read_json_lines(path)}
 
 
-def _usage(name: str, files: dict[str, Path]) -> str:
-    gguf = next((path.name for kind, path in files.items() if kind != "hf"), f"{name}.q8_0.gguf")
+def _usage(name: str, gguf_files: dict[str, Path]) -> str:
+    gguf = next((path.name for path in gguf_files.values()), f"{name}.q8_0.gguf")
     return (
         "## How to run it\n\n```bash\n"
         f"llama-cli -m {gguf} -cnv                       # llama.cpp (chat template inside the GGUF)\n"
@@ -170,10 +161,3 @@ def _limitations(run: Path | None) -> str:
         notes.append("The `+rag` variants need the run's index (`lmforge serve RUN --rag`); the weights alone are "
                      "the `tuned` rows.")  # fmt: skip
     return "## Limitations\n\n" + "\n".join(f"- {note}" for note in notes) + "\n"
-
-
-def write_card(path: Path, text: str) -> Path:
-    from lmforge.rundir import atomic_write_text
-
-    atomic_write_text(path, text)
-    return path

@@ -24,7 +24,7 @@ from typing import Any
 
 from lmforge.errors import ConfigError, Problem, StageError
 from lmforge.export import llamacpp
-from lmforge.export.card import model_card, write_card
+from lmforge.export.card import model_card
 from lmforge.export.gguf_file import GGUF_TYPES, SUPPORTED_ARCHITECTURES, write_gguf
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, final_model, fingerprint_data, is_run_dir
 
@@ -107,9 +107,9 @@ def run_export(target: str, settings: ExportSettings, adapter: str | None = None
         modelfile = out_dir / "Modelfile"
         atomic_write_text(modelfile, ollama_modelfile(chosen.name, tokenizer))
 
-    card = model_card(str(target), name, Path(model_dir), final, {**gguf_files, "hf": hf_dir})
+    card = model_card(str(target), name, Path(model_dir), final, gguf_files)
     for folder in (out_dir, hf_dir):  # next to the GGUF files, and in the HF folder a hub upload takes
-        write_card(folder / "README.md", card)
+        atomic_write_text(folder / "README.md", card)
     print(f"export: model card {out_dir / 'README.md'}")
 
     checks: list[dict[str, Any]] = []
