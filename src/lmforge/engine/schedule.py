@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from lmforge.engine.budget import standard_config
+
 DEFAULT_EPOCHS = 3.0
 MIN_EXAMPLES = 600
 """Examples an ``epochs: auto`` run trains on at the least (before :data:`MAX_EPOCHS` caps it)."""
@@ -42,9 +44,10 @@ def auto_lr(method: str, parameters: int) -> float:
 def config_parameters(config: dict[str, Any]) -> int:
     """About how many weights a decoder of this ``config.json`` has (blocks and embeddings; enough to tell
     a 135M model from a 7B one)."""
-    hidden = int(config.get("hidden_size") or config.get("d_model") or config.get("n_embd") or 0)
-    layers = int(config.get("num_hidden_layers") or config.get("num_layers") or config.get("n_layer") or 0)
-    intermediate = int(config.get("intermediate_size") or config.get("n_inner") or 4 * hidden)
+    config = standard_config(config)
+    hidden = int(config.get("hidden_size") or 0)
+    layers = int(config.get("num_hidden_layers") or 0)
+    intermediate = int(config.get("intermediate_size") or 4 * hidden)
     vocab = int(config.get("vocab_size") or 0)
     return layers * (4 * hidden * hidden + 3 * hidden * intermediate) + vocab * hidden
 
