@@ -308,6 +308,14 @@ def cpu_supports_bf16() -> bool:
     return cpu_has_native_bf16()
 
 
+def tokenizer_folder(model_dir: str | Path, adapter_dir: str | Path | None) -> Path:
+    """Where a trained model's tokenizer (and chat template) is: the adapter folder when lmforge saved one there,
+    else the model's own (an adapter trained elsewhere often ships none)."""
+    if adapter_dir is not None and (Path(adapter_dir) / "tokenizer_config.json").is_file():
+        return Path(adapter_dir)
+    return Path(model_dir)
+
+
 def load_tokenizer(path: str | Path, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """A tokenizer with a pad token, and a chat template every stage can render (:func:`adapt_chat_template`)."""
     from transformers import AutoTokenizer

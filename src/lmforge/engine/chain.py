@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.distributed import leader_decides
-from lmforge.models import load_causal_lm, load_tokenizer
+from lmforge.models import load_causal_lm, load_tokenizer, tokenizer_folder
 from lmforge.rundir import stage_folder
 
 
@@ -37,9 +37,10 @@ def merge_adapter(base_dir: Path, adapter: Path, target: Path, trust_remote_code
 
         base = load_causal_lm(base_dir, dtype=torch.float32, trust_remote_code=trust_remote_code)
         merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
-        tokenizer_dir = adapter if (adapter / "tokenizer_config.json").is_file() else base_dir
         merged.save_pretrained(staging)
-        load_tokenizer(tokenizer_dir, trust_remote_code=trust_remote_code).save_pretrained(staging)
+        load_tokenizer(tokenizer_folder(base_dir, adapter), trust_remote_code=trust_remote_code).save_pretrained(
+            staging
+        )
 
     return stage_folder(target, merge_into)
 

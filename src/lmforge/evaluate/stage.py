@@ -238,16 +238,14 @@ def answer_sets(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> d
 
 def _trained_template(recipe: Recipe) -> str | None:
     """The chat template of the run's trained model (sft.template alpaca / domain_tag on a base model), if any."""
-    from lmforge.models import load_tokenizer
+    from lmforge.models import load_tokenizer, tokenizer_folder
     from lmforge.rundir import final_model
 
     found = final_model(recipe.run_path())
     if found is None:
         return None
-    folder = (
-        found.adapter_dir if found.adapter_dir and (found.adapter_dir / "tokenizer_config.json").is_file() else None
-    )
-    return load_tokenizer(folder or found.model_dir, trust_remote_code=recipe.model.trust_remote_code).chat_template
+    folder = tokenizer_folder(found.model_dir, found.adapter_dir)
+    return load_tokenizer(folder, trust_remote_code=recipe.model.trust_remote_code).chat_template
 
 
 def answers_key(variant: Variant, eval_sets: list[EvalSet], recipe: Recipe) -> str:
