@@ -30,9 +30,11 @@ VERSION = "0.3.36"
 """The llama-cpp-python release whose vendored llama.cpp converts (also the slow tier's llama-simple)."""
 SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 """SHA-256 of ``llama_cpp_python-<VERSION>.tar.gz`` on PyPI."""
-KEPT = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/ggml-vocab-", "LICENSE")
-"""The parts of ``vendor/llama.cpp`` kept: the converter and its modules, ``gguf-py``, the vocabularies
-(``models/ggml-vocab-*.gguf`` without their test files) and the licence."""
+KEPT = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "LICENSE")
+"""The parts of ``vendor/llama.cpp`` kept besides the vocabularies: the converter and its modules, ``gguf-py``
+and the licence."""
+VOCABULARIES = "models/ggml-vocab-"
+"""The vocabulary files kept (``<prefix>*.gguf``, without their ``.inp``/``.out`` test files)."""
 NEEDS = {"sentencepiece": "sentencepiece", "mistral_common": "mistral-common"}
 """Modules the converter imports, and the packages that provide them."""
 
@@ -55,7 +57,7 @@ def available() -> bool:
 
 def vocab_file(name: str) -> Path:
     """The vocabulary-only GGUF ``models/ggml-vocab-<name>.gguf`` (``qwen2``, ``llama-bpe``, ``phi-3`` ...)."""
-    return converter_dir() / "models" / f"ggml-vocab-{name}.gguf"
+    return converter_dir() / f"{VOCABULARIES}{name}.gguf"
 
 
 def fetch(target: Path | None = None) -> Path:
@@ -87,8 +89,8 @@ def fetch(target: Path | None = None) -> Path:
 
 
 def _kept(name: str) -> bool:
-    if name.startswith("models/"):
-        return name.startswith("models/ggml-vocab-") and name.endswith(".gguf")
+    if name.startswith(VOCABULARIES):
+        return name.endswith(".gguf")
     return any(name == part or (part.endswith("/") and name.startswith(part)) for part in KEPT)
 
 
