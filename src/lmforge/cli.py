@@ -133,7 +133,7 @@ def synth(
     run_dir: RunDirOption = None,
 ) -> None:
     """Run the data and synth stages of a recipe: a teacher writes training records (cached, resumable)."""
-    _run(recipe, set_, run_dir, only=[name for name in STAGE_ORDER[: STAGE_ORDER.index("synth") + 1]])
+    _run(recipe, set_, run_dir, only=list(STAGE_ORDER[: STAGE_ORDER.index("synth") + 1]))
 
 
 @app.command()
