@@ -6,14 +6,19 @@ Exit codes: 0 success, 1 a stage failed, 2 bad input (recipe, data, model refere
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_type_hints
 
 import typer
 from rich.console import Console
 from typer.core import TyperGroup
 
 from lmforge.errors import ConfigError, LmforgeError, Problem
+from lmforge.options import Marked, marked_fields
 
 
 class _Commands(TyperGroup):
@@ -45,14 +50,6 @@ SetOption = Annotated[
 RunDirOption = Annotated[
     str | None, typer.Option("--run-dir", help="Parent folder of run directories (default: runs).")
 ]
-AllowedHostOption = Annotated[
-    list[str] | None,
-    typer.Option(help="Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable."),
-]
-AllowedOriginOption = Annotated[
-    list[str] | None,
-    typer.Option(help="Let this web origin call the server: scheme://host[:port] ('*': any). Repeatable."),
-]
 
 
 def _fail(exc: LmforgeError) -> None:
@@ -72,6 +69,55 @@ def _settings(kind: Any, **values: Any) -> Any:
         return kind(**values)
     except LmforgeError as exc:
         _fail(exc)
+
+
+def settings_command(kind: type, *, name: str = "settings") -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per :class:`~lmforge.options.Opt` field of the settings dataclass ``kind`` (its
+    help, bounds and name, written only there), after the command's own parameters; the command receives ``kind``
+    built from them as ``name`` (its checks failing the command with exit code 2)."""
+
+    def wrap(command: Callable[..., Any]) -> Callable[..., Any]:
+        hints = get_type_hints(command, include_extras=True)
+        own = [p.replace(annotation=hints[p.name]) for p in inspect.signature(command).parameters.values()]
+        own = [p for p in own if p.name != name]
+        fields = marked_fields(kind)
+        lists = {m.field.name for m in fields if m.field.default_factory is not dataclasses.MISSING}
+        # the command's own parameters that are settings too (studio's runs_dir argument)
+        shared = {p.name for p in own} & {f.name for f in dataclasses.fields(kind)}
+        options = [
+            inspect.Parameter(
+                m.field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=m.default,
+                annotation=Annotated[
+                    m.kind | None if m.default is None else m.kind,
+                    typer.Option(_declared(m), help=m.opt.help, min=m.opt.min, max=m.opt.max),
+                ],
+            )
+            for m in fields
+        ]
+
+        @functools.wraps(command)
+        def with_settings(**values: Any) -> Any:
+            mine = {p.name: values.pop(p.name) for p in own}
+            values = {key: list(value or []) if key in lists else value for key, value in values.items()}
+            values |= {key: value for key, value in mine.items() if key in shared}
+            return command(**mine, **{name: _settings(kind, **values)})
+
+        parameters = own + options
+        with_settings.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        with_settings.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_settings
+
+    return wrap
+
+
+def _declared(marked: Marked) -> str:
+    """The option's declaration: ``--name``, or ``--name/--no-name`` for a switch not given its own flag."""
+    option = marked.opt.option_name(marked.field.name)
+    if marked.kind is bool and marked.opt.flag is None:
+        return f"{option}/--no-{option.removeprefix('--')}"
+    return option
 
 
 def _load(recipe_path: Path, overrides: list[str] | None, run_dir: str | None):

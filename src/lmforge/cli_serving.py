@@ -7,8 +7,16 @@ from typing import Annotated
 
 import typer
 
-from lmforge.cli_common import AllowedHostOption, AllowedOriginOption, _fail, _settings, app, console, err_console
+from lmforge.cli_common import (
+    _fail,
+    app,
+    console,
+    err_console,
+    settings_command,
+)
 from lmforge.errors import ConfigError, LmforgeError
+from lmforge.serve.settings import ServeSettings
+from lmforge.studio.settings import StudioSettings
 
 
 @app.command()
@@ -40,6 +48,7 @@ def chat(
 
 
 @app.command()
+@settings_command(ServeSettings)
 def serve(
     target: Annotated[str, typer.Argument(help="A run directory (runs/NAME) or a model reference.")],
     adapter: Annotated[
@@ -47,64 +56,15 @@ def serve(
         typer.Option(help="Serve another LoRA adapter on the same base: NAME=PATH (run dir or adapter folder)."),
     ] = None,
     name: Annotated[str | None, typer.Option(help="Model id of the base model ('base' in a LoRA run).")] = None,
-    host: Annotated[str, typer.Option(help="Address to bind; anything but 127.0.0.1 needs an API key.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    api_key_env: Annotated[str, typer.Option(help="Environment variable holding the API key.")] = "LMFORGE_API_KEY",
-    max_batch_size: Annotated[int, typer.Option(min=1, help="Requests decoded together.")] = 16,
-    batch_wait_ms: Annotated[float, typer.Option(min=0, help="Wait for more requests before a batch.")] = 5.0,
-    max_tokens_limit: Annotated[int, typer.Option(min=1, help="Largest max_tokens a request may ask.")] = 2048,
-    max_request_bytes: Annotated[int, typer.Option(min=1024, help="Largest request body.")] = 1_000_000,
-    max_upload_bytes: Annotated[
-        int, typer.Option(min=1024, help="Largest uploaded document (extraction runs).")
-    ] = 20_000_000,
-    max_uncompressed_bytes: Annotated[
-        int, typer.Option(min=1024, help="Largest expanded size of an uploaded DOCX.")
-    ] = 100_000_000,
-    max_upload_pages: Annotated[int, typer.Option(min=1, help="Most pages of an uploaded PDF.")] = 500,
-    max_queue: Annotated[int, typer.Option(min=1, help="Requests (or documents) waiting; more get 429.")] = 256,
-    dtype: Annotated[str, typer.Option(help="auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto",
-    threads: Annotated[int | None, typer.Option(help="torch CPU threads.")] = None,
     rag: Annotated[bool, typer.Option(help="Load the run's retrieval index (requests opt in with rag).")] = False,
-    rag_default: Annotated[bool, typer.Option(help="With --rag: retrieve for requests that do not say.")] = False,
-    rag_top_k: Annotated[
-        int | None, typer.Option(min=1, help="With --rag: passages per request (default: the run's index.top_k).")
-    ] = None,
-    rag_mode: Annotated[
-        str | None, typer.Option(help="With --rag: bm25, dense or hybrid (default: the run's index.mode).")
-    ] = None,
-    rag_route: Annotated[
-        bool, typer.Option(help="With --rag: no passages for questions far from every chunk (the index's threshold).")
-    ] = True,
-    allowed_host: AllowedHostOption = None,
-    allowed_origin: AllowedOriginOption = None,
+    *,
+    settings: ServeSettings,
 ) -> None:
     """Serve a run's model (and more LoRA adapters) behind an OpenAI-compatible API; a seq2seq run behind
-    /v1/extract (a document in, its fields as JSON out)."""
-    from lmforge.serve.server import ServeSettings
+    /v1/extract (a document in, its fields as JSON out). Every option after --rag is a setting of
+    lmforge.serve.settings.ServeSettings."""
     from lmforge.serve.server import serve as serve_models
 
-    settings = _settings(
-        ServeSettings,
-        host=host,
-        port=port,
-        api_key_env=api_key_env,
-        max_batch_size=max_batch_size,
-        batch_wait_ms=batch_wait_ms,
-        max_tokens_limit=max_tokens_limit,
-        max_request_bytes=max_request_bytes,
-        max_upload_bytes=max_upload_bytes,
-        max_uncompressed_bytes=max_uncompressed_bytes,
-        max_upload_pages=max_upload_pages,
-        max_queue=max_queue,
-        dtype=dtype,
-        threads=threads,
-        rag_default=rag_default,
-        rag_top_k=rag_top_k,
-        rag_mode=rag_mode,
-        rag_route=rag_route,
-        allowed_hosts=list(allowed_host or []),
-        allowed_origins=list(allowed_origin or []),
-    )
     retriever = None
     if rag:
         from lmforge.rag.retrieve import open_retriever
@@ -114,24 +74,11 @@ def serve(
 
 
 @app.command()
+@settings_command(StudioSettings)
 def studio(
     runs_dir: Annotated[Path, typer.Argument(help="Folder of run directories (created if missing).")] = Path("runs"),
-    host: Annotated[str, typer.Option(help="Address to bind (127.0.0.1: this machine only).")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 7860,
-    recipe: Annotated[Path | None, typer.Option(help="A recipe to open on the recipe page.")] = None,
-    allowed_host: AllowedHostOption = None,
-    allowed_origin: AllowedOriginOption = None,
-    no_token: Annotated[
-        bool, typer.Option("--no-token", help="Serve without a token (loopback only: any local user can use it).")
-    ] = False,
-    allow_dir: Annotated[
-        list[Path] | None, typer.Option(help="Let Load, Save and Data use this folder too (repeatable).")
-    ] = None,
-    allow_remote_code: Annotated[
-        bool, typer.Option(help="Let recipes saved or started here set model.trust_remote_code: true.")
-    ] = False,
-    ssl_certfile: Annotated[str | None, typer.Option(help="Serve HTTPS with this certificate (PEM).")] = None,
-    ssl_keyfile: Annotated[str | None, typer.Option(help="The certificate's private key (PEM).")] = None,
+    *,
+    settings: StudioSettings,
 ) -> None:
     """A local web app for the whole job: recipe form, data, runs with live loss curves, comparison, chat, export
     (needs Gradio: the studio extra of lmforge, or pip install gradio)."""
@@ -141,23 +88,8 @@ def studio(
         hint = "pip install 'lmforge[studio]' (or: pip install gradio)"
         err_console.print(f"[bold red]error:[/bold red] the studio needs Gradio: {hint}")
         raise typer.Exit(2) from None
-    from lmforge.studio.app import StudioSettings
     from lmforge.studio.serving import serve_studio
 
-    settings = _settings(
-        StudioSettings,
-        runs_dir=runs_dir,
-        host=host,
-        port=port,
-        recipe=recipe,
-        allowed_hosts=list(allowed_host or []),
-        allowed_origins=list(allowed_origin or []),
-        no_token=no_token,
-        allow_dirs=list(allow_dir or []),
-        allow_remote_code=allow_remote_code,
-        ssl_certfile=ssl_certfile,
-        ssl_keyfile=ssl_keyfile,
-    )
     try:
         serve_studio(settings)
     except LmforgeError as exc:

@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from lmforge.errors import Problem, refuse
+from lmforge.options import Opt, bound_problems
 
 RAG_MODES = (None, "bm25", "dense", "hybrid")
 """Retrieval modes a request or the server may name (None: the served run's own)."""
-
-
-POSITIVE = (
-    "max_batch_size", "max_tokens_limit", "default_max_tokens", "max_request_bytes", "max_queue",
-    "max_upload_bytes", "max_uncompressed_bytes", "max_upload_pages",
-)  # fmt: skip
-"""Settings that must be above zero."""
 
 
 def rag_mode_problems(option: str, mode: str | None) -> list[Problem]:
@@ -22,68 +17,67 @@ def rag_mode_problems(option: str, mode: str | None) -> list[Problem]:
     return [] if mode in RAG_MODES else [Problem(option, f"got {mode!r}; expected bm25, dense or hybrid")]
 
 
-def port_problems(port: int) -> list[Problem]:
-    """The problem with a TCP port, if it is not one."""
-    return [] if 0 <= port <= 65535 else [Problem("--port", f"got {port}; expected 0 to 65535")]
+ALLOWED_HOST = Opt("Also accept this Host header: NAME or NAME:PORT ('*': any). Repeatable.", flag="allowed-host")
+ALLOWED_ORIGIN = Opt(
+    "Let this web origin call the server: scheme://host[:port] ('*': any). Repeatable.", flag="allowed-origin"
+)
+"""The two access options ``serve`` and ``studio`` share (see :class:`lmforge.serve.middleware.AccessPolicy`)."""
 
 
 @dataclass
 class ServeSettings:
-    """How the server listens and what it accepts."""
+    """How the server listens and what it accepts; each field is also an option of ``lmforge serve``."""
 
-    host: str = "127.0.0.1"
-    port: int = 8000
-    api_key_env: str = "LMFORGE_API_KEY"
-    """Environment variable that holds the API key (required when binding beyond 127.0.0.1)."""
-    max_batch_size: int = 16
-    batch_wait_ms: float = 5.0
-    """How long the engine waits for more requests before starting a batch."""
-    max_tokens_limit: int = 2048
-    """Largest ``max_tokens`` a request may ask for."""
-    default_max_tokens: int = 512
-    """``max_tokens`` of requests that do not set it (capped by the context window)."""
-    max_request_bytes: int = 1_000_000
-    max_upload_bytes: int = 20_000_000
-    """Largest uploaded document for ``/v1/extract`` (a seq2seq run)."""
-    max_uncompressed_bytes: int = 100_000_000
-    """Largest expanded size of an uploaded DOCX (zip bombs are refused before they expand)."""
-    max_upload_pages: int = 500
-    """Most pages of an uploaded PDF."""
-    read_timeout_s: float = 30.0
-    """Longest time reading one uploaded document may take (the reading process is killed then)."""
-    max_queue: int = 256
-    """Most requests (chat) or documents (extraction) waiting for the model; more get 429."""
-    dtype: str = "auto"
-    """``auto`` (bf16 on CUDA, fp32 on CPU), ``fp32`` or ``bf16``."""
-    threads: int | None = None
-    """torch CPU threads (None: torch's default)."""
-    rag_default: bool = False
-    """Retrieve for requests that do not say ``rag``."""
-    rag_top_k: int | None = None
-    """Passages per request (None: the served run's ``index.top_k``, as in its evaluation; else 4)."""
-    rag_mode: str | None = None
-    """``bm25``, ``dense`` or ``hybrid`` (None: the served run's ``index.mode``; else the retriever's default)."""
-    rag_route: bool = True
-    """Give no passages to a question whose relevance (cosine to the nearest chunk) is below the served
-    run's routing threshold (``lmforge.rag.route``); such a reply has empty ``citations``."""
-    rag_route_threshold: float | None = None
-    """The threshold (None: the served run's index's, when it calibrated one; without one, every
-    ``rag`` request retrieves)."""
-    allowed_hosts: list[str] = field(default_factory=list)
-    """More ``Host`` header values to accept (``name`` or ``name:port``; ``*``: any), see :class:`AccessPolicy`."""
-    allowed_origins: list[str] = field(default_factory=list)
-    """Web origins besides loopback ones that may call the server (``scheme://host[:port]``; ``*``: any)."""
+    host: Annotated[str, Opt("Address to bind; anything but 127.0.0.1 needs an API key.")] = "127.0.0.1"
+    port: Annotated[int, Opt("TCP port.", min=0, max=65535)] = 8000
+    api_key_env: Annotated[
+        str, Opt("Environment variable holding the API key (required when binding beyond 127.0.0.1).")
+    ] = "LMFORGE_API_KEY"
+    max_batch_size: Annotated[int, Opt("Requests decoded together.", min=1)] = 16
+    batch_wait_ms: Annotated[float, Opt("How long to wait for more requests before a batch starts.", min=0)] = 5.0
+    max_tokens_limit: Annotated[int, Opt("Largest max_tokens a request may ask for.", min=1)] = 2048
+    default_max_tokens: Annotated[
+        int, Opt("max_tokens of requests that do not set it (capped by the context window).", min=1)
+    ] = 512
+    max_request_bytes: Annotated[int, Opt("Largest request body.", min=1024)] = 1_000_000
+    max_upload_bytes: Annotated[int, Opt("Largest uploaded document for /v1/extract (a seq2seq run).", min=1024)] = (
+        20_000_000
+    )
+    max_uncompressed_bytes: Annotated[
+        int, Opt("Largest expanded size of an uploaded DOCX (zip bombs are refused before they expand).", min=1024)
+    ] = 100_000_000
+    max_upload_pages: Annotated[int, Opt("Most pages of an uploaded PDF.", min=1)] = 500
+    read_timeout_s: Annotated[
+        float, Opt("Longest time reading one uploaded document may take (the reader is killed then).", min=0.1)
+    ] = 30.0
+    max_queue: Annotated[
+        int, Opt("Most requests (chat) or documents (extraction) waiting for the model; more get 429.", min=1)
+    ] = 256
+    dtype: Annotated[str, Opt("auto (bf16 on CUDA, fp32 on CPU), fp32 or bf16.")] = "auto"
+    threads: Annotated[int | None, Opt("torch CPU threads (default: torch's).", min=1)] = None
+    rag_default: Annotated[bool, Opt("With --rag: retrieve for requests that do not say rag.")] = False
+    rag_top_k: Annotated[
+        int | None, Opt("With --rag: passages per request (default: the run's index.top_k, else 4).", min=1)
+    ] = None
+    rag_mode: Annotated[str | None, Opt("With --rag: bm25, dense or hybrid (default: the run's index.mode).")] = None
+    rag_route: Annotated[
+        bool,
+        Opt(
+            "With --rag: no passages for a question whose relevance (cosine to the nearest chunk) is below the "
+            "run's routing threshold; such a reply has empty citations."
+        ),
+    ] = True
+    rag_route_threshold: Annotated[
+        float | None, Opt("With --rag: the routing threshold (default: the one the run's index calibrated).")
+    ] = None
+    allowed_hosts: Annotated[list[str], ALLOWED_HOST] = field(default_factory=list)
+    allowed_origins: Annotated[list[str], ALLOWED_ORIGIN] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         problems = rag_mode_problems("--rag-mode", self.rag_mode)
         if self.dtype not in ("auto", "fp32", "bf16"):
             problems.append(Problem("--dtype", f"got {self.dtype!r}; expected auto, fp32 or bf16"))
-        problems += port_problems(self.port) + [
-            Problem(f"--{name.replace('_', '-')}", f"got {getattr(self, name)}; expected a positive number")
-            for name in POSITIVE
-            if getattr(self, name) <= 0
-        ]
-        refuse("lmforge serve", problems)
+        refuse("lmforge serve", problems + bound_problems(self))
 
 
-__all__ = ["RAG_MODES", "ServeSettings", "port_problems", "rag_mode_problems"]
+__all__ = ["ALLOWED_HOST", "ALLOWED_ORIGIN", "RAG_MODES", "ServeSettings", "rag_mode_problems"]

@@ -15,46 +15,17 @@ app is served (the token gate): :mod:`lmforge.studio.serving`.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # nothing leaves the machine
 import gradio as gr
 import pandas as pd
 
-from lmforge.errors import Problem, refuse
-from lmforge.serve.settings import port_problems
 from lmforge.studio.page_recipe import RecipePage
 from lmforge.studio.pages import ChatPage, ComparePage, DataPage, ExportPage, RunsPage, Studio
 from lmforge.studio.reach import Reach
 from lmforge.studio.runs import Runs
-
-
-@dataclass
-class StudioSettings:
-    runs_dir: Path
-    host: str = "127.0.0.1"
-    port: int = 7860
-    recipe: Path | None = None
-    """A recipe to open on the recipe page."""
-    allowed_hosts: list[str] | None = None
-    allowed_origins: list[str] | None = None
-    no_token: bool = False
-    """Serve without a token (loopback only; any local user and any local page can then use the studio)."""
-    allow_dirs: list[Path] | None = None
-    """Folders besides ``runs_dir`` (and the shipped recipes) that Load, Save and Data may read or write."""
-    allow_remote_code: bool = False
-    """Whether a recipe saved or run from the studio may set ``model.trust_remote_code: true``."""
-    ssl_certfile: str | None = None
-    ssl_keyfile: str | None = None
-
-    def __post_init__(self) -> None:
-        problems = []
-        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
-            problems.append(Problem("--ssl-certfile/--ssl-keyfile", "go together: give both, or neither"))
-        refuse("lmforge studio", problems + port_problems(self.port))
-
+from lmforge.studio.settings import StudioSettings
 
 # ---------------------------------------------------------------- the pages
 

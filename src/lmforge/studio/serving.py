@@ -16,7 +16,7 @@ from urllib.parse import parse_qsl, urlencode
 from lmforge.errors import ConfigError, Problem
 
 if TYPE_CHECKING:
-    from lmforge.studio.app import StudioSettings
+    from lmforge.studio.settings import StudioSettings
 
 TOKEN_ENV = "LMFORGE_STUDIO_TOKEN"
 COOKIE = "lmforge_studio_token"
