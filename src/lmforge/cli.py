@@ -180,7 +180,7 @@ def bench(
         systems=[s.strip() for s in systems.split(",") if s.strip()],
     )
     _load(recipe, set_, None) if recipe else None  # a bad recipe fails here, before any worker starts
-    results = run_bench(settings, seq_len or [1024], settings.systems, out, console)
+    results = run_bench(settings, seq_len or [1024], out, console)
     console.print(f"[green]✔[/green] {out / 'bench.json'}, {out / 'bench.md'}")
     if any(r.error for r in results):
         raise typer.Exit(1)

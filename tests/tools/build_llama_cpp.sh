@@ -4,7 +4,8 @@
 # exports. Usage: tests/tools/build_llama_cpp.sh OUT_DIR  ->  OUT_DIR/llama-simple (about 3 minutes on 2 cores).
 set -euo pipefail
 out="$(realpath -m "${1:?usage: build_llama_cpp.sh OUT_DIR}")"
-version="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
+pinned="$(sed -n 's/^VERSION = "\(.*\)"$/\1/p' "$(dirname "$0")/../../src/lmforge/export/llamacpp.py")"  # the one pin
+version="${LLAMA_CPP_PYTHON_VERSION:-$pinned}"
 if [ -x "$out/llama-simple" ]; then exit 0; fi
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

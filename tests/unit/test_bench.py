@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lmforge.errors import ConfigError
 from lmforge.perf import bench, bench_worker
 from lmforge.perf.bench import BenchResult, BenchSettings
 
@@ -104,7 +105,7 @@ def test_run_bench_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
         "lmforge-lowmem": _result("lmforge-lowmem", 256, 0.0, error="Traceback ...\nMemoryError"),
     }
     monkeypatch.setattr(bench, "_run_worker", lambda settings, system, n, out: replace(fake[system], seq_len=n))
-    results = bench.run_bench(BenchSettings(), [256, 512], list(bench.SYSTEMS), tmp_path)
+    results = bench.run_bench(BenchSettings(systems=list(bench.SYSTEMS)), [256, 512], tmp_path)
     assert [(r.seq_len, r.system) for r in results] == [(n, s) for n in (256, 512) for s in bench.SYSTEMS]
     document = json.loads((tmp_path / "bench.json").read_text())
     assert set(document) == {"settings", "machine", "results"}
@@ -121,9 +122,10 @@ def test_run_bench_writes_json_and_a_markdown_table(tmp_path, monkeypatch):
     assert "MFU = tokens/s x (4N + 2T)" in table
 
 
-def test_unknown_system_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown system"):
-        bench.run_bench(BenchSettings(), [256], ["lmforge", "axolotl"], tmp_path)
+def test_unknown_system_is_refused_before_anything_runs(tmp_path):
+    with pytest.raises(ConfigError, match="axolotl"):
+        bench.run_bench(BenchSettings(systems=["lmforge", "axolotl"]), [256], tmp_path)
+    assert not (tmp_path / "logs").exists()
 
 
 def test_matmul_ceiling_lists_the_matmuls_the_bench_formula_counts(tmp_path, tiny_model_dir, monkeypatch, capsys):
