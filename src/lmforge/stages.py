@@ -49,6 +49,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("sft", "lmforge.train.sft", every_process=True, model="causal", workload="chat"),
     Stage("seq2seq", "lmforge.train.seq2seq", every_process=True, model="seq2seq"),
     Stage("dpo", "lmforge.train.dpo", every_process=True, model="causal"),
+    Stage("grpo", "lmforge.train.grpo", every_process=True, model="causal"),
     Stage("eval", "lmforge.evaluate.stage", every_process=True),
 )
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "src" / "lmforge"
-STAGE_NAMES = {"data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "dpo", "eval"}
+STAGE_NAMES = {"data", "synth", "index", "cpt", "mlm", "sft", "seq2seq", "dpo", "grpo", "eval"}
 
 
 def layers() -> dict[str, int]:

@@ -24,7 +24,7 @@ def test_every_row_names_a_module_with_run_and_summary():
         assert callable(module.run) and callable(module.summary), row.name
         assert row.entry.rsplit(".", 1)[-1] in (row.name, "stage"), row.entry  # named after the stage
     assert stages.stage("sft").entry == "lmforge.train.sft" and stages.stage("sft").model == "causal"
-    assert set(SPLIT_STAGES) == {"index", "cpt", "mlm", "sft", "seq2seq", "dpo", "eval"}
+    assert set(SPLIT_STAGES) == {"index", "cpt", "mlm", "sft", "seq2seq", "dpo", "grpo", "eval"}
     with pytest.raises(KeyError, match="expected one of"):
         stages.stage("polish")
 

@@ -14,7 +14,7 @@ from lmforge.config.distributed import DistributedSpec
 from lmforge.config.evaluate import EvalSpec
 from lmforge.config.rag import IndexSpec
 from lmforge.config.synth import SynthSpec
-from lmforge.config.train import CPTSpec, DPOSpec, MLMSpec, Seq2SeqSpec, SFTSpec
+from lmforge.config.train import CPTSpec, DPOSpec, GRPOSpec, MLMSpec, Seq2SeqSpec, SFTSpec
 from lmforge.errors import ConfigError, Problem
 from lmforge.redact import redact_values
 from lmforge.stages import STAGE_ORDER
@@ -55,6 +55,7 @@ class Recipe(Strict):
     sft: SFTSpec = SFTSpec()
     seq2seq: Seq2SeqSpec = Seq2SeqSpec()
     dpo: DPOSpec = DPOSpec()
+    grpo: GRPOSpec = GRPOSpec()
     eval: EvalSpec = EvalSpec()
     distributed: DistributedSpec = DistributedSpec()
     """How the training stages use several processes (torchrun, accelerate launch, ``run --nproc``)."""

@@ -403,3 +403,55 @@ class DPOSpec(TrainSpec):
         if self.beta is None:
             self.beta = DEFAULT_BETA[self.loss]
         return self
+
+
+class RewardSpec(Strict):
+    """``grpo.reward``: what an answer earns, checked the way eval scores it (no learned reward model)."""
+
+    answer: float = Field(1.0, ge=0.0)
+    """For containing the gold answer (``meta.answer`` or an alias), eval's ``qa`` rule."""
+    citation: float = Field(0.5, ge=0.0)
+    """With passages (``grpo.rag``): for citing a passage of the question's source document as ``[n]``."""
+    invented_citation: float = Field(0.5, ge=0.0)
+    """Taken off for citing a passage number the prompt did not show (any number, without passages)."""
+    length_penalty: float = Field(0.002, ge=0.0)
+    """Taken off per generated token: of two right answers, the shorter earns more."""
+
+
+class GRPOSpec(TrainSpec):
+    """The ``grpo`` stage: reinforcement learning on the domain's own checkable answers (GRPO, Shao et al. 2024)
+    after sft. Each training question with a short gold answer is answered ``samples`` times; each answer's
+    reward (``reward``) is compared with its group's mean, and the policy moves toward the better answers,
+    held near the model it started from by a KL term (``beta``)."""
+
+    samples: int = Field(4, ge=2, le=64)
+    """Answers sampled per question (the group whose mean reward is the baseline)."""
+    temperature: float = Field(1.0, gt=0.0, le=2.0)
+    """Sampling temperature of the answers (and of the log-probabilities the loss uses, as in TRL)."""
+    top_p: float = Field(1.0, gt=0.0, le=1.0)
+    """Nucleus sampling threshold of the answers (1: the whole distribution, the one the loss assumes)."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Longest sampled answer."""
+    beta: float = Field(0.04, ge=0.0)
+    """Weight of the per-token KL estimate to the starting model (0: none, and no reference pass)."""
+    epsilon: float = Field(0.2, gt=0.0, lt=1.0)
+    """Clipping range of the probability ratio (PPO-style)."""
+    epochs: float = Field(1.0, gt=0)
+    """Passes over the questions."""
+    lr: float = Field(2e-5, gt=0)
+    """Peak learning rate (RL moves less than sft)."""
+    batch_size: int = Field(4, ge=1)
+    """Questions per micro-batch (``batch_size x samples`` answers are generated and trained together)."""
+    max_length: int = Field(1024, ge=16)
+    """Longest prompt in tokens (longer prompts keep their end)."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel (see ``sft.attention``)."""
+    splits: list[str] = Field(["train"], min_length=1)
+    """Splits whose chat records with a short gold answer (``meta.answer``) are the questions."""
+    limit: int | None = Field(None, ge=1)
+    """Ask at most this many questions (quick checks)."""
+    rag: bool = False
+    """Ask with the passages the run's index retrieves (eval's rag prompt; needs the ``index`` stage): an answer
+    then also earns ``reward.citation`` for citing its source document; questions whose source document is not
+    retrieved are left out (counted)."""
+    reward: RewardSpec = RewardSpec()

@@ -18,7 +18,7 @@ from lmforge.config import Recipe
 from lmforge.engine import chain
 from lmforge.errors import StageError
 from lmforge.models import resolve_model
-from lmforge.rundir import final_model, require_done
+from lmforge.rundir import StageDir, final_model, require_done
 from lmforge.stages import STAGE_ORDER, TRAINING_STAGES, stage
 
 
@@ -124,3 +124,18 @@ def _check_stackable(recipe: Recipe, adapter: Path) -> None:
             f"sft.chain: stack concatenates two plain LoRA adapters, but {'; '.join(problems)}; "
             "use sft.chain: merge (the default)"
         )
+
+
+def save_tuned(model: Any, tokenizer: Any, spec: Any, stage: StageDir, start: StartingPoint) -> dict[str, Any]:
+    """Save what a stage that starts from :func:`latest_start` trained (its weights, or its adapter over
+    ``start.base_dir``); the manifest's ``outputs``."""
+    from lmforge.engine.fast import disable_lean_lora
+    from lmforge.engine.trainer import save_folder
+
+    disable_lean_lora(model)
+    outputs: dict[str, Any] = {"base_model": str(start.base_dir), "starts_from": start.stage or "base"}
+    if spec.method == "full":
+        outputs["model"] = str(save_folder(stage.path("model"), model, tokenizer))
+    else:
+        outputs["adapter"] = str(save_folder(stage.path("adapter"), model, tokenizer))
+    return outputs

@@ -33,10 +33,10 @@ from lmforge.engine.compute import attention_row, seed_everything, use_bf16
 from lmforge.engine.fast import disable_lean_lora, enable_lean_lora
 from lmforge.engine.lora import trainable_summary
 from lmforge.engine.stage import TrainResult, open_training_stage, tokens_per_s, training_summary
-from lmforge.engine.start import StartingPoint, latest_start
+from lmforge.engine.start import StartingPoint, latest_start, save_tuned
 from lmforge.engine.templates import install_template, template_kwargs
 from lmforge.engine.tokenize import IGNORE, TokenizedExample, tokenize_chat
-from lmforge.engine.trainer import build_trainer, run_training, save_folder, training_metrics
+from lmforge.engine.trainer import build_trainer, run_training, training_metrics
 from lmforge.errors import StageError
 from lmforge.log import stage_log
 from lmforge.models import load_causal_lm, load_tokenizer
@@ -103,7 +103,7 @@ def run(recipe: Recipe) -> TrainResult:
     )
     result, seconds = run_training(trainer, stage, resuming, "dpo")
 
-    outputs = _save(model, tokenizer, spec, stage, start)
+    outputs = save_tuned(model, tokenizer, spec, stage, start)
     if built_counts is not None:
         outputs["splits"] = {"pairs": str(stage.path("prepared", "pairs.jsonl"))}
     metrics = training_metrics(trainer, result, seconds)
@@ -267,7 +267,7 @@ def _built_pairs(
     """Pairs from the starting model's answers (``dpo.build``), written to ``dpo/prepared/pairs.jsonl`` (split
     ``pairs``); an interrupted attempt's file is reused."""
     from lmforge.rundir import split_path
-    from lmforge.train.pairs import build_pairs
+    from lmforge.train.pairs import build_pairs, retrieved_contexts
 
     spec = recipe.dpo.build
     assert spec is not None
@@ -283,7 +283,7 @@ def _built_pairs(
     dtype = torch.bfloat16 if use_bf16(recipe.dpo.precision) else torch.float32
     model = load_causal_lm(start.base_dir, dtype=dtype, trust_remote_code=trust(recipe))
     model.eval()
-    contexts = _contexts(recipe, records) if spec.rag else None
+    contexts = retrieved_contexts(recipe, records, "dpo.build.rag") if spec.rag else None
     started = time.perf_counter()
     judge = None
     if spec.judge is not None:
@@ -310,16 +310,6 @@ def _built_pairs(
     atomic_write_text(path, "".join(dumps_record(r) + "\n" for r in built.records))
     atomic_write_json(counts_path, counts)
     return built.records, counts
-
-
-def _contexts(recipe: Recipe, records: list[Record]) -> dict[str, list[dict[str, Any]]]:
-    """The passages the run's index retrieves for each record's last question (as ``lmforge ask`` does)."""
-    from lmforge.rag.raft import last_questions
-    from lmforge.rag.retrieve import open_retriever
-
-    retriever, _ = open_retriever(recipe.run_path(), needed_by="dpo.build.rag")
-    found = retriever.search(last_questions(records), recipe.index.top_k, recipe.index.mode)
-    return {record["id"]: passages for record, passages in zip(records, found, strict=True)}
 
 
 # ---------------------------------------------------------------- reference, batches, loss
@@ -457,16 +447,6 @@ class PreferenceObjective:
 
 
 # ---------------------------------------------------------------- outputs
-
-
-def _save(model: Any, tokenizer: Any, spec: DPOSpec, stage: StageDir, start: StartingPoint) -> dict[str, Any]:
-    disable_lean_lora(model)
-    outputs: dict[str, Any] = {"base_model": str(start.base_dir), "starts_from": start.stage or "base"}
-    if spec.method == "full":
-        outputs["model"] = str(save_folder(stage.path("model"), model, tokenizer))
-    else:
-        outputs["adapter"] = str(save_folder(stage.path("adapter"), model, tokenizer))
-    return outputs
 
 
 def _last_rewards(trainer: Any) -> dict[str, float]:

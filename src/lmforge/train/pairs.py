@@ -78,7 +78,7 @@ def build_pairs(
     counts: Counter[str] = Counter(questions=len(records))
     references: dict[str, str] = {}  # what the judge grades against: the gold answer (and the cited passages)
     gold_numbers: dict[str, list[int]] = {}  # with retrieval: the numbers of the source document's passages
-    asked = _checkable(records, contexts, gold_key, counts, references, gold_numbers)
+    asked = checkable(records, contexts, gold_key, counts, references, gold_numbers)
     asked = asked[: spec.limit] if spec.limit else asked
     counts["asked"] = len(asked)
     candidates = _candidates(model, tokenizer, [prompt for _, prompt, _, _, _ in asked], spec, seed)
@@ -120,7 +120,7 @@ Asked = tuple[Record, list[Message], str, list[str], str]
 """A question put to the model: the record, its prompt, the short answer, its aliases and the gold reply."""
 
 
-def _checkable(
+def checkable(
     records: list[Record],
     contexts: dict[str, list[dict[str, Any]]] | None,
     gold_key: str,
@@ -202,3 +202,13 @@ def _is_right(reply: str, answer: str, aliases: list[str], cites: list[int] | No
     if not contains_answer(reply, answer, aliases):
         return False
     return cites is None or any(int(match.group(1)) in cites for match in CITATION.finditer(reply))
+
+
+def retrieved_contexts(recipe: Any, records: list[Record], needed_by: str) -> dict[str, list[dict[str, Any]]]:
+    """The passages the run's index retrieves for each record's last question (as ``lmforge ask`` does), by id."""
+    from lmforge.rag.raft import last_questions
+    from lmforge.rag.retrieve import open_retriever
+
+    retriever, _ = open_retriever(recipe.run_path(), needed_by=needed_by)
+    found = retriever.search(last_questions(records), recipe.index.top_k, recipe.index.mode)
+    return {record["id"]: passages for record, passages in zip(records, found, strict=True)}
