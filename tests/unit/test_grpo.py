@@ -175,3 +175,28 @@ def test_grpo_without_short_answers_says_what_it_needs(tmp_path, tiny_model_dir)
     recipe = load_recipe(recipe_path)
     with pytest.raises(StageError, match="short gold answer"):
         run_recipe(recipe, only=["data", "sft", "grpo"])
+
+
+def test_the_reference_is_the_model_with_its_adapter_off_under_the_lean_lora_forward(tiny_tokenizer):
+    """The KL term's reference for LoRA is the adapter switched off; lmforge's lean LoRA forward must honour
+    PEFT's switch (it did not: the reference equalled the policy and the KL was always 0)."""
+    from lmforge.engine.fast import enable_lean_lora
+    from lmforge.engine.lora import add_lora
+
+    base = build_tiny_llama(tiny_tokenizer, seed=2)
+    sequences = torch.randint(3, len(tiny_tokenizer), (2, 9), generator=torch.Generator().manual_seed(1))
+    attention = torch.ones_like(sequences)
+    with torch.no_grad():
+        expected = grpo.completion_logps(base, sequences, attention, 4, 1.0)
+    spec = GRPOSpec(method="lora")
+    model = add_lora(base, spec, "CAUSAL_LM")
+    assert enable_lean_lora(model) > 0
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0.0, 0.5)
+    objective = grpo.GroupObjective(spec, [], tiny_tokenizer, 0, [1])
+    policy = grpo.completion_logps(model, sequences, attention, 4, 1.0)
+    reference = objective.reference_logps(model, sequences, attention, 4)
+    torch.testing.assert_close(reference, expected, rtol=1e-5, atol=1e-5)
+    assert (policy - reference).abs().max() > 1e-2

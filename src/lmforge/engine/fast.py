@@ -201,6 +201,8 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     """
     name = self.active_adapters[0]
     out = F.linear(x, self.base_layer.weight, self.base_layer.bias)
+    if self.disable_adapters:  # inside PEFT's disable_adapter(): the base model (a reference policy)
+        return out
     low_rank = F.linear(x, self.lora_A[name].weight) * self.scaling[name]
     return out + F.linear(low_rank, self.lora_B[name].weight)
 

@@ -37,6 +37,10 @@ def tensorboard_callback(log_dir: Path) -> Any:
     return TensorBoardCallback(tb_writer=SummaryWriter(log_dir=str(log_dir)))
 
 
+SHOWN_STATISTICS = ("reward_margin", "reward_accuracy", "reward", "accuracy", "kl")
+"""Statistics of a stage's loss that the progress line shows after the gradient norm, when logged."""
+
+
 def progress_callback(label: str) -> Any:
     """A rich progress bar over optimizer steps, with a compact line per logged loss."""
     from rich.console import Console
@@ -82,6 +86,8 @@ def progress_callback(label: str) -> Any:
                 parts.append(f"lr {logs['learning_rate']:.2e}")
             if "grad_norm" in logs:
                 parts.append(f"grad {logs['grad_norm']:.3f}")
+            # what a loss function's drain() adds (dpo's reward margin, grpo's reward and KL)
+            parts += [f"{key.replace('_', ' ')} {logs[key]:.3f}" for key in SHOWN_STATISTICS if key in logs]
             self.progress.console.print("  " + "  ".join(parts), highlight=False)
 
         def on_train_end(self, args, state, control, **kwargs):
