@@ -23,7 +23,7 @@ from lmforge.config.data import (
 )
 from lmforge.config.distributed import DeepSpeedSpec, DistributedSpec, FSDPSpec
 from lmforge.config.evaluate import EvalSpec, EvalTask, JudgeSpec, VariantSpec
-from lmforge.config.rag import ChunkSpec, EmbeddingSpec, IndexSpec, RaftSpec, RerankSpec
+from lmforge.config.rag import ChunkSpec, EmbeddingSpec, EmbedTuneSpec, IndexSpec, RaftSpec, RerankSpec
 from lmforge.config.recipe import (
     STAGE_ORDER,
     ModelSpec,
@@ -69,6 +69,7 @@ __all__ = [
     "DistillSpec",
     "DistributedSpec",
     "DocumentsMixSpec",
+    "EmbedTuneSpec",
     "EmbeddingSpec",
     "EvalSpec",
     "EvalTask",

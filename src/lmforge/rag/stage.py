@@ -95,8 +95,15 @@ def run(recipe: Recipe) -> IndexResult:
         )
     budget = min(spec.chunk.max_tokens, embedder.max_tokens - 2)  # the [CLS]/[SEP] pair takes two
     chunks = chunk_records(documents, budget, spec.chunk.overlap, embedder.count_tokens)
+    tuned = None
+    if spec.embedding.tune.enabled:
+        from lmforge.rag.tune import tune_embedder
+
+        folder, tuned = tune_embedder(recipe, chunks, embedder, stage)
+        embedder = load_embedder(str(folder), _device())
     store = LanceStore(stage.path("lancedb")) if is_leader() else None
-    report = _update_store(store, embedder, chunks, _document_fingerprints(documents, spec), spec)
+    fingerprints = _document_fingerprints(documents, spec, str(embedder.path.name) if tuned else None)
+    report = _update_store(store, embedder, chunks, fingerprints, spec)
     if store is None or report is None:  # a follower: its share of the embedding is done
         return IndexResult(metrics={}, skipped=False)
     index_seconds = time.perf_counter() - started
@@ -110,6 +117,8 @@ def run(recipe: Recipe) -> IndexResult:
         )
     served = reranked or retriever
     outputs: dict[str, Any] = {"store": str(stage.path("lancedb")), "retrieved": {}, "splits": {}}
+    if tuned is not None:
+        outputs["embedder"] = str(embedder.path)
     quality: dict[str, Any] = {}
     for name, path in set_paths.items():
         outputs["retrieved"][name] = _retrieve_set(name, path, stage, spec, retriever, reranked, quality)
@@ -129,6 +138,8 @@ def run(recipe: Recipe) -> IndexResult:
     outputs["domain"] = main_domain(documents)
     metrics = _metrics(report, len(chunks), index_seconds, quality, raft_stats)
     metrics["route"] = outputs["route"]
+    if tuned is not None:
+        metrics["tune"] = tuned
     stage.finish(metrics, outputs=outputs)
     return IndexResult(metrics=metrics, skipped=False)
 
@@ -189,9 +200,10 @@ def _device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def _document_fingerprints(documents: list[Record], spec: IndexSpec) -> dict[str, str]:
-    """Per document key: a fingerprint of its text, its source and the chunking and embedding settings."""
-    settings = [spec.chunk.model_dump(), spec.embedding.model]
+def _document_fingerprints(documents: list[Record], spec: IndexSpec, tuned: str | None = None) -> dict[str, str]:
+    """Per document key: a fingerprint of its text, its source and the chunking and embedding settings (and the
+    tuned embedder's folder name, which names what it was trained on)."""
+    settings = [spec.chunk.model_dump(), spec.embedding.model] + ([tuned] if tuned else [])
     fingerprints: dict[str, str] = {}
     for record in documents:
         key = document_key(record)
