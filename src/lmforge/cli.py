@@ -13,6 +13,7 @@ import typer
 from typer.core import TyperGroup
 
 from lmforge.cli_common import (
+    BudgetOption,
     RunDirOption,
     SetOption,
     _load,
@@ -41,8 +42,10 @@ def run(
         list[str] | None,
         typer.Option("--only", help="Run just this stage of the recipe (repeatable); earlier ones must have run."),
     ] = None,
+    budget: BudgetOption = None,
 ) -> None:
     """Run every stage of a recipe (finished stages with unchanged inputs are skipped)."""
+    set_ = [*(set_ or []), f"budget={budget}"] if budget else set_
     if nproc == 1:
         _run(recipe, set_, run_dir, only)
         return
@@ -58,11 +61,14 @@ def run(
 
 
 @app.command()
-def demo(set_: SetOption = None, run_dir: RunDirOption = None) -> None:
-    """Run the shipped demo recipe: SmolLM2 learns an invented social security code, measured before and after."""
+def demo(set_: SetOption = None, run_dir: RunDirOption = None, budget: BudgetOption = None) -> None:
+    """Run the shipped demo recipe: SmolLM2 learns an invented social security code, measured before and after
+    (within the recipe's budget of 15 minutes; --budget 0 for none)."""
     from lmforge.config import shipped_recipe
 
     path = shipped_recipe("demo")
+    if budget is not None:
+        set_ = [*(set_ or []), "budget=null" if budget.strip() in ("0", "none") else f"budget={budget}"]
     _run(path, set_, run_dir)
 
 

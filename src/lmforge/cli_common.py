@@ -47,6 +47,10 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", "-s", help="Override a recipe key, e.g. --set sft.lr=1e-4 (repeatable)."),
 ]
+BudgetOption = Annotated[
+    str | None,
+    typer.Option(help="End the run within this time (15m, 1h30m, 900): eval keeps its time, training fits the rest."),
+]
 RunDirOption = Annotated[
     str | None, typer.Option("--run-dir", help="Parent folder of run directories (default: runs).")
 ]

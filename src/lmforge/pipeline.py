@@ -14,7 +14,7 @@ from typing import Any
 
 from rich.console import Console
 
-from lmforge import distributed, stages
+from lmforge import clock, distributed, stages
 from lmforge.config import Recipe, dump_recipe
 from lmforge.hardware import release_free_memory
 from lmforge.models import check_reference
@@ -49,8 +49,15 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
             f"stages: {', '.join(only or recipe.stages)}{processes}"
         )
         results: dict[str, Any] = {}
-        for stage in only or recipe.stages:
+        names = only or recipe.stages
+        clock.start(recipe.budget, [name for name in names if name in TRAINING_STAGES])
+        if recipe.budget:
+            console.print(f"budget: {clock.shown(recipe.budget)} for this run", highlight=False)
+        shared = not recipe.budget
+        for stage in names:
             distributed.wait_for_all()  # every process sees the previous stage's files
+            if not shared and stage != "data":  # once the data stage has written the eval sets
+                recipe, shared = _share_budget(recipe, console), True
             split = stages.stage(stage).on_every_process(recipe)
             if not split and not distributed.is_leader():
                 continue
@@ -65,13 +72,33 @@ def run_recipe(recipe: Recipe, console: Console | None = None, only: list[str] |
             finally:
                 release_free_memory()  # the next stage should not start with this one's freed heap
             results[stage] = result
+            clock.finished(stage)
             if distributed.is_leader():
                 console.print(_one_line(stage, result, time.perf_counter() - started))
                 show = getattr(_entry(stage), "show", None)
                 if show is not None:
                     show(recipe, result, console)
         distributed.wait_for_all()
+        if recipe.budget:
+            console.print(f"budget: the run took {clock.shown(clock.elapsed() or 0)} of {clock.shown(recipe.budget)}")
+        clock.stop()
     return results
+
+
+def _share_budget(recipe: Recipe, console: Console) -> Recipe:
+    """Keep eval's time and cut its sets if they would take too much (the leader measures, every process
+    follows); see :mod:`lmforge.perf.budget`."""
+    from lmforge.perf.budget import plan_budget
+
+    limit = reserve = None
+    if distributed.is_leader():
+        planned = plan_budget(recipe, console)
+        limit, reserve = planned.eval.limit, clock.reserved("eval")
+    limit, reserve = distributed.leader_decides((limit, reserve))
+    clock.reserve("eval", reserve or 0.0)
+    if limit != recipe.eval.limit:
+        recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"limit": limit})})
+    return recipe
 
 
 def check_before_running(recipe: Recipe, only: list[str] | None = None, processes: int = 1) -> None:

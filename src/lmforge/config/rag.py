@@ -36,8 +36,9 @@ class EmbedTuneSpec(Strict):
     enabled: bool = False
     splits: list[str] | None = None
     """Splits whose chat records naming a source document (``meta.<index.gold_key>`` or ``meta.source``) give
-    the question/passage pairs; default: ``train`` and the data stage's generated questions, when written.
-    Never an evaluation set: recall@k on those measures the tuned model on questions it has not seen."""
+    the question/passage pairs; default: every split the data stage wrote that is neither evaluated nor indexed
+    (the recipe's questions, the generated ones). Keep evaluation sets out: recall@k on them then measures the
+    tuned model on questions it has not seen."""
     epochs: float = Field(1.0, gt=0)
     lr: float = Field(2e-5, gt=0)
     batch_size: int = Field(32, ge=2)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, field_validator, model_validator
 
+from lmforge.clock import parse_duration
 from lmforge.config.base import Strict, describe_errors
 from lmforge.config.data import DataSpec
 from lmforge.config.distributed import DistributedSpec
@@ -59,6 +60,15 @@ class Recipe(Strict):
     eval: EvalSpec = EvalSpec()
     distributed: DistributedSpec = DistributedSpec()
     """How the training stages use several processes (torchrun, accelerate launch, ``run --nproc``)."""
+    budget: float | None = None
+    """Time the whole run may take, in seconds or as ``15m``, ``1h30m`` (``lmforge run --budget``): eval's time is
+    estimated and kept, and each training stage's schedule is fitted to what is left (docs/TRAINING.md, "A time
+    budget"). Unset: no limit."""
+
+    @field_validator("budget", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value)
 
     @field_validator("stages")
     @classmethod

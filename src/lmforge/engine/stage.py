@@ -152,6 +152,8 @@ def open_training_stage(recipe: Recipe, spec: StageSpec, label: str) -> Training
     train_paths = [split_path(run_path, split, needed_by=label) for split in spec.splits]
     eval_path = eval_split_path(run_path, spec, needed_by=label)
     config = {"model": recipe.model.model_dump(mode="json"), label: spec.model_dump(mode="json"), "seed": recipe.seed}
+    if recipe.budget is not None:  # a budget can shorten the schedule: another budget is another result
+        config["budget"] = recipe.budget
     return TrainingStage(label, stage, run_path, train_paths, eval_path, config)
 
 

@@ -37,6 +37,7 @@ from lmforge.engine.compute import (
     torch_threads,
     use_bf16,
 )
+from lmforge.engine.deadline import budget_callback
 from lmforge.engine.layout import ProcessLayout, process_layout
 from lmforge.engine.progress import live_log_callback, progress_callback, tensorboard_callback
 from lmforge.errors import StageError
@@ -177,6 +178,9 @@ def _callbacks(spec: TrainSpec, stage: StageDir, label: str, has_eval: bool, ran
     from transformers import EarlyStoppingCallback
 
     callbacks = [progress_callback(label), live_log_callback(stage.path("train_log.jsonl"))]
+    budget = budget_callback(label)  # the run's time budget, when it has one
+    if budget is not None:
+        callbacks.append(budget)
     if "tensorboard" in spec.report_to and importlib.util.find_spec("tensorboard") is None:
         stage_log(label).warning(
             "tensorboard is not installed (pip install tensorboard); logging to train_log.jsonl only"
@@ -294,6 +298,9 @@ def training_metrics(trainer: Any, result: Any, seconds: float) -> dict[str, Any
     if layout is not None and layout.world.distributed:
         metrics["processes"] = layout.as_manifest()
     metrics["compute"] = compute_choices(trainer)
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "outcome"):  # the budget callback: what the run's time budget did to the schedule
+            metrics["budget"] = callback.outcome()
     if any(getattr(m, "_compiled_call_impl", None) is not None for m in trainer.model.modules()):
         metrics["compile_seconds"] = compile_seconds()
     if evals:

@@ -99,7 +99,7 @@ def run(recipe: Recipe) -> IndexResult:
     if spec.embedding.tune.enabled:
         from lmforge.rag.tune import tune_embedder
 
-        folder, tuned = tune_embedder(recipe, chunks, embedder, stage)
+        folder, tuned = tune_embedder(recipe, chunks, embedder, stage, sets)
         embedder = load_embedder(str(folder), _device())
     store = LanceStore(stage.path("lancedb")) if is_leader() else None
     fingerprints = _document_fingerprints(documents, spec, str(embedder.path.name) if tuned else None)

@@ -44,12 +44,14 @@ class Pair:
     negative: str | None = None
 
 
-def training_records(recipe: Recipe) -> list[Record]:
-    """The chat records of ``index.embedding.tune.splits`` (default: the sft splits the data stage wrote that hold
-    questions: ``train`` and the generated questions)."""
+def training_records(recipe: Recipe, retrieval_sets: list[str]) -> list[Record]:
+    """The chat records of ``index.embedding.tune.splits``; by default of every split the data stage wrote that is
+    neither evaluated (``eval.sets``, the index's retrieval sets) nor indexed (``train``, ``qa``, the generated
+    questions, ...)."""
     spec = recipe.index.embedding.tune
     written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
-    names = spec.splits or [name for name in ("train", recipe.data.questions.split) if name in written]
+    left_out = {*recipe.eval.sets, *recipe.index.documents, *retrieval_sets}
+    names = spec.splits or [name for name in written if name not in left_out]
     paths = [split_path(recipe.run_path(), name, needed_by="index.embedding.tune") for name in names]
     return [r for path in paths for r in read_records(path) if r["kind"] == "chat"]
 
@@ -108,7 +110,9 @@ def with_hard_negatives(pairs: list[Pair], chunks: list[Chunk], embedder: Any, b
     return found
 
 
-def tune_embedder(recipe: Recipe, chunks: list[Chunk], general: Any, stage: StageDir) -> tuple[Path, dict[str, Any]]:
+def tune_embedder(
+    recipe: Recipe, chunks: list[Chunk], general: Any, stage: StageDir, retrieval_sets: list[str]
+) -> tuple[Path, dict[str, Any]]:
     """Fine-tune the index's embedding model on the recipe's questions; its folder and what it trained on
     (``pairs``, ``no_document``, ``document_not_indexed``, ``seconds``, ...). Under a launcher the leader
     trains and every process gets the folder.
@@ -121,7 +125,7 @@ def tune_embedder(recipe: Recipe, chunks: list[Chunk], general: Any, stage: Stag
     from lmforge.errors import StageError
 
     spec = recipe.index.embedding.tune
-    pairs, counts = training_pairs(training_records(recipe), chunks, recipe.index.gold_key)
+    pairs, counts = training_pairs(training_records(recipe, retrieval_sets), chunks, recipe.index.gold_key)
     if spec.max_pairs is not None:
         pairs = pairs[: spec.max_pairs]
     if not pairs:
@@ -165,6 +169,7 @@ def train_sentence_model(base: Path, pairs: list[Pair], spec: Any, seed: int, ou
         losses,
     )
     from sentence_transformers.training_args import BatchSamplers
+    from transformers import PrinterCallback
 
     from lmforge.models import hub_offline
 
@@ -194,8 +199,9 @@ def train_sentence_model(base: Path, pairs: list[Pair], spec: Any, seed: int, ou
             train_dataset=Dataset.from_dict(columns),
             loss=losses.MultipleNegativesRankingLoss(model),
         )
+        trainer.remove_callback(PrinterCallback)  # the index stage says what it did in one line
         trainer.train()
-    model.save(str(out))
+    model.save(str(out), create_model_card=False)
 
 
 __all__ = ["Pair", "answer_chunk", "training_pairs", "tune_embedder", "with_hard_negatives"]

@@ -1,0 +1,96 @@
+"""A training stage inside the run's time budget (:mod:`lmforge.clock`).
+
+After :data:`PROBE_STEPS` optimizer steps the callback knows this machine's time per step (the first step,
+which pays for kernel warm-up, left out). When the planned steps do not fit the stage's allotted time, the
+schedule is shortened once to the steps that do — the learning rate then decays to its end at the new last
+step, as a shorter run would have — and training stops there with its weights saved as usual. The estimate is
+re-checked every step: should the steps get slower, training stops when the time is up, whatever the step.
+What happened is kept for the manifest (:meth:`BudgetCallback.outcome`) and said in the log.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from typing import Any
+
+from lmforge import clock, distributed
+from lmforge.log import stage_log
+
+PROBE_STEPS = 3
+"""Steps measured before the schedule is fitted (step 1 excluded from the rate)."""
+SAFETY = 0.97
+"""Share of the allotted time the fitted schedule plans to use (the rest absorbs saving and jitter)."""
+
+
+def budget_callback(label: str) -> Any:
+    """The callback for a training stage when the run has a budget, else None."""
+    allotted = clock.allotted(label)
+    if allotted is None:
+        return None
+    from transformers import TrainerCallback
+
+    class BudgetCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.allotted, self.label = allotted, label
+            self.started = self.after_first = 0.0
+            self.planned = self.end = 0
+            self.why = ""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.started = time.monotonic()
+            self.planned = self.end = state.max_steps
+            stage_log(label).info(f"budget: {clock.shown(self.allotted)} for {label} ({state.max_steps} steps planned)")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            now, step = time.monotonic(), state.global_step
+            if step == 1:
+                self.after_first = now
+            elif step == PROBE_STEPS and self.end == self.planned:
+                per_step = (now - self.after_first) / (step - 1)
+                fits = step + math.floor((SAFETY * self.allotted - (now - self.started)) / per_step)
+                if fits < self.planned:
+                    self.shorten(max(step, fits), per_step, kwargs.get("lr_scheduler"))
+            over = now - self.started >= self.allotted and step < self.end
+            if distributed.leader_decides(step >= self.end or over):  # every process stops at the same step
+                control.should_training_stop = True
+                if over:
+                    self.why = f"{self.why}; stopped at step {step}: the allotted time was up".lstrip("; ")
+                    stage_log(label).warning(f"budget: the time for {label} is up; stopping at step {step}")
+                self.end = step
+
+        def shorten(self, steps: int, per_step: float, scheduler: Any) -> None:
+            self.end = steps
+            refitted = refit_schedule(scheduler, steps)
+            self.why = f"{steps} of {self.planned} steps fit {clock.shown(self.allotted)} at {per_step:.1f}s a step" + (
+                "; the learning-rate schedule ends at the new last step" if refitted else ""
+            )
+            stage_log(self.label).info(f"budget: {self.why}")
+
+        def outcome(self) -> dict[str, Any]:
+            return {
+                "allotted_s": round(self.allotted, 1),
+                "planned_steps": self.planned,
+                "steps": self.end,
+                "cut": self.end < self.planned,
+                "why": self.why or "the planned steps fit",
+            }
+
+    return BudgetCallback()
+
+
+def refit_schedule(scheduler: Any, total_steps: int) -> bool:
+    """Make a transformers LambdaLR schedule end at ``total_steps`` (its warm-up kept); False when it has no
+    ``num_training_steps`` to change (a constant schedule)."""
+    lambdas = getattr(scheduler, "lr_lambdas", None)
+    changed = False
+    for index, function in enumerate(lambdas or []):
+        if isinstance(function, functools.partial) and "num_training_steps" in function.keywords:
+            keywords = {**function.keywords, "num_training_steps": total_steps}
+            lambdas[index] = functools.partial(function.func, *function.args, **keywords)
+            changed = True
+    return changed
+
+
+__all__ = ["PROBE_STEPS", "budget_callback", "refit_schedule"]

@@ -1,0 +1,82 @@
+"""A run inside a time budget: durations parse, the time left is shared out, a schedule that does not fit is
+shortened (its learning rate still decaying to the new end), and a budgeted run ends in time on a tiny model."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from lmforge import clock
+from lmforge.config import load_recipe
+from lmforge.engine.deadline import refit_schedule
+from lmforge.errors import ConfigError
+from lmforge.pipeline import run_recipe
+from lmforge.rundir import StageDir
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("15m", 900), ("1h30m", 5400), ("90s", 90), ("1h 5m 30s", 3930), (600, 600), ("42", 42)]
+)
+def test_durations(text, seconds):
+    assert clock.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "15 minutes please", "0", -3, "5x"])
+def test_bad_durations_are_refused(text):
+    with pytest.raises(ValueError, match="expected a duration"):
+        clock.parse_duration(text)
+
+
+def test_a_bad_budget_names_the_recipe_key(tiny_recipe):
+    with pytest.raises(ConfigError, match="budget"):
+        load_recipe(tiny_recipe, ["budget=tomorrow"])
+    assert load_recipe(tiny_recipe, ["budget=2m"]).budget == 120.0
+
+
+def test_training_stages_share_what_later_stages_do_not_keep():
+    clock.start(1000, ["cpt", "sft"])
+    try:
+        clock.reserve("eval", 200)
+        assert clock.allotted("cpt") == pytest.approx(400, abs=1)  # (1000 - 200) shared with sft
+        clock.finished("cpt")
+        assert clock.allotted("sft") == pytest.approx(800, abs=1)
+        clock.finished("eval")
+        assert clock.allotted("sft") == pytest.approx(1000, abs=1)
+    finally:
+        clock.stop()
+    assert clock.allotted("sft") is None and clock.remaining() is None
+
+
+def test_a_shortened_schedule_decays_to_its_new_end():
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=2, num_training_steps=100)
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    assert refit_schedule(scheduler, 10)
+    for _ in range(7):
+        optimizer.step()
+        scheduler.step()
+    assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # step 10 of 10: the end of the cosine
+
+
+def test_a_budgeted_run_cuts_its_schedule_and_ends_in_time(tiny_recipe):
+    budget = 25
+    recipe = load_recipe(tiny_recipe, [f"budget={budget}", "sft.epochs=400", "sft.logging_steps=50"])
+    started = time.monotonic()
+    run_recipe(recipe)
+    took = time.monotonic() - started
+    run = recipe.run_path()
+    sft = StageDir.open(run, "sft").manifest
+    outcome = sft["metrics"]["budget"]
+    assert outcome["planned_steps"] == 1200 and outcome["cut"] and outcome["steps"] == sft["metrics"]["steps"] < 1200
+    assert "fit" in outcome["why"] and sft["config"]["budget"] == budget
+    assert took < budget + 20, took  # ending in time (slack for loading and saving on a loaded machine)
+    summary = json.loads((run / "eval" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["variants"]  # eval kept its time and ran
+    assert not clock.active()
