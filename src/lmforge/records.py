@@ -268,6 +268,23 @@ def context_messages(messages: list[Message], passages: list[dict[str, Any]]) ->
     return copied
 
 
+SHORT_ANSWER_WORDS = 10
+"""A reply of at most this many words counts as a short answer when the record has no ``meta.answer``."""
+
+
+def short_answer(record: Record) -> str | None:
+    """The short gold answer of a QA record, as eval's ``qa`` task checks replies against it: ``meta.answer``, else
+    the last assistant reply when it has at most :data:`SHORT_ANSWER_WORDS` words (question/answer files whose
+    answer column is the short answer); None otherwise."""
+    meta = record.get("meta") or {}
+    answer = meta.get("answer")
+    if isinstance(answer, (str, int, float)) and not isinstance(answer, bool) and str(answer).strip():
+        return str(answer).strip()
+    replies = [m["content"] for m in record.get("messages", []) if m["role"] == "assistant"]
+    reply = replies[-1].strip() if replies else ""
+    return reply if reply and len(reply.split()) <= SHORT_ANSWER_WORDS else None
+
+
 def invented_citation(reply: str, passages_shown: int) -> bool:
     """Whether ``reply`` cites a passage number ``[n]`` its prompt did not hold (any, with no passages)."""
     return any(not 1 <= int(match.group(1)) <= passages_shown for match in CITATION.finditer(reply))

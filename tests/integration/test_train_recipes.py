@@ -76,6 +76,27 @@ def test_sft_then_dpo_recipe(tmp_path, tiny_model_dir):
     assert summary["variants"] == ["base", "sft", "tuned"]
 
 
+def test_sft_then_grpo_recipe(tmp_path, tiny_model_dir):
+    run = run_cli(
+        "sft-then-grpo",
+        tmp_path,
+        f"model.ref={tiny_model_dir}",
+        "sft.max_steps=2",
+        "sft.precision=fp32",
+        "sft.documents.enabled=false",
+        "grpo.max_steps=2",
+        "grpo.precision=fp32",
+        "grpo.max_new_tokens=6",
+        "grpo.limit=8",
+        *TINY_EVAL,
+    )
+    done(run, "data", "sft", "grpo", "eval")
+    grpo = StageDir.open(run, "grpo").manifest
+    assert grpo["outputs"]["starts_from"] == "sft" and grpo["metrics"]["asked"] == 8
+    summary = json.loads((run / "eval" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["variants"] == ["base", "sft", "tuned"]
+
+
 def test_extract_metadata_recipe(tmp_path):
     model_dir = save_model(*build_tiny_t5(), tmp_path / "t5")
     run = run_cli(

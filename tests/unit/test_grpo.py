@@ -170,7 +170,11 @@ def test_grpo_after_sft_becomes_the_runs_result_and_is_compared_with_sft(tmp_pat
 
 def test_grpo_without_short_answers_says_what_it_needs(tmp_path, tiny_model_dir):
     recipe_path = write_recipe(tmp_path, tiny_model_dir, "{samples: 2, max_new_tokens: 4, precision: fp32}")
-    rows = [{"messages": r["messages"]} for r in qa_rows(FACTS)]  # no meta.answer
+    long = " and it is written in the code that the harbour keeps, as everyone knows."
+    rows = [
+        {"messages": [m, {**a, "content": a["content"] + long}]} for m, a in (r["messages"] for r in qa_rows(FACTS))
+    ]
+    # no meta.answer, and replies too long to be a short answer themselves
     write_jsonl(tmp_path / "qa" / "train.jsonl", rows)
     recipe = load_recipe(recipe_path)
     with pytest.raises(StageError, match="short gold answer"):

@@ -107,3 +107,18 @@ def test_the_index_stage_tunes_records_and_serves_the_tuned_model(tmp_path):
     assert str(retriever.embedder.path) == outputs["embedder"]  # queries are embedded by the tuned model
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0 and "unchanged" in again.output
+
+
+def test_answer_recall_looks_for_the_answer_in_the_passages():
+    from lmforge.rag.quality import holds_answer, retrieval_scores
+
+    doc = {"source": {"path": "a.md"}}
+    ranked = [
+        [{**doc, "text": "Nothing here."}, {**doc, "text": "The fee is 3 crowns per metre."}],
+        [{**doc, "text": "Ships over 80 metres take a pilot."}],
+        [{**doc, "text": "No answer."}],
+    ]
+    scores = retrieval_scores(ranked, ["a", "a", "a"], [1, 2], ["3 crowns", "80 metres", None])
+    assert scores["recall@1"] == 1.0  # every first passage is from the right document
+    assert scores["answer_n"] == 2 and scores["answer_recall@1"] == 0.5 and scores["answer_recall@2"] == 1.0
+    assert holds_answer("Fact 12 is here", "12") and not holds_answer("Fact 123 is here", "12")

@@ -327,8 +327,8 @@ class PairsSpec(Strict):
     """``dpo.build``: preference pairs made from the starting model's own answers to training questions."""
 
     splits: list[str] = Field(["train"], min_length=1)
-    """Splits whose chat records are asked. Only records with a short gold answer (``meta.answer``, as QA
-    sets carry) are used: a sampled answer is judged by whether it contains it; the others are counted."""
+    """Splits whose chat records are asked. Only records with a short gold answer (``meta.answer``, else a reply
+    of at most 10 words) are used: a sampled answer is judged by whether it contains it; the others are counted."""
     samples: int = Field(4, ge=1, le=32)
     """Answers sampled per question, besides the greedy one."""
     temperature: float = Field(1.0, gt=0.0, le=2.0)
@@ -447,7 +447,8 @@ class GRPOSpec(TrainSpec):
     attention: Literal["auto", "eager", "sdpa"] = "auto"
     """Attention kernel (see ``sft.attention``)."""
     splits: list[str] = Field(["train"], min_length=1)
-    """Splits whose chat records with a short gold answer (``meta.answer``) are the questions."""
+    """Splits whose chat records with a short gold answer (``meta.answer``, else a reply of at most 10 words) are
+    the questions."""
     limit: int | None = Field(None, ge=1)
     """Ask at most this many questions (quick checks)."""
     rag: bool = False

@@ -10,9 +10,11 @@ mean of 1 / rank of the first hit (0 when none is retrieved).
 
 from __future__ import annotations
 
+import re
 from pathlib import PurePosixPath
 from typing import Any
 
+WORD = re.compile(r"\w+")
 DOCUMENT_KEYS = ("source", "document", "doc")
 """``meta`` keys that name a QA record's source document when ``index.gold_key`` (``article`` by
 default) is absent: the data stage carries such a column of a question/answer file into ``meta``."""
@@ -52,8 +54,25 @@ def first_hit(passages: list[dict[str, Any]], target: str) -> int | None:
     return None
 
 
-def retrieval_scores(ranked: list[list[dict[str, Any]]], targets: list[str], ks: list[int]) -> dict[str, Any]:
-    """Recall@k for every k in ``ks`` and MRR over questions (``ranked[i]`` answers ``targets[i]``)."""
+def plain_words(text: str) -> str:
+    """Lower-cased words joined by single spaces: how an answer is looked for in a passage."""
+    return " ".join(WORD.findall(text.lower()))
+
+
+def holds_answer(passage: dict[str, Any] | str, answer: str) -> bool:
+    """Whether a passage (or its text) contains ``answer``, word for word (case and punctuation aside)."""
+    wanted = plain_words(answer)
+    text = passage if isinstance(passage, str) else passage.get("text", "")
+    return bool(wanted) and f" {wanted} " in f" {plain_words(text)} "
+
+
+def retrieval_scores(
+    ranked: list[list[dict[str, Any]]], targets: list[str], ks: list[int], answers: list[str | None] | None = None
+) -> dict[str, Any]:
+    """Recall@k for every k in ``ks`` and MRR over questions (``ranked[i]`` answers ``targets[i]``): a hit is a
+    passage from the target document. With ``answers`` (a short answer or None per question), also
+    ``answer_recall@k`` over the questions that have one: a hit is a passage that contains the answer, the
+    finer measure where a document has many passages."""
     if not targets:
         return {"n": 0}
     ranks = [first_hit(passages, target) for passages, target in zip(ranked, targets, strict=True)]
@@ -61,4 +80,10 @@ def retrieval_scores(ranked: list[list[dict[str, Any]]], targets: list[str], ks:
     for k in sorted(ks):
         scores[f"recall@{k}"] = round(sum(1 for r in ranks if r is not None and r <= k) / len(ranks), 4)
     scores["mrr"] = round(sum(1.0 / r for r in ranks if r is not None) / len(ranks), 4)
+    checked = [(passages, a) for passages, a in zip(ranked, answers or [], strict=False) if a and a.strip()]
+    if checked:
+        scores["answer_n"] = len(checked)
+        for k in sorted(ks):
+            hits = sum(1 for passages, answer in checked if any(holds_answer(p, answer) for p in passages[:k]))
+            scores[f"answer_recall@{k}"] = round(hits / len(checked), 4)
     return scores

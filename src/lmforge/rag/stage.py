@@ -42,7 +42,7 @@ from lmforge.rag.raft import (
 from lmforge.rag.retrieve import MODES, LanceRetriever, load_reranker
 from lmforge.rag.route import GENERAL_SOURCE, calibrate, general_questions, relevance, split_questions
 from lmforge.rag.store import LanceStore, SyncReport
-from lmforge.records import Record, read_records
+from lmforge.records import Record, read_records, short_answer
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
 
 
@@ -276,8 +276,11 @@ def _evaluate(
     if reranked is not None:
         ranked["rerank"] = reranked.search(questions, depth, spec.mode)
     if scored:
+        answers = [short_answer(records[i]) for i in scored]
         quality[name] = {
-            mode: retrieval_scores([ranked[mode][i] for i in scored], [targets[i] for i in scored], spec.eval_k)
+            mode: retrieval_scores(
+                [ranked[mode][i] for i in scored], [targets[i] for i in scored], spec.eval_k, answers
+            )
             for mode in ranked
         }
     if reranked is not None:

@@ -28,9 +28,9 @@ from typing import Any
 from lmforge.config import Recipe
 from lmforge.log import stage_log
 from lmforge.rag.chunk import Chunk
-from lmforge.rag.quality import from_document, gold_document
+from lmforge.rag.quality import from_document, gold_document, holds_answer
 from lmforge.rag.raft import last_questions
-from lmforge.records import Record, read_records
+from lmforge.records import Record, read_records, short_answer
 from lmforge.rundir import StageDir, fingerprint_data, remove_tree, split_path, stage_folder
 
 WORD = re.compile(r"\w+")
@@ -74,7 +74,7 @@ def training_pairs(records: list[Record], chunks: list[Chunk], gold_key: str) ->
             counts["document_not_indexed"] += 1
             continue
         reply = next((m["content"] for m in reversed(record["messages"]) if m["role"] == "assistant"), "")
-        chunk = answer_chunk(candidates, str(meta.get("answer") or ""), reply)
+        chunk = answer_chunk(candidates, short_answer(record) or "", reply)
         pairs.append(Pair(question.strip(), chunk.search_text(), target))
     counts["pairs"] = len(pairs)
     return pairs, dict(counts)
@@ -82,17 +82,11 @@ def training_pairs(records: list[Record], chunks: list[Chunk], gold_key: str) ->
 
 def answer_chunk(candidates: list[Chunk], answer: str, reply: str) -> Chunk:
     """The chunk holding ``answer`` (normalised), else the one sharing the most words with ``reply``."""
-    if answer.strip():
-        wanted = _plain(answer)
-        holding = [c for c in candidates if wanted and wanted in _plain(c.text)]
-        if holding:
-            return holding[0]
+    holding = [c for c in candidates if holds_answer(c.text, answer)]
+    if holding:
+        return holding[0]
     words = set(WORD.findall(reply.lower()))
     return max(candidates, key=lambda c: len(words & set(WORD.findall(c.text.lower()))))
-
-
-def _plain(text: str) -> str:
-    return " ".join(WORD.findall(text.lower()))
 
 
 def with_hard_negatives(pairs: list[Pair], chunks: list[Chunk], embedder: Any, batch_size: int) -> list[Pair]:
@@ -183,7 +177,7 @@ def train_sentence_model(base: Path, pairs: list[Pair], spec: Any, seed: int, ou
             num_train_epochs=spec.epochs,
             per_device_train_batch_size=spec.batch_size,
             learning_rate=spec.lr,
-            warmup_ratio=0.1,
+            warmup_steps=0.1,  # a share of the steps (transformers 5)
             seed=seed,
             data_seed=seed,
             batch_sampler=BatchSamplers.NO_DUPLICATES,

@@ -4,7 +4,7 @@ own questions, after sft.
 setup (start point as dpo's; questions with a short gold answer, optionally with retrieved passages) ->
 train (HF Trainer, ``trainer.py``; each micro-batch samples and scores its own answers) -> save.
 
-* **Questions.** Chat records of ``grpo.splits`` with ``meta.answer`` (the QA sets' short answer), the
+* **Questions.** Chat records of ``grpo.splits`` with a short gold answer (:func:`lmforge.records.short_answer`), the
   same selection as ``dpo.build`` (:func:`lmforge.train.pairs.checkable`). With ``rag`` each is asked
   with the passages the run's index retrieves, and a question whose source document is not among them is
   left out (counted).
@@ -167,7 +167,7 @@ def grpo_questions(
     if not questions:
         raise StageError(
             f"grpo found no question to reward in the split(s) {spec.splits} ({len(records)} chat records): it "
-            "needs records with a short gold answer (meta.answer, as the question/answer formats carry)"
+            "needs records with a short gold answer (meta.answer, or an answer of at most 10 words)"
             + ("; with grpo.rag, also their source document among the retrieved passages" if spec.rag else "")
         )
     counts["asked"] = len(questions)

@@ -1,8 +1,8 @@
 """Preference pairs from a model's own answers: the gold answer preferred to a wrong answer the model gives.
 
-Each training question with a short gold answer (``meta.answer``, as QA sets carry; ``meta.aliases``
-count too) is asked once greedily and ``samples`` times with sampling. An answer is *right* when it
-contains the gold answer — the rule eval's ``qa`` task scores with
+Each training question with a short gold answer (``meta.answer``, else a reply of at most 10 words, as eval
+reads it; ``meta.aliases`` count too) is asked once greedily and ``samples`` times with sampling. An answer
+is *right* when it contains the gold answer — the rule eval's ``qa`` task scores with
 (:func:`lmforge.evaluate.metrics.contains_answer`) — and *wrong* otherwise. A question the model gets
 wrong at least once gives one pair:
 
@@ -40,7 +40,7 @@ from lmforge.evaluate.metrics import contains_answer
 from lmforge.evaluate.tasks import split_chat
 from lmforge.models import generate_replies, sample_replies
 from lmforge.rag.quality import from_document, gold_document
-from lmforge.records import CITATION, Message, Record, chat_record, context_messages
+from lmforge.records import CITATION, Message, Record, chat_record, context_messages, short_answer
 
 COUNTS = ("questions", "no_short_answer", "gold_not_retrieved", "asked", "always_right", "pairs", "chosen_sampled")
 JUDGE_COUNTS = ("judged", "judge_unusable", "graded_wrong")
@@ -133,7 +133,8 @@ def checkable(
     asked: list[Asked] = []
     for record in records:
         meta = record.get("meta") or {}
-        if not isinstance(meta.get("answer"), (str, int, float)) or not str(meta["answer"]).strip():
+        answer = short_answer(record)
+        if answer is None:
             counts["no_short_answer"] += 1
             continue
         prompt, gold, _ = split_chat(record)
@@ -147,7 +148,7 @@ def checkable(
             gold_numbers[record["id"]] = numbers
             references[record["id"]] = "\n\n".join(passages[n - 1]["text"] for n in numbers)
             prompt = context_messages(prompt, passages)
-        asked.append((record, prompt, str(meta["answer"]), aliases, gold))
+        asked.append((record, prompt, answer, aliases, gold))
     return asked
 
 
