@@ -90,3 +90,24 @@ def test_a_yaml_field_that_does_not_parse_names_its_key():
 def test_keys_the_form_does_not_know_are_reported_not_dropped_silently():
     _, unknown = form.from_raw(form.recipe_fields(), {"name": "x", "sft": {"lrr": 1}, "extra": 2})
     assert unknown == ["extra", "sft.lrr"]
+
+
+def test_inputs_come_back_in_the_order_values_are_read_whatever_the_grouping():
+    """A run-level setting declared after the sections (``budget``) is shown in the run's accordion, but its input
+    must stay at its place in the list the values are read from (it once shifted every later input by one)."""
+    import contextlib
+    import types
+
+    from lmforge.studio.form import components, recipe_fields
+
+    def widget(*args, **options):
+        return options["elem_id"]
+
+    fake = types.SimpleNamespace(
+        Accordion=lambda *a, **k: contextlib.nullcontext(), Checkbox=widget, Dropdown=widget, Number=widget,
+        Textbox=widget,
+    )  # fmt: skip
+    fields = recipe_fields()
+    assert "budget" in [f.path for f in fields][-3:]  # declared last, grouped first
+    made = components(fake, fields)
+    assert made == ["field-" + f.path.replace(".", "-") for f in fields]

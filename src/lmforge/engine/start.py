@@ -139,3 +139,41 @@ def save_tuned(model: Any, tokenizer: Any, spec: Any, stage: StageDir, start: St
     else:
         outputs["adapter"] = str(save_folder(stage.path("adapter"), model, tokenizer))
     return outputs
+
+
+@dataclass
+class AfterLatest:
+    """A training stage opened on the run's latest model (:func:`open_after_latest`)."""
+
+    setup: Any
+    """The :class:`lmforge.engine.stage.TrainingStage`."""
+    start: StartingPoint
+    resuming: bool | None
+    """None: the stage is done with these inputs (``setup.earlier_result()`` is its result)."""
+    template: str
+    """The prompt format the start was trained with (``chat`` for a stage without one, or the base model)."""
+
+
+def open_after_latest(recipe: Recipe, spec: Any, label: str, *folders: str) -> AfterLatest:
+    """Open training stage ``label`` on the run's model before it (dpo, grpo): fingerprinted with what it starts
+    from, started (``folders`` kept on resume), an adapter merged into ``<label>/base`` once."""
+    from lmforge.engine.stage import open_training_stage
+    from lmforge.log import stage_log
+    from lmforge.rundir import fingerprint_data
+
+    setup = open_training_stage(recipe, spec, label)
+    start = latest_start(recipe, label)
+    template = getattr(getattr(recipe, start.stage), "template", "chat") if start.stage else "chat"
+    fingerprint = fingerprint_data([setup.config, setup.file_hashes(), {"starts_from": start.fingerprint}])
+    if setup.stage.is_done(fingerprint):
+        return AfterLatest(setup, start, None, template)
+    inputs = {
+        "data": StageDir.open(setup.run_path, "data").fingerprint,
+        "train": [str(p) for p in setup.train_paths],
+        "starts_from": start.as_manifest(),
+    }
+    resuming = setup.start(fingerprint, inputs, "base", *folders)
+    stage_log(label).info(f"starts from {start.description}")
+    if start.adapter is not None:
+        start.merge_into(setup.stage.path("base"), recipe.model.trust_remote_code)
+    return AfterLatest(setup, start, resuming, template)

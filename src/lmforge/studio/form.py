@@ -306,8 +306,9 @@ class FormValues:
 
 
 def components(gr: Any, fields: list[FormField]) -> list[Any]:
-    """One input per recipe setting, grouped by section in accordions (the run's own settings open)."""
-    components = []
+    """One input per recipe setting, grouped by section in accordions (the run's own settings open), returned in
+    the order of ``fields`` (the order values are read and written in), whatever the grouping."""
+    made: dict[str, Any] = {}
     sections: dict[str, list[FormField]] = {}
     for field in fields:
         sections.setdefault(field.section, []).append(field)
@@ -331,5 +332,5 @@ def components(gr: Any, fields: list[FormField]) -> list[Any]:
                     component = gr.Textbox(field.default, **options)
                 else:
                     component = gr.Textbox(field.default, lines=2, max_lines=16, placeholder="YAML", **options)
-                components.append(component)
-    return components
+                made[field.path] = component
+    return [made[field.path] for field in fields]

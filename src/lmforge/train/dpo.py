@@ -32,8 +32,8 @@ from lmforge.engine.causal import build_causal_model
 from lmforge.engine.compute import attention_row, seed_everything, use_bf16
 from lmforge.engine.fast import disable_lean_lora, enable_lean_lora
 from lmforge.engine.lora import trainable_summary
-from lmforge.engine.stage import TrainResult, open_training_stage, tokens_per_s, training_summary
-from lmforge.engine.start import StartingPoint, latest_start, save_tuned
+from lmforge.engine.stage import TrainResult, tokens_per_s, training_summary
+from lmforge.engine.start import StartingPoint, open_after_latest, save_tuned
 from lmforge.engine.templates import install_template, template_kwargs
 from lmforge.engine.tokenize import IGNORE, TokenizedExample, tokenize_chat
 from lmforge.engine.trainer import build_trainer, run_training, training_metrics
@@ -41,31 +41,19 @@ from lmforge.errors import StageError
 from lmforge.log import stage_log
 from lmforge.models import load_causal_lm, load_tokenizer
 from lmforge.records import Message, Record, dumps_record, read_records
-from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, fingerprint_data, read_json
+from lmforge.rundir import StageDir, atomic_write_json, atomic_write_text, read_json
 from lmforge.train import preference
 
 
 def run(recipe: Recipe) -> TrainResult:
     """Tune the run's current model on preference pairs (read from ``dpo.splits``, built with ``dpo.build``)."""
     spec = recipe.dpo
-    setup = open_training_stage(recipe, spec, "dpo")
-    run_path, stage = setup.run_path, setup.stage
-    start = latest_start(recipe, "dpo")
-    fingerprint = fingerprint_data([setup.config, setup.file_hashes(), {"starts_from": start.fingerprint}])
-    if stage.is_done(fingerprint):
-        return setup.earlier_result()
-    inputs = {
-        "data": StageDir.open(run_path, "data").fingerprint,
-        "train": [str(p) for p in setup.train_paths],
-        "starts_from": start.as_manifest(),
-    }
-    resuming = setup.start(fingerprint, inputs, "base", "prepared")
-    stage_log("dpo").info(f"starts from {start.description}")
-    if start.adapter is not None:
-        start.merge_into(stage.path("base"), trust(recipe))
+    opened = open_after_latest(recipe, spec, "dpo", "prepared")
+    if opened.resuming is None:
+        return opened.setup.earlier_result()
+    setup, start, resuming, template = opened.setup, opened.start, opened.resuming, opened.template
+    stage = setup.stage
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=trust(recipe))
-    # the prompt format the stage started from was trained with (a stage without one: the chat template)
-    template = getattr(getattr(recipe, start.stage), "template", "chat") if start.stage else "chat"
     read, built_counts = _preference_records(recipe, setup.train_paths, start, tokenizer, stage, resuming)
     if start.stage is None:
         install_template(tokenizer, template, read, recipe.model.ref)

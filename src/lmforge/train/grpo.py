@@ -36,8 +36,8 @@ from lmforge.distributed import all_reduce_sum
 from lmforge.engine.causal import build_causal_model
 from lmforge.engine.compute import seed_everything
 from lmforge.engine.lora import trainable_summary
-from lmforge.engine.stage import TrainResult, open_training_stage, training_summary
-from lmforge.engine.start import latest_start, save_tuned
+from lmforge.engine.stage import TrainResult, training_summary
+from lmforge.engine.start import open_after_latest, save_tuned
 from lmforge.engine.templates import install_template, template_kwargs
 from lmforge.engine.tokenize import IGNORE
 from lmforge.engine.trainer import build_trainer, run_training, training_metrics
@@ -46,31 +46,18 @@ from lmforge.evaluate.metrics import contains_answer
 from lmforge.log import stage_log
 from lmforge.models import eos_ids, load_tokenizer
 from lmforge.records import CITATION, Record, invented_citation, read_records
-from lmforge.rundir import StageDir, fingerprint_data
 from lmforge.train.pairs import checkable, retrieved_contexts
 
 
 def run(recipe: Recipe) -> TrainResult:
     """Tune the run's current model on its own sampled answers to the training questions, rewarded by eval's rule."""
     spec = recipe.grpo
-    setup = open_training_stage(recipe, spec, "grpo")
-    run_path, stage = setup.run_path, setup.stage
-    start = latest_start(recipe, "grpo")
-    fingerprint = fingerprint_data([setup.config, setup.file_hashes(), {"starts_from": start.fingerprint}])
-    if stage.is_done(fingerprint):
-        return setup.earlier_result()
-    inputs = {
-        "data": StageDir.open(run_path, "data").fingerprint,
-        "train": [str(p) for p in setup.train_paths],
-        "starts_from": start.as_manifest(),
-    }
-    resuming = setup.start(fingerprint, inputs, "base")
-    stage_log("grpo").info(f"starts from {start.description}")
-    trust = recipe.model.trust_remote_code
-    if start.adapter is not None:
-        start.merge_into(stage.path("base"), trust)
+    opened = open_after_latest(recipe, spec, "grpo")
+    if opened.resuming is None:
+        return opened.setup.earlier_result()
+    setup, start, resuming, template = opened.setup, opened.start, opened.resuming, opened.template
+    stage, trust = setup.stage, recipe.model.trust_remote_code
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=trust)
-    template = getattr(getattr(recipe, start.stage), "template", "chat") if start.stage else "chat"
     records = [r for path in setup.train_paths for r in read_records(path) if r["kind"] == "chat"]
     if start.stage is None:
         install_template(tokenizer, template, records, recipe.model.ref)
