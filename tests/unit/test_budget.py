@@ -75,7 +75,9 @@ def test_a_budgeted_run_cuts_its_schedule_and_ends_in_time(tiny_recipe):
     sft = StageDir.open(run, "sft").manifest
     outcome = sft["metrics"]["budget"]
     assert outcome["planned_steps"] == 1200 and outcome["cut"] and outcome["steps"] == sft["metrics"]["steps"] < 1200
-    assert "fit" in outcome["why"] and sft["config"]["budget"] == budget
+    # fitted after steps 2-3, or (when later steps ran slower than those, as on a loaded machine) stopped when
+    # the time was up: either way it said why
+    assert ("fit" in outcome["why"] or "time was up" in outcome["why"]) and sft["config"]["budget"] == budget
     assert took < budget + 20, took  # ending in time (slack for loading and saving on a loaded machine)
     summary = json.loads((run / "eval" / "summary.json").read_text(encoding="utf-8"))
     assert summary["variants"]  # eval kept its time and ran
