@@ -167,3 +167,21 @@ def test_the_runs_model_comes_from_a_stage_of_its_current_recipe_and_not_a_stale
     with pytest.raises(ModelError, match=r"dpo .* was trained from an earlier sft result"):
         final_model(run)
     assert final_model(run, stages=("sft",)).stage == "sft"  # what dpo itself starts from: still fine
+
+
+def test_short_answer_is_evals_gold():
+    from lmforge.records import short_answer
+
+    def qa(reply: str, meta: dict | None = None) -> dict:
+        record = {
+            "kind": "chat",
+            "messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": reply}],
+        }
+        return {**record, "meta": meta} if meta is not None else record
+
+    assert (
+        short_answer(qa("A long reply that says a lot more than any short answer ever would.", {"answer": 42})) == "42"
+    )
+    assert short_answer(qa("  dpkg-trigger ")) == "dpkg-trigger"  # a question/answer file's answer column
+    assert short_answer(qa("one two three four five six seven eight nine ten eleven")) is None
+    assert short_answer(qa("fine", {"answer": ""})) == "fine" and short_answer(qa("x", {"answer": True})) == "x"
