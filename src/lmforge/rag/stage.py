@@ -42,6 +42,7 @@ from lmforge.rag.raft import (
 from lmforge.rag.retrieve import MODES, LanceRetriever, load_reranker
 from lmforge.rag.route import GENERAL_SOURCE, calibrate, general_questions, relevance, split_questions
 from lmforge.rag.store import LanceStore, SyncReport
+from lmforge.rag.tune import question_splits, tune_embedder
 from lmforge.records import Record, read_records, short_answer
 from lmforge.rundir import StageDir, atomic_write_json, atomic_write_jsonl, fingerprint_data, split_path
 
@@ -97,8 +98,6 @@ def run(recipe: Recipe) -> IndexResult:
     chunks = chunk_records(documents, budget, spec.chunk.overlap, embedder.count_tokens)
     tuned = None
     if spec.embedding.tune.enabled:
-        from lmforge.rag.tune import tune_embedder
-
         folder, tuned = tune_embedder(recipe, chunks, embedder, stage, sets)
         embedder = load_embedder(str(folder), _device())
     store = LanceStore(stage.path("lancedb")) if is_leader() else None
@@ -291,9 +290,7 @@ def _evaluate(
 def _calibrate_route(recipe: Recipe, retriever: LanceRetriever, retrieval_sets: list[str]) -> dict[str, Any] | None:
     """The routing threshold (:mod:`lmforge.rag.route`), calibrated on the questions of the data stage's
     splits that are neither evaluated nor indexed; None when none of them names a source document."""
-    written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
-    left_out = {*recipe.eval.sets, *recipe.index.documents, *retrieval_sets}
-    records = [r for name, path in written.items() if name not in left_out for r in read_records(path)]
+    records = [r for path in question_splits(recipe, retrieval_sets).values() for r in read_records(path)]
     in_domain, general = split_questions(records, recipe.index.gold_key)
     source = "the recipe's questions without a source document"
     if in_domain and not general:

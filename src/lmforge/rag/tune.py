@@ -19,7 +19,6 @@ index stage's recall@k on them measures the tuned retriever on questions it has 
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,12 +27,10 @@ from typing import Any
 from lmforge.config import Recipe
 from lmforge.log import stage_log
 from lmforge.rag.chunk import Chunk
-from lmforge.rag.quality import from_document, gold_document, holds_answer
+from lmforge.rag.quality import WORD, from_document, gold_document, holds_answer
 from lmforge.rag.raft import last_questions
 from lmforge.records import Record, read_records, short_answer
 from lmforge.rundir import StageDir, fingerprint_data, remove_tree, split_path, stage_folder
-
-WORD = re.compile(r"\w+")
 
 
 @dataclass(frozen=True)
@@ -44,14 +41,19 @@ class Pair:
     negative: str | None = None
 
 
-def training_records(recipe: Recipe, retrieval_sets: list[str]) -> list[Record]:
-    """The chat records of ``index.embedding.tune.splits``; by default of every split the data stage wrote that is
-    neither evaluated (``eval.sets``, the index's retrieval sets) nor indexed (``train``, ``qa``, the generated
-    questions, ...)."""
-    spec = recipe.index.embedding.tune
+def question_splits(recipe: Recipe, retrieval_sets: list[str]) -> dict[str, str]:
+    """The splits the data stage wrote that are neither evaluated (``eval.sets``, the index's retrieval sets) nor
+    indexed, by name: the recipe's own questions (``train``, ``qa``, the generated ones, ...). The embedder is
+    tuned on them and the routing threshold calibrated on them, so neither ever sees an evaluation question."""
     written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
     left_out = {*recipe.eval.sets, *recipe.index.documents, *retrieval_sets}
-    names = spec.splits or [name for name in written if name not in left_out]
+    return {name: path for name, path in written.items() if name not in left_out}
+
+
+def training_records(recipe: Recipe, retrieval_sets: list[str]) -> list[Record]:
+    """The chat records of ``index.embedding.tune.splits``, by default of :func:`question_splits`."""
+    spec = recipe.index.embedding.tune
+    names = spec.splits or list(question_splits(recipe, retrieval_sets))
     paths = [split_path(recipe.run_path(), name, needed_by="index.embedding.tune") for name in names]
     return [r for path in paths for r in read_records(path) if r["kind"] == "chat"]
 
