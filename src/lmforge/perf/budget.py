@@ -110,10 +110,8 @@ def decoding_step_seconds(recipe: Recipe) -> float:
     model.eval()
     tokenizer = load_tokenizer(folder)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    prompt = torch.full((recipe.eval.batch_size, 48), int(pad if pad is not None else 0))
-    prompt[:, :] = torch.randint(
-        100, min(1000, len(tokenizer)), prompt.shape, generator=torch.Generator().manual_seed(0)
-    )
+    seeded = torch.Generator().manual_seed(0)
+    prompt = torch.randint(100, min(1000, len(tokenizer)), (recipe.eval.batch_size, 48), generator=seeded)
     timings = []
     with torch.no_grad():
         for tokens in (1, 1 + PROBE_TOKENS):

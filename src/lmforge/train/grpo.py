@@ -279,14 +279,14 @@ class GroupObjective:
         spec, samples = self.spec, self.spec.samples
         real = (batch["labels"][:, 0] != IGNORE).repeat_interleave(samples)
         questions = [self.questions[i] for i in batch["item"].tolist() for _ in range(samples)]
-        sequences, attention, width = self.sample(model, batch)
+        sequences, prompt_mask, width = self.sample(model, batch)
         completions = sequences[:, width:]
-        mask = answer_mask(completions, self.stop_ids) * attention[:, width:]
+        mask = answer_mask(completions, self.stop_ids)
         texts = self.tokenizer.batch_decode(completions * mask + self.pad_id * (1 - mask), skip_special_tokens=True)
         scored = [reward(t, q, spec.reward, int(n)) for t, q, n in zip(texts, questions, mask.sum(1), strict=True)]
         rewards = torch.tensor([value for value, _ in scored], dtype=torch.float32, device=sequences.device)
         advantages = group_advantages(rewards, samples)
-        attention = torch.cat([attention[:, :width], mask], dim=1)
+        attention = torch.cat([prompt_mask, mask], dim=1)
         logps = completion_logps(model, sequences, attention, width, spec.temperature)
         ref = self.reference_logps(model, sequences, attention, width) if spec.beta > 0 else None
         losses = sequence_losses(logps, logps.detach(), ref, advantages, mask, spec.beta, spec.epsilon)
@@ -295,7 +295,8 @@ class GroupObjective:
         return (losses * weights).sum() / samples, int(real.sum()) // samples
 
     def sample(self, model: Any, batch: dict[str, Any]) -> tuple[Any, Any, int]:
-        """``samples`` answers per prompt from the policy as it is: (prompt + answer ids, attention, prompt width)."""
+        """``samples`` answers per prompt from the policy as it is: (prompt + answer ids, the prompts' attention
+        mask repeated per answer, prompt width)."""
         import torch
 
         spec = self.spec
@@ -318,10 +319,7 @@ class GroupObjective:
                 )
         finally:
             model.train(was_training)
-        width = batch["input_ids"].shape[1]
-        prompt_mask = batch["attention_mask"].repeat_interleave(spec.samples, dim=0)
-        answer = torch.ones_like(sequences[:, width:])
-        return sequences, torch.cat([prompt_mask, answer], dim=1), width
+        return sequences, batch["attention_mask"].repeat_interleave(spec.samples, dim=0), batch["input_ids"].shape[1]
 
     def reference_logps(self, model: Any, sequences: Any, attention: Any, width: int) -> Any:
         """The completion's log-probabilities under the starting model: a frozen copy, or the adapter off."""
