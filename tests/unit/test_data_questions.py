@@ -139,3 +139,29 @@ def test_sft_trains_on_what_the_recipe_writes_unless_told_otherwise():
 def test_raft_without_training_on_it_is_refused():
     with pytest.raises(ConfigError, match=r"index\.raft\.enabled writes the split 'raft'"):
         load_recipe(Path(__file__).parents[2] / "recipes" / "demo-rag.yaml", ["sft.splits=[train]"])
+
+
+CODE = """# Article 3 — Benefits
+
+This Code is the Harbour Code of the Republic of Veloria.
+
+The harbour levy is collected on 2 May.
+
+The permit is suspended for four weeks where the holder fails an inspection.
+
+Harbour logs are kept for 12 years after the last entry.
+"""
+
+
+def test_wordings_use_the_everyday_question_word_and_the_place_the_code_governs():
+    records = [text_record(CODE, {"path": "code/art3.md", "line": 1, "heading": "Article 3 — Benefits"}, "law")]
+    questions = {r["meta"]["answer"]: [] for r in document_questions(records, wordings=20)}
+    for record in document_questions(records, wordings=20):
+        questions[record["meta"]["answer"]].append(record["messages"][0]["content"])
+    assert "When is the harbour levy collected?" in questions["2 May"]
+    assert "How long is the permit suspended where the holder fails an inspection?" in questions["four weeks"]
+    assert "How long are Harbour logs kept after the last entry?" in questions["12 years"]  # "logs are": a noun
+    every = [q for qs in questions.values() for q in qs]
+    assert any(q.endswith("in Veloria?") or q.startswith("In Veloria,") for q in every), every
+    assert not [q for q in every if q.count("Veloria") > 1]
+    assert any(q.startswith("Under the Harbour Code,") for q in every)  # the title without "of the Republic ..."

@@ -137,10 +137,24 @@ def front(clause: Clause, wh: str) -> str | None:
         if low in AUXILIARIES:
             rest = " ".join(words[index + 1 :])
             return _join(prep, wh, low, " ".join(words[:index]), rest, after)
-        if _is_verb_s(word, words[index - 1]):
+        following = words[index + 1].lower() if index + 1 < len(words) else ""
+        if _is_verb_s(word, words[index - 1]) and following not in AUXILIARIES:  # "records are kept": a noun
             rest = " ".join([_base_form(low), *words[index + 1 :]])
             return _join(prep, wh, "does", " ".join(words[:index]), rest, after)
     return None
+
+
+PLAIN_WH = {  # the everyday question word a reader uses for a date or a duration, with the prepositions it absorbs
+    "date": (re.compile(r"^(?:On|From) (?:what|which) date\b(?! of\b)", re.IGNORECASE), "When"),
+    "duration": (re.compile(r"^For (?:how many|what number of) \w+\b(?! of\b)", re.IGNORECASE), "How long"),
+}
+
+
+def plain_wh(question: str, fact: Fact) -> str:
+    """``On what date does the contribution year begin`` -> ``When does ...``; ``For how many weeks is the
+    benefit suspended`` -> ``How long is ...``; any other question unchanged."""
+    rule = PLAIN_WH.get(fact.kind)
+    return rule[0].sub(rule[1], question, count=1) if rule else question
 
 
 def _join(prep: str, wh: str, aux: str, subject: str, rest: str, after: str) -> str:
@@ -223,8 +237,12 @@ def fact_questions(
     names: dict[str, str],
     wordings: int,
     proper: frozenset[str] = frozenset(),
+    wheres: list[str] | None = None,
 ) -> list[str]:
-    """Up to ``wordings`` distinct questions about ``fact``, most natural first."""
+    """Up to ``wordings`` distinct questions about ``fact``, most natural first. ``places`` name the
+    document or section (``Under Article 5, ...``); ``wheres`` the place the documents govern (``... in
+    Kestria?``)."""
+    wheres = wheres or []
     clause = cut_around(sentence, fact, proper)
     candidates: list[str] = []
     if fact.kind == "definition":
@@ -242,18 +260,21 @@ def fact_questions(
             candidates.insert(1, f"Who {predicate}?")
             candidates += [f"According to {place}, {question_word(fact, 0)} {predicate}?" for place in places]
     elif ": " not in clause.before:  # a fact inside a list after a colon has no question of its own
-        fronted_family, in_place_family, under_family, according_family = [], [], [], []
+        fronted_family, in_place_family, under_family, where_family, according_family = [], [], [], [], []
         for variant in range(3):
             wh = question_word(fact, variant)
             fronted = front(clause, wh)
             if fronted:
+                fronted = (plain_wh(fronted, fact) if variant == 0 else fronted).rstrip(" ,;:")
                 fronted_family.append(with_lead(fronted, clause.lead, True) + "?")
                 according_family += [f"{fronted} according to {place}?" for place in places[variant::3]]
+                where_family += [f"{fronted} {where}?" for where in wheres[variant::3]]
             in_place_family.append(with_lead(in_place(clause, wh), clause.lead, False) + "?")
             tail = lower_first(in_place(clause, wh), proper)
             under_family += [f"Under {place}, {tail}?" for place in places[variant::3]]
+            where_family += [f"{where[0].upper()}{where[1:]}, {tail}?" for where in wheres[variant::3] if not fronted]
         # one of each family in turn, so that a few wordings already differ in form, not only in one word
-        families = [fronted_family, in_place_family, under_family, according_family]
+        families = [fronted_family, in_place_family, under_family, where_family, according_family]
         candidates = [family[i] for i in range(6) for family in families if i < len(family)]
     seen: set[str] = set()
     out = []
@@ -261,7 +282,8 @@ def fact_questions(
         question = re.sub(r"\s+([,?])", r"\1", spell_out(question, names))
         question = re.sub(r"[.,;:]+\?$", "?", question)
         key = question.lower()
-        if key not in seen and fact.answer.lower() not in key:
+        named_twice = any(question.count(where.split()[-1]) > 1 for where in wheres)
+        if key not in seen and fact.answer.lower() not in key and not named_twice:
             seen.add(key)
             out.append(question)
     return out[:wordings]
@@ -281,15 +303,17 @@ def document_questions(records: Iterable[Record], wordings: int = 5, seed: int =
         names.update({k: v for k, v in short_names(record["text"]).items() if k not in names})
     proper = proper_words(r["text"] for r in texts)
     titles = sorted({full for short, full in names.items() if short.lower().startswith("this ")})
+    wheres = governed_places(titles[:1])
+    titles = [*titles[:1], *(title.split(" of ", 1)[0] for title in titles[:1] if " of " in title)]
     for record in texts:
         source = record["source"]
         path = source.get("path", "")
         heading = source.get("heading")
-        places = [*titles[:1], *section_names(heading, path)]
+        places = [*titles, *section_names(heading, path)]
         rng = random.Random(f"{seed}:questions:{record['id']}")
         for number, sentence in enumerate(split_sentences(record["text"])):
             for fact, asked in _facts_to_ask(sentence):
-                questions = fact_questions(asked, fact, places, names, wordings, proper)
+                questions = fact_questions(asked, fact, places, names, wordings, proper, wheres)
                 if not questions:
                     continue
                 rng.shuffle(questions)
@@ -306,6 +330,17 @@ def document_questions(records: Iterable[Record], wordings: int = 5, seed: int =
                 for question in questions:
                     messages = [{"role": "user", "content": question}, {"role": "assistant", "content": reply}]
                     out.append(chat_record(messages, dict(source), record.get("domain"), meta))
+    return out
+
+
+def governed_places(titles: list[str]) -> list[str]:
+    """``in Kestria`` for a collection titled ``the Social Security Code of the Republic of Kestria``: readers
+    name the place a code or manual governs more often than its full title."""
+    out = []
+    for title in titles:
+        match = re.search(r" of (?:the )?(?:(?:Republic|Kingdom|State|Commonwealth|Federation) of )?([A-Z][\w-]+)$", title)
+        if match:
+            out.append(f"in {match.group(1)}")
     return out
 
 
