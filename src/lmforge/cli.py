@@ -204,19 +204,39 @@ def plan(
             "Repeatable; the arms are compared in one table with the recipe itself."
         ),
     ] = None,
+    model_config: Annotated[
+        str | None,
+        typer.Option(
+            help="Plan with another model's shape: a config.json (or its folder), or a published one "
+            "(qwen2.5-0.5b ... llama-3.1-8b: lmforge/perf/sizes.py). Tokens are counted with the recipe's tokenizer."
+        ),
+    ] = None,
+    gpu: Annotated[
+        str | None,
+        typer.Option(help="Plan for one GPU of this kind (H100, A100, L4, RTX 4090 ...) instead of this machine."),
+    ] = None,
 ) -> None:
     """Estimate peak memory and time of a recipe's training stages on this machine, before running them."""
     from lmforge.perf.arms import plan_arms, render_arms
-    from lmforge.perf.plan import plan_recipe, render
+    from lmforge.perf.plan import Hardware, plan_recipe, render
+    from lmforge.perf.sizes import model_config as read_model_config
 
     loaded = _load(recipe, set_, run_dir)
-    hardware, plans = plan_recipe(loaded)
+    try:
+        target = {
+            "hardware": Hardware.gpu(gpu) if gpu else None,
+            "model_config": read_model_config(model_config) if model_config else None,
+        }
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    hardware, plans = plan_recipe(loaded, **target)
     if not plans:
         console.print(f"{recipe}: no training stage to plan (stages: {', '.join(loaded.stages)})")
         return
     console.print(render(hardware, plans))
     if arm:
-        arms = plan_arms(lambda extra: _load(recipe, [*(set_ or []), *extra], run_dir), ["", *arm])
+        arms = plan_arms(lambda extra: _load(recipe, [*(set_ or []), *extra], run_dir), ["", *arm], **target)
         console.print(render_arms(arms))
 
 

@@ -333,12 +333,15 @@ def document_questions(records: Iterable[Record], wordings: int = 5, seed: int =
     return out
 
 
+GOVERNED = re.compile(r" of (?:the )?(?:(?:Republic|Kingdom|State|Commonwealth|Federation) of )?([A-Z][\w-]+)$")
+
+
 def governed_places(titles: list[str]) -> list[str]:
     """``in Kestria`` for a collection titled ``the Social Security Code of the Republic of Kestria``: readers
     name the place a code or manual governs more often than its full title."""
     out = []
     for title in titles:
-        match = re.search(r" of (?:the )?(?:(?:Republic|Kingdom|State|Commonwealth|Federation) of )?([A-Z][\w-]+)$", title)
+        match = GOVERNED.search(title)
         if match:
             out.append(f"in {match.group(1)}")
     return out

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lmforge.engine.budget import standard_config
+from lmforge.engine.shape import ModelShape
 
 DEFAULT_EPOCHS = 3.0
 MIN_EXAMPLES = 600
@@ -42,14 +42,12 @@ def auto_lr(method: str, parameters: int) -> float:
 
 
 def config_parameters(config: dict[str, Any]) -> int:
-    """About how many weights a decoder of this ``config.json`` has (blocks and embeddings; enough to tell
-    a 135M model from a 7B one)."""
-    config = standard_config(config)
-    hidden = int(config.get("hidden_size") or 0)
-    layers = int(config.get("num_hidden_layers") or 0)
-    intermediate = int(config.get("intermediate_size") or 4 * hidden)
-    vocab = int(config.get("vocab_size") or 0)
-    return layers * (4 * hidden * hidden + 3 * hidden * intermediate) + vocab * hidden
+    """How many weights a decoder of this ``config.json`` has (:class:`lmforge.engine.shape.ModelShape`:
+    every family's key names, gated or plain MLP, tied or separate embeddings); 0 when it cannot be read."""
+    try:
+        return ModelShape.from_config(config).params
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return 0
 
 
 def resolved(spec: Any, examples: int, parameters: int) -> Any:

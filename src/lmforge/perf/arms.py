@@ -7,15 +7,16 @@ from typing import Any
 from lmforge.perf.plan import StagePlan, _duration, plan_recipe
 
 
-def plan_arms(load: Any, arms: list[str]) -> list[tuple[str, list[StagePlan]]]:
+def plan_arms(load: Any, arms: list[str], **target: Any) -> list[tuple[str, list[StagePlan]]]:
     """The plan of each arm: ``load(overrides)`` returns the recipe with an arm's space-separated overrides
     (``"sft.method=lora sft.lora.r=16"``; ``""`` is the recipe as it is). An arm that changes ``data.*`` is
-    planned on its own data, prepared in memory."""
+    planned on its own data, prepared in memory. ``target``: ``hardware`` and ``model_config`` as
+    :func:`plan_recipe` takes them."""
     out = []
     for arm in arms:
         overrides = arm.split()
         recipe = load(overrides)
-        _, plans = plan_recipe(recipe, fresh_data=any(o.startswith("data.") for o in overrides))
+        _, plans = plan_recipe(recipe, fresh_data=any(o.startswith("data.") for o in overrides), **target)
         out.append((arm or "(the recipe)", plans))
     return out
 

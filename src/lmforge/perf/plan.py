@@ -32,6 +32,7 @@ from typing import Any
 from lmforge.engine.budget import ACTIVATION_SCALE, activation_bytes_per_token_layer, backward_config, micro_batching
 from lmforge.engine.compute import attention_kernel, attention_row, eager_scores_bytes, eager_scores_mb, use_bf16
 from lmforge.engine.schedule import auto_epochs
+from lmforge.engine.shape import ModelShape, language_config
 from lmforge.hardware import MB, cpu_ghz, cpu_isa, cpu_name, cpu_peak_flops, memory_mb, usable_cores
 from lmforge.stages import TRAINING_STAGES, WORKLOADS
 
@@ -61,64 +62,26 @@ LONG_RUN_SECONDS = 2 * 3600
 """A stage planned to take longer than this gets a warning."""
 LOSS_CHUNK_ROWS = {"bf16": 64, "fp32": 256}
 """Rows of logits the chunked cross-entropy holds at once (``fast.loss_chunk_rows``)."""
-
-
-@dataclass
-class ModelShape:
-    """What the estimate needs from a causal LM's ``config.json``."""
-
-    params: int
-    embedding_params: int
-    layers: int
-    hidden: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    vocab: int
-    checkpoint_bytes: int = 0
-    """Size of the weight files on disk (mapped into memory while loading)."""
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any], checkpoint_bytes: int = 0) -> ModelShape:
-        hidden = config["hidden_size"]
-        heads = config.get("num_attention_heads", max(1, hidden // 64))
-        head_dim = config.get("head_dim") or hidden // heads
-        kv_heads = config.get("num_key_value_heads") or heads
-        intermediate = config.get("intermediate_size") or 4 * hidden
-        layers = config["num_hidden_layers"]
-        vocab = config["vocab_size"]
-        embedding = vocab * hidden * (1 if config.get("tie_word_embeddings", True) else 2)
-        shape = cls(0, embedding, layers, hidden, intermediate, heads, kv_heads, head_dim, vocab, checkpoint_bytes)
-        norms = 2 * hidden
-        shape.params = layers * (shape.block_matmul_params() + norms) + embedding + hidden
-        return shape
-
-    def linear_shapes(self) -> dict[str, tuple[int, int]]:
-        """(in, out) features of the linear layers of one block, by their usual module names."""
-        q_out, kv_out = self.heads * self.head_dim, self.kv_heads * self.head_dim
-        return {
-            "q_proj": (self.hidden, q_out),
-            "k_proj": (self.hidden, kv_out),
-            "v_proj": (self.hidden, kv_out),
-            "o_proj": (q_out, self.hidden),
-            "gate_proj": (self.hidden, self.intermediate),
-            "up_proj": (self.hidden, self.intermediate),
-            "down_proj": (self.intermediate, self.hidden),
-        }
-
-    def block_matmul_params(self) -> int:
-        return sum(i * o for i, o in self.linear_shapes().values())
-
-    def lora_params(self, rank: int, targets: list[str] | str = "all-linear", top_layers: int | None = None) -> int:
-        """Trainable parameters of a LoRA adapter of this rank on ``targets`` (in the last ``top_layers`` blocks)."""
-        shapes = self.linear_shapes()
-        chosen = shapes if targets == "all-linear" else {k: v for k, v in shapes.items() if k in targets}
-        return self.adapted_layers(top_layers) * sum(rank * (i + o) for i, o in chosen.values())
-
-    def adapted_layers(self, top_layers: int | None) -> int:
-        """Blocks an adapter on the last ``top_layers`` blocks covers (every block when None)."""
-        return self.layers if top_layers is None else min(self.layers, top_layers)
+GPUS = {  # name as torch.cuda.get_device_name() spells part of it: (memory GiB, dense bf16 tensor TFLOP/s)
+    "H200": (141, 989),
+    "H100 PCIe": (80, 756),
+    "H100": (80, 989),
+    "A100-SXM4-40GB": (40, 312),
+    "A100": (80, 312),
+    "L40S": (48, 362),
+    "L4": (24, 121),
+    "A10G": (24, 70),
+    "A10": (24, 125),
+    "RTX 4090": (24, 165),
+    "RTX 3090": (24, 71),
+    "T4": (16, 65),
+}
+"""Published figures of common cards (the vendors' datasheets; T4: fp16, it has no bf16)."""
+GPU_EFFICIENCY = 0.35
+"""*Assumed, not measured*: share of the card's dense bf16 peak a GPU step reaches. No GPU run of lmforge
+has been measured yet (docs/PERFORMANCE.md); plan prints GPU times as assumptions."""
+CUDA_CONTEXT_MB = 500.0
+"""*Assumed*: GPU memory the CUDA context and kernels' workspaces take before any weight."""
 
 
 @dataclass
@@ -145,10 +108,21 @@ class Hardware:
         if torch.cuda.is_available():
             free, total = torch.cuda.mem_get_info()
             name = torch.cuda.get_device_name()
-            return cls("cuda", usable_cores(), cpu_ghz(), True, 0.0, total / MB, free / MB, name)
+            peak = next((tflops * 1e12 for key, (_, tflops) in GPUS.items() if key in name), 0.0)
+            return cls("cuda", usable_cores(), cpu_ghz(), True, peak, total / MB, free / MB, name)
         total, available = memory_mb()
         name, isa = cpu_name(), cpu_isa()
         return cls("cpu", usable_cores(), cpu_ghz(), cpu_supports_bf16(), cpu_peak_flops(), total, available, name, isa)
+
+    @classmethod
+    def gpu(cls, name: str) -> Hardware:
+        """One GPU of :data:`GPUS` (``H100``, ``L4`` ..., case-insensitive), all of its memory free: the
+        machine to plan for when it is not this one."""
+        found = next((key for key in GPUS if key.lower() == name.strip().lower()), None)
+        if found is None:
+            raise ValueError(f"unknown GPU {name!r}; known: {', '.join(GPUS)}")
+        memory_gib, tflops = GPUS[found]
+        return cls("cuda", 0, 0.0, found != "T4", tflops * 1e12, memory_gib * 1024.0, memory_gib * 1024.0, found)
 
 
 @dataclass
@@ -195,7 +169,8 @@ def estimate_memory(
     rank = spec.lora.r if lora else None
     top = spec.lora.top_layers if lora else None
     trainable = shape.lora_params(spec.lora.r, spec.lora.target_modules, top) if lora else shape.params
-    weights = shape.params * frozen_bytes + (trainable * 4 if lora else 0)
+    quantization = getattr(spec, "quantization", "none") if lora else "none"
+    weights = shape.frozen_weight_bytes(frozen_bytes, quantization) + (trainable * 4 if lora else 0)
     per_token_layer = activation_bytes_per_token_layer(shape.hidden, shape.intermediate, bf16, rank) * ACTIVATION_SCALE
     width = 2 if bf16 else 4
     scores = 0.0
@@ -211,7 +186,7 @@ def estimate_memory(
         kept = per_layer * shape.adapted_layers(top)
     kept += transient
     memory = {
-        "process": PROCESS_MB if hardware_device == "cpu" else 0.0,
+        "process": PROCESS_MB if hardware_device == "cpu" else CUDA_CONTEXT_MB,
         "weights": weights / MB,
         "gradients + AdamW": trainable * 12 / MB,
         "activations": kept / MB,
@@ -245,8 +220,10 @@ def flops_per_token(shape: ModelShape, spec: Any) -> float:
 
 def estimate_seconds(shape: ModelShape, spec: Any, batches: Batches, hardware: Hardware, bf16: bool) -> float | None:
     """Training time: computed tokens x FLOPs per token / achieved FLOP/s (None where uncalibrated)."""
-    if hardware.device != "cpu" or hardware.peak_flops <= 0:
+    if hardware.peak_flops <= 0:
         return None
+    if hardware.device != "cpu":  # an assumption until a GPU run is measured (GPU_EFFICIENCY)
+        return batches.computed_tokens * flops_per_token(shape, spec) / (hardware.peak_flops * GPU_EFFICIENCY)
     native_bf16 = bf16 and hardware.bf16
     efficiency = EFFICIENCY[("amx" if hardware.isa == "amx" else "avx512_bf16") if native_bf16 else "fp32"]
     peak = hardware.peak_flops if bf16 and hardware.bf16 else hardware.cores * hardware.ghz * 1e9 * 64
@@ -308,16 +285,24 @@ def _advice(stage: str, spec: Any, memory: dict[str, float]) -> str:
 # ---------------------------------------------------------------- from a recipe
 
 
-def plan_recipe(recipe: Any, fresh_data: bool = False) -> tuple[Hardware, list[StagePlan]]:
+def plan_recipe(
+    recipe: Any, fresh_data: bool = False, hardware: Hardware | None = None, model_config: dict[str, Any] | None = None
+) -> tuple[Hardware, list[StagePlan]]:
     """The hardware and a plan per causal-LM training stage of ``recipe`` (``cpt``, ``sft``); ``fresh_data``:
-    prepare the data in memory even where the run's data stage has finished (an arm that changes it)."""
+    prepare the data in memory even where the run's data stage has finished (an arm that changes it).
+    ``hardware`` plans for another machine (:meth:`Hardware.gpu`) and ``model_config`` for another model's
+    shape (its ``config.json``; the tokens are still counted with the recipe model's tokenizer)."""
     from lmforge.models import load_tokenizer, resolve_model
 
-    hardware = Hardware.detect()
+    hardware = hardware or Hardware.detect()
     model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     checkpoint = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if model_config is not None:
+        config = model_config
+        checkpoint = ModelShape.from_config(config).params * 2  # a bf16 checkpoint of that size
     shape = ModelShape.from_config(config, checkpoint)
+    config = language_config(config)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = _splits(recipe, fresh_data)
     future_notes = _future_splits(recipe, splits)
@@ -522,7 +507,9 @@ def render(hardware: Hardware, plans: list[StagePlan]) -> Any:
         peak = f"{hardware.peak_flops / 1e12:.1f} TFLOP/s {'bf16' if hardware.bf16 else 'fp32'} peak"
         head = f"{hardware.name}: {hardware.cores} cores at {hardware.ghz:.2f} GHz, {peak}; {available}{total}"
     else:
-        head = f"{hardware.name}: {available}{total} of GPU memory (time not estimated on GPUs)"
+        assumed = f"time assumed at {GPU_EFFICIENCY:.0%} of its bf16 peak, not measured"
+        timing = assumed if hardware.peak_flops else "time not estimated: a card plan does not know"
+        head = f"{hardware.name}: {available}{total} of GPU memory ({timing})"
     parts: list[Any] = [Text(head)]
     for plan in plans:
         table = Table(title=f"{plan.stage}: {plan.method}, {plan.precision}", title_justify="left")
@@ -531,7 +518,8 @@ def render(hardware: Hardware, plans: list[StagePlan]) -> Any:
         for key, value in plan.memory_mb.items():
             table.add_row(key, f"{value:,.0f}")
         if plan.memory_mb:
-            table.add_row("[bold]peak RSS[/bold]", f"[bold]{plan.peak_mb:,.0f}[/bold]")
+            label = "peak RSS" if hardware.device == "cpu" else "peak GPU memory"
+            table.add_row(f"[bold]{label}[/bold]", f"[bold]{plan.peak_mb:,.0f}[/bold]")
         parts.append(table)
         details = list(plan.notes)
         if plan.seconds is not None:
