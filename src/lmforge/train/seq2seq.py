@@ -82,7 +82,7 @@ def run(recipe: Recipe) -> TrainResult:
         label="seq2seq",
         train_dataset=examples,
         eval_dataset=eval_examples or None,
-        collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+        collator=lambda batch: collate(batch, tokenizer.pad_token_id, global_first=attends_globally(model)),
         loss_sum=seq2seq_loss_sum,
         sampling="group_by_length",
     )
@@ -273,8 +273,23 @@ def add_missing_characters(tokenizer: Any, model: Any, targets: list[str], spec:
     return missing
 
 
-def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-pad inputs (with an attention mask) and targets (IGNORE)."""
+def attends_globally(model: Any) -> bool:
+    """LED-style (Longformer) encoders attend locally within a window; the first token needs global attention
+    (every token sees it, it sees every token) for the decoder's view of the whole document."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(inner.config, "model_type", "") == "led"
+
+
+def global_attention(attention_mask: torch.Tensor) -> torch.Tensor:
+    """The ``global_attention_mask`` of an LED batch: global attention on each row's first token."""
+    mask = torch.zeros_like(attention_mask)
+    mask[:, 0] = 1
+    return mask
+
+
+def collate(batch: list[dict[str, list[int]]], pad_id: int, global_first: bool = False) -> dict[str, torch.Tensor]:
+    """Right-pad inputs (with an attention mask) and targets (IGNORE); ``global_first``: an LED's
+    ``global_attention_mask`` too."""
     source_len = max(len(b["input_ids"]) for b in batch)
     target_len = max(len(b["labels"]) for b in batch)
     input_ids = torch.full((len(batch), source_len), pad_id, dtype=torch.long)
@@ -283,7 +298,10 @@ def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.T
     for r, item in enumerate(batch):
         n, m = len(item["input_ids"]), len(item["labels"])
         input_ids[r, :n], mask[r, :n], labels[r, :m] = torch.tensor(item["input_ids"]), 1, torch.tensor(item["labels"])
-    return {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    out = {"input_ids": input_ids, "attention_mask": mask, "labels": labels}
+    if global_first:
+        out["global_attention_mask"] = global_attention(mask)
+    return out
 
 
 def seq2seq_loss_sum(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
@@ -291,8 +309,12 @@ def seq2seq_loss_sum(model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     labels = inputs["labels"]
     decoder_input_ids = inner.prepare_decoder_input_ids_from_labels(labels=labels)
+    extra = {"global_attention_mask": inputs["global_attention_mask"]} if "global_attention_mask" in inputs else {}
     logits = model(
-        input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], decoder_input_ids=decoder_input_ids
+        input_ids=inputs["input_ids"],
+        attention_mask=inputs["attention_mask"],
+        decoder_input_ids=decoder_input_ids,
+        **extra,
     ).logits
     trained = labels != IGNORE
     return F.cross_entropy(logits[trained].float(), labels[trained], reduction="sum"), int(trained.sum())
@@ -355,6 +377,8 @@ def generate(model: Any, tokenizer: Any, inputs: list[str], spec: Seq2SeqSpec) -
             truncation=True,
             max_length=spec.max_input_length,
         ).to(model.device)
+        if attends_globally(model):
+            encoded["global_attention_mask"] = global_attention(encoded["attention_mask"])
         with torch.inference_mode():
             generated = model.generate(
                 **encoded, max_new_tokens=spec.max_output_length, num_beams=spec.num_beams, do_sample=False
