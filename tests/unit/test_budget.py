@@ -65,6 +65,26 @@ def test_a_shortened_schedule_decays_to_its_new_end():
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # step 10 of 10: the end of the cosine
 
 
+def test_a_shortened_schedule_is_what_the_progress_line_counts_to(monkeypatch):
+    from types import SimpleNamespace
+
+    from lmforge.engine import deadline
+
+    now = [0.0]
+    monkeypatch.setattr(deadline.time, "monotonic", lambda: now[0])
+    clock.start(100, ["sft"])
+    try:
+        callback = deadline.budget_callback("sft")
+        state = SimpleNamespace(max_steps=1000, global_step=0)
+        callback.on_train_begin(None, state, None)
+        for step in (1, 2, 3):  # 10 s a step: about 9 more steps fit the 100 s
+            now[0], state.global_step = 10.0 * step, step
+            callback.on_step_end(None, state, SimpleNamespace(should_training_stop=False))
+    finally:
+        clock.stop()
+    assert callback.end == state.max_steps < 20 and callback.outcome()["planned_steps"] == 1000
+
+
 def test_a_budgeted_run_cuts_its_schedule_and_ends_in_time(tiny_recipe):
     budget = 25
     recipe = load_recipe(tiny_recipe, [f"budget={budget}", "sft.epochs=400", "sft.logging_steps=50"])

@@ -52,13 +52,14 @@ def budget_callback(label: str) -> Any:
                 fits = step + math.floor((SAFETY * self.allotted - (now - self.started)) / per_step)
                 if fits < self.planned:
                     self.shorten(max(step, fits), per_step, kwargs.get("lr_scheduler"))
+                    state.max_steps = self.end  # what the progress line and bar count to from now on
             over = now - self.started >= self.allotted and step < self.end
             if distributed.leader_decides(step >= self.end or over):  # every process stops at the same step
                 control.should_training_stop = True
                 if over:
                     self.why = f"{self.why}; stopped at step {step}: the allotted time was up".lstrip("; ")
                     stage_log(label).warning(f"budget: the time for {label} is up; stopping at step {step}")
-                self.end = step
+                self.end = state.max_steps = step
 
         def shorten(self, steps: int, per_step: float, scheduler: Any) -> None:
             self.end = steps

@@ -70,7 +70,7 @@ def progress_callback(label: str) -> Any:
 
         def on_step_end(self, args, state, control, **kwargs):
             if self.progress is not None:
-                self.progress.update(self.task, completed=state.global_step)
+                self.progress.update(self.task, completed=state.global_step, total=state.max_steps)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if self.progress is None or not logs:
