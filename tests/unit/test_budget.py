@@ -102,3 +102,23 @@ def test_a_budgeted_run_cuts_its_schedule_and_ends_in_time(tiny_recipe):
     summary = json.loads((run / "eval" / "summary.json").read_text(encoding="utf-8"))
     assert summary["variants"]  # eval kept its time and ran
     assert not clock.active()
+
+
+def test_eval_prompts_are_measured_as_long_as_the_eval_sets_own(tmp_path, tiny_model_dir):
+    """The probe reads prompts as long as eval's (template and system prompt included, the reply left out)."""
+    from lmforge.models import load_tokenizer
+    from lmforge.perf.budget import prompt_tokens
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    system = {"role": "system", "content": "You are an expert on a long code of many articles. " * 4}
+    rows = [
+        {"messages": [system, {"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": "x"}]}
+        for i in range(3)
+    ]
+    split = tmp_path / "test.jsonl"
+    split.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    asked = tokenizer.apply_chat_template(rows[0]["messages"][:2], add_generation_prompt=True, tokenize=False)
+    expected = len(tokenizer(asked, add_special_tokens=False)["input_ids"])
+    assert expected > 48 and prompt_tokens(tokenizer, str(split), 32) == pytest.approx(expected, abs=1)
+    tokenizer.chat_template = None
+    assert prompt_tokens(tokenizer, str(split), 32) == 48  # no template: the fixed probe length

@@ -3,9 +3,11 @@
 The order, written here and in docs/TRAINING.md ("A time budget"):
 
 1. **Eval keeps its time.** Its cost is estimated from a measurement on this machine: the base model, in
-   eval's precision, answers one batch of eval's size for a few tokens; the run's eval then costs its
-   variants x batches x ``max_new_tokens`` decoding steps at that speed (passages make a prompt about twice as
-   long: a rag variant counts twice), plus loading each variant.
+   eval's precision, reads one batch of eval's size of prompts as long as the eval set's own (its first
+   questions in the chat template, system prompt included) and answers them for a few tokens; the run's eval
+   then costs, per variant and batch, that reading (the prefill) plus ``max_new_tokens`` decoding steps at
+   that speed (passages make a prompt about twice as long: a rag variant counts twice), plus loading each
+   variant.
 2. **Eval is cut before training is**, only when its estimate is over :data:`EVAL_SHARE` of the budget: then
    ``eval.limit`` asks every set the same first questions, as many as fit in that share.
 3. **Training gets the rest**, shared by the training stages still to run; each fits its schedule to its share
@@ -41,6 +43,8 @@ class EvalEstimate:
     variants: int
     step_seconds: float
     """One decoding step of a full batch, measured."""
+    prefill_seconds: float = 0.0
+    """Reading one full batch of prompts (the first forward pass), measured."""
     limit: int | None = None
     """Questions per set after the cut (None: all)."""
 
@@ -70,8 +74,9 @@ def plan_budget(recipe: Recipe, console: Any = None) -> Recipe:
         )
         console.print(
             f"budget: {clock.shown(clock.remaining() or 0)} left; eval kept {clock.shown(estimate.seconds * MARGIN)} "
-            f"({estimate.variants} variants x {estimate.questions} questions, {estimate.step_seconds:.2f}s per "
-            f"decoding step of {recipe.eval.batch_size} answers){cut}; training gets the rest",
+            f"({estimate.variants} variants x {estimate.questions} questions, {estimate.prefill_seconds:.2f}s to read "
+            f"a batch of {recipe.eval.batch_size} prompts, {estimate.step_seconds:.2f}s per decoding step){cut}; "
+            "training gets the rest",
             highlight=False,
         )
     return recipe
@@ -91,15 +96,16 @@ def eval_estimate(recipe: Recipe) -> EvalEstimate | None:
     variants = variant_specs(recipe)
     weight = sum(2 if getattr(v, "rag", False) else 1 for v in variants)
     batch = recipe.eval.batch_size
-    step = decoding_step_seconds(recipe)
-    steps = sum(math.ceil(size / batch) for size in sizes) * recipe.eval.max_new_tokens
-    seconds = weight * steps * step + LOAD_SECONDS * len(variants)
-    return EvalEstimate(round(seconds, 1), sum(sizes), len(variants), round(step, 4))
+    first = next(written[name] for name in recipe.eval.sets if name in written)
+    step, prefill = decoding_seconds(recipe, first)
+    batches = sum(math.ceil(size / batch) for size in sizes)
+    seconds = weight * batches * (prefill + recipe.eval.max_new_tokens * step) + LOAD_SECONDS * len(variants)
+    return EvalEstimate(round(seconds, 1), sum(sizes), len(variants), round(step, 4), round(prefill, 4))
 
 
-def decoding_step_seconds(recipe: Recipe) -> float:
-    """Seconds of one decoding step for a batch of ``eval.batch_size`` short prompts, with the base model in
-    eval's precision (the first step, which pays for warm-up and the prompt, left out)."""
+def decoding_seconds(recipe: Recipe, eval_split: str) -> tuple[float, float]:
+    """(one decoding step, reading the prompts) for a batch of ``eval.batch_size`` prompts as long as those of
+    ``eval_split``, with the base model in eval's precision (warmed up by a first, untimed pass)."""
     import torch
 
     from lmforge.evaluate.stage import eval_dtype
@@ -110,11 +116,12 @@ def decoding_step_seconds(recipe: Recipe) -> float:
     model.eval()
     tokenizer = load_tokenizer(folder)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    length = prompt_tokens(tokenizer, eval_split, recipe.eval.batch_size)
     seeded = torch.Generator().manual_seed(0)
-    prompt = torch.randint(100, min(1000, len(tokenizer)), (recipe.eval.batch_size, 48), generator=seeded)
+    prompt = torch.randint(100, min(1000, len(tokenizer)), (recipe.eval.batch_size, length), generator=seeded)
     timings = []
     with torch.no_grad():
-        for tokens in (1, 1 + PROBE_TOKENS):
+        for tokens in (1, 1, 1 + PROBE_TOKENS):  # the first pass warms up and is not counted
             started = time.perf_counter()
             model.generate(
                 prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=tokens, min_new_tokens=tokens,
@@ -122,7 +129,26 @@ def decoding_step_seconds(recipe: Recipe) -> float:
             )  # fmt: skip
             timings.append(time.perf_counter() - started)
     del model
-    return max(1e-4, (timings[1] - timings[0]) / PROBE_TOKENS)
+    return max(1e-4, (timings[2] - timings[1]) / PROBE_TOKENS), timings[1]
+
+
+def prompt_tokens(tokenizer: Any, split_path: str, count: int) -> int:
+    """Mean length in tokens of the first ``count`` prompts of an eval split (chat template, system prompt
+    included, the reply left out); 48 where the split holds no chat record or the tokenizer has no template."""
+    import json
+
+    lengths = []
+    with open(split_path, encoding="utf-8") as handle:
+        for line in handle:
+            if len(lengths) >= count:
+                break
+            messages = json.loads(line).get("messages") if line.strip() else None
+            if not messages or not getattr(tokenizer, "chat_template", None):
+                continue
+            asked = messages[:-1] if messages[-1].get("role") == "assistant" else messages
+            text = tokenizer.apply_chat_template(asked, add_generation_prompt=True, tokenize=False)
+            lengths.append(len(tokenizer(text, add_special_tokens=False)["input_ids"]))
+    return max(8, round(sum(lengths) / len(lengths))) if lengths else 48
 
 
 def _lines(path: str) -> int:
@@ -130,4 +156,4 @@ def _lines(path: str) -> int:
         return sum(1 for line in handle if line.strip())
 
 
-__all__ = ["EVAL_SHARE", "EvalEstimate", "decoding_step_seconds", "eval_estimate", "plan_budget"]
+__all__ = ["EVAL_SHARE", "EvalEstimate", "decoding_seconds", "eval_estimate", "plan_budget", "prompt_tokens"]
