@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from families import FAMILIES, build_family_model
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -111,3 +112,18 @@ def test_llama_cpp_continues_smollm2_like_transformers(llama_simple, tmp_path):
     f16, q8 = compare(llama_simple, folder, "smollm2", tokens=16)
     assert f16 >= len(PROMPTS) - 1  # fp32 vs f16 arithmetic may flip one near-tie
     assert q8 >= len(PROMPTS) // 2
+
+
+CONVERTED = [name for name, family in FAMILIES.items() if not family.no_gguf]
+
+
+@pytest.mark.parametrize("name", CONVERTED)
+def test_llama_cpp_loads_every_converted_family(llama_simple, tmp_path, name):
+    """Each family's GGUF (llama.cpp's own converter, through ``lmforge export``) loads in llama.cpp and
+    continues prompts as transformers does (f16; a tiny random model, so a near-tie may flip one prompt)."""
+    model_dir = build_family_model(name, tmp_path / "model")
+    folder = export(str(model_dir), tmp_path / "export", ["--name", name, "--samples", "2"])
+    expected = transformers_continuation(folder / "hf", PROMPTS, 6)
+    got = [llama_cpp_continuation(llama_simple, folder / f"{name}.f16.gguf", p, 6) for p in PROMPTS]
+    print({"expected": expected, "llama.cpp": got})
+    assert sum(a == b for a, b in zip(expected, got, strict=True)) >= len(PROMPTS) - 1, (expected, got)
