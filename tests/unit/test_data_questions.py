@@ -165,3 +165,16 @@ def test_wordings_use_the_everyday_question_word_and_the_place_the_code_governs(
     assert any(q.endswith("in Veloria?") or q.startswith("In Veloria,") for q in every), every
     assert not [q for q in every if q.count("Veloria") > 1]
     assert any(q.startswith("Under the Harbour Code,") for q in every)  # the title without "of the Republic ..."
+
+
+def test_no_question_is_fronted_across_a_clause_or_away_from_its_phrase():
+    text = (
+        "A child who has lost both parents receives 37% of the pension.\n\n"
+        "No benefit is paid for the first 3 days of unemployment.\n\n"
+        "Payment continues until the child's 25th birthday."
+    )
+    records = [text_record(text, {"path": "code/art9.md", "line": 1, "heading": "Article 9 — Orphans"}, "law")]
+    questions = [r["messages"][0]["content"] for r in document_questions(records, wordings=20)]
+    assert questions and not [q for q in questions if q.startswith(("What percentage has", "What share has"))]
+    assert not [q for q in questions if q.rstrip("?").endswith(("the first", "child's"))], questions
+    assert "A child who has lost both parents receives what percentage of the pension?" in questions

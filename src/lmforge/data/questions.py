@@ -130,10 +130,14 @@ def front(clause: Clause, wh: str) -> str | None:
     after = clause.after
     if after.startswith("of "):  # "16 years of age", "8.15% of their earnings": the phrase moves with the fact
         wh, after = f"{wh} {after}", ""
+    if words and (words[-1].lower() in STRANDED or words[-1].endswith("'s")):
+        return None  # "for the first 3 days", "until the child's 25th birthday": the phrase cannot move alone
     for index, word in enumerate(words[:10]):
         low = word.lower()
         if index == 0:
             continue
+        if (low in AUXILIARIES or _is_verb_s(word, words[index - 1])) and _crosses_clause(words):
+            return None  # a relative or subordinate clause: the verb found may not be the main one
         if low in AUXILIARIES:
             rest = " ".join(words[index + 1 :])
             return _join(prep, wh, low, " ".join(words[:index]), rest, after)
@@ -155,6 +159,17 @@ def plain_wh(question: str, fact: Fact) -> str:
     benefit suspended`` -> ``How long is ...``; any other question unchanged."""
     rule = PLAIN_WH.get(fact.kind)
     return rule[0].sub(rule[1], question, count=1) if rule else question
+
+
+STRANDED = frozenset(["first", "last", "best", "next", "up", "than", "per", "every", "each", "the", "a", "an"])
+"""Words that cannot end a question once the fact after them has moved to its front."""
+CLAUSE_WORDS = frozenset(["who", "whose", "whom", "which", "that", "where", "when", "if", "unless", "provided"])
+
+
+def _crosses_clause(words: list[str]) -> bool:
+    """The words up to the fact hold a relative or subordinate clause, or a second phrase after a comma: the
+    main verb, which a question inverts, cannot be told from the clause's own."""
+    return any(w.lower().strip(",") in CLAUSE_WORDS or w.endswith(",") for w in words)
 
 
 def _join(prep: str, wh: str, aux: str, subject: str, rest: str, after: str) -> str:
