@@ -122,3 +122,32 @@ def test_eval_prompts_are_measured_as_long_as_the_eval_sets_own(tmp_path, tiny_m
     assert expected > 48 and prompt_tokens(tokenizer, str(split), 32) == pytest.approx(expected, abs=1)
     tokenizer.chat_template = None
     assert prompt_tokens(tokenizer, str(split), 32) == 48  # no template: the fixed probe length
+
+
+def test_a_second_fit_halfway_lengthens_a_schedule_whose_steps_got_faster(monkeypatch):
+    """Steps 2-3 take 10 s, later ones 8 s: the first fit (9 steps in 100 s) would leave a fifth of the time
+    unused; the fit halfway, from the steps since the first, moves the end to 11."""
+    from types import SimpleNamespace
+
+    from lmforge.engine import deadline
+
+    now = [0.0]
+    monkeypatch.setattr(deadline.time, "monotonic", lambda: now[0])
+    clock.start(100, ["sft"])
+    try:
+        callback = deadline.budget_callback("sft")
+        state = SimpleNamespace(max_steps=1000, global_step=0)
+        callback.on_train_begin(None, state, None)
+        control = SimpleNamespace(should_training_stop=False)
+        step = 0
+        while not control.should_training_stop:
+            step += 1
+            now[0] += 10.0 if step <= 3 else 8.0
+            state.global_step = step
+            callback.on_step_end(None, state, control)
+            if step == 3:
+                assert callback.end == 9
+    finally:
+        clock.stop()
+    assert step == callback.end == state.max_steps == 11 and now[0] <= 100
+    assert "refitted halfway: 11 of 1000 steps" in callback.outcome()["why"]

@@ -2,9 +2,12 @@
 
 After :data:`PROBE_STEPS` optimizer steps the callback knows this machine's time per step (the first step,
 which pays for kernel warm-up, left out). When the planned steps do not fit the stage's allotted time, the
-schedule is shortened once to the steps that do — the learning rate then decays to its end at the new last
-step, as a shorter run would have — and training stops there with its weights saved as usual. The estimate is
-re-checked every step: should the steps get slower, training stops when the time is up, whatever the step.
+schedule is shortened to the steps that do — the learning rate then decays to its end at the new last
+step, as a shorter run would have — and training stops there with its weights saved as usual. Halfway
+through the allotted time the schedule is fitted a second time, from the steps since the first fit (the
+first steps of a run are often slower or faster than its average): the end moves later when steps got
+faster (never past the planned steps) or earlier when they got slower. The estimate is re-checked every
+step: should the steps get slower still, training stops when the time is up, whatever the step.
 What happened is kept for the manifest (:meth:`BudgetCallback.outcome`) and said in the log.
 """
 
@@ -37,6 +40,8 @@ def budget_callback(label: str) -> Any:
             self.started = self.after_first = 0.0
             self.planned = self.end = 0
             self.why = ""
+            self.probed: tuple[int, float] | None = None
+            self.refitted = False
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
@@ -50,9 +55,17 @@ def budget_callback(label: str) -> Any:
             elif step == PROBE_STEPS and self.end == self.planned:
                 per_step = (now - self.after_first) / (step - 1)
                 fits = step + math.floor((SAFETY * self.allotted - (now - self.started)) / per_step)
+                self.probed = (step, now)
                 if fits < self.planned:
                     self.shorten(max(step, fits), per_step, kwargs.get("lr_scheduler"))
                     state.max_steps = self.end  # what the progress line and bar count to from now on
+            elif self.probed and not self.refitted and now - self.started >= self.allotted / 2 and step < self.end:
+                self.refitted = True
+                per_step = (now - self.probed[1]) / max(1, step - self.probed[0])
+                fits = min(self.planned, step + math.floor((SAFETY * self.allotted - (now - self.started)) / per_step))
+                if fits != self.end and (self.end < self.planned or fits < self.end):
+                    self.shorten(max(step, fits), per_step, kwargs.get("lr_scheduler"), again=True)
+                    state.max_steps = self.end
             over = now - self.started >= self.allotted and step < self.end
             if distributed.leader_decides(step >= self.end or over):  # every process stops at the same step
                 control.should_training_stop = True
@@ -61,13 +74,14 @@ def budget_callback(label: str) -> Any:
                     stage_log(label).warning(f"budget: the time for {label} is up; stopping at step {step}")
                 self.end = state.max_steps = step
 
-        def shorten(self, steps: int, per_step: float, scheduler: Any) -> None:
+        def shorten(self, steps: int, per_step: float, scheduler: Any, again: bool = False) -> None:
             self.end = steps
             refitted = refit_schedule(scheduler, steps)
-            self.why = f"{steps} of {self.planned} steps fit {clock.shown(self.allotted)} at {per_step:.1f}s a step" + (
+            fit = f"{steps} of {self.planned} steps fit {clock.shown(self.allotted)} at {per_step:.1f}s a step" + (
                 "; the learning-rate schedule ends at the new last step" if refitted else ""
             )
-            stage_log(self.label).info(f"budget: {self.why}")
+            self.why = f"{self.why}; refitted halfway: {fit}" if again and self.why else fit
+            stage_log(self.label).info(f"budget: {'refitted halfway: ' if again else ''}{fit}")
 
         def outcome(self) -> dict[str, Any]:
             return {
