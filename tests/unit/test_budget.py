@@ -65,7 +65,9 @@ def test_a_shortened_schedule_decays_to_its_new_end():
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # step 10 of 10: the end of the cosine
 
 
-def test_a_shortened_schedule_is_what_the_progress_line_counts_to(monkeypatch):
+def _budgeted_steps(monkeypatch, step_seconds, last_step: int | None = None):
+    """Drive sft's budget callback (100 s, 1,000 steps planned) on a fake clock: step N takes
+    ``step_seconds(N)``; until the callback stops training, or ``last_step``. Returns (callback, state, seconds)."""
     from types import SimpleNamespace
 
     from lmforge.engine import deadline
@@ -77,12 +79,29 @@ def test_a_shortened_schedule_is_what_the_progress_line_counts_to(monkeypatch):
         callback = deadline.budget_callback("sft")
         state = SimpleNamespace(max_steps=1000, global_step=0)
         callback.on_train_begin(None, state, None)
-        for step in (1, 2, 3):  # 10 s a step: about 9 more steps fit the 100 s
-            now[0], state.global_step = 10.0 * step, step
-            callback.on_step_end(None, state, SimpleNamespace(should_training_stop=False))
+        control = SimpleNamespace(should_training_stop=False)
+        while not control.should_training_stop and state.global_step != last_step:
+            state.global_step += 1
+            now[0] += step_seconds(state.global_step)
+            callback.on_step_end(None, state, control)
     finally:
         clock.stop()
+    return callback, state, now[0]
+
+
+def test_a_shortened_schedule_is_what_the_progress_line_counts_to(monkeypatch):
+    callback, state, _ = _budgeted_steps(monkeypatch, lambda step: 10.0, last_step=3)  # about 9 steps fit
     assert callback.end == state.max_steps < 20 and callback.outcome()["planned_steps"] == 1000
+
+
+def test_a_second_fit_halfway_lengthens_a_schedule_whose_steps_got_faster(monkeypatch):
+    """Steps 2-3 take 10 s, later ones 8 s: the first fit (9 steps in 100 s) would leave a fifth of the time
+    unused; the fit halfway, from the steps since the first, moves the end to 11."""
+    first, *_ = _budgeted_steps(monkeypatch, lambda step: 10.0, last_step=3)
+    assert first.end == 9
+    callback, state, seconds = _budgeted_steps(monkeypatch, lambda step: 10.0 if step <= 3 else 8.0)
+    assert state.global_step == callback.end == state.max_steps == 11 and seconds <= 100
+    assert "refitted halfway: 11 of 1000 steps" in callback.outcome()["why"]
 
 
 def test_a_budgeted_run_cuts_its_schedule_and_ends_in_time(tiny_recipe):
@@ -122,32 +141,3 @@ def test_eval_prompts_are_measured_as_long_as_the_eval_sets_own(tmp_path, tiny_m
     assert expected > 48 and prompt_tokens(tokenizer, str(split), 32) == pytest.approx(expected, abs=1)
     tokenizer.chat_template = None
     assert prompt_tokens(tokenizer, str(split), 32) == 48  # no template: the fixed probe length
-
-
-def test_a_second_fit_halfway_lengthens_a_schedule_whose_steps_got_faster(monkeypatch):
-    """Steps 2-3 take 10 s, later ones 8 s: the first fit (9 steps in 100 s) would leave a fifth of the time
-    unused; the fit halfway, from the steps since the first, moves the end to 11."""
-    from types import SimpleNamespace
-
-    from lmforge.engine import deadline
-
-    now = [0.0]
-    monkeypatch.setattr(deadline.time, "monotonic", lambda: now[0])
-    clock.start(100, ["sft"])
-    try:
-        callback = deadline.budget_callback("sft")
-        state = SimpleNamespace(max_steps=1000, global_step=0)
-        callback.on_train_begin(None, state, None)
-        control = SimpleNamespace(should_training_stop=False)
-        step = 0
-        while not control.should_training_stop:
-            step += 1
-            now[0] += 10.0 if step <= 3 else 8.0
-            state.global_step = step
-            callback.on_step_end(None, state, control)
-            if step == 3:
-                assert callback.end == 9
-    finally:
-        clock.stop()
-    assert step == callback.end == state.max_steps == 11 and now[0] <= 100
-    assert "refitted halfway: 11 of 1000 steps" in callback.outcome()["why"]
