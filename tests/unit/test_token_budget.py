@@ -78,6 +78,15 @@ def test_auto_follows_free_memory_and_the_cap(monkeypatch):
     assert budget.token_budget("auto", SMOLLM2, False, 32)[0] == budget.MIN_AUTO_TOKENS
 
 
+def test_a_gpu_gives_activations_their_share_of_free_memory_without_the_cpus_cap():
+    """The 2 GB cap is a CPU measurement (no faster past ~2k tokens); a GPU with 60 GB free gets a quarter."""
+    per_token = budget.activation_bytes_per_token(SMOLLM2, True, 32)
+    gpu, _ = budget.token_budget("auto", SMOLLM2, True, 32, free_mb=60 * 1024.0, device="cuda")
+    cpu, _ = budget.token_budget("auto", SMOLLM2, True, 32, free_mb=60 * 1024.0, device="cpu")
+    assert gpu == int(0.25 * 60 * 1024 * budget.MB / per_token) > 7 * cpu
+    assert cpu == int(budget.AUTO_ACTIVATION_CAP_MB * budget.MB / per_token)
+
+
 def test_the_recipe_key_takes_a_number_auto_or_off():
     assert SFTSpec().micro_batch_tokens == "auto"
     assert SFTSpec(micro_batch_tokens=4096).micro_batch_tokens == 4096

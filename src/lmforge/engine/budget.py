@@ -59,6 +59,14 @@ def activation_bytes_per_token(config: dict[str, Any], bf16: bool, lora_rank: in
     return per_layer * config["num_hidden_layers"] * ACTIVATION_SCALE
 
 
+def _on_cuda(device: str) -> bool:
+    if device != "auto":
+        return device == "cuda"
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def free_memory_mb() -> float | None:
     """Memory the training device has free now (CUDA: the current GPU's; CPU: MemAvailable within the cgroup)."""
     import torch
@@ -103,17 +111,25 @@ def standard_config(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def token_budget(
-    setting: int | str, config: dict[str, Any], bf16: bool, lora_rank: int | None, free_mb: float | str | None = "now"
+    setting: int | str,
+    config: dict[str, Any],
+    bf16: bool,
+    lora_rank: int | None,
+    free_mb: float | str | None = "now",
+    device: str = "auto",
 ) -> tuple[int | None, str]:
     """The token budget for ``micro_batch_tokens`` (an int, ``auto`` or ``off``) and why; ``free_mb``
-    is the device's free memory in MB (``now``: measured now; None: unknown)."""
+    is the device's free memory in MB (``now``: measured now; None: unknown). :data:`AUTO_ACTIVATION_CAP_MB`
+    holds on a CPU (``device`` ``cpu``, or ``auto`` without CUDA) only: a GPU keeps gaining from larger
+    micro-batches, so there ``auto`` gives activations their share of the free memory, uncapped."""
     if setting == "off":
         return None, "micro_batch_tokens: off (batch_size rows per micro-batch)"
     if isinstance(setting, int):
         return setting, f"micro_batch_tokens: {setting} (recipe)"
     per_token = activation_bytes_per_token(config, bf16, lora_rank)
     free = free_memory_mb() if free_mb == "now" else free_mb
-    allowed = AUTO_ACTIVATION_CAP_MB if free is None else min(AUTO_ACTIVATION_CAP_MB, AUTO_MEMORY_SHARE * free)
+    cap = math.inf if _on_cuda(device) else AUTO_ACTIVATION_CAP_MB
+    allowed = AUTO_ACTIVATION_CAP_MB if free is None else min(cap, AUTO_MEMORY_SHARE * free)
     budget = max(MIN_AUTO_TOKENS, int(allowed * MB / per_token))
     where = "free memory unknown" if free is None else f"{free / 1024:.1f} GiB free"
     return budget, (
@@ -131,13 +147,14 @@ def micro_batching(
     bf16: bool,
     lora_rank: int | None,
     free_mb: float | str | None = "now",
+    device: str = "auto",
 ) -> MicroBatching:
     """Rows per micro-batch so that ``batch_size`` rows of the longest examples stay within the budget.
 
     Padded rows cost ``rows x longest``; a packed micro-batch is one row of the examples' summed
     lengths, bounded the same way. One example longer than the budget still trains (alone).
     """
-    budget, reason = token_budget(setting, config, bf16, lora_rank, free_mb)
+    budget, reason = token_budget(setting, config, bf16, lora_rank, free_mb, device)
     if budget is None or not lengths:
         return MicroBatching(budget, batch_size, reason)
     longest = max(lengths)

@@ -324,6 +324,7 @@ def plan_recipe(
                 bf16,
                 rank,
                 hardware.available_mb,
+                hardware.device,
             )
             batches = sft_batches(lengths, spec, micro.rows)
             rows, longest = attention_row(lengths, micro.rows, spec.packing)
@@ -333,7 +334,15 @@ def plan_recipe(
             kept = backward_config(config, spec)
             rows_of = [spec.max_length] * rows_total
             micro = micro_batching(
-                spec.micro_batch_tokens, spec.batch_size, rows_of, False, kept, bf16, rank, hardware.available_mb
+                spec.micro_batch_tokens,
+                spec.batch_size,
+                rows_of,
+                False,
+                kept,
+                bf16,
+                rank,
+                hardware.available_mb,
+                hardware.device,
             )
             batches = cpt_batches(sum(lengths), spec, micro.rows)
             rows, longest = micro.rows, spec.max_length
