@@ -21,6 +21,7 @@ from lmforge.cli_common import (
     _settings,
     app,
     console,
+    with_budget,
 )
 from lmforge.stages import STAGE_ORDER
 
@@ -45,7 +46,7 @@ def run(
     budget: BudgetOption = None,
 ) -> None:
     """Run every stage of a recipe (finished stages with unchanged inputs are skipped)."""
-    set_ = [*(set_ or []), f"budget={budget}"] if budget else set_
+    set_ = with_budget(set_, budget)
     if nproc == 1:
         _run(recipe, set_, run_dir, only)
         return
@@ -66,10 +67,7 @@ def demo(set_: SetOption = None, run_dir: RunDirOption = None, budget: BudgetOpt
     (within the recipe's budget of 15 minutes; --budget 0 for none)."""
     from lmforge.config import shipped_recipe
 
-    path = shipped_recipe("demo")
-    if budget is not None:
-        set_ = [*(set_ or []), "budget=null" if budget.strip() in ("0", "none") else f"budget={budget}"]
-    _run(path, set_, run_dir)
+    _run(shipped_recipe("demo"), with_budget(set_, budget), run_dir)
 
 
 @app.command()

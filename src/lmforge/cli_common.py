@@ -51,6 +51,15 @@ BudgetOption = Annotated[
     str | None,
     typer.Option(help="End the run within this time (15m, 1h30m, 900): eval keeps its time, training fits the rest."),
 ]
+
+
+def with_budget(overrides: list[str] | None, budget: str | None) -> list[str] | None:
+    """``--budget`` as a recipe override: ``0`` or ``none`` runs without one (a recipe's own included)."""
+    if budget is None:
+        return overrides
+    return [*(overrides or []), "budget=null" if budget.strip().lower() in ("0", "none") else f"budget={budget}"]
+
+
 RunDirOption = Annotated[
     str | None, typer.Option("--run-dir", help="Parent folder of run directories (default: runs).")
 ]

@@ -141,3 +141,11 @@ def test_eval_prompts_are_measured_as_long_as_the_eval_sets_own(tmp_path, tiny_m
     assert expected > 48 and prompt_tokens(tokenizer, str(split), 32) == pytest.approx(expected, abs=1)
     tokenizer.chat_template = None
     assert prompt_tokens(tokenizer, str(split), 32) == 48  # no template: the fixed probe length
+
+
+def test_budget_zero_on_the_command_line_runs_without_one(tiny_recipe):
+    from lmforge.cli_common import with_budget
+
+    assert with_budget(None, "0") == ["budget=null"] and with_budget(["a=1"], "None") == ["a=1", "budget=null"]
+    assert load_recipe(tiny_recipe, [*with_budget(["budget=15m"], "0")]).budget is None  # a recipe's own too
+    assert load_recipe(tiny_recipe, with_budget(None, "90")).budget == 90
