@@ -47,8 +47,11 @@ def llama_cpp_continuation(binary: Path, gguf: Path, prompt: str, tokens: int) -
         [str(binary), "-m", str(gguf), "-n", str(tokens), prompt], capture_output=True, text=True, timeout=300
     )
     assert done.returncode == 0, f"llama.cpp could not run {gguf.name}: {done.stderr[-3000:]}"
-    assert done.stdout.startswith(prompt), done.stdout
-    return done.stdout[len(prompt) :].removesuffix("\n")
+    printed = done.stdout
+    for bos in ("<s> ", "<s>", "<|begin_of_text|>", "<|endoftext|>"):  # llama-simple echoes the BOS it adds
+        printed = printed.removeprefix(bos)
+    assert printed.startswith(prompt), done.stdout
+    return printed[len(prompt) :].removesuffix("\n")
 
 
 def transformers_continuation(model_dir: Path, prompts: list[str], tokens: int) -> list[str]:
@@ -59,7 +62,7 @@ def transformers_continuation(model_dir: Path, prompts: list[str], tokens: int) 
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     out = []
     for prompt in prompts:
-        ids = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+        ids = tokenizer(prompt, return_tensors="pt")  # with the BOS a tokenizer adds, as llama.cpp does
         with torch.inference_mode():
             generated = model.generate(**ids, max_new_tokens=tokens, do_sample=False)
         new = generated[0, ids["input_ids"].shape[1] :]
@@ -126,4 +129,5 @@ def test_llama_cpp_loads_every_converted_family(llama_simple, tmp_path, name):
     expected = transformers_continuation(folder / "hf", PROMPTS, 6)
     got = [llama_cpp_continuation(llama_simple, folder / f"{name}.f16.gguf", p, 6) for p in PROMPTS]
     print({"expected": expected, "llama.cpp": got})
-    assert sum(a == b for a, b in zip(expected, got, strict=True)) >= len(PROMPTS) - 1, (expected, got)
+    # SentencePiece decodes a continuation on its own without the space its first piece carries: compare stripped
+    assert sum(a.strip() == b.strip() for a, b in zip(expected, got, strict=True)) >= len(PROMPTS) - 1, (expected, got)

@@ -55,10 +55,18 @@ class Samples:
         return [p + c for p, c in zip(self.prompt_ids, self.continuations, strict=True)]
 
 
+def render(tokenizer: Any, conversation: list[dict[str, str]]) -> str:
+    """The prompt a conversation becomes: the chat template's rendering, or for a model without a template (a
+    base model exported as it is) its messages' text, one after the other, as a plain completion prompt."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
+    return "\n\n".join(message["content"] for message in conversation)
+
+
 def reference_samples(
     model: Any, tokenizer: Any, conversations: list[list[dict[str, str]]], new_tokens: int
 ) -> Samples:
-    prompts = [tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in conversations]
+    prompts = [render(tokenizer, c) for c in conversations]
     prompt_ids = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
     eos_id = tokenizer.eos_token_id
     continuations = [greedy(model, ids, new_tokens, eos_id) for ids in prompt_ids]
@@ -123,9 +131,7 @@ def check_hf_folder(hf_dir: Path, merged: Any, samples: Samples) -> Check:
             worst = max(worst, float((reloaded(input_ids=x).logits - merged(input_ids=x).logits).abs().max()))
     if worst > 1e-5:
         problems.append(f"reloaded logits differ by {worst:.2e}")
-    rendered = [
-        tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in samples.conversations
-    ]
+    rendered = [render(tokenizer, c) for c in samples.conversations]
     if rendered != samples.prompts:
         problems.append("its chat template renders the sample conversations differently")
     eos = GenerationConfig.from_pretrained(hf_dir).eos_token_id
@@ -187,9 +193,7 @@ def check_gguf(
     details["same_token_ids"] = same_ids
     if not same_ids:
         problems.append("its tokenizer splits the sample prompts differently")
-    rendered = [
-        gguf_tokenizer.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in samples.conversations
-    ]
+    rendered = [render(gguf_tokenizer, c) for c in samples.conversations]
     details["same_chat_template"] = rendered == samples.prompts
     if rendered != samples.prompts:
         problems.append("its chat template renders the sample conversations differently")
