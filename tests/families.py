@@ -100,7 +100,11 @@ FAMILIES: dict[str, Family] = {
     "gpt2": Family("GPT2LMHeadModel", "GPT2Config", "gpt-2"),
     "granite": Family("GraniteForCausalLM", "GraniteConfig", "starcoder"),
     "olmo2": Family(
-        "Olmo2ForCausalLM", "Olmo2Config", "gpt-2", tokenizer_note="OLMo 2's own tokenizer is not shipped by llama.cpp"
+        "Olmo2ForCausalLM",
+        "Olmo2Config",
+        "gpt-2",
+        extra={"tie_word_embeddings": False},  # as OLMo 2's checkpoints: llama.cpp's olmo2 needs output.weight
+        tokenizer_note="OLMo 2's own tokenizer is not shipped by llama.cpp",
     ),
     "gptneox": Family(
         "GPTNeoXForCausalLM",
@@ -171,7 +175,7 @@ def build_family_model(name: str, folder: Path, seed: int = 0) -> Path:
     elif family.config == "GPTNeoXConfig":
         shape.pop("num_key_value_heads")
         shape.update(tie_word_embeddings=False, rotary_pct=1.0)  # llama.cpp's converter reads rotary_pct
-    config = getattr(transformers, family.config)(**shape, **family.extra)
+    config = getattr(transformers, family.config)(**{**shape, **family.extra})
     config.architectures = [family.architecture]
     torch.manual_seed(seed)
     model = getattr(transformers, family.architecture)(config)
