@@ -106,3 +106,28 @@ def test_a_broken_gguf_fails_the_export(tiny_run, tmp_path, monkeypatch):
     assert {c["name"]: c["passed"] for c in checks} == {"merge": True, "hf": True, "gguf:f16": False}
     manifest = json.loads((tmp_path / "bad" / "manifest.json").read_text())
     assert manifest["status"] == "failed" and "gguf:f16" in manifest["error"]["message"]
+
+
+def test_a_model_without_a_chat_template_exports_with_plain_prompts(tmp_path, tiny_model_dir):
+    """A base model with no template (GPT-2 style) exports as it is: its parity prompts are the messages' text."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from lmforge.export import parity
+    from lmforge.export.run import ExportSettings, run_export
+
+    plain = tmp_path / "plain"
+    shutil.copytree(tiny_model_dir, plain)
+    tokenizer = AutoTokenizer.from_pretrained(plain)
+    tokenizer.chat_template = None
+    tokenizer.save_pretrained(plain)
+    config = plain / "tokenizer_config.json"
+    config.write_text(config.read_text().replace('"chat_template"', '"unused_template"'))
+    (plain / "chat_template.jinja").unlink(missing_ok=True)
+    conversation = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Fact 3?"}]
+    assert parity.render(AutoTokenizer.from_pretrained(plain), conversation) == "Be brief.\n\nFact 3?"
+    settings = ExportSettings(out_dir=tmp_path / "out", gguf_types=["f16"], samples=2, new_tokens=4)
+    result = run_export(str(plain), settings)
+    checks = {c["name"]: c for c in result.checks}
+    assert checks["hf"]["passed"], checks["hf"]
