@@ -13,31 +13,24 @@ import argparse
 import json
 from pathlib import Path
 
-from lmforge.rag.quality import gold_document, retrieval_scores
-from lmforge.rag.raft import last_questions
-from lmforge.rag.retrieve import MODES, open_retriever
-from lmforge.records import read_records, short_answer
+from lmforge.config import IndexSpec
+from lmforge.rag.retrieve import open_retriever
+from lmforge.rag.stage import evaluate_retrieval
+from lmforge.records import read_records
 from lmforge.rundir import StageDir
 
 
 def run_scores(run: Path, ks: list[int]) -> dict[str, dict[str, dict[str, float]]]:
+    """The index stage's own retrieval evaluation (``evaluate_retrieval``) of each of the run's eval sets,
+    at ``ks``."""
     retriever, _ = open_retriever(run)
     recipe = json.loads((run / "recipe.json").read_text(encoding="utf-8"))
-    gold_key = recipe["index"]["gold_key"]
+    spec = IndexSpec.model_validate(recipe["index"]).model_copy(update={"eval_k": ks})
     splits = StageDir.open(run, "data").manifest["outputs"]["splits"]
     found: dict[str, dict[str, dict[str, float]]] = {}
     for name in recipe["eval"]["sets"]:
-        if name not in splits:
-            continue
-        records = [r for r in read_records(splits[name]) if gold_document(r.get("meta"), gold_key)]
-        if not records:
-            continue
-        targets = [gold_document(r.get("meta"), gold_key) or "" for r in records]
-        answers = [short_answer(r) for r in records]
-        found[name] = {}
-        for mode in MODES:
-            ranked = retriever.search(last_questions(records), max(ks), mode)
-            found[name][mode] = retrieval_scores(ranked, targets, ks, answers)
+        if name in splits:
+            evaluate_retrieval(name, list(read_records(splits[name])), retriever, None, spec, max(ks), found)
     return found
 
 

@@ -155,7 +155,7 @@ def _retrieve_set(
     """Retrieve for one evaluation set (its retrieval quality added to ``quality``); returns the file written."""
     records = list(read_records(path))
     depth = max([spec.top_k, *spec.eval_k])
-    ranked = _evaluate(name, records, retriever, reranked, spec, depth, quality)
+    ranked = evaluate_retrieval(name, records, retriever, reranked, spec, depth, quality)
     if spec.mode not in ranked:
         ranked[spec.mode] = (reranked or retriever).search(last_questions(records), depth, spec.mode)
     scores = relevance(retriever, last_questions(records))
@@ -252,7 +252,7 @@ EMBED_BATCH = 256
 """Texts per unit of embedding work (what one process embeds at a time under a launcher)."""
 
 
-def _evaluate(
+def evaluate_retrieval(
     name: str,
     records: list[Record],
     retriever: LanceRetriever,
