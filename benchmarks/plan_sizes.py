@@ -32,8 +32,7 @@ def peak_mb(name: str, arm: str, device: str) -> float:
     memory = estimate_memory(shape, spec, batches, bf16=True, kernel="sdpa", hardware_device=device)
     training = sum(memory.values())
     if device == "cpu":  # the checkpoint is mapped next to the converted weights while loading
-        shape.checkpoint_bytes = shape.params * 2
-        return max(training, loading_peak_mb(shape, spec, bf16=True))
+        return max(training, loading_peak_mb(shape.with_bf16_checkpoint(), spec, bf16=True))
     return training
 
 

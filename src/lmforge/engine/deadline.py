@@ -57,15 +57,13 @@ def budget_callback(label: str) -> Any:
                 fits = step + math.floor((SAFETY * self.allotted - (now - self.started)) / per_step)
                 self.probed = (step, now)
                 if fits < self.planned:
-                    self.shorten(max(step, fits), per_step, kwargs.get("lr_scheduler"))
-                    state.max_steps = self.end  # what the progress line and bar count to from now on
+                    self.shorten(state, max(step, fits), per_step, kwargs.get("lr_scheduler"))
             elif self.probed and not self.refitted and now - self.started >= self.allotted / 2 and step < self.end:
                 self.refitted = True
                 per_step = (now - self.probed[1]) / max(1, step - self.probed[0])
                 fits = min(self.planned, step + math.floor((SAFETY * self.allotted - (now - self.started)) / per_step))
                 if fits != self.end and (self.end < self.planned or fits < self.end):
-                    self.shorten(max(step, fits), per_step, kwargs.get("lr_scheduler"), again=True)
-                    state.max_steps = self.end
+                    self.shorten(state, max(step, fits), per_step, kwargs.get("lr_scheduler"), again=True)
             over = now - self.started >= self.allotted and step < self.end
             if distributed.leader_decides(step >= self.end or over):  # every process stops at the same step
                 control.should_training_stop = True
@@ -74,8 +72,8 @@ def budget_callback(label: str) -> Any:
                     stage_log(label).warning(f"budget: the time for {label} is up; stopping at step {step}")
                 self.end = state.max_steps = step
 
-        def shorten(self, steps: int, per_step: float, scheduler: Any, again: bool = False) -> None:
-            self.end = steps
+        def shorten(self, state: Any, steps: int, per_step: float, scheduler: Any, again: bool = False) -> None:
+            self.end = state.max_steps = steps  # what the progress line and bar count to from now on
             refitted = refit_schedule(scheduler, steps)
             fit = f"{steps} of {self.planned} steps fit {clock.shown(self.allotted)} at {per_step:.1f}s a step" + (
                 "; the learning-rate schedule ends at the new last step" if refitted else ""

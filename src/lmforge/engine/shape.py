@@ -111,6 +111,12 @@ class ModelShape:
         """Blocks an adapter on the last ``top_layers`` blocks covers (every block when None)."""
         return self.layers if top_layers is None else min(self.layers, top_layers)
 
+    def with_bf16_checkpoint(self) -> ModelShape:
+        """This shape with the checkpoint a model of its size ships as bf16 safetensors (planning a model whose
+        files are not here)."""
+        self.checkpoint_bytes = 2 * self.params
+        return self
+
     def frozen_weight_bytes(self, bytes_per_weight: float, quantization: str = "none") -> float:
         """Bytes of the frozen weights: the blocks' linear layers quantized when ``quantization`` says so
         (``4bit``, ``8bit``), everything else (embeddings, norms) at ``bytes_per_weight``."""

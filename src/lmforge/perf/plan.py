@@ -298,10 +298,11 @@ def plan_recipe(
     model_dir = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     checkpoint = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    if model_config is not None:
+    if model_config is None:
+        shape = ModelShape.from_config(config, checkpoint)
+    else:
         config = model_config
-        checkpoint = ModelShape.from_config(config).params * 2  # a bf16 checkpoint of that size
-    shape = ModelShape.from_config(config, checkpoint)
+        shape = ModelShape.from_config(config).with_bf16_checkpoint()
     config = language_config(config)
     tokenizer = load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     splits = _splits(recipe, fresh_data)

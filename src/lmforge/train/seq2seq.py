@@ -9,6 +9,7 @@ scored by valid-JSON rate and exact match per field (see :func:`score_extraction
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,7 @@ def run(recipe: Recipe) -> TrainResult:
         label="seq2seq",
         train_dataset=examples,
         eval_dataset=eval_examples or None,
-        collator=lambda batch: collate(batch, tokenizer.pad_token_id, global_first=attends_globally(model)),
+        collator=functools.partial(collate, pad_id=tokenizer.pad_token_id, global_first=attends_globally(model)),
         loss_sum=seq2seq_loss_sum,
         sampling="group_by_length",
     )
