@@ -449,8 +449,27 @@ def generate_replies(
     ``data_parallel``, inside a stage that every process of a launched job runs together, each
     process answers every N-th batch and all get every reply (the same ones as one process).
     """
-    found = _replies(model, tokenizer, conversations, max_new_tokens, batch_size, on_batch, data_parallel, {})
+    prompts = _chat_prompts(tokenizer, conversations)
+    found = _replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, data_parallel, {})
     return [replies[0] for replies in found]
+
+
+def continue_texts(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    texts: list[str],
+    max_new_tokens: int = 40,
+    batch_size: int = 32,
+    on_batch: Any = None,
+) -> list[str]:
+    """Greedy continuations of plain ``texts`` (no chat template: few-shot completion prompts), each cut at
+    its first line break; batched like :func:`generate_replies`."""
+    bos = tokenizer.bos_token or ""
+    adds_bos = bool(bos) and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+    prompts = [f"{bos}{text}" if adds_bos else text for text in texts]
+    stop = {"stop_strings": ["\n"], "tokenizer": tokenizer}
+    found = _replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, False, stop)
+    return [replies[0].split("\n")[0].strip() for replies in found]
 
 
 def sample_replies(
@@ -471,25 +490,27 @@ def sample_replies(
     under a launcher, where each process samples its share of the batches, the samples are the same."""
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_return_sequences": samples}
     sampling["seed"] = seed
-    return _replies(model, tokenizer, conversations, max_new_tokens, batch_size, on_batch, data_parallel, sampling)
+    prompts = _chat_prompts(tokenizer, conversations)
+    return _replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, data_parallel, sampling)
+
+
+def _chat_prompts(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]) -> list[str]:
+    return [tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
 
 
 def _replies(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
-    conversations: list[list[dict[str, str]]],
+    prompts: list[str],
     max_new_tokens: int,
     batch_size: int,
     on_batch: Any,
     data_parallel: bool,
     sampling: dict[str, Any],
 ) -> list[list[str]]:
-    """Every conversation's replies (one greedy one without ``sampling``, else ``num_return_sequences``)."""
+    """Every rendered prompt's replies (one greedy one without ``sampling``, else ``num_return_sequences``)."""
     import torch
 
-    prompts = [
-        tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations
-    ]
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     per_prompt = sampling.get("num_return_sequences", 1)
     replies: list[list[str]] = [[] for _ in prompts]

@@ -211,13 +211,23 @@ def test_plan_compares_arms_and_counts_the_documents_mixed_in(tiny_recipe, tmp_p
 
     arms = plan_arms(
         lambda extra: load_recipe(tiny_recipe, ["data.questions.enabled=false", *extra]),
-        ["", "sft.documents.enabled=true sft.documents.copies=3", "data.questions.enabled=true"],
+        [
+            "",
+            "sft.documents.enabled=true sft.documents.copies=3",
+            "data.questions.enabled=true",
+            "data.questions.enabled=true sft.reword.enabled=true sft.reword.per_question=2",
+        ],
     )
-    (_, [plain]), (_, [mixed]), (_, [asked]) = arms
+    (_, [plain]), (_, [mixed]), (_, [asked]), (_, [reworded]) = arms
     assert mixed.batches.trained_examples == plain.batches.trained_examples + 5 * 3 * 2  # 5 docs, 3 forms, 2 epochs
     assert any("15 document chunks (3 form(s) each)" in note for note in mixed.notes)
     assert asked.batches.trained_examples > plain.batches.trained_examples  # the arm's own data, questions written
     assert any("replay of the base model's replies not counted" in note for note in plain.notes)
+    questions = (asked.batches.trained_examples - plain.batches.trained_examples) // 2  # trained for 2 epochs
+    assert any(
+        f"rewordings of {questions} rule-made questions not counted (at most {questions * 2};" in note
+        for note in reworded.notes
+    )
 
     result = CliRunner().invoke(app, ["plan", str(tiny_recipe), "--arm", "sft.method=full", "--arm", "sft.epochs=4"])
     assert result.exit_code == 0, result.output

@@ -162,6 +162,19 @@ class ReplaySpec(Strict):
         return str(resolved)
 
 
+class RewordSpec(Strict):
+    """``sft.reword``: the base model rewords the rule-made questions (``data.questions``) in its own words
+    (lmforge.train.rewording)."""
+
+    enabled: bool = False
+    """Add the base model's rewordings of every generated question to training."""
+    per_question: int = Field(1, ge=1, le=4)
+    """Rewordings asked per question, each after another set of example rewrites (a fact's wordings start at
+    different sets); kept where they pass the checks."""
+    max_new_tokens: int = Field(40, ge=8)
+    """Longest rewording generated."""
+
+
 class DocumentsMixSpec(Strict):
     """``sft.documents``: the documents' own text trained on together with the questions (lmforge.train.documents)."""
 
@@ -228,6 +241,8 @@ class SFTSpec(TrainSpec):
     """Logit-level distillation from a teacher that shares the tokenizer (off when unset)."""
     replay: ReplaySpec = ReplaySpec()
     """Replay of the base model's own replies to general prompts, so tuning does not erase what it knew."""
+    reword: RewordSpec = RewordSpec()
+    """The base model's own rewordings of the rule-made questions, trained with them (docs/TRAINING.md)."""
     documents: DocumentsMixSpec = DocumentsMixSpec()
     """The documents' text itself in the same training as the questions (off by default; docs/TRAINING.md)."""
 

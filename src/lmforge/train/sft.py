@@ -41,6 +41,7 @@ from lmforge.records import read_records
 from lmforge.rundir import StageDir, fingerprint_data, fingerprint_file
 from lmforge.train.documents import mix_documents
 from lmforge.train.replay import with_replay
+from lmforge.train.rewording import with_rewording
 
 
 def run(recipe: Recipe) -> TrainResult:
@@ -63,6 +64,7 @@ def run(recipe: Recipe) -> TrainResult:
     stage_log("sft").info(f"{start.description}; training data {shown_paths}")
     tokenizer = load_tokenizer(start.base_dir, trust_remote_code=recipe.model.trust_remote_code)
     records = _chat_records(train_paths, spec.splits)
+    records, reworded = with_rewording(recipe, records, stage.path("reworded.jsonl"))
     records, replayed = with_replay(recipe, records, stage.path("replay.jsonl"))
     default_domain = install_template(tokenizer, spec.template, records, recipe.model.ref)
     examples, token_counts = tokenize_records(tokenizer, records, spec.max_length, spec.train_on_inputs, spec.template)
@@ -118,6 +120,7 @@ def run(recipe: Recipe) -> TrainResult:
 
     outputs = save_outputs(model, tokenizer, spec, stage, start)
     metrics = _metrics(trainer, result, seconds, token_counts, spec.template, replayed, default_domain)
+    metrics["reworded_records"] = reworded
     setup.wrap_up(trainer)
     stage.finish(metrics, outputs=outputs)
     return TrainResult.from_outputs(outputs, metrics, skipped=False)
