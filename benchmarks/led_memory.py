@@ -56,12 +56,12 @@ def one_step(family: str, length: int, precision: str, checkpointing: bool) -> d
     from lmforge.train.seq2seq import attends_globally, collate, seq2seq_loss_sum
 
     torch.manual_seed(0)
+    if precision == "bf16":  # built in bf16: an fp32 copy first would set the high-water mark read below
+        torch.set_default_dtype(torch.bfloat16)
     if family == "led":
         model = LEDForConditionalGeneration(LEDConfig(**LED_BASE))
     else:
         model = BartForConditionalGeneration(BartConfig(**BART_BASE))
-    if precision == "bf16":
-        model = model.to(torch.bfloat16)
     if checkpointing:
         model.gradient_checkpointing_enable()
     model.train()
