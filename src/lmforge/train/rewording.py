@@ -163,7 +163,7 @@ def rejection(question: str, rewrite: str, answer: str, kind: str, reply: str = 
     content = _content(question)
     if len(content & _content(rewrite)) < min(2, len(content)):
         return "drifts from the question"
-    known = {_stem(w) for w in _content(f"{question} {reply}")} | ASKING_WORDS
+    known = {_stem(w) for w in _content(f"{question} {reply}") | ASKING_WORDS}
     if len({_stem(w) for w in _content(rewrite)} - known) > 1:
         return "brings words of its own"
     return None
