@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 
-LED_BASE = {  # allenai/led-base-16384 config.json
+BASE_SHAPE = {  # what allenai/led-base-16384 and facebook/bart-base share (their config.json)
     "d_model": 768,
     "encoder_layers": 6,
     "decoder_layers": 6,
@@ -31,21 +31,14 @@ LED_BASE = {  # allenai/led-base-16384 config.json
     "encoder_ffn_dim": 3072,
     "decoder_ffn_dim": 3072,
     "vocab_size": 50265,
+}
+LED_BASE = {
+    **BASE_SHAPE,
     "max_encoder_position_embeddings": 16384,
     "max_decoder_position_embeddings": 1024,
     "attention_window": [1024] * 6,
 }
-BART_BASE = {  # facebook/bart-base config.json
-    "d_model": 768,
-    "encoder_layers": 6,
-    "decoder_layers": 6,
-    "encoder_attention_heads": 12,
-    "decoder_attention_heads": 12,
-    "encoder_ffn_dim": 3072,
-    "decoder_ffn_dim": 3072,
-    "vocab_size": 50265,
-    "max_position_embeddings": 1024,
-}
+BART_BASE = {**BASE_SHAPE, "max_position_embeddings": 1024}
 
 
 def one_step(family: str, length: int, precision: str, checkpointing: bool) -> dict[str, float]:
