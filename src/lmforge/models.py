@@ -450,26 +450,8 @@ def generate_replies(
     process answers every N-th batch and all get every reply (the same ones as one process).
     """
     prompts = _chat_prompts(tokenizer, conversations)
-    found = _replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, data_parallel, {})
+    found = rendered_replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, data_parallel, {})
     return [replies[0] for replies in found]
-
-
-def continue_texts(
-    model: PreTrainedModel,
-    tokenizer: PreTrainedTokenizerBase,
-    texts: list[str],
-    max_new_tokens: int = 40,
-    batch_size: int = 32,
-    on_batch: Any = None,
-) -> list[str]:
-    """Greedy continuations of plain ``texts`` (no chat template: few-shot completion prompts), each cut at
-    its first line break; batched like :func:`generate_replies`."""
-    bos = tokenizer.bos_token or ""
-    adds_bos = bool(bos) and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
-    prompts = [f"{bos}{text}" if adds_bos else text for text in texts]
-    stop = {"stop_strings": ["\n"], "tokenizer": tokenizer}
-    found = _replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, False, stop)
-    return [replies[0].split("\n")[0].strip() for replies in found]
 
 
 def sample_replies(
@@ -491,14 +473,14 @@ def sample_replies(
     sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "num_return_sequences": samples}
     sampling["seed"] = seed
     prompts = _chat_prompts(tokenizer, conversations)
-    return _replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, data_parallel, sampling)
+    return rendered_replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, data_parallel, sampling)
 
 
 def _chat_prompts(tokenizer: PreTrainedTokenizerBase, conversations: list[list[dict[str, str]]]) -> list[str]:
     return [tokenizer.apply_chat_template(conv, add_generation_prompt=True, tokenize=False) for conv in conversations]
 
 
-def _replies(
+def rendered_replies(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
@@ -508,7 +490,8 @@ def _replies(
     data_parallel: bool,
     sampling: dict[str, Any],
 ) -> list[list[str]]:
-    """Every rendered prompt's replies (one greedy one without ``sampling``, else ``num_return_sequences``)."""
+    """Every rendered prompt's replies (one greedy one without ``sampling``, else ``num_return_sequences``;
+    ``sampling`` may also hold other ``generate`` arguments, e.g. ``stop_strings``)."""
     import torch
 
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))

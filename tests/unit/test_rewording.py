@@ -78,7 +78,8 @@ def test_the_wordings_of_a_fact_are_reworded_after_different_examples():
 def test_continue_texts_completes_plain_text_up_to_the_line_break(tiny_model_dir):
     import torch
 
-    from lmforge.models import continue_texts, load_for_inference
+    from lmforge.models import load_for_inference
+    from lmforge.train.rewording import continue_texts
 
     model, tokenizer = load_for_inference(str(tiny_model_dir))
     texts = ["Question: a b c\nRewrite:", "Question: d\nRewrite:", "x"]

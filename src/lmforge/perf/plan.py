@@ -371,6 +371,7 @@ def _sft_additions(recipe: Any, splits: dict[str, list[dict[str, Any]]], tokeniz
     """Lengths of what sft adds to its splits' chat records (replay, the documents' text), and notes on them."""
     from lmforge.train.documents import document_texts
     from lmforge.train.replay import cached_replay
+    from lmforge.train.rewording import planned_note
 
     spec = recipe.sft
     replay = cached_replay(recipe, [r for name in spec.splits for r in splits.get(name, []) if r["kind"] == "chat"])
@@ -381,14 +382,7 @@ def _sft_additions(recipe: Any, splits: dict[str, list[dict[str, Any]]], tokeniz
         lengths += _chat_lengths({"replay": replay}, ["replay"], tokenizer, spec.max_length)
         notes.append(f"{len(replay)} replay records")
     if spec.reword.enabled:
-        rule_made = sum(
-            1 for name in spec.splits for r in splits.get(name, []) if r.get("meta", {}).get("generated") == "rules"
-        )
-        most = rule_made * spec.reword.per_question
-        notes.append(
-            f"rewordings of {rule_made} rule-made questions not counted (at most {most}; about half pass the checks;"
-            " generated when sft first runs)"
-        )
+        notes.append(planned_note(spec.reword, [r for name in spec.splits for r in splits.get(name, [])]))
     if spec.documents.enabled:
         texts = document_texts(splits.get(spec.documents.split, []), spec.documents, recipe.seed)
         lengths += [min(n, spec.max_length) for n in _text_lengths({"d": texts}, ["d"], tokenizer)]

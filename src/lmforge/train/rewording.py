@@ -27,6 +27,7 @@ import re
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from lmforge.config import Recipe, RewordSpec
 from lmforge.distributed import leader_runs
@@ -112,6 +113,15 @@ def with_rewording(recipe: Recipe, records: list[Record], stage_file: Path) -> t
         + (f" (dropped: {reasons})" if reasons else "")
     )
     return records + reworded, len(reworded)
+
+
+def planned_note(spec: RewordSpec, records: list[Record]) -> str:
+    """What ``lmforge plan`` says of the rewordings it cannot count before the base model has written them."""
+    rule_made = len(_rule_made(records))
+    return (
+        f"rewordings of {rule_made} rule-made questions not counted (at most {rule_made * spec.per_question}; "
+        "about half pass the checks; generated when sft first runs)"
+    )
 
 
 def reworded_records(sources: list[Record], rewrites: dict[str, list[str]]) -> tuple[list[Record], Counter[str]]:
@@ -207,7 +217,7 @@ def _rewrites(recipe: Recipe, spec: RewordSpec, asks: list[tuple[str, int]]) -> 
 def _generate(recipe: Recipe, wanted: list[tuple[str, int]], max_new_tokens: int) -> dict[tuple[str, int], str]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from lmforge.models import continue_texts, load_for_inference, resolve_model
+    from lmforge.models import load_for_inference, resolve_model
 
     base = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     stage_log("sft").info(f"reword: the base model rewords {len(wanted)} questions, once (cached per model)")
@@ -218,6 +228,26 @@ def _generate(recipe: Recipe, wanted: list[tuple[str, int]], max_new_tokens: int
         advance: Callable[[int], None] = lambda n: bar.advance(task, n)  # noqa: E731
         texts = continue_texts(model, tokenizer, [prompt(q, v) for q, v in wanted], max_new_tokens, on_batch=advance)
     return dict(zip(wanted, texts, strict=True))
+
+
+def continue_texts(
+    model: Any,
+    tokenizer: Any,
+    texts: list[str],
+    max_new_tokens: int = 40,
+    batch_size: int = 32,
+    on_batch: Any = None,
+) -> list[str]:
+    """Greedy continuations of plain ``texts`` (no chat template: few-shot completion prompts), each cut at
+    its first line break; batched like :func:`lmforge.models.generate_replies`."""
+    from lmforge.models import rendered_replies
+
+    bos = tokenizer.bos_token or ""
+    adds_bos = bool(bos) and tokenizer("a").input_ids[:1] == [tokenizer.bos_token_id]
+    prompts = [f"{bos}{text}" if adds_bos else text for text in texts]
+    stop = {"stop_strings": ["\n"], "tokenizer": tokenizer}
+    found = rendered_replies(model, tokenizer, prompts, max_new_tokens, batch_size, on_batch, False, stop)
+    return [replies[0].split("\n")[0].strip() for replies in found]
 
 
 def _cache_file(recipe: Recipe, max_new_tokens: int) -> Path:
