@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -70,20 +69,6 @@ def build_tiny_llama(tokenizer, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="session")
-def _test_home(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("lmforge-home")
-
-
-@pytest.fixture(autouse=True)
-def _caches_stay_in_the_test_session(request, monkeypatch, _test_home):
-    """Default-tier tests keep what lmforge caches (replay replies, rewordings, converted models) in a folder of
-    the test session, not in the user's ``~/.cache/lmforge``; the slow tier keeps the user's cache, where the real
-    models it loads are converted once."""
-    if request.node.get_closest_marker("slow") is None and "LMFORGE_HOME" not in os.environ:
-        monkeypatch.setenv("LMFORGE_HOME", str(_test_home))
 
 
 @pytest.fixture(scope="session")
