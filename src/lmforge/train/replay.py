@@ -77,12 +77,18 @@ def cached_replay(recipe: Recipe, records: list[Record]) -> list[Record] | None:
 
 
 def _cache_file(recipe: Recipe, prompts: Path, max_new_tokens: int) -> Path:
+    return model_cache_file(recipe, "replay", fingerprint_file(prompts), max_new_tokens)
+
+
+def model_cache_file(recipe: Recipe, folder: str, *key: Any) -> Path:
+    """``$LMFORGE_HOME/<folder>/<hash>.jsonl``: what the recipe's base model wrote once, keyed by its weights and
+    by ``key`` (the prompts and settings it wrote from)."""
     from lmforge.models import lmforge_home, resolve_model
 
     base = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
     weights = sorted(Path(base).glob("*.safetensors")) or sorted(Path(base).glob("config.json"))
-    key = json.dumps([[fingerprint_file(w) for w in weights], fingerprint_file(prompts), max_new_tokens])
-    return lmforge_home() / "replay" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.jsonl"
+    fingerprint = json.dumps([[fingerprint_file(w) for w in weights], *key])
+    return lmforge_home() / folder / f"{hashlib.sha1(fingerprint.encode()).hexdigest()[:16]}.jsonl"
 
 
 def _generate(recipe: Recipe, prompts: Path, max_new_tokens: int, cache: Path) -> None:

@@ -21,7 +21,6 @@ new) and the kept records are written to ``sft/reworded.jsonl``.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections import Counter
@@ -33,7 +32,7 @@ from lmforge.config import Recipe, RewordSpec
 from lmforge.distributed import leader_runs
 from lmforge.log import stage_log
 from lmforge.records import Record, chat_record, read_records
-from lmforge.rundir import StageDir, atomic_write_jsonl, fingerprint_file
+from lmforge.rundir import StageDir, atomic_write_jsonl
 
 EXAMPLES: tuple[tuple[str, str], ...] = (
     (
@@ -133,9 +132,8 @@ def reworded_records(sources: list[Record], rewrites: dict[str, list[str]]) -> t
         asked_by_fact.setdefault(_fact(source), []).append(_words(_question(source)))
     for source in sources:
         question, meta = _question(source), source.get("meta", {})
-        asked = asked_by_fact[_fact(source)]
+        asked, reply = asked_by_fact[_fact(source)], str(source["messages"][-1]["content"])
         for rewrite in rewrites.get(question, []):
-            reply = str(source["messages"][-1]["content"])
             reason = rejection(question, rewrite, str(meta.get("answer", "")), str(meta.get("kind", "")), reply)
             words = _words(rewrite)
             if reason is None and any(_jaccard(words, other) >= 0.8 for other in asked):
@@ -164,11 +162,7 @@ def rejection(question: str, rewrite: str, answer: str, kind: str, reply: str = 
         return "asks for another kind of fact"
     if _numbers(rewrite) - _numbers(question):
         return "brings a number of its own"
-    question_words = set(re.findall(r"[a-z0-9]+", question.lower()))
-    answer_only = {
-        w for w in re.findall(r"[a-z0-9]+", answer.lower()) if w not in question_words and w not in STOPWORDS
-    }
-    if answer_only & set(re.findall(r"[a-z0-9]+", lowered)):
+    if (_words(answer) - _words(question) - STOPWORDS) & _words(rewrite):
         return "gives the answer away"
     content = _content(question)
     if len(content & _content(rewrite)) < min(2, len(content)):
@@ -251,12 +245,9 @@ def continue_texts(
 
 
 def _cache_file(recipe: Recipe, max_new_tokens: int) -> Path:
-    from lmforge.models import lmforge_home, resolve_model
+    from lmforge.train.replay import model_cache_file
 
-    base = resolve_model(recipe.model.ref, recipe.model.revision, recipe.model.trust_remote_code)
-    weights = sorted(Path(base).glob("*.safetensors")) or sorted(Path(base).glob("config.json"))
-    key = json.dumps([[fingerprint_file(w) for w in weights], HEADER, EXAMPLES, SHOTS_PER_PROMPT, max_new_tokens])
-    return lmforge_home() / "reword" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.jsonl"
+    return model_cache_file(recipe, "reword", HEADER, EXAMPLES, SHOTS_PER_PROMPT, max_new_tokens)
 
 
 def _not_evaluated(recipe: Recipe, records: list[Record]) -> tuple[list[Record], int]:
@@ -290,7 +281,9 @@ def _fact(record: Record) -> str:
 
 
 def _words(text: str) -> set[str]:
-    return set(re.findall(r"[a-z0-9]+", text.lower()))
+    from lmforge.data.questions import normalise_question
+
+    return set(normalise_question(text).split())
 
 
 def _content(text: str) -> set[str]:
