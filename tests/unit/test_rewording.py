@@ -143,3 +143,32 @@ def test_a_recipe_without_rule_made_questions_adds_nothing(tiny_recipe: Path, tm
     recipe = load_recipe(tiny_recipe, ["sft.reword.enabled=true"])
     records = [chat_record([{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}], {"path": "x"})]
     assert rewording.with_rewording(recipe, records, tmp_path / "r.jsonl") == (records, 0)
+
+
+def _raft_example(question: str, fact: str = "f1") -> dict:
+    from lmforge.records import context_messages
+
+    passage = {"text": SENTENCE, "source": {"path": "a.md", "heading": "Article 5"}}
+    record = _rule_made(question, fact=fact)
+    reply = {"role": "assistant", "content": f'According to [1], "{SENTENCE}"'}
+    messages = [*context_messages(record["messages"][:-1], [passage]), reply]
+    meta = {**record["meta"], "raft": {"gold": True, "passages": ["a.md#0"]}}
+    return chat_record(messages, record["source"], "law", meta)
+
+
+def test_the_reader_trains_on_each_rewording_with_the_passages_of_its_facts_raft_example():
+    raft = _raft_example(QUESTION)
+    other_fact = _raft_example("Which fund pays the board?", fact="f9")
+    kept, _ = rewording.reworded_records(
+        [_rule_made(QUESTION)], {QUESTION: ["How long does a member of the Governing Board serve?"]}
+    )
+    copies = rewording.reading_copies([raft, other_fact, *kept], kept)
+    assert len(copies) == 1
+    turn = copies[0]["messages"][-2]["content"]
+    assert turn == raft["messages"][-2]["content"].replace(
+        f"Question: {QUESTION}", "Question: How long does a member of the Governing Board serve?"
+    )
+    assert copies[0]["messages"][-1] == raft["messages"][-1] and copies[0]["meta"]["raft"] == raft["meta"]["raft"]
+    assert copies[0]["meta"]["generated"] == "reworded" and copies[0]["id"] != raft["id"]
+    # a RAFT example is never itself sent to be reworded: only closed-book rule-made questions are
+    assert rewording._rule_made([raft, _rule_made(QUESTION)]) == [_rule_made(QUESTION)]

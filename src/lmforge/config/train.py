@@ -173,6 +173,9 @@ class RewordSpec(Strict):
     different sets); kept where they pass the checks."""
     max_new_tokens: int = Field(40, ge=8)
     """Longest rewording generated."""
+    raft: bool = True
+    """Also train each kept rewording with the passages of its fact's RAFT example (when the RAFT split holds
+    one), so the reader learns the reworded questions too."""
 
 
 class DocumentsMixSpec(Strict):

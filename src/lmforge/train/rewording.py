@@ -17,6 +17,11 @@ question or of a rewording already kept for the fact. Last, like every generated
 (nearly) repeat a question of an evaluation split. Rewrites are cached per base model in
 ``$LMFORGE_HOME/reword/`` (question by question, so another recipe on the same model asks only what is
 new) and the kept records are written to ``sft/reworded.jsonl``.
+
+The reader is trained on the rewordings as well (``reword.raft``, on): where the RAFT split holds an example
+of a fact (``index.raft.generated_per_fact``), each kept rewording of that fact gets a copy of it, the same
+passages and quoted answer under the reworded question, so the model practises finding a passage's sentence
+from a question worded unlike it, which is how users ask.
 """
 
 from __future__ import annotations
@@ -105,21 +110,26 @@ def with_rewording(recipe: Recipe, records: list[Record], stage_file: Path) -> t
     reworded, rejected = reworded_records(sources, rewrites)
     reworded, repeats = _not_evaluated(recipe, reworded)
     rejected["repeats an evaluation question"] += repeats
-    atomic_write_jsonl(stage_file, reworded)
+    reading = reading_copies(records, reworded) if spec.raft else []
+    atomic_write_jsonl(stage_file, reworded + reading)
     reasons = ", ".join(f"{reason} {n}" for reason, n in rejected.most_common() if n)
     stage_log("sft").info(
         f"reword: {len(reworded)} rewordings of {len(sources)} rule-made questions kept"
         + (f" (dropped: {reasons})" if reasons else "")
+        + (f"; {len(reading)} of them also with the passages of their fact's RAFT example" if reading else "")
     )
-    return records + reworded, len(reworded)
+    return records + reworded + reading, len(reworded) + len(reading)
 
 
 def planned_note(spec: RewordSpec, records: list[Record]) -> str:
     """What ``lmforge plan`` says of the rewordings it cannot count before the base model has written them."""
     rule_made = len(_rule_made(records))
+    with_raft = {_fact(r) for r in records if _is_raft(r)} if spec.raft else set()
+    reading = sum(_fact(r) in with_raft for r in _rule_made(records)) * spec.per_question
     return (
-        f"rewordings of {rule_made} rule-made questions not counted (at most {rule_made * spec.per_question}; "
-        "about half pass the checks; generated when sft first runs)"
+        f"rewordings of {rule_made} rule-made questions not counted (at most {rule_made * spec.per_question}"
+        + (f", and {reading} copies with passages" if reading else "")
+        + "; about half pass the checks; generated when sft first runs)"
     )
 
 
@@ -147,6 +157,31 @@ def reworded_records(sources: list[Record], rewrites: dict[str, list[str]]) -> t
             new_meta = {**meta, "generated": "reworded", "reworded_from": question}
             kept.append(chat_record(messages, source["source"], source.get("domain"), new_meta))
     return kept, rejected
+
+
+def reading_copies(records: list[Record], reworded: list[Record]) -> list[Record]:
+    """A copy of a fact's RAFT example (passages in the question turn, a quoted answer) under each kept
+    rewording of that fact; the first RAFT example of each fact is the one copied."""
+    from lmforge.records import CONTEXT_INSTRUCTION
+
+    examples: dict[str, Record] = {}
+    for record in records:
+        if _is_raft(record) and record.get("meta", {}).get("fact"):
+            examples.setdefault(_fact(record), record)
+    tail = f"\n{CONTEXT_INSTRUCTION}"
+    copies = []
+    for rewording in reworded:
+        example = examples.get(_fact(rewording))
+        if example is None:
+            continue
+        messages = [dict(m) for m in example["messages"]]
+        passages, _, asked = str(messages[-2]["content"]).rpartition("\n\nQuestion: ")
+        if not passages or not asked.endswith(tail):
+            continue  # not the prompt records.context_messages writes
+        messages[-2]["content"] = f"{passages}\n\nQuestion: {_question(rewording)}{tail}"
+        meta = {**example["meta"], "generated": "reworded", "reworded_from": rewording["meta"]["reworded_from"]}
+        copies.append(chat_record(messages, example["source"], example.get("domain"), meta))
+    return copies
 
 
 def rejection(question: str, rewrite: str, answer: str, kind: str, reply: str = "") -> str | None:
@@ -266,10 +301,15 @@ def _rule_made(records: list[Record]) -> list[Record]:
     sources = []
     for record in records:
         rule_made = record.get("kind") == "chat" and record.get("meta", {}).get("generated") == "rules"
-        if rule_made and _question(record) not in seen:
+        if rule_made and not _is_raft(record) and _question(record) not in seen:
             seen.add(_question(record))
             sources.append(record)
     return sources
+
+
+def _is_raft(record: Record) -> bool:
+    """A RAFT example (retrieved passages in its question turn), not a closed-book question."""
+    return "raft" in record.get("meta", {})
 
 
 def _question(record: Record) -> str:
