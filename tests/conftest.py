@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -69,6 +70,32 @@ def build_tiny_llama(tokenizer, seed: int = 0):
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     return build_tiny_tokenizer()
+
+
+SHARED_CACHES = ("llama.cpp", "models")
+"""Folders of the user's lmforge cache the tests read (llama.cpp's converter and vocabularies, converted GGUF
+models): fetched once, linked into the test session's cache folder."""
+
+
+@pytest.fixture(scope="session")
+def _test_home(tmp_path_factory) -> Path:
+    from lmforge.models import lmforge_home
+
+    home = tmp_path_factory.mktemp("lmforge-home")
+    for name in SHARED_CACHES:
+        real = lmforge_home() / name
+        real.mkdir(parents=True, exist_ok=True)
+        (home / name).symlink_to(real, target_is_directory=True)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def _caches_stay_in_the_test_session(request, monkeypatch, _test_home):
+    """Default-tier tests keep what lmforge writes to its cache from tiny models (replay replies, rewordings) in a
+    folder of the test session, not in the user's ``~/.cache/lmforge``; the slow tier keeps the user's cache, where
+    the real models' replies are generated once."""
+    if request.node.get_closest_marker("slow") is None and "LMFORGE_HOME" not in os.environ:
+        monkeypatch.setenv("LMFORGE_HOME", str(_test_home))
 
 
 @pytest.fixture(scope="session")
