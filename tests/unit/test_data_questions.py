@@ -178,3 +178,29 @@ def test_no_question_is_fronted_across_a_clause_or_away_from_its_phrase():
     assert questions and not [q for q in questions if q.startswith(("What percentage has", "What share has"))]
     assert not [q for q in questions if q.rstrip("?").endswith(("the first", "child's"))], questions
     assert "A child who has lost both parents receives what percentage of the pension?" in questions
+
+
+def test_a_number_before_a_name_is_no_count_and_only_bodies_are_asked_as_which_body():
+    assert [
+        f.kind for f in sentence_facts("Write to the Foundation at 51 Franklin Street, Boston, within 30 days.")
+    ] == [
+        "name",
+        "duration",
+    ]
+    records = document_questions(
+        [
+            text_record(
+                "Mailboxes are owned by group mail, as the Debian Policy Manual explains. Appeals go to the "
+                "Review Board of the Office within 21 days.",
+                {"path": "p.md", "line": 1},
+                "ops",
+            )
+        ],
+        wordings=5,
+        seed=0,
+    )
+    asked = defaultdict(list)
+    for record in records:
+        asked[record["meta"]["answer"]].append(record["messages"][0]["content"])
+    assert not any("which body" in q for q in asked["Debian Policy Manual"]), asked["Debian Policy Manual"]
+    assert any("which body" in q for q in asked["Review Board"]), asked["Review Board"]

@@ -236,6 +236,8 @@ def _quantity(match: re.Match[str]) -> Fact | None:
         return Fact(match.group(0)[: end - start].strip(), start, end, "percent")
     if not unit or unit.split()[-1].lower() in FUNCTION_WORDS:
         return None  # a bare number ("Article 12", "13 of the") says too little to ask about
+    if unit[:1].isupper():
+        return None  # a number before a name ("51 Franklin Street", "3 Debian releases") counts no unit
     if number[:1].isalpha() and number.lower() == "one":
         return None  # "one year" is usually an article, not a fact
     end = match.end("unit")

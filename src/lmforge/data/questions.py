@@ -95,6 +95,14 @@ def lower_first(text: str, proper: frozenset[str] = frozenset()) -> str:
     return text[0].lower() + text[1:]
 
 
+_BODY_TEXT = (
+    "agency assembly authority board bureau commission committee council court department directorate inspectorate "
+    "institute ministry office parliament secretariat service tribunal"
+)
+BODIES = frozenset(_BODY_TEXT.split())
+"""Heads of names that are bodies, which a wording may ask for as ``which body`` (not a fund, an act, a policy)."""
+
+
 def question_word(fact: Fact, variant: int) -> str:
     """The question phrase standing in for ``fact`` (``how many years``, ``which fund`` ...)."""
     unit = fact.unit.lower()
@@ -109,7 +117,7 @@ def question_word(fact: Fact, variant: int) -> str:
         choices = [f"which {unit}", f"what {unit}"]
     elif fact.kind == "name":
         head = unit if unit.isalpha() else "name"
-        choices = [f"which {head}", f"what {head}", "which body"]
+        choices = [f"which {head}", f"what {head}"] + (["which body"] if head in BODIES else [])
     else:
         choices = ["what"]
     return choices[variant % len(choices)]
