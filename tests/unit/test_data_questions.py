@@ -204,3 +204,18 @@ def test_a_number_before_a_name_is_no_count_and_only_bodies_are_asked_as_which_b
         asked[record["meta"]["answer"]].append(record["messages"][0]["content"])
     assert not any("which body" in q for q in asked["Debian Policy Manual"]), asked["Debian Policy Manual"]
     assert any("which body" in q for q in asked["Review Board"]), asked["Review Board"]
+
+
+def test_manual_text_gives_no_fact_a_question_cannot_ask_well():
+    from lmforge.data.facts import split_sentences
+
+    assert sentence_facts('Builders use the "Gain Root API" accordingly and CUPS (Common Un*x Printing System).') == []
+    assert sentence_facts("This means that dpkg reincorporates pending trigger information at start.") == []
+    assert sentence_facts("Before dpkg 1.19.1 and in LSB 1.3 lists daemon as legacy for 3 years.")[0].answer == (
+        "3 years"
+    )
+    text = (
+        "Command line Configure --unpack ----------+---------+ no usually none.\n\n"
+        '- When the builder runs it exposes an interface within 3 days.\n\nprintf "Updating.\\n" update -q fi'
+    )
+    assert split_sentences(text) == ["When the builder runs it exposes an interface within 3 days."]

@@ -171,7 +171,11 @@ SHORT_NAME = re.compile(
     r"(?:hereinafter|hereafter)(?:\s+(?:referred to|called))?(?:\s+as)?\s+[\"“](?P<short>[^\"”]{2,40})[\"”]"
 )
 THIS_IS = re.compile(r"\bThis (?P<noun>[A-Z][a-z]+|[a-z]+) is (?P<full>the [A-Z][\w'-]*(?:\s+[\w'-]+){1,10}?)[.;]")
-ENUMERATOR = re.compile(r"^\(?(?:\d{1,3}|[a-z]|[ivxlc]{1,5})[).]\s+")
+ENUMERATOR = re.compile(r"^(?:\(?(?:\d{1,3}|[a-z]|[ivxlc]{1,5})[).]|[-*•])\s+")
+CODE = re.compile(r"\\[nt\"']|-{3,}|\+-{2,}|\||\$[({]|\bfi\b|;\s*then\b")
+"""Signs of a line of code, a shell script or a table, not prose: escapes, table rules, pipes, ``$(``."""
+OPENERS, CLOSERS = "(\"“'‘[", ")\"”'’]"
+PRONOUNS = frozenset(["this", "that", "it", "these", "those", "which", "what", "there"])
 SENTENCE_END = re.compile(r"(?<=[.!?;])\s+(?=[\"“(]?[A-Z0-9])")
 MIN_WORDS, MAX_WORDS = 5, 60
 
@@ -197,6 +201,8 @@ def sentence_facts(sentence: str) -> list[Fact]:
         return all(end <= f.start or start >= f.end for f in facts if f.kind != "definition")
 
     definition = DEFINITION.match(sentence)
+    if definition and definition.group("term").strip().lower() in PRONOUNS:
+        definition = None  # "This means that ...": no term to ask about
     if definition and len(definition.group("term").split()) <= 6:
         meaning = re.split(r"[;:]|, (?:which|who|where)\b", definition.group("meaning"))[0].rstrip(" .")
         if len(meaning.split()) >= 2:
@@ -225,7 +231,15 @@ def sentence_facts(sentence: str) -> list[Fact]:
             continue  # one word, or a sentence's first words (capitalised anyway)
         head = words[words.index("of") - 1] if "of" in words[1:] else words[-1]
         facts.append(Fact(text, start, start + len(text), "name", head))
-    return sorted(facts, key=lambda f: f.start)
+    return sorted((f for f in facts if not _enclosed(sentence, f)), key=lambda f: f.start)
+
+
+def _enclosed(sentence: str, fact: Fact) -> bool:
+    """A fact a quote holds exactly (``use the "Gain Root API"``) or one inside brackets (``GDM (GNOME Display
+    Manager)``): cut out, it leaves ``" "`` or a question asked inside brackets."""
+    quoted = sentence[fact.start - 1 : fact.start] in OPENERS and sentence[fact.end : fact.end + 1] in CLOSERS
+    before = sentence[: fact.start]
+    return quoted or before.count("(") > before.count(")")
 
 
 def _quantity(match: re.Match[str]) -> Fact | None:
@@ -238,6 +252,8 @@ def _quantity(match: re.Match[str]) -> Fact | None:
         return None  # a bare number ("Article 12", "13 of the") says too little to ask about
     if unit[:1].isupper():
         return None  # a number before a name ("51 Franklin Street", "3 Debian releases") counts no unit
+    if number.count(".") >= 2 or re.search(r"\b[A-Z]{2,}\s*$", match.string[:start]):
+        return None  # a version ("dpkg 1.19.1", "LSB 1.3"), not an amount
     if number[:1].isalpha() and number.lower() == "one":
         return None  # "one year" is usually an article, not a fact
     end = match.end("unit")
@@ -276,6 +292,13 @@ def split_sentences(text: str) -> list[str]:
             continue
         for sentence in SENTENCE_END.split(" ".join(block.split())):
             sentence = ENUMERATOR.sub("", sentence.strip())
-            if MIN_WORDS <= len(sentence.split()) <= MAX_WORDS:
+            if MIN_WORDS <= len(sentence.split()) <= MAX_WORDS and _prose(sentence):
                 sentences.append(sentence)
     return sentences
+
+
+def _prose(sentence: str) -> bool:
+    """Whether ``sentence`` reads as prose: mostly letters, no sign of code or a table."""
+    visible = [c for c in sentence if not c.isspace()]
+    letters = sum(c.isalpha() for c in visible)
+    return letters >= 0.6 * len(visible) and not CODE.search(sentence)
