@@ -123,11 +123,11 @@ def with_rewording(recipe: Recipe, records: list[Record], stage_file: Path) -> t
 
 def planned_note(spec: RewordSpec, records: list[Record]) -> str:
     """What ``lmforge plan`` says of the rewordings it cannot count before the base model has written them."""
-    rule_made = len(_rule_made(records))
+    sources = _rule_made(records)
     with_raft = {_fact(r) for r in records if _is_raft(r)} if spec.raft else set()
-    reading = sum(_fact(r) in with_raft for r in _rule_made(records)) * spec.per_question
+    reading = sum(_fact(r) in with_raft for r in sources) * spec.per_question
     return (
-        f"rewordings of {rule_made} rule-made questions not counted (at most {rule_made * spec.per_question}"
+        f"rewordings of {len(sources)} rule-made questions not counted (at most {len(sources) * spec.per_question}"
         + (f", and {reading} copies with passages" if reading else "")
         + "; about half pass the checks; generated when sft first runs)"
     )
