@@ -268,6 +268,16 @@ def context_messages(messages: list[Message], passages: list[dict[str, Any]]) ->
     return copied
 
 
+def reasked(content: str, question: str) -> str | None:
+    """A user turn written by :func:`context_messages` with its question replaced by ``question`` (the same
+    passages and instruction); None when ``content`` is not such a turn."""
+    passages, _, asked = content.rpartition("\n\nQuestion: ")
+    tail = f"\n{CONTEXT_INSTRUCTION}"
+    if not passages.startswith("Passages:") or not asked.endswith(tail):
+        return None
+    return f"{passages}\n\nQuestion: {question.strip()}{tail}"
+
+
 SHORT_ANSWER_WORDS = 10
 """A reply of at most this many words counts as a short answer when the record has no ``meta.answer``."""
 

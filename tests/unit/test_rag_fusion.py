@@ -13,6 +13,7 @@ from lmforge.records import (
     chat_record,
     cited_passages,
     context_messages,
+    reasked,
     validate_record,
 )
 
@@ -87,6 +88,19 @@ def test_context_messages_puts_numbered_passages_into_the_last_user_turn():
     assert context_messages(messages, []) == messages
     with pytest.raises(ValueError, match="user turn"):
         context_messages([{"role": "system", "content": "x"}], passages)
+
+
+def test_reasked_swaps_the_question_and_keeps_the_passages():
+    turn = context_messages([{"role": "user", "content": "How old?"}], [passage("a", "a.md", "Age 64.")])[0]
+    again = reasked(turn["content"], " What is the age? ")
+    assert (
+        again
+        == context_messages([{"role": "user", "content": "What is the age?"}], [passage("a", "a.md", "Age 64.")])[0][
+            "content"
+        ]
+    )
+    assert reasked("How old?", "What is the age?") is None  # no passages: not a context_messages turn
+    assert reasked(turn["content"].replace(CONTEXT_INSTRUCTION, "Answer."), "What is the age?") is None
 
 
 def test_cited_passages_follow_the_numbers_in_the_reply():

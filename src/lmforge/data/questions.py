@@ -388,6 +388,11 @@ def normalise_question(text: str) -> str:
     return " ".join(re.findall(r"[a-z0-9]+", text.lower()))
 
 
+def word_jaccard(a: set[str], b: set[str]) -> float:
+    """Shared words over all words of two word sets (0 for two empty sets)."""
+    return len(a & b) / max(1, len(a | b))
+
+
 def drop_eval_overlap(
     generated: list[Record], held_out: Iterable[Record], threshold: float = 0.8
 ) -> tuple[list[Record], int]:
@@ -404,9 +409,7 @@ def drop_eval_overlap(
     kept, dropped = [], 0
     for record in generated:
         words = set(normalise_question(record["messages"][-2]["content"]).split())
-        if " ".join(sorted(words)) in exact or any(
-            len(words & other) / max(1, len(words | other)) >= threshold for other in asked
-        ):
+        if " ".join(sorted(words)) in exact or any(word_jaccard(words, other) >= threshold for other in asked):
             dropped += 1
             continue
         kept.append(record)

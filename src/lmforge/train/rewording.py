@@ -36,7 +36,7 @@ from typing import Any
 from lmforge.config import Recipe, RewordSpec
 from lmforge.distributed import leader_runs
 from lmforge.log import stage_log
-from lmforge.records import Record, chat_record, read_records
+from lmforge.records import Record, chat_record, read_records, reasked
 from lmforge.rundir import StageDir, atomic_write_jsonl
 
 EXAMPLES: tuple[tuple[str, str], ...] = (
@@ -140,13 +140,15 @@ def reworded_records(sources: list[Record], rewrites: dict[str, list[str]]) -> t
     asked_by_fact: dict[str, list[set[str]]] = {}
     for source in sources:  # every wording a fact already has, so a rewording that repeats one adds nothing
         asked_by_fact.setdefault(_fact(source), []).append(_words(_question(source)))
+    from lmforge.data.questions import word_jaccard
+
     for source in sources:
         question, meta = _question(source), source.get("meta", {})
         asked, reply = asked_by_fact[_fact(source)], str(source["messages"][-1]["content"])
         for rewrite in rewrites.get(question, []):
             reason = rejection(question, rewrite, str(meta.get("answer", "")), str(meta.get("kind", "")), reply)
             words = _words(rewrite)
-            if reason is None and any(_jaccard(words, other) >= 0.8 for other in asked):
+            if reason is None and any(word_jaccard(words, other) >= 0.8 for other in asked):
                 reason = "same wording as another"
             if reason is not None:
                 rejected[reason] += 1
@@ -162,23 +164,20 @@ def reworded_records(sources: list[Record], rewrites: dict[str, list[str]]) -> t
 def reading_copies(records: list[Record], reworded: list[Record]) -> list[Record]:
     """A copy of a fact's RAFT example (passages in the question turn, a quoted answer) under each kept
     rewording of that fact; the first RAFT example of each fact is the one copied."""
-    from lmforge.records import CONTEXT_INSTRUCTION
-
     examples: dict[str, Record] = {}
     for record in records:
         if _is_raft(record) and record.get("meta", {}).get("fact"):
             examples.setdefault(_fact(record), record)
-    tail = f"\n{CONTEXT_INSTRUCTION}"
     copies = []
     for rewording in reworded:
         example = examples.get(_fact(rewording))
         if example is None:
             continue
         messages = [dict(m) for m in example["messages"]]
-        passages, _, asked = str(messages[-2]["content"]).rpartition("\n\nQuestion: ")
-        if not passages or not asked.endswith(tail):
+        content = reasked(str(messages[-2]["content"]), _question(rewording))
+        if content is None:
             continue  # not the prompt records.context_messages writes
-        messages[-2]["content"] = f"{passages}\n\nQuestion: {_question(rewording)}{tail}"
+        messages[-2]["content"] = content
         meta = {**example["meta"], "generated": "reworded", "reworded_from": rewording["meta"]["reworded_from"]}
         copies.append(chat_record(messages, example["source"], example.get("domain"), meta))
     return copies
@@ -340,7 +339,3 @@ def _stem(word: str) -> str:
 
 def _numbers(text: str) -> set[str]:
     return set(re.findall(r"\d+(?:[.,]\d+)*", text))
-
-
-def _jaccard(a: set[str], b: set[str]) -> float:
-    return len(a & b) / max(1, len(a | b))
