@@ -145,8 +145,9 @@ class ReplaySpec(Strict):
     ``general`` (a recipe that brings its own replay, as the demo's ``qa/replay.jsonl``)."""
     prompts: str = "lmforge://demo/replay_prompts.yaml"
     """YAML list of ``{prompt, answer?, aliases?}``; a reply missing a known ``answer`` is not replayed."""
-    weight: float = Field(2.0, gt=0.0)
-    """Times each replay record is repeated in training (fractions sample a seeded share)."""
+    weight: float = Field(3.0, gt=0.0)
+    """Times each replay record is repeated in training (fractions sample a seeded share); 3 kept more general
+    answers than 2 on a real domain (docs/TRAINING.md, "Real documents with these defaults")."""
     max_new_tokens: int = Field(48, ge=8)
     """Longest reply generated (cut back to its last full sentence)."""
 
