@@ -38,8 +38,21 @@ def seconds(run: Path, stage: str) -> float | None:
     return metrics.get("train_runtime") or metrics.get("seconds")
 
 
+def labels(runs: list[Path]) -> dict[Path, str]:
+    """A name per run: its folder's name, with as many parent folders as it takes to tell runs apart (several
+    runs of one recipe are all called after it, e.g. ``arm-a/debian`` and ``arm-b/debian``)."""
+    depth = 1
+    while depth < max((len(run.parts) for run in runs), default=1):
+        names = ["/".join(run.parts[-depth:]) for run in runs]
+        if len(set(names)) == len(set(runs)):
+            break
+        depth += 1
+    return {run: "/".join(run.parts[-depth:]) for run in runs}
+
+
 def compare(runs: list[Path], reference: Path) -> list[dict]:
     base = read_correct(reference)
+    named = labels([*runs, reference])
     rows = []
     for run in runs:
         arm = read_correct(run)
@@ -47,7 +60,8 @@ def compare(runs: list[Path], reference: Path) -> list[dict]:
             ids = sorted(arm[key])
             mine = Sample([arm[key][i] for i in ids], [1.0] * len(ids))
             row = {
-                "arm": run.name,
+                "arm": named[run],
+                "path": str(run),
                 "set": key[0],
                 "variant": key[1],
                 "n": len(ids),
@@ -63,6 +77,7 @@ def compare(runs: list[Path], reference: Path) -> list[dict]:
 
 def within(runs: list[Path], first: str, second: str) -> list[dict]:
     """Per run and set: variant ``first`` minus variant ``second`` on the same questions (e.g. tuned+rag - base+rag)."""
+    named = labels(runs)
     rows = []
     for run in runs:
         found = read_correct(run)
@@ -72,7 +87,7 @@ def within(runs: list[Path], first: str, second: str) -> list[dict]:
                 continue
             ids = sorted(a)
             pair = [Sample([x[i] for i in ids], [1.0] * len(ids)) for x in (a, b)]
-            rows.append({"arm": run.name, "set": set_name, "n": len(ids), "first": pair[0].value(),
+            rows.append({"arm": named[run], "set": set_name, "n": len(ids), "first": pair[0].value(),
                          "second": pair[1].value(), "difference": paired_difference(*pair)})  # fmt: skip
     return rows
 
@@ -96,7 +111,8 @@ def main() -> None:
         return
     reference = args.reference or args.runs[0]
     rows = compare(args.runs, reference)
-    print(f"| arm | set | variant | n | score [95% CI] | vs {reference.name} [95% CI] | sft s |")
+    versus = labels([*args.runs, reference])[reference]
+    print(f"| arm | set | variant | n | score [95% CI] | vs {versus} [95% CI] | sft s |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         low, high = row["ci"]
@@ -106,9 +122,7 @@ def main() -> None:
             if versus
             else "-"
         )
-        took = seconds(
-            Path(row["arm"]) if Path(row["arm"]).exists() else next(r for r in args.runs if r.name == row["arm"]), "sft"
-        )
+        took = seconds(Path(row["path"]), "sft")
         print(
             f"| {row['arm']} | {row['set']} | {row['variant']} | {row['n']} | {row['score'] * 100:.1f}% "
             f"[{low * 100:.1f}, {high * 100:.1f}] | {paired} | {took:.0f} |"
