@@ -94,14 +94,29 @@ def test_a_shortened_schedule_is_what_the_progress_line_counts_to(monkeypatch):
     assert callback.end == state.max_steps < 20 and callback.outcome()["planned_steps"] == 1000
 
 
-def test_a_second_fit_halfway_lengthens_a_schedule_whose_steps_got_faster(monkeypatch):
+def test_a_second_fit_lengthens_a_schedule_whose_steps_got_faster(monkeypatch):
     """Steps 2-3 take 10 s, later ones 8 s: the first fit (9 steps in 100 s) would leave a fifth of the time
-    unused; the fit halfway, from the steps since the first, moves the end to 11."""
+    unused; the next fit, from the steps since the first, moves the end to 11."""
     first, *_ = _budgeted_steps(monkeypatch, lambda step: 10.0, last_step=3)
     assert first.end == 9
     callback, state, seconds = _budgeted_steps(monkeypatch, lambda step: 10.0 if step <= 3 else 8.0)
     assert state.global_step == callback.end == state.max_steps == 11 and seconds <= 100
-    assert "refitted halfway: 11 of 1000 steps" in callback.outcome()["why"]
+    assert "refitted at step 4: 11 of 1000 steps" in callback.outcome()["why"]
+
+
+def test_a_schedule_cut_far_too_short_is_lengthened_before_it_ends(monkeypatch):
+    """Steps 2-3 are long (20 s: rows of a thousand tokens), the rest take 3 s, as on the licences recipe, where
+    two slow steps fitted 73 of 612 steps and sft ended with two thirds of its time unused. The first fit
+    plans 5 steps, which end before half the time is gone; the refit a quarter of the way through the fitted
+    steps moves the end to 20, and the run ends near its budget."""
+    first, *_ = _budgeted_steps(monkeypatch, lambda step: 5.0 if step == 1 else 20.0, last_step=3)
+    assert first.end == 5
+    callback, state, seconds = _budgeted_steps(monkeypatch, lambda step: {1: 5.0, 2: 20.0, 3: 20.0}.get(step, 3.0))
+    assert state.global_step == callback.end == 20 and 90 <= seconds <= 100
+    assert (
+        callback.outcome()["why"].startswith("5 of 1000 steps")
+        and "refitted at step 4: 20 of 1000" in (callback.outcome()["why"])
+    )
 
 
 def test_a_budgeted_run_cuts_its_schedule_and_ends_in_time(tiny_recipe):

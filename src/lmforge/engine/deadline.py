@@ -3,10 +3,12 @@
 After :data:`PROBE_STEPS` optimizer steps the callback knows this machine's time per step (the first step,
 which pays for kernel warm-up, left out). When the planned steps do not fit the stage's allotted time, the
 schedule is shortened to the steps that do — the learning rate then decays to its end at the new last
-step, as a shorter run would have — and training stops there with its weights saved as usual. Halfway
-through the allotted time the schedule is fitted a second time, from the steps since the first fit (the
-first steps of a run are often slower or faster than its average): the end moves later when steps got
-faster (never past the planned steps) or earlier when they got slower. The estimate is re-checked every
+step, as a shorter run would have — and training stops there with its weights saved as usual. The
+schedule is fitted again, from the steps since the first fit (the first steps of a run are often slower or
+faster than its average: with rows of very different lengths two steps can take three times the mean),
+once a quarter and once half of the way through — of the allotted time or of the fitted steps, whichever
+comes first, so a schedule cut far too short is lengthened before it ends: the end moves later when steps
+got faster (never past the planned steps) or earlier when they got slower. The estimate is re-checked every
 step: should the steps get slower still, training stops when the time is up, whatever the step.
 What happened is kept for the manifest (:meth:`BudgetCallback.outcome`) and said in the log.
 """
@@ -25,6 +27,9 @@ PROBE_STEPS = 3
 """Steps measured before the schedule is fitted (step 1 excluded from the rate)."""
 SAFETY = 0.97
 """Share of the allotted time the fitted schedule plans to use (the rest absorbs saving and jitter)."""
+REFITS = (0.25, 0.5)
+"""Progress (the larger of the allotted time's share used and the fitted steps' share done) at which the
+schedule is fitted again from the steps measured since the first fit."""
 
 
 def budget_callback(label: str) -> Any:
@@ -41,7 +46,7 @@ def budget_callback(label: str) -> Any:
             self.planned = self.end = 0
             self.why = ""
             self.probed: tuple[int, float] | None = None
-            self.refitted = False
+            self.refits = 0
 
         def on_train_begin(self, args, state, control, **kwargs):
             self.started = time.monotonic()
@@ -58,9 +63,9 @@ def budget_callback(label: str) -> Any:
                 self.probed = (step, now)
                 if fits < self.planned:
                     self.shorten(state, max(step, fits), per_step, kwargs.get("lr_scheduler"))
-            elif self.probed and not self.refitted and now - self.started >= self.allotted / 2 and step < self.end:
-                self.refitted = True
-                per_step = (now - self.probed[1]) / max(1, step - self.probed[0])
+            elif self.probed and self.due_for_refit(step, now, self.probed[0]):
+                self.refits += 1
+                per_step = (now - self.probed[1]) / (step - self.probed[0])
                 fits = min(self.planned, step + math.floor((SAFETY * self.allotted - (now - self.started)) / per_step))
                 if fits != self.end and (self.end < self.planned or fits < self.end):
                     self.shorten(state, max(step, fits), per_step, kwargs.get("lr_scheduler"), again=True)
@@ -72,14 +77,22 @@ def budget_callback(label: str) -> Any:
                     stage_log(label).warning(f"budget: the time for {label} is up; stopping at step {step}")
                 self.end = state.max_steps = step
 
+        def due_for_refit(self, step: int, now: float, probed_at: int) -> bool:
+            """Whether the next refit's moment (:data:`REFITS`) has come, a step measured since the first fit."""
+            if self.refits >= len(REFITS) or step >= self.end or step <= probed_at:
+                return False
+            return max((now - self.started) / self.allotted, step / self.end) >= REFITS[self.refits]
+
         def shorten(self, state: Any, steps: int, per_step: float, scheduler: Any, again: bool = False) -> None:
+            at = state.global_step
             self.end = state.max_steps = steps  # what the progress line and bar count to from now on
             refitted = refit_schedule(scheduler, steps)
             fit = f"{steps} of {self.planned} steps fit {clock.shown(self.allotted)} at {per_step:.1f}s a step" + (
                 "; the learning-rate schedule ends at the new last step" if refitted else ""
             )
-            self.why = f"{self.why}; refitted halfway: {fit}" if again and self.why else fit
-            stage_log(self.label).info(f"budget: {'refitted halfway: ' if again else ''}{fit}")
+            again_at = f"refitted at step {at}: " if again else ""
+            self.why = f"{self.why}; {again_at}{fit}" if again and self.why else fit
+            stage_log(self.label).info(f"budget: {again_at}{fit}")
 
         def outcome(self) -> dict[str, Any]:
             return {
