@@ -164,3 +164,35 @@ def test_budget_zero_on_the_command_line_runs_without_one(tiny_recipe):
     assert with_budget(None, "0") == ["budget=null"] and with_budget(["a=1"], "None") == ["a=1", "budget=null"]
     assert load_recipe(tiny_recipe, [*with_budget(["budget=15m"], "0")]).budget is None  # a recipe's own too
     assert load_recipe(tiny_recipe, with_budget(None, "90")).budget == 90
+
+
+def test_a_variant_with_passages_is_counted_with_the_passages_it_reads(monkeypatch, tmp_path, tiny_recipe):
+    """Passages make eval's prompts many times longer (licences: 3 chunks of 200 tokens beside a 50-token
+    question; counted twice, eval there took a third longer than kept and the run overran its budget): the
+    reading of a rag variant is the measured reading scaled by the tokens it reads."""
+    from types import SimpleNamespace
+
+    from lmforge.evaluate import variants
+    from lmforge.perf import budget
+
+    split = tmp_path / "test.jsonl"
+    split.write_text('{"id": 1}\n' * 40, encoding="utf-8")  # 40 questions: two batches of 32
+    written = SimpleNamespace(manifest={"outputs": {"splits": {"test": str(split)}}})
+    monkeypatch.setattr(budget.StageDir, "open", staticmethod(lambda *args: written))
+    monkeypatch.setattr(budget, "decoding_seconds", lambda recipe, path: (0.01, 1.0, 50))  # step, reading, tokens
+    recipe = load_recipe(
+        tiny_recipe,
+        ["eval.sets=[test]", "eval.batch_size=32", "eval.max_new_tokens=10", "index.top_k=3",
+         "index.chunk.max_tokens=100"],
+    )  # fmt: skip
+
+    def seconds(*rag: bool) -> float:
+        monkeypatch.setattr(variants, "variant_specs", lambda recipe: [SimpleNamespace(rag=r) for r in rag])
+        estimate = budget.eval_estimate(recipe)
+        assert estimate is not None
+        return estimate.seconds
+
+    load = 2 * budget.LOAD_SECONDS
+    assert seconds(False, False) == pytest.approx(2 * (1.0 + 1.0 + 2 * 10 * 0.01) + load)
+    # with passages: 1.0 s x (50 + 3 x 100) / 50 tokens
+    assert seconds(False, True) == pytest.approx(2 * (1.0 + 7.0 + 2 * 10 * 0.01) + load)

@@ -6,8 +6,9 @@ The order, written here and in docs/TRAINING.md ("A time budget"):
    eval's precision, reads one batch of eval's size of prompts as long as the eval set's own (its first
    questions in the chat template, system prompt included) and answers them for a few tokens; the run's eval
    then costs, per variant and batch, that reading (the prefill) plus ``max_new_tokens`` decoding steps at
-   that speed (passages make a prompt about twice as long: a rag variant counts twice), plus loading each
-   variant.
+   that speed, plus loading each variant; a variant with passages reads ``index.top_k`` chunks of up to
+   ``index.chunk.max_tokens`` more per prompt, so its reading is counted that much longer (as a share of
+   the measured prompt length: reading grows with the tokens read).
 2. **Eval is cut before training is**, only when its estimate is over :data:`EVAL_SHARE` of the budget: then
    ``eval.limit`` asks every set the same first questions, as many as fit in that share.
 3. **Training gets the rest**, shared by the training stages still to run; each fits its schedule to its share
@@ -94,18 +95,21 @@ def eval_estimate(recipe: Recipe) -> EvalEstimate | None:
     limit = recipe.eval.limit
     sizes = [min(size, limit) if limit else size for size in sizes]
     variants = variant_specs(recipe)
-    weight = sum(2 if getattr(v, "rag", False) else 1 for v in variants)
     batch = recipe.eval.batch_size
     first = next(written[name] for name in recipe.eval.sets if name in written)
-    step, prefill = decoding_seconds(recipe, first)
+    step, prefill, length = decoding_seconds(recipe, first)
+    with_passages = prefill * (length + recipe.index.top_k * recipe.index.chunk.max_tokens) / length
     batches = sum(math.ceil(size / batch) for size in sizes)
-    seconds = weight * batches * (prefill + recipe.eval.max_new_tokens * step) + LOAD_SECONDS * len(variants)
+    reading = sum(with_passages if getattr(v, "rag", False) else prefill for v in variants)
+    decoding = len(variants) * recipe.eval.max_new_tokens * step
+    seconds = batches * (reading + decoding) + LOAD_SECONDS * len(variants)
     return EvalEstimate(round(seconds, 1), sum(sizes), len(variants), round(step, 4), round(prefill, 4))
 
 
-def decoding_seconds(recipe: Recipe, eval_split: str) -> tuple[float, float]:
-    """(one decoding step, reading the prompts) for a batch of ``eval.batch_size`` prompts as long as those of
-    ``eval_split``, with the base model in eval's precision (warmed up by a first, untimed pass)."""
+def decoding_seconds(recipe: Recipe, eval_split: str) -> tuple[float, float, int]:
+    """(one decoding step, reading the prompts, their length in tokens) for a batch of ``eval.batch_size``
+    prompts as long as those of ``eval_split``, with the base model in eval's precision (warmed up by a first,
+    untimed pass)."""
     import torch
 
     from lmforge.evaluate.stage import eval_dtype
@@ -129,7 +133,7 @@ def decoding_seconds(recipe: Recipe, eval_split: str) -> tuple[float, float]:
             )  # fmt: skip
             timings.append(time.perf_counter() - started)
     del model
-    return max(1e-4, (timings[2] - timings[1]) / PROBE_TOKENS), timings[1]
+    return max(1e-4, (timings[2] - timings[1]) / PROBE_TOKENS), timings[1], length
 
 
 def prompt_tokens(tokenizer: Any, split_path: str, count: int) -> int:
