@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
 
+from scripts import load_script
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "compare_arms.py"
 
 
 def load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("compare_arms", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("compare_arms")
 
 
 def fake_run(root: Path, arm: str, correct: list[bool], seconds: float) -> Path:
