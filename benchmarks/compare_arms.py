@@ -111,8 +111,8 @@ def main() -> None:
         return
     reference = args.reference or args.runs[0]
     rows = compare(args.runs, reference)
-    versus = labels([*args.runs, reference])[reference]
-    print(f"| arm | set | variant | n | score [95% CI] | vs {versus} [95% CI] | sft s |")
+    reference_label = labels([*args.runs, reference])[reference]
+    print(f"| arm | set | variant | n | score [95% CI] | vs {reference_label} [95% CI] | sft s |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         low, high = row["ci"]

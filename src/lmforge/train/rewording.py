@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.config import Recipe, RewordSpec
+from lmforge.data.questions import drop_eval_overlap, normalise_question, word_jaccard
 from lmforge.distributed import leader_runs
 from lmforge.log import stage_log
 from lmforge.records import Record, chat_record, read_records, reasked
@@ -140,8 +141,6 @@ def reworded_records(sources: list[Record], rewrites: dict[str, list[str]]) -> t
     asked_by_fact: dict[str, list[set[str]]] = {}
     for source in sources:  # every wording a fact already has, so a rewording that repeats one adds nothing
         asked_by_fact.setdefault(_fact(source), []).append(_words(_question(source)))
-    from lmforge.data.questions import word_jaccard
-
     for source in sources:
         question, meta = _question(source), source.get("meta", {})
         asked, reply = asked_by_fact[_fact(source)], str(source["messages"][-1]["content"])
@@ -286,8 +285,6 @@ def _cache_file(recipe: Recipe, max_new_tokens: int) -> Path:
 
 def _not_evaluated(recipe: Recipe, records: list[Record]) -> tuple[list[Record], int]:
     """``records`` without rewordings that (nearly) repeat a question of a split sft does not train on."""
-    from lmforge.data.questions import drop_eval_overlap
-
     data = recipe.data
     written = StageDir.open(recipe.run_path(), "data").manifest.get("outputs", {}).get("splits", {})
     skip = {*recipe.sft.splits, *data.questions.from_splits}
@@ -320,8 +317,6 @@ def _fact(record: Record) -> str:
 
 
 def _words(text: str) -> set[str]:
-    from lmforge.data.questions import normalise_question
-
     return set(normalise_question(text).split())
 
 
