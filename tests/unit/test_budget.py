@@ -3,6 +3,7 @@ shortened (its learning rate still decaying to the new end), and a budgeted run 
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 
@@ -63,6 +64,49 @@ def test_a_shortened_schedule_decays_to_its_new_end():
         optimizer.step()
         scheduler.step()
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # step 10 of 10: the end of the cosine
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_a_schedule_lengthened_mid_run_goes_on_from_its_learning_rate(kind):
+    """A refit that moves the end later (faster steps than first measured) must not raise the learning rate:
+    halfway through 100 steps the cosine is at half its peak; ending at 200 instead goes on down from there."""
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=10, num_training_steps=100)
+    rates = []
+    for step in range(1, 201):
+        optimizer.step()
+        scheduler.step()
+        if step == 50:
+            assert refit_schedule(scheduler, 200)
+        if step == 120:
+            assert refit_schedule(scheduler, 160)  # and shortened again later
+        rates.append(scheduler.get_last_lr()[0])
+    after = rates[49:160]
+    assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(after))
+    assert rates[50] == pytest.approx(rates[49], abs=0.02)  # no jump at the refit
+    assert rates[159] == pytest.approx(0.0, abs=1e-9)  # the end of the schedule at its last end
+
+
+def test_a_schedule_cut_during_warm_up_warms_up_for_its_share():
+    """Cut from 1,000 to 100 steps at step 3 with a 10% warm-up: the peak comes near step 12 (3 steps warmed
+    up slowly, the rest of the warm-up squeezed tenfold), not at step 100."""
+    import torch
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=100, num_training_steps=1000)
+    rates = []
+    for step in range(1, 101):
+        optimizer.step()
+        scheduler.step()
+        if step == 3:
+            assert refit_schedule(scheduler, 100)
+        rates.append(scheduler.get_last_lr()[0])
+    peak = max(range(100), key=rates.__getitem__) + 1
+    assert 10 <= peak <= 14 and rates[-1] == pytest.approx(0.0, abs=1e-9)
 
 
 def _budgeted_steps(monkeypatch, step_seconds, last_step: int | None = None):

@@ -3,7 +3,8 @@
 After :data:`PROBE_STEPS` optimizer steps the callback knows this machine's time per step (the first step,
 which pays for kernel warm-up, left out). When the planned steps do not fit the stage's allotted time, the
 schedule is shortened to the steps that do — the learning rate then decays to its end at the new last
-step, as a shorter run would have — and training stops there with its weights saved as usual. The
+step, as a shorter run would have (:func:`refit_schedule`) — and training stops there with its weights
+saved as usual. The
 schedule is fitted again, from the steps since the first fit (the first steps of a run are often slower or
 faster than its average: with rows of very different lengths two steps can take three times the mean),
 once a quarter and once half of the way through — of the allotted time or of the fitted steps, whichever
@@ -107,16 +108,37 @@ def budget_callback(label: str) -> Any:
 
 
 def refit_schedule(scheduler: Any, total_steps: int) -> bool:
-    """Make a transformers LambdaLR schedule end at ``total_steps`` (its warm-up kept); False when it has no
-    ``num_training_steps`` to change (a constant schedule)."""
+    """Make a transformers LambdaLR schedule end at ``total_steps`` from the step it is at, without a jump:
+    what is left of its curve (warm-up included, so a shorter run warms up for its share of the steps, as
+    ``warmup_ratio`` means) is stretched or squeezed onto the steps left, so the learning rate never rises
+    when the end moves later. False when no schedule has an end to move (a constant one)."""
     lambdas = getattr(scheduler, "lr_lambdas", None)
+    at = getattr(scheduler, "last_epoch", 0)
     changed = False
     for index, function in enumerate(lambdas or []):
-        if isinstance(function, functools.partial) and "num_training_steps" in function.keywords:
-            keywords = {**function.keywords, "num_training_steps": total_steps}
-            lambdas[index] = functools.partial(function.func, *function.args, **keywords)
+        end = schedule_end(function)
+        if end is not None and end > at:
+            lambdas[index] = functools.partial(_stretched, function, at, end, total_steps)
             changed = True
     return changed
+
+
+def schedule_end(function: Any) -> int | None:
+    """The step a schedule's learning-rate multiplier reaches its end: a transformers schedule's
+    ``num_training_steps``, or the end a refit gave it; None for one without an end."""
+    if not isinstance(function, functools.partial):
+        return None
+    if function.func is _stretched:
+        return function.args[3]
+    return function.keywords.get("num_training_steps")
+
+
+def _stretched(previous: Any, at: int, end: int, new_end: int, step: float) -> float:
+    """``previous``'s multiplier up to step ``at``, then the rest of its curve (``at`` to ``end``) spread over
+    ``at`` to ``new_end``."""
+    if step <= at or new_end <= at:
+        return previous(step)
+    return previous(at + (step - at) * (end - at) / (new_end - at))
 
 
 __all__ = ["PROBE_STEPS", "budget_callback", "refit_schedule"]
