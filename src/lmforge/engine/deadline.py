@@ -2,15 +2,14 @@
 
 After :data:`PROBE_STEPS` optimizer steps the callback knows this machine's time per step (the first step,
 which pays for kernel warm-up, left out). When the planned steps do not fit the stage's allotted time, the
-schedule is shortened to the steps that do — the learning rate then decays to its end at the new last
-step, as a shorter run would have (:func:`refit_schedule`) — and training stops there with its weights
-saved as usual. The
-schedule is fitted again, from the steps since the first fit (the first steps of a run are often slower or
-faster than its average: with rows of very different lengths two steps can take three times the mean),
-once a quarter and once half of the way through — of the allotted time or of the fitted steps, whichever
-comes first, so a schedule cut far too short is lengthened before it ends: the end moves later when steps
-got faster (never past the planned steps) or earlier when they got slower. The estimate is re-checked every
-step: should the steps get slower still, training stops when the time is up, whatever the step.
+schedule is shortened to the steps that do — the learning rate then decays to its end at the new last step, as
+a shorter run would have (:func:`refit_schedule`) — and training stops there with its weights saved as usual.
+The schedule is fitted again, from the steps since the first fit (the first steps of a run are often slower or
+faster than its average: with rows of very different lengths two steps can take three times the mean), once a
+quarter and once half of the way through — of the allotted time or of the fitted steps, whichever comes first,
+so a schedule cut far too short is lengthened before it ends: the end moves later when steps got faster (never
+past the planned steps) or earlier when they got slower. The estimate is re-checked every step: should the
+steps get slower still, training stops when the time is up, whatever the step.
 What happened is kept for the manifest (:meth:`BudgetCallback.outcome`) and said in the log.
 """
 
