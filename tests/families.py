@@ -4,8 +4,9 @@ The tokenizers are llama.cpp's vocabulary-only GGUF files (``models/ggml-vocab-*
 pinned converter by ``python -m lmforge.export.llamacpp``), converted once to Hugging Face folders under
 ``$LMFORGE_HOME/llama.cpp/<version>/tokenizers/``. Where a vocabulary ships no chat template, the family's
 published format is written here as a Jinja template of our own (Llama 3's header tokens, Mistral's [INST],
-Gemma's turns without a system role, Qwen3's thinking block). Where llama.cpp ships no loadable vocabulary for
-a family (Gemma, OLMo 2, GPT-NeoX), another family's tokenizer stands in and :attr:`Family.tokenizer_note` says so.
+Gemma 2's turns without a system role, Gemma 3's with one, Qwen3's thinking block). Where llama.cpp ships no
+loadable vocabulary for a family (Gemma, OLMo 2, GPT-NeoX), another family's tokenizer stands in and
+:attr:`Family.tokenizer_note` says so.
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ GEMMA_TEMPLATE = (
     "{%- for m in messages -%}"
     "{{- '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' + m['content'] | trim"
     " + '<end_of_turn>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"
+)
+GEMMA3_TEMPLATE = (  # Gemma's turns; unlike Gemma 2's, it takes a system prompt itself, ahead of the first user turn
+    "{{- bos_token -}}"
+    "{%- set ns = namespace(prefix='') -%}"
+    "{%- for m in messages -%}"
+    "{%- if m['role'] == 'system' -%}{%- set ns.prefix = m['content'] | trim + '\n\n' -%}"
+    "{%- else -%}"
+    "{{- '<start_of_turn>' + ('model' if m['role'] == 'assistant' else 'user') + '\n' -}}"
+    "{%- if m['role'] == 'user' -%}{{- ns.prefix -}}{%- set ns.prefix = '' -%}{%- endif -%}"
+    "{{- m['content'] | trim + '<end_of_turn>\n' -}}"
+    "{%- endif -%}"
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<start_of_turn>model\n' -}}{%- endif -%}"
 )
@@ -96,6 +110,21 @@ FAMILIES: dict[str, Family] = {
         extra={"head_dim": 16},
         tokenizer_note="llama.cpp's Gemma vocabulary does not load in transformers; Llama 2's SentencePiece stands in",
         no_gguf=NEEDS_SPM,
+    ),
+    "gemma3": Family(
+        "Gemma3ForCausalLM",
+        "Gemma3TextConfig",
+        "llama-spm",
+        GEMMA3_TEMPLATE,
+        specials=("<start_of_turn>", "<end_of_turn>"),
+        end_of_turn="<end_of_turn>",
+        # Gemma 3 interleaves sliding-window layers with full ones; a short window so the test's rows use it
+        extra={"head_dim": 16, "layer_types": ["sliding_attention", "full_attention"], "sliding_window": 16},
+        tokenizer_note="llama.cpp's Gemma vocabulary does not load in transformers; Llama 2's SentencePiece stands in",
+        no_gguf=(  # a real Gemma 3 checkpoint ships tokenizer.model and converts
+            "without tokenizer.model llama.cpp's Gemma 3 converter reads the stand-in tokenizer as BPE and knows "
+            "no pre-tokenizer for it"
+        ),
     ),
     "gpt2": Family("GPT2LMHeadModel", "GPT2Config", "gpt-2"),
     "granite": Family("GraniteForCausalLM", "GraniteConfig", "starcoder"),

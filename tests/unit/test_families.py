@@ -61,6 +61,15 @@ def test_a_template_without_a_system_role_gets_it_in_the_first_user_turn(name, t
     assert "Answer like a clerk.\n\nWhich form starts a claim?" in rendered
 
 
+def test_a_template_that_takes_a_system_prompt_itself_is_left_as_it_is(tmp_path):
+    """Gemma 3's format puts the system prompt ahead of the first user turn by itself: lmforge adapts nothing."""
+    raw = family_tokenizer("gemma3").apply_chat_template(CONVERSATION[:2], tokenize=False)
+    assert "<start_of_turn>user\nAnswer like a clerk.\n\nWhich form starts a claim?<end_of_turn>" in raw
+    tokenizer = saved_tokenizer("gemma3", tmp_path)
+    assert tokenizer.chat_template == family_tokenizer("gemma3").chat_template
+    assert tokenizer.apply_chat_template(CONVERSATION[:2], tokenize=False) == raw
+
+
 def test_qwen3_thinks_only_when_asked(tmp_path):
     tokenizer = saved_tokenizer("qwen3", tmp_path)
     prompt = tokenizer.apply_chat_template(CONVERSATION[:2], add_generation_prompt=True, tokenize=False)
