@@ -66,24 +66,30 @@ def test_a_shortened_schedule_decays_to_its_new_end():
     assert scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-9)  # step 10 of 10: the end of the cosine
 
 
-@pytest.mark.parametrize("kind", ["cosine", "linear"])
-def test_a_schedule_lengthened_mid_run_goes_on_from_its_learning_rate(kind):
-    """A refit that moves the end later (faster steps than first measured) must not raise the learning rate:
-    halfway through 100 steps the cosine is at half its peak; ending at 200 instead goes on down from there."""
+def _rates(kind: str, warmup: int, total: int, steps: int, refits: dict[int, int]) -> list[float]:
+    """The learning rate after each of ``steps`` steps of a transformers schedule, refitted to end at
+    ``refits[step]`` after those steps."""
     import torch
     from transformers import get_scheduler
 
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=10, num_training_steps=100)
+    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=warmup, num_training_steps=total)
     rates = []
-    for step in range(1, 201):
+    for step in range(1, steps + 1):
         optimizer.step()
         scheduler.step()
-        if step == 50:
-            assert refit_schedule(scheduler, 200)
-        if step == 120:
-            assert refit_schedule(scheduler, 160)  # and shortened again later
+        if step in refits:
+            assert refit_schedule(scheduler, refits[step])
         rates.append(scheduler.get_last_lr()[0])
+    return rates
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_a_schedule_lengthened_mid_run_goes_on_from_its_learning_rate(kind):
+    """A refit that moves the end later (faster steps than first measured) must not raise the learning rate:
+    halfway through 100 steps the cosine is at half its peak; ending at 200 instead goes on down from there
+    (and shortened again at step 120, to 160)."""
+    rates = _rates(kind, warmup=10, total=100, steps=200, refits={50: 200, 120: 160})
     after = rates[49:160]
     assert all(later <= earlier + 1e-12 for earlier, later in itertools.pairwise(after))
     assert rates[50] == pytest.approx(rates[49], abs=0.02)  # no jump at the refit
@@ -93,18 +99,7 @@ def test_a_schedule_lengthened_mid_run_goes_on_from_its_learning_rate(kind):
 def test_a_schedule_cut_during_warm_up_warms_up_for_its_share():
     """Cut from 1,000 to 100 steps at step 3 with a 10% warm-up: the peak comes near step 12 (3 steps warmed
     up slowly, the rest of the warm-up squeezed tenfold), not at step 100."""
-    import torch
-    from transformers import get_scheduler
-
-    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    scheduler = get_scheduler("cosine", optimizer, num_warmup_steps=100, num_training_steps=1000)
-    rates = []
-    for step in range(1, 101):
-        optimizer.step()
-        scheduler.step()
-        if step == 3:
-            assert refit_schedule(scheduler, 100)
-        rates.append(scheduler.get_last_lr()[0])
+    rates = _rates("cosine", warmup=100, total=1000, steps=100, refits={3: 100})
     peak = max(range(100), key=rates.__getitem__) + 1
     assert 10 <= peak <= 14 and rates[-1] == pytest.approx(0.0, abs=1e-9)
 
